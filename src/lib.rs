@@ -1,0 +1,3 @@
+//! creditflow: a stream processor for credit-based pricing.
+pub mod decimal;
+pub mod time;

@@ -1,0 +1,394 @@
+//! Event time: instants, durations, and the calendar rules that periods and pricing windows use.
+//!
+//! Owns: [`Instant`] (milliseconds since the Unix epoch, UTC), [`Span`] (a duration in
+//! milliseconds), their text forms, and calendar helpers over named time zones.
+//!
+//! Must never: read the wall clock. Time is data: it comes from the log (`ts` fields and
+//! `tick` commands). The time-zone database is the one bundled into the binary by `jiff`
+//! (feature `tzdb-bundle-always`), so a replay on another machine sees the same rules.
+//!
+//! Invariants: instants are whole milliseconds; a finer `ts` is truncated toward the past, the
+//! same way on every replay.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A point in event time: milliseconds since 1970-01-01T00:00:00Z.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Instant(pub i64);
+
+/// A length of event time in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Span(pub i64);
+
+/// Earliest instant accepted anywhere: 1970-01-01.
+pub const INSTANT_MIN: Instant = Instant(0);
+/// Latest instant accepted anywhere: 9999-12-31T23:59:59.999Z.
+pub const INSTANT_MAX: Instant = Instant(253_402_300_799_999);
+
+impl Instant {
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+
+    pub fn saturating_add(self, span: Span) -> Instant {
+        Instant(self.0.saturating_add(span.0))
+    }
+
+    pub fn saturating_sub(self, span: Span) -> Instant {
+        Instant(self.0.saturating_sub(span.0))
+    }
+
+    fn to_jiff(self) -> jiff::Timestamp {
+        // Every Instant the engine builds lies within INSTANT_MIN..=INSTANT_MAX, which jiff covers.
+        jiff::Timestamp::from_millisecond(self.0).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+    }
+
+    fn from_jiff(ts: jiff::Timestamp) -> Instant {
+        Instant(ts.as_millisecond())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TimeParseError {
+    #[error("not an RFC 3339 timestamp with an offset (e.g. 2026-11-24T10:00:00.123Z)")]
+    Syntax,
+    #[error("outside 1970-01-01 .. 9999-12-31")]
+    Range,
+}
+
+impl FromStr for Instant {
+    type Err = TimeParseError;
+    fn from_str(text: &str) -> Result<Instant, TimeParseError> {
+        // RFC 3339 requires a date, a time and an offset; jiff's Timestamp parser requires the
+        // offset too, so "2026-11-24" or a naive local time is refused.
+        if text.len() < 20 || text.as_bytes().get(10) != Some(&b'T') {
+            return Err(TimeParseError::Syntax);
+        }
+        let ts: jiff::Timestamp = text.parse().map_err(|_| TimeParseError::Syntax)?;
+        let millis = ts.as_millisecond();
+        let instant = Instant(millis);
+        if instant < INSTANT_MIN || instant > INSTANT_MAX {
+            return Err(TimeParseError::Range);
+        }
+        Ok(instant)
+    }
+}
+
+impl fmt::Display for Instant {
+    /// RFC 3339 in UTC with exactly three fractional digits: `2026-11-24T10:00:00.123Z`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.3}", self.to_jiff())
+    }
+}
+
+impl Span {
+    pub const ZERO: Span = Span(0);
+
+    pub fn from_secs(secs: i64) -> Span {
+        Span(secs * 1000)
+    }
+
+    pub fn millis(self) -> i64 {
+        self.0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a duration: write whole numbers with units ms, s, m, h, d or w, e.g. \"90s\", \"1h30m\", \"35d\"")]
+pub struct SpanParseError;
+
+impl FromStr for Span {
+    type Err = SpanParseError;
+    /// `"0"`, `"250ms"`, `"90s"`, `"1h30m"`, `"35d"`, `"2w"`. A day is 24 hours.
+    fn from_str(text: &str) -> Result<Span, SpanParseError> {
+        if text == "0" {
+            return Ok(Span::ZERO);
+        }
+        let bytes = text.as_bytes();
+        let mut index = 0;
+        let mut total: i64 = 0;
+        if bytes.is_empty() {
+            return Err(SpanParseError);
+        }
+        while index < bytes.len() {
+            let start = index;
+            while index < bytes.len() && bytes[index].is_ascii_digit() {
+                index += 1;
+            }
+            if start == index || index - start > 12 {
+                return Err(SpanParseError);
+            }
+            let number: i64 = text[start..index].parse().map_err(|_| SpanParseError)?;
+            let unit_start = index;
+            while index < bytes.len() && bytes[index].is_ascii_alphabetic() {
+                index += 1;
+            }
+            let factor = match &text[unit_start..index] {
+                "ms" => 1,
+                "s" => 1_000,
+                "m" => 60_000,
+                "h" => 3_600_000,
+                "d" => 86_400_000,
+                "w" => 604_800_000,
+                _ => return Err(SpanParseError),
+            };
+            total = number
+                .checked_mul(factor)
+                .and_then(|v| total.checked_add(v))
+                .ok_or(SpanParseError)?;
+        }
+        Ok(Span(total))
+    }
+}
+
+impl fmt::Display for Span {
+    /// The largest units that divide exactly: `35d`, `90s`, `1500ms`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0;
+        if ms == 0 {
+            return f.write_str("0");
+        }
+        for (unit, factor) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+            if ms % factor == 0 {
+                return write!(f, "{}{unit}", ms / factor);
+            }
+        }
+        write!(f, "{ms}ms")
+    }
+}
+
+impl Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            serializer.serialize_i64(self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Span, D::Error> {
+        if deserializer.is_human_readable() {
+            let text = String::deserialize(deserializer)?;
+            text.parse().map_err(serde::de::Error::custom)
+        } else {
+            Ok(Span(i64::deserialize(deserializer)?))
+        }
+    }
+}
+
+/// A named IANA time zone from the bundled database.
+#[derive(Clone, Debug)]
+pub struct Zone {
+    name: String,
+    tz: jiff::tz::TimeZone,
+}
+
+impl PartialEq for Zone {
+    fn eq(&self, other: &Zone) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Zone {
+    pub fn utc() -> Zone {
+        Zone {
+            name: "UTC".to_string(),
+            tz: jiff::tz::TimeZone::UTC,
+        }
+    }
+
+    /// `None` for a name the bundled database does not know.
+    pub fn named(name: &str) -> Option<Zone> {
+        let tz = jiff::tz::db().get(name).ok()?;
+        Some(Zone {
+            name: name.to_string(),
+            tz,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Local weekday (0 = Monday … 6 = Sunday) and milliseconds since local midnight.
+    pub fn weekday_and_time_of_day(&self, at: Instant) -> (u8, i64) {
+        let zoned = at.to_jiff().to_zoned_datetime(self.tz.clone());
+        let weekday = zoned.weekday().to_monday_zero_offset() as u8;
+        let time = zoned.time();
+        let ms = i64::from(time.hour()) * 3_600_000
+            + i64::from(time.minute()) * 60_000
+            + i64::from(time.second()) * 1_000
+            + i64::from(time.millisecond());
+        (weekday, ms)
+    }
+
+    /// The local midnight that starts `date`; for a date whose midnight does not exist (a DST
+    /// gap at 00:00), jiff's compatible disambiguation takes the first valid instant after.
+    fn start_of_day(&self, date: jiff::civil::Date) -> Instant {
+        let zoned = date
+            .to_zoned_datetime(self.tz.clone())
+            .unwrap_or_else(|_| jiff::Timestamp::UNIX_EPOCH.to_zoned_datetime(self.tz.clone()));
+        Instant::from_jiff(zoned.timestamp())
+    }
+
+    fn local_date(&self, at: Instant) -> jiff::civil::Date {
+        at.to_jiff().to_zoned_datetime(self.tz.clone()).date()
+    }
+}
+
+/// How a plan cuts time into billing periods.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PeriodRule {
+    /// Calendar months starting on `anchor_day` (1–28) at local midnight.
+    Month { anchor_day: u8 },
+    /// Weeks starting on `anchor_weekday` (0 = Monday) at local midnight.
+    Week { anchor_weekday: u8 },
+    /// Local calendar days.
+    Day,
+}
+
+impl PeriodRule {
+    /// The period containing `at`, as `[start, end)` in event time.
+    pub fn period_containing(&self, zone: &Zone, at: Instant) -> (Instant, Instant) {
+        let date = zone.local_date(at);
+        let start_date = match *self {
+            PeriodRule::Month { anchor_day } => {
+                let anchor = jiff::civil::date(date.year(), date.month(), anchor_day as i8);
+                let anchor = if zone.start_of_day(anchor) > at {
+                    anchor
+                        .checked_sub(jiff::Span::new().months(1))
+                        .unwrap_or(anchor)
+                } else {
+                    anchor
+                };
+                // A DST gap can push a local midnight a little later; the period is still the
+                // one whose start is not after `at`.
+                anchor
+            }
+            PeriodRule::Week { anchor_weekday } => {
+                let weekday = date.weekday().to_monday_zero_offset() as i64;
+                let back = (weekday - i64::from(anchor_weekday)).rem_euclid(7);
+                date.checked_sub(jiff::Span::new().days(back)).unwrap_or(date)
+            }
+            PeriodRule::Day => date,
+        };
+        let start_date = if zone.start_of_day(start_date) > at {
+            // Only possible for Week/Day when a DST shift moves midnight past `at`: step back.
+            self.previous_start(start_date)
+        } else {
+            start_date
+        };
+        let end_date = self.next_start(start_date);
+        (zone.start_of_day(start_date), zone.start_of_day(end_date))
+    }
+
+    /// The end of the period that starts at or contains `start`.
+    pub fn period_end_after(&self, zone: &Zone, start: Instant) -> Instant {
+        self.period_containing(zone, start).1
+    }
+
+    fn next_start(&self, start: jiff::civil::Date) -> jiff::civil::Date {
+        let step = match self {
+            PeriodRule::Month { .. } => jiff::Span::new().months(1),
+            PeriodRule::Week { .. } => jiff::Span::new().days(7),
+            PeriodRule::Day => jiff::Span::new().days(1),
+        };
+        start.checked_add(step).unwrap_or(start)
+    }
+
+    fn previous_start(&self, start: jiff::civil::Date) -> jiff::civil::Date {
+        let step = match self {
+            PeriodRule::Month { .. } => jiff::Span::new().months(1),
+            PeriodRule::Week { .. } => jiff::Span::new().days(7),
+            PeriodRule::Day => jiff::Span::new().days(1),
+        };
+        start.checked_sub(step).unwrap_or(start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> Instant {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn instants_parse_strictly_and_print_canonically() {
+        assert_eq!(at("1970-01-01T00:00:00Z"), Instant(0));
+        assert_eq!(at("2026-11-24T10:00:00.123Z").to_string(), "2026-11-24T10:00:00.123Z");
+        assert_eq!(at("2026-11-24T11:00:00+01:00"), at("2026-11-24T10:00:00Z"));
+        // Sub-millisecond digits are truncated toward the past.
+        assert_eq!(at("2026-11-24T10:00:00.1239Z"), at("2026-11-24T10:00:00.123Z"));
+        for bad in ["2026-11-24", "2026-11-24T10:00:00", "yesterday", "1969-12-31T23:59:59Z", ""] {
+            assert!(bad.parse::<Instant>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn spans_parse_and_print() {
+        assert_eq!("90s".parse::<Span>().unwrap(), Span(90_000));
+        assert_eq!("1h30m".parse::<Span>().unwrap(), Span(5_400_000));
+        assert_eq!("35d".parse::<Span>().unwrap(), Span(35 * 86_400_000));
+        assert_eq!("250ms".parse::<Span>().unwrap(), Span(250));
+        assert_eq!(Span(35 * 86_400_000).to_string(), "35d");
+        assert_eq!(Span(1_500).to_string(), "1500ms");
+        for bad in ["", "5", "h", "5x", "-5s", "1.5h", "99999999999999s"] {
+            assert!(bad.parse::<Span>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn monthly_periods_follow_the_anchor_in_the_zone() {
+        let utc = Zone::utc();
+        let rule = PeriodRule::Month { anchor_day: 1 };
+        assert_eq!(
+            rule.period_containing(&utc, at("2026-11-24T10:00:00Z")),
+            (at("2026-11-01T00:00:00Z"), at("2026-12-01T00:00:00Z"))
+        );
+        let rule = PeriodRule::Month { anchor_day: 15 };
+        assert_eq!(
+            rule.period_containing(&utc, at("2026-11-10T00:00:00Z")),
+            (at("2026-10-15T00:00:00Z"), at("2026-11-15T00:00:00Z"))
+        );
+        // The boundary instant belongs to the new period.
+        assert_eq!(
+            rule.period_containing(&utc, at("2026-11-15T00:00:00Z")).0,
+            at("2026-11-15T00:00:00Z")
+        );
+        let paris = Zone::named("Europe/Paris").unwrap();
+        let rule = PeriodRule::Month { anchor_day: 1 };
+        assert_eq!(
+            rule.period_containing(&paris, at("2026-11-30T23:30:00Z")),
+            (at("2026-11-30T23:00:00Z"), at("2026-12-31T23:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn weekly_and_daily_periods() {
+        let utc = Zone::utc();
+        // 2026-11-24 is a Tuesday.
+        let (start, end) =
+            PeriodRule::Week { anchor_weekday: 0 }.period_containing(&utc, at("2026-11-24T10:00:00Z"));
+        assert_eq!((start, end), (at("2026-11-23T00:00:00Z"), at("2026-11-30T00:00:00Z")));
+        let (start, end) = PeriodRule::Day.period_containing(&utc, at("2026-11-24T10:00:00Z"));
+        assert_eq!((start, end), (at("2026-11-24T00:00:00Z"), at("2026-11-25T00:00:00Z")));
+    }
+
+    #[test]
+    fn weekday_and_time_of_day_in_zone() {
+        let tokyo = Zone::named("Asia/Tokyo").unwrap();
+        // 2026-11-24T20:30Z is Wednesday 05:30 in Tokyo.
+        assert_eq!(
+            tokyo.weekday_and_time_of_day(at("2026-11-24T20:30:00Z")),
+            (2, 5 * 3_600_000 + 30 * 60_000)
+        );
+        assert!(Zone::named("Mars/Olympus").is_none());
+    }
+}
