@@ -1,0 +1,282 @@
+//! The catalog: credit types, meters with versioned prices, plans, and the engine's rules.
+//!
+//! Owns: the compiled, validated catalog the engine prices and decides with, its TOML loader
+//! ([`load`]), the pricing function ([`pricing`]) and the catalog fingerprint that snapshots
+//! record.
+//!
+//! Must never: do I/O beyond reading the one file it is given, or accept a catalog with any
+//! error. Loading validates everything and reports every error at once, each with its TOML key.
+//!
+//! Invariants (established by `load`, relied on by the engine without re-checking):
+//! - names are unique per kind; ids (`MeterId`, `PlanId`, `CreditTypeId`) index the vectors;
+//! - each meter has at least one version, sorted by `effective_from`, all distinct;
+//! - tiers are ordered by strictly increasing `up_to`, the last one unbounded;
+//! - every rate, multiplier, minimum and price is ≥ 0, with at most 9 decimal places;
+//! - credit type scales are ≤ 9; allowance, rollover and top-up amounts fit that scale.
+
+pub mod load;
+pub mod pricing;
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decimal::{Credits, Dec, Price, Rounding};
+use crate::time::{Instant, PeriodRule, Span, Zone};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct CreditTypeId(pub u16);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MeterId(pub u16);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PlanId(pub u16);
+
+/// The whole catalog, compiled. Shared read-only by every shard (`Arc<Catalog>`).
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    pub currency: Currency,
+    pub credit_types: Vec<CreditType>,
+    pub meters: Vec<Meter>,
+    pub plans: Vec<Plan>,
+    pub default_plan: PlanId,
+    pub rules: Rules,
+    pub(crate) credit_type_index: HashMap<String, CreditTypeId>,
+    pub(crate) meter_index: HashMap<String, MeterId>,
+    pub(crate) plan_index: HashMap<String, PlanId>,
+}
+
+impl Catalog {
+    pub fn credit_type_id(&self, name: &str) -> Option<CreditTypeId> {
+        self.credit_type_index.get(name).copied()
+    }
+
+    pub fn meter_id(&self, name: &str) -> Option<MeterId> {
+        self.meter_index.get(name).copied()
+    }
+
+    pub fn plan_id(&self, name: &str) -> Option<PlanId> {
+        self.plan_index.get(name).copied()
+    }
+
+    pub fn credit_type(&self, id: CreditTypeId) -> &CreditType {
+        &self.credit_types[id.0 as usize]
+    }
+
+    pub fn meter(&self, id: MeterId) -> &Meter {
+        &self.meters[id.0 as usize]
+    }
+
+    pub fn plan(&self, id: PlanId) -> &Plan {
+        &self.plans[id.0 as usize]
+    }
+}
+
+/// The money that invoice lines are billed in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Currency {
+    /// ISO 4217 code, e.g. `USD`.
+    pub code: String,
+    /// Decimal places of money on invoice lines (0–9).
+    pub scale: u8,
+    /// Rule for the single rounding of each invoice line's money.
+    pub rounding: Rounding,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CreditType {
+    pub name: String,
+    /// Decimal places each event's cost is rounded to (0–9).
+    pub scale: u8,
+}
+
+#[derive(Clone, Debug)]
+pub struct Meter {
+    pub name: String,
+    pub credit_type: CreditTypeId,
+    /// The rounding rule of each event's cost.
+    pub rounding: Rounding,
+    /// Sorted by `effective_from`, strictly increasing, never empty.
+    pub versions: Vec<PriceVersion>,
+}
+
+impl Meter {
+    /// The version in force at `ts`: the latest with `effective_from <= ts`.
+    pub fn version_at(&self, ts: Instant) -> Option<&PriceVersion> {
+        let index = self.versions.partition_point(|v| v.effective_from <= ts);
+        index.checked_sub(1).map(|i| &self.versions[i])
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PriceVersion {
+    pub effective_from: Instant,
+    pub model: PriceModel,
+    /// Bill in blocks: the quantity is rounded up to a multiple of this (> 0).
+    pub increment: Option<Dec>,
+    /// Minimum charge per event with quantity > 0, in credits.
+    pub minimum: Option<Dec>,
+    /// First match wins.
+    pub dimensions: Vec<DimensionRule>,
+    /// When true, an event that matches no dimension rule is dead-lettered (`no_rate_for_dims`).
+    pub dimension_required: bool,
+    /// First match wins. Evaluated in `time_zone`.
+    pub windows: Vec<TimeWindow>,
+    pub time_zone: Zone,
+    /// Stable hash of this version's canonical form (see `load::fingerprint_version`).
+    pub fingerprint: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum PriceModel {
+    /// Every unit at `rate` credits.
+    Unit { rate: Dec },
+    /// Each unit at the rate of the tier its cumulative position falls in.
+    Graduated { tiers: Vec<Tier> },
+    /// All units of the event at the rate of the tier the cumulative quantity reaches.
+    Volume { tiers: Vec<Tier> },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tier {
+    /// Upper bound (inclusive) of cumulative quantity; `None` for the last, unbounded tier.
+    pub up_to: Option<Dec>,
+    pub rate: Dec,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DimensionRule {
+    /// Every pair must equal the event's dim of that key.
+    pub matches: Vec<(String, String)>,
+    /// Replaces the unit rate (unit model only).
+    pub rate: Option<Dec>,
+    pub multiplier: Option<Dec>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimeWindow {
+    pub name: String,
+    /// Bit `d` set = weekday `d` (0 = Monday … 6 = Sunday).
+    pub days: u8,
+    /// Local time of day, milliseconds since midnight; the window is `[from, to)`.
+    pub from_ms: i64,
+    /// `to_ms` may be 86_400_000 (end of day). `from_ms < to_ms`.
+    pub to_ms: i64,
+    /// Replaces the unit rate (unit model only).
+    pub rate: Option<Dec>,
+    pub multiplier: Option<Dec>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub name: String,
+    pub period: PeriodRule,
+    pub time_zone: Zone,
+    /// Money charged per period on the `allowance` invoice line.
+    pub price: Price,
+    pub allowances: Vec<Allowance>,
+    pub policy: Policy,
+    pub alerts: Vec<AlertRule>,
+    /// `grant.expiring` fires this long before a grant's expiry; `None` disables it.
+    pub expiring_lead: Option<Span>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Allowance {
+    pub credit_type: CreditTypeId,
+    pub amount: Credits,
+    pub priority: i32,
+    /// `None`: all meters of the credit type.
+    pub scope: Option<Vec<MeterId>>,
+    /// Zero disables rollover.
+    pub rollover_cap: Credits,
+}
+
+/// What happens when credits run out. Also the `policy` object of `set_policy`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Policy {
+    Reject,
+    Overage(Overage),
+    AutoTopup(TopupRule),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Overage {
+    /// Largest debt allowed, in credits.
+    pub limit: Credits,
+    /// Money per overage credit.
+    pub price: Price,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopupRule {
+    pub credit_type: CreditTypeId,
+    pub threshold: Credits,
+    pub amount: TopupAmount,
+    /// Money per credit bought; the top-up grant's cost basis.
+    pub price: Price,
+    pub max_per_period: u32,
+    pub cooldown: Span,
+    pub priority: i32,
+    /// What applies when no top-up can happen (cap reached, cooldown) or it is not enough.
+    pub fallback: Fallback,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum TopupAmount {
+    Fixed(Credits),
+    /// Top up to this balance.
+    Target(Credits),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Fallback {
+    Reject,
+    Overage(Overage),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertRule {
+    pub credit_type: CreditTypeId,
+    pub name: String,
+    pub threshold: Threshold,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Threshold {
+    Amount(Credits),
+    /// Percent (0–100) of this period's allowance plus top-ups and purchases.
+    Percent(Dec),
+}
+
+/// Limits and windows that decide verdicts. They are part of the catalog (not the operational
+/// config) because changing them changes history: same catalog + same log = same state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rules {
+    pub payload_max: usize,
+    pub future_max: Span,
+    pub backdate_max: Span,
+    pub dedupe_window: Span,
+    pub dedupe_entries_max: usize,
+    pub flush_interval: Span,
+    pub grants_per_account_max: usize,
+    pub holds_per_account_max: usize,
+    pub accounts_per_partition_max: usize,
+}
+
+impl Default for Rules {
+    fn default() -> Rules {
+        Rules {
+            payload_max: 16_384,
+            future_max: Span(5 * 60_000),
+            backdate_max: Span(35 * 86_400_000),
+            dedupe_window: Span(86_400_000),
+            dedupe_entries_max: 2_000_000,
+            flush_interval: Span(3_600_000),
+            grants_per_account_max: 1_000,
+            holds_per_account_max: 64,
+            accounts_per_partition_max: 10_000_000,
+        }
+    }
+}
