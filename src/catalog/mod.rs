@@ -280,3 +280,44 @@ impl Default for Rules {
         }
     }
 }
+
+/// The uncompiled form of a policy: the `[plans.policy]` table of the catalog and the `policy`
+/// object of a `set_policy` command share it, so both are validated by one function
+/// (`load::compile_policy`). Serialized back (absent fields skipped, amounts normalized) it is
+/// the `policy_override` of the state view.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// `reject`, `overage` or `auto_topup`.
+    pub kind: String,
+    /// Overage (and the `overage` fallback of auto top-up): largest debt, in credits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overage_limit: Option<Dec>,
+    /// Money per overage credit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overage_price: Option<Dec>,
+    /// Auto top-up: the credit type topped up (default `credit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<Dec>,
+    /// Exactly one of `amount` and `target`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Dec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Dec>,
+    /// Money per credit bought.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Dec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_period: Option<u32>,
+    /// A duration such as `"1h"` (default `"0"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<String>,
+    /// Priority of top-up grants (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// `reject` (default) or `overage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
