@@ -1,4 +1,10 @@
 //! creditflow: a stream processor for credit-based pricing.
-pub mod decimal;
-pub mod time;
+//!
+//! Codemap (see ARCHITECTURE.md): `decimal` and `time` are the exact scalars; `catalog` prices;
+//! `wire` is the input and output format; `engine` is the pure, deterministic credit engine.
 pub mod catalog;
+pub mod cli;
+pub mod decimal;
+pub mod engine;
+pub mod time;
+pub mod wire;

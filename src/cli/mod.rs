@@ -1,0 +1,3 @@
+//! Command-line subcommands of the `creditflow` binary. Each module owns one subcommand's
+//! arguments and printing; the work itself lives in the library modules they call.
+pub mod replay;

@@ -1,0 +1,754 @@
+//! The credit engine: pure, deterministic, replayable (SEMANTICS.md is its contract).
+//!
+//! Owns: partitions of accounts ([`Partition`]), the order of checks on every input, the dedupe
+//! index, the timers that drive time-based transitions, and [`Engine`], a set of partitions used
+//! by `replay`, `simulate` and the tests.
+//!
+//! Must never: do I/O, read a clock, spawn threads, use randomness, or iterate a hash map where
+//! the order could reach an output. Time and stream sequences come in as arguments. One input in,
+//! new state and outputs out; the same inputs give the same outputs, byte for byte.
+//!
+//! Invariants: every account with a pending transition has a timer entry at or before it; an
+//! account's state depends only on its own messages and the ticks (never on its neighbours,
+//! except through the two limits SEMANTICS §15 names); after every input, in debug builds, every
+//! account touched passes [`Account::check`].
+
+pub mod account;
+pub mod dedupe;
+pub mod view;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::pricing::{self, PriceRequest, Priced};
+use crate::catalog::Catalog;
+use crate::time::Instant;
+use crate::wire::input::{self, CommandKind, DeadLetter, DeadReason, Message};
+use crate::wire::output::{Body, Output};
+use account::{Account, Context, NO_TIMER};
+use dedupe::{dedupe_key, Dedupe, Entry};
+
+/// The partition of an account: FNV-1a (64-bit) of its id's bytes, modulo the partition count.
+/// Publishers in any language compute it the same way (README, "Partitions").
+pub fn partition_of(account: &str, partition_count: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in account.as_bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(partition_count.max(1))) as u32
+}
+
+/// Hashes account ids for the partition's index with xxh3 (fast on short keys, and stable).
+#[derive(Default)]
+pub struct AccountHasher(u64);
+
+impl Hasher for AccountHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+    fn write_u8(&mut self, byte: u8) {
+        self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+    }
+}
+
+type AccountIndex = HashMap<Box<str>, u32, BuildHasherDefault<AccountHasher>>;
+
+/// Counters a partition keeps for metrics; part of its state, so they survive restarts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub messages: u64,
+    pub usage_applied: u64,
+    pub commands_applied: u64,
+    pub ticks: u64,
+    pub duplicates: u64,
+    pub dead_letters: u64,
+}
+
+/// One partition: the unit of ownership, ordering and recovery.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Partition {
+    pub number: u32,
+    pub partition_count: u32,
+    accounts: Vec<Account>,
+    index: AccountIndex,
+    dedupe: Dedupe,
+    timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    tick_clock: Option<Instant>,
+    /// Stream sequence of the last message applied (0 before any).
+    pub last_seq: u64,
+    /// xxh3-64 of the last applied message's payload: with `last_seq`, what a restart checks
+    /// the stream against to detect rewritten history.
+    pub last_payload_hash: u64,
+    pub stats: Stats,
+    /// The account whose inputs are recorded in `explanations` (replay `--explain`); never
+    /// part of a snapshot.
+    #[serde(skip)]
+    pub explain: Option<String>,
+    #[serde(skip)]
+    pub explanations: Vec<Explanation>,
+}
+
+/// What one input did to the explained account: enough to show what was charged, at which
+/// rate, and from which grants.
+#[derive(Clone, Debug)]
+pub struct Explanation {
+    pub seq: u64,
+    pub id: String,
+    pub kind: &'static str,
+    pub ts: Instant,
+    pub priced: Option<Priced>,
+    /// (grant id, credits drawn) for a charge; empty otherwise.
+    pub draws: Vec<(String, crate::decimal::Credits)>,
+    pub overage: crate::decimal::Credits,
+    pub outcome: &'static str,
+    pub balance_after: Vec<(String, crate::decimal::Credits)>,
+}
+
+impl Partition {
+    pub fn new(number: u32, partition_count: u32) -> Partition {
+        assert!(
+            number < partition_count,
+            "partition {number} of {partition_count}"
+        );
+        Partition {
+            number,
+            partition_count,
+            accounts: Vec::new(),
+            index: AccountIndex::default(),
+            dedupe: Dedupe::default(),
+            timers: BinaryHeap::new(),
+            tick_clock: None,
+            last_seq: 0,
+            last_payload_hash: 0,
+            stats: Stats::default(),
+            explain: None,
+            explanations: Vec::new(),
+        }
+    }
+
+    pub fn accounts(&self) -> &[Account] {
+        &self.accounts
+    }
+
+    pub fn account(&self, id: &str) -> Option<&Account> {
+        self.index
+            .get(id)
+            .map(|&slot| &self.accounts[slot as usize])
+    }
+
+    pub fn tick_clock(&self) -> Option<Instant> {
+        self.tick_clock
+    }
+
+    pub fn dedupe_len(&self) -> usize {
+        self.dedupe.len()
+    }
+
+    pub fn dedupe_evicted_early(&self) -> u64 {
+        self.dedupe.evicted_early
+    }
+
+    /// Decodes and applies one message (SEMANTICS §2–§10). `subject_partition` is the partition
+    /// the message's subject names, if any: a message for an account of another partition is
+    /// dead-lettered (`wrong_partition`).
+    pub fn apply(
+        &mut self,
+        catalog: &Catalog,
+        payload: &[u8],
+        seq: u64,
+        subject: &str,
+        subject_partition: Option<u32>,
+        out: &mut Vec<Output>,
+    ) {
+        match input::decode(payload, catalog) {
+            Ok(message) => self.apply_message(
+                catalog,
+                &message,
+                payload,
+                seq,
+                subject,
+                subject_partition,
+                out,
+            ),
+            Err(dead) => {
+                self.record(seq, payload);
+                self.dead_letter(dead, payload, seq, subject, out);
+            }
+        }
+    }
+
+    fn record(&mut self, seq: u64, payload: &[u8]) {
+        self.last_seq = seq;
+        self.last_payload_hash = xxhash_rust::xxh3::xxh3_64(payload);
+        self.stats.messages += 1;
+    }
+
+    /// Applies an already decoded message (the decode is the caller's, e.g. a benchmark's).
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_message(
+        &mut self,
+        catalog: &Catalog,
+        message: &Message<'_>,
+        payload: &[u8],
+        seq: u64,
+        subject: &str,
+        subject_partition: Option<u32>,
+        out: &mut Vec<Output>,
+    ) {
+        self.record(seq, payload);
+        let account_id = match message {
+            Message::Tick { ts, .. } => {
+                self.tick(catalog, *ts, seq, out);
+                return;
+            }
+            Message::Usage(usage) => &*usage.account,
+            Message::Command(command) => &*command.account,
+        };
+        if let Some(expected) = subject_partition {
+            let actual = partition_of(account_id, self.partition_count);
+            if actual != expected || expected != self.number {
+                let dead = DeadLetter {
+                    reason: DeadReason::WrongPartition,
+                    detail: format!(
+                        "account {account_id} belongs to partition {actual} of {}, subject names {expected}",
+                        self.partition_count
+                    ),
+                    account: Some(account_id.to_string()),
+                    ts: Some(message.ts()),
+                };
+                self.dead_letter(dead, payload, seq, subject, out);
+                return;
+            }
+        }
+        if let Err(dead) = self.apply_account_message(catalog, message, account_id, seq, out) {
+            let dead = DeadLetter {
+                account: Some(account_id.to_string()),
+                ts: Some(message.ts()),
+                ..dead
+            };
+            self.dead_letter(dead, payload, seq, subject, out);
+        }
+    }
+
+    fn dead_letter(
+        &mut self,
+        dead: DeadLetter,
+        payload: &[u8],
+        seq: u64,
+        subject: &str,
+        out: &mut Vec<Output>,
+    ) {
+        self.stats.dead_letters += 1;
+        // A payload over the limit is cut, so a dead letter never exceeds what it reports.
+        const DEAD_PAYLOAD_MAX: usize = 1024;
+        let payload = if dead.reason == DeadReason::PayloadTooLarge {
+            payload[..payload.len().min(DEAD_PAYLOAD_MAX)].to_vec()
+        } else {
+            payload.to_vec()
+        };
+        out.push(Output {
+            id: format!("dead:{seq}"),
+            account: dead.account,
+            seq,
+            ts: dead.ts,
+            body: Body::DeadLetter {
+                reason: dead.reason.name(),
+                detail: dead.detail,
+                subject: subject.to_string(),
+                payload,
+            },
+        });
+    }
+
+    fn tick(&mut self, catalog: &Catalog, ts: Instant, seq: u64, out: &mut Vec<Output>) {
+        self.stats.ticks += 1;
+        let clock = self.tick_clock.map_or(ts, |c| c.max(ts));
+        self.tick_clock = Some(clock);
+        self.dedupe
+            .forget_expired(clock, catalog.rules.dedupe_window);
+        let mut ctx = Context { catalog, seq, out };
+        while let Some(&Reverse((due, slot))) = self.timers.peek() {
+            if due > clock {
+                break;
+            }
+            self.timers.pop();
+            let account = &mut self.accounts[slot as usize];
+            if account.timer == due {
+                account.timer = NO_TIMER;
+            }
+            account.advance(&mut ctx, clock);
+            Self::schedule(&mut self.timers, catalog, account, slot);
+            debug_assert_ok(account.check());
+        }
+    }
+
+    fn schedule(
+        timers: &mut BinaryHeap<Reverse<(Instant, u32)>>,
+        catalog: &Catalog,
+        account: &mut Account,
+        slot: u32,
+    ) {
+        let next = account.next_due_time(catalog);
+        if next < account.timer {
+            account.timer = next;
+            timers.push(Reverse((next, slot)));
+        }
+    }
+
+    /// Price of a usage, reserve or commit, judged before anything changes (SEMANTICS §2.1
+    /// checks 6–8). `None` for other messages, or a commit whose hold does not exist.
+    fn price_of(
+        &self,
+        catalog: &Catalog,
+        message: &Message<'_>,
+        slot: Option<u32>,
+    ) -> Result<Option<Priced>, DeadLetter> {
+        let account = slot.map(|s| &self.accounts[s as usize]);
+        let (meter, quantity, dims, ts) = match message {
+            Message::Usage(usage) => (usage.meter, usage.quantity, &usage.dims[..], usage.ts),
+            Message::Command(command) => match &command.kind {
+                CommandKind::Reserve(reserve) => (
+                    reserve.meter,
+                    reserve.quantity,
+                    &reserve.dims[..],
+                    command.ts,
+                ),
+                CommandKind::Commit { hold_id, quantity } => {
+                    match account.and_then(|a| a.hold(hold_id)) {
+                        Some(hold) => (hold.meter, *quantity, &hold.dims[..], command.ts),
+                        None => return Ok(None),
+                    }
+                }
+                _ => return Ok(None),
+            },
+            Message::Tick { .. } => return Ok(None),
+        };
+        let cumulative = account.map_or(crate::decimal::Quantity::ZERO, |a| {
+            a.cumulative_at(meter, ts)
+        });
+        let request = PriceRequest {
+            meter,
+            quantity,
+            dims,
+            ts,
+            cumulative,
+        };
+        match pricing::price(catalog, &request) {
+            Ok(priced) => Ok(Some(priced)),
+            Err(error) => {
+                let reason = match error {
+                    pricing::PriceError::NoPriceInForce => DeadReason::NoPriceInForce,
+                    pricing::PriceError::NoRateForDims => DeadReason::NoRateForDims,
+                    pricing::PriceError::CostOverflow => DeadReason::CostOverflow,
+                };
+                Err(DeadLetter {
+                    reason,
+                    detail: format!("meter {}: {error}", catalog.meter(meter).name),
+                    account: None,
+                    ts: None,
+                })
+            }
+        }
+    }
+
+    fn apply_account_message(
+        &mut self,
+        catalog: &Catalog,
+        message: &Message<'_>,
+        account_id: &str,
+        seq: u64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), DeadLetter> {
+        let rules = &catalog.rules;
+        let ts = message.ts();
+        let slot = self.index.get(account_id).copied();
+        let account_clock = slot.map(|s| self.accounts[s as usize].clock);
+        let clock = match (account_clock, self.tick_clock) {
+            (Some(a), Some(t)) => Some(a.max(t)),
+            (a, t) => a.or(t),
+        };
+        if let Some(tick_clock) = self.tick_clock {
+            if ts > tick_clock.saturating_add(rules.future_max) {
+                return Err(DeadLetter {
+                    reason: DeadReason::TsTooFarAhead,
+                    detail: format!(
+                        "ts {ts} is more than {} after the tick clock {tick_clock}",
+                        rules.future_max
+                    ),
+                    account: None,
+                    ts: None,
+                });
+            }
+        }
+        if let Some(clock) = clock {
+            if ts < clock.saturating_sub(rules.backdate_max) {
+                return Err(DeadLetter {
+                    reason: DeadReason::TsTooOld,
+                    detail: format!(
+                        "ts {ts} is more than {} before the account's clock {clock}",
+                        rules.backdate_max
+                    ),
+                    account: None,
+                    ts: None,
+                });
+            }
+        }
+        let priced = self.price_of(catalog, message, slot)?;
+        let key = dedupe_key(account_id, message.id());
+        if self
+            .dedupe
+            .get(key, self.tick_clock, rules.dedupe_window)
+            .is_some()
+        {
+            self.stats.duplicates += 1;
+            return Ok(());
+        }
+        let mut ctx = Context { catalog, seq, out };
+        let slot = match slot {
+            Some(slot) => slot,
+            None => {
+                if self.accounts.len() >= rules.accounts_per_partition_max {
+                    return Err(DeadLetter {
+                        reason: DeadReason::AccountLimit,
+                        detail: format!(
+                            "partition {} already holds {} accounts",
+                            self.number, rules.accounts_per_partition_max
+                        ),
+                        account: None,
+                        ts: None,
+                    });
+                }
+                let plan = match message {
+                    Message::Command(command) => match command.kind {
+                        CommandKind::SetPlan { plan } => plan,
+                        _ => catalog.default_plan,
+                    },
+                    _ => catalog.default_plan,
+                };
+                let start = self.tick_clock.map_or(ts, |t| t.max(ts));
+                let account = Account::new(&mut ctx, account_id, plan, start);
+                let slot = self.accounts.len() as u32;
+                self.accounts.push(account);
+                self.index.insert(account_id.into(), slot);
+                slot
+            }
+        };
+        let tick_clock = self.tick_clock;
+        let window = rules.dedupe_window;
+        let account = &mut self.accounts[slot as usize];
+        account.advance(&mut ctx, tick_clock.map_or(ts, |t| t.max(ts)));
+        let remembered = match message {
+            Message::Usage(usage) => {
+                self.stats.usage_applied += 1;
+                let priced = priced.as_ref().expect("usage is always priced");
+                account.usage(&mut ctx, &usage.id, usage.meter, usage.quantity, priced, ts)
+            }
+            Message::Command(command) => {
+                self.stats.commands_applied += 1;
+                let reversed_event = match &command.kind {
+                    CommandKind::Reverse { event_id, .. } => self
+                        .dedupe
+                        .get_mut(dedupe_key(account_id, event_id), tick_clock, window)
+                        .map(|entry| &mut entry.what),
+                    _ => None,
+                };
+                account.command(
+                    &mut ctx,
+                    &command.id,
+                    ts,
+                    &command.kind,
+                    priced.as_ref(),
+                    reversed_event,
+                )
+            }
+            Message::Tick { .. } => unreachable!("ticks are handled before"),
+        };
+        if self.explain.as_deref() == Some(account_id) {
+            let explanation = explain(catalog, account, message, seq, priced, &remembered);
+            self.explanations.push(explanation);
+        }
+        self.dedupe.insert(
+            key,
+            Entry {
+                ts,
+                what: remembered,
+            },
+            rules.dedupe_entries_max,
+        );
+        let clock = account.clock;
+        account.advance(&mut ctx, clock);
+        Self::schedule(&mut self.timers, catalog, account, slot);
+        debug_assert_ok(account.check());
+        Ok(())
+    }
+
+    /// Checks every account's invariants.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.accounts.iter().try_for_each(Account::check)
+    }
+}
+
+fn explain(
+    catalog: &Catalog,
+    account: &Account,
+    message: &Message<'_>,
+    seq: u64,
+    priced: Option<Priced>,
+    remembered: &dedupe::Remembered,
+) -> Explanation {
+    let (kind, outcome) = match (message, remembered) {
+        (Message::Usage(_), dedupe::Remembered::Rejected) => ("usage", "rejected"),
+        (Message::Usage(_), _) => ("usage", "charged"),
+        (Message::Command(c), _) => (c.kind.name(), "applied"),
+        (Message::Tick { .. }, _) => ("tick", "applied"),
+    };
+    let (draws, overage) = match remembered {
+        dedupe::Remembered::Charged(charge) => (
+            charge
+                .draws
+                .iter()
+                .map(|&(serial, amount, _)| {
+                    let id = account
+                        .grants
+                        .iter()
+                        .find(|g| g.serial == serial)
+                        .map_or_else(|| format!("#{serial}"), |g| g.id.to_string());
+                    (id, amount)
+                })
+                .collect(),
+            charge.overage,
+        ),
+        _ => (Vec::new(), crate::decimal::Credits::ZERO),
+    };
+    Explanation {
+        seq,
+        id: message.id().to_string(),
+        kind,
+        ts: message.ts(),
+        priced,
+        draws,
+        overage,
+        outcome,
+        balance_after: account
+            .types
+            .iter()
+            .map(|t| {
+                (
+                    catalog.credit_type(t.credit_type).name.clone(),
+                    account.balance(t.credit_type),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn debug_assert_ok(result: Result<(), String>) {
+    if cfg!(debug_assertions) {
+        if let Err(broken) = result {
+            panic!("engine invariant broken: {broken}");
+        }
+    }
+}
+
+/// A set of partitions applied in log order: the single-threaded engine that `replay`,
+/// `simulate`, the model test and the benchmarks drive.
+pub struct Engine {
+    catalog: Arc<Catalog>,
+    partitions: Vec<Partition>,
+    /// Prefix of partition subjects (`creditflow.in`): a subject `<prefix>.<n>` routes to
+    /// partition `n` and is checked against the account's hash.
+    subject_prefix: String,
+}
+
+impl Engine {
+    pub fn new(catalog: Arc<Catalog>, partition_count: u32) -> Engine {
+        let count = partition_count.max(1);
+        Engine {
+            catalog,
+            partitions: (0..count).map(|n| Partition::new(n, count)).collect(),
+            subject_prefix: "creditflow.in".to_string(),
+        }
+    }
+
+    pub fn from_partitions(catalog: Arc<Catalog>, partitions: Vec<Partition>) -> Engine {
+        Engine {
+            catalog,
+            partitions,
+            subject_prefix: "creditflow.in".to_string(),
+        }
+    }
+
+    pub fn with_subject_prefix(mut self, prefix: &str) -> Engine {
+        self.subject_prefix = prefix.to_string();
+        self
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn partitions(&self) -> &[Partition] {
+        &self.partitions
+    }
+
+    pub fn into_partitions(self) -> Vec<Partition> {
+        self.partitions
+    }
+
+    fn subject_partition(&self, subject: &str) -> Option<u32> {
+        let rest = subject
+            .strip_prefix(&self.subject_prefix)?
+            .strip_prefix('.')?;
+        let number: u32 = rest.parse().ok()?;
+        (number < self.partitions.len() as u32).then_some(number)
+    }
+
+    /// Applies one raw message with its stream sequence and subject.
+    pub fn apply(&mut self, payload: &[u8], seq: u64, subject: &str, out: &mut Vec<Output>) {
+        let catalog = &*self.catalog;
+        let subject_partition = self.subject_partition(subject);
+        match input::decode(payload, catalog) {
+            Err(dead) => {
+                let n = subject_partition.unwrap_or_else(|| match &dead.account {
+                    Some(account) => partition_of(account, self.partitions.len() as u32),
+                    None => 0,
+                });
+                let partition = &mut self.partitions[n as usize];
+                partition.record(seq, payload);
+                partition.dead_letter(dead, payload, seq, subject, out);
+            }
+            Ok(message) => self.route(&message, payload, seq, subject, subject_partition, out),
+        }
+    }
+
+    /// Applies an already decoded message.
+    pub fn apply_message(
+        &mut self,
+        message: &Message<'_>,
+        payload: &[u8],
+        seq: u64,
+        subject: &str,
+        out: &mut Vec<Output>,
+    ) {
+        let subject_partition = self.subject_partition(subject);
+        self.route(message, payload, seq, subject, subject_partition, out);
+    }
+
+    fn route(
+        &mut self,
+        message: &Message<'_>,
+        payload: &[u8],
+        seq: u64,
+        subject: &str,
+        subject_partition: Option<u32>,
+        out: &mut Vec<Output>,
+    ) {
+        let catalog = &*self.catalog;
+        let count = self.partitions.len() as u32;
+        match (message.account(), subject_partition) {
+            (_, Some(n)) => self.partitions[n as usize].apply_message(
+                catalog,
+                message,
+                payload,
+                seq,
+                subject,
+                Some(n),
+                out,
+            ),
+            (Some(account), None) => {
+                let n = partition_of(account, count);
+                self.partitions[n as usize]
+                    .apply_message(catalog, message, payload, seq, subject, None, out);
+            }
+            // A tick on a subject that names no partition reaches every partition.
+            (None, None) => {
+                for partition in &mut self.partitions {
+                    partition.apply_message(catalog, message, payload, seq, subject, None, out);
+                }
+            }
+        }
+    }
+
+    pub fn account(&self, id: &str) -> Option<&Account> {
+        let n = partition_of(id, self.partitions.len() as u32);
+        self.partitions[n as usize].account(id)
+    }
+
+    /// Every account's state view (SEMANTICS §16), sorted by account id.
+    pub fn state_view(&self) -> Vec<String> {
+        let mut accounts: Vec<&Account> =
+            self.partitions.iter().flat_map(|p| p.accounts()).collect();
+        accounts.sort_by(|a, b| a.id.cmp(&b.id));
+        accounts
+            .iter()
+            .map(|a| view::account_json(&self.catalog, a))
+            .collect()
+    }
+
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.partitions
+            .iter()
+            .try_for_each(Partition::check_invariants)
+    }
+
+    /// Records what each input does to `account` (see [`Explanation`]).
+    pub fn set_explain(&mut self, account: Option<&str>) {
+        for partition in &mut self.partitions {
+            partition.explain = account.map(str::to_string);
+        }
+    }
+
+    pub fn take_explanations(&mut self) -> Vec<Explanation> {
+        let mut all: Vec<Explanation> = self
+            .partitions
+            .iter_mut()
+            .flat_map(|p| std::mem::take(&mut p.explanations))
+            .collect();
+        all.sort_by_key(|e| e.seq);
+        all
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut total = Stats::default();
+        for p in &self.partitions {
+            total.messages += p.stats.messages;
+            total.usage_applied += p.stats.usage_applied;
+            total.commands_applied += p.stats.commands_applied;
+            total.ticks += p.stats.ticks;
+            total.duplicates += p.stats.duplicates;
+            total.dead_letters += p.stats.dead_letters;
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_hash_is_fnv1a_64() {
+        // Reference values of FNV-1a 64 ("" and "a" are the published test vectors).
+        assert_eq!(
+            partition_of("", u32::MAX),
+            (0xcbf2_9ce4_8422_2325u64 % u64::from(u32::MAX)) as u32
+        );
+        assert_eq!(
+            partition_of("a", u32::MAX),
+            (0xaf63_dc4c_8601_ec8cu64 % u64::from(u32::MAX)) as u32
+        );
+        assert_eq!(partition_of("acct_42", 1), 0);
+        let spread: std::collections::BTreeSet<u32> = (0..1000)
+            .map(|i| partition_of(&format!("acct_{i}"), 16))
+            .collect();
+        assert_eq!(spread.len(), 16);
+    }
+}

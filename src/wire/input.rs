@@ -1,0 +1,971 @@
+//! Input messages: JSON decoding and validation into typed [`Message`]s.
+//!
+//! Owns: the wire form of usage events and commands (SEMANTICS §2) and the verdict on bad input
+//! (§2.1 checks 1–4): every refusal is a [`DeadLetter`] with a reason and a detail.
+//!
+//! Must never: panic on any byte sequence, allocate on the usage fast path beyond what JSON
+//! escapes force, or look at engine state (checks that need the account's clock or the price
+//! live in the engine).
+//!
+//! Invariants: a decoded [`Message`] has every field checked against the catalog: ids and
+//! account ids well-formed, meters/plans/credit types resolved, amounts exact and within the
+//! precision limits, timestamps in range. Two decodes of the same bytes give the same result.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use crate::catalog::{Catalog, CreditTypeId, MeterId, PlanId, Policy, PolicySpec};
+use crate::decimal::{Credits, Dec, Price, Quantity};
+use crate::time::{Instant, Span};
+
+/// Why a message was dead-lettered (SEMANTICS §2.1). The name is the wire form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadReason {
+    PayloadTooLarge,
+    MalformedJson,
+    UnknownType,
+    InvalidField,
+    BadAccount,
+    BadId,
+    BadQuantity,
+    BadTimestamp,
+    UnknownMeter,
+    UnknownPlan,
+    UnknownCreditType,
+    TsTooFarAhead,
+    TsTooOld,
+    NoPriceInForce,
+    NoRateForDims,
+    CostOverflow,
+    AccountLimit,
+    /// The message's subject names a partition that is not the account's (pipeline only).
+    WrongPartition,
+}
+
+impl DeadReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            DeadReason::PayloadTooLarge => "payload_too_large",
+            DeadReason::MalformedJson => "malformed_json",
+            DeadReason::UnknownType => "unknown_type",
+            DeadReason::InvalidField => "invalid_field",
+            DeadReason::BadAccount => "bad_account",
+            DeadReason::BadId => "bad_id",
+            DeadReason::BadQuantity => "bad_quantity",
+            DeadReason::BadTimestamp => "bad_timestamp",
+            DeadReason::UnknownMeter => "unknown_meter",
+            DeadReason::UnknownPlan => "unknown_plan",
+            DeadReason::UnknownCreditType => "unknown_credit_type",
+            DeadReason::TsTooFarAhead => "ts_too_far_ahead",
+            DeadReason::TsTooOld => "ts_too_old",
+            DeadReason::NoPriceInForce => "no_price_in_force",
+            DeadReason::NoRateForDims => "no_rate_for_dims",
+            DeadReason::CostOverflow => "cost_overflow",
+            DeadReason::AccountLimit => "account_limit",
+            DeadReason::WrongPartition => "wrong_partition",
+        }
+    }
+}
+
+/// A refused message: the reason, a human detail, and what could be read of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    pub reason: DeadReason,
+    pub detail: String,
+    /// The account, when the message had a well-formed one.
+    pub account: Option<String>,
+    /// The message's `ts`, when it had a valid one.
+    pub ts: Option<Instant>,
+}
+
+impl DeadLetter {
+    fn new(reason: DeadReason, detail: impl Into<String>) -> DeadLetter {
+        DeadLetter {
+            reason,
+            detail: detail.into(),
+            account: None,
+            ts: None,
+        }
+    }
+}
+
+/// Largest id length in bytes (event ids, command ids, grant ids, hold ids).
+pub const ID_LENGTH_MAX: usize = 128;
+/// Largest account id length in characters.
+pub const ACCOUNT_LENGTH_MAX: usize = 64;
+/// Largest number of dims on one event.
+pub const DIMS_MAX: usize = 16;
+/// Largest dim key length in bytes.
+pub const DIM_KEY_LENGTH_MAX: usize = 64;
+/// Largest dim value length in bytes.
+pub const DIM_VALUE_LENGTH_MAX: usize = 256;
+/// Largest number of significant digits in an amount or quantity.
+pub const DIGITS_MAX: u32 = 18;
+/// Largest number of decimal places in an amount or quantity.
+pub const DECIMALS_MAX: u8 = 9;
+/// Largest `reason` text on a command, in bytes.
+pub const REASON_LENGTH_MAX: usize = 1024;
+
+/// Where a grant's credits came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Purchase,
+    Allowance,
+    Promotion,
+    Rollover,
+    Topup,
+    Adjustment,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Purchase => "purchase",
+            Source::Allowance => "allowance",
+            Source::Promotion => "promotion",
+            Source::Rollover => "rollover",
+            Source::Topup => "topup",
+            Source::Adjustment => "adjustment",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Source> {
+        [
+            Source::Purchase,
+            Source::Allowance,
+            Source::Promotion,
+            Source::Rollover,
+            Source::Topup,
+            Source::Adjustment,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+    }
+}
+
+/// A usage event: `quantity` units of `meter` used by `account` at `ts`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Usage<'a> {
+    pub id: Cow<'a, str>,
+    pub account: Cow<'a, str>,
+    pub meter: MeterId,
+    pub quantity: Quantity,
+    pub ts: Instant,
+    /// Sorted by key, keys unique.
+    pub dims: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrantCommand {
+    pub grant_id: String,
+    pub credit_type: CreditTypeId,
+    pub amount: Credits,
+    pub priority: i32,
+    pub effective_at: Instant,
+    pub expires_at: Option<Instant>,
+    /// Sorted, unique.
+    pub scope: Option<Vec<MeterId>>,
+    pub source: Source,
+    pub cost_basis: Price,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReserveCommand {
+    pub hold_id: String,
+    pub meter: MeterId,
+    pub quantity: Quantity,
+    pub ttl: Span,
+    pub dims: Vec<(String, String)>,
+}
+
+/// What a command asks for (SEMANTICS §2 table).
+#[derive(Clone, Debug, PartialEq)]
+pub enum CommandKind {
+    Grant(GrantCommand),
+    VoidGrant {
+        grant_id: String,
+        reason: String,
+    },
+    SetPlan {
+        plan: PlanId,
+    },
+    /// `None` clears the override.
+    SetPolicy(Option<Box<(PolicySpec, Policy)>>),
+    Adjust {
+        credit_type: CreditTypeId,
+        amount: Credits,
+        reason: String,
+    },
+    Reverse {
+        event_id: String,
+        reason: String,
+    },
+    Reserve(ReserveCommand),
+    Commit {
+        hold_id: String,
+        quantity: Quantity,
+    },
+    Release {
+        hold_id: String,
+    },
+}
+
+impl CommandKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CommandKind::Grant(_) => "grant",
+            CommandKind::VoidGrant { .. } => "void_grant",
+            CommandKind::SetPlan { .. } => "set_plan",
+            CommandKind::SetPolicy(_) => "set_policy",
+            CommandKind::Adjust { .. } => "adjust",
+            CommandKind::Reverse { .. } => "reverse",
+            CommandKind::Reserve(_) => "reserve",
+            CommandKind::Commit { .. } => "commit",
+            CommandKind::Release { .. } => "release",
+        }
+    }
+}
+
+/// A command on one account.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Command<'a> {
+    pub id: Cow<'a, str>,
+    pub account: Cow<'a, str>,
+    pub ts: Instant,
+    pub kind: CommandKind,
+}
+
+/// One decoded input message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message<'a> {
+    Usage(Usage<'a>),
+    Command(Command<'a>),
+    Tick { id: Cow<'a, str>, ts: Instant },
+}
+
+impl Message<'_> {
+    pub fn account(&self) -> Option<&str> {
+        match self {
+            Message::Usage(u) => Some(&u.account),
+            Message::Command(c) => Some(&c.account),
+            Message::Tick { .. } => None,
+        }
+    }
+
+    pub fn ts(&self) -> Instant {
+        match self {
+            Message::Usage(u) => u.ts,
+            Message::Command(c) => c.ts,
+            Message::Tick { ts, .. } => *ts,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            Message::Usage(u) => &u.id,
+            Message::Command(c) => &c.id,
+            Message::Tick { id, .. } => id,
+        }
+    }
+}
+
+/// A JSON number or string, kept as text so nothing passes through a float.
+#[derive(Debug)]
+struct NumberText<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for NumberText<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = NumberText<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a decimal number or a string holding one")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(NumberText(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(NumberText(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(NumberText(Cow::Owned(v)))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(NumberText(Cow::Owned(v.to_string())))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(NumberText(Cow::Owned(v.to_string())))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Err(E::custom("a fractional number must be written as a string"))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                // serde_json's arbitrary_precision hands numbers over as a one-entry map.
+                let key: Option<Cow<'de, str>> = map.next_key()?;
+                if key.as_deref() != Some("$serde_json::private::Number") {
+                    return Err(serde::de::Error::custom("expected a number or a string"));
+                }
+                let text: String = map.next_value()?;
+                Ok(NumberText(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// Every field any message may carry. Which ones a type accepts is checked after parsing, so
+/// that an unknown field gets a precise detail. Strings borrow from the payload when unescaped.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Raw<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    account: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    meter: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    quantity: Option<NumberText<'a>>,
+    #[serde(borrow)]
+    ts: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "dims_object")]
+    dims: Option<Vec<(String, String)>>,
+    #[serde(borrow)]
+    amount: Option<NumberText<'a>>,
+    grant_id: Option<String>,
+    credit_type: Option<String>,
+    priority: Option<i64>,
+    effective_at: Option<String>,
+    expires_at: Option<String>,
+    scope: Option<Vec<String>>,
+    source: Option<String>,
+    #[serde(borrow)]
+    cost_basis: Option<NumberText<'a>>,
+    reason: Option<String>,
+    plan: Option<String>,
+    // `Some(None)` is an explicit `null` (clear the override); `None` is a missing field.
+    #[serde(default, deserialize_with = "explicit_null")]
+    policy: Option<Option<PolicySpec>>,
+    event_id: Option<String>,
+    ttl: Option<String>,
+    hold_id: Option<String>,
+}
+
+/// `dims` is a JSON object of strings; repeated keys are kept here and refused by the checker.
+fn dims_object<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<(String, String)>>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Option<Vec<(String, String)>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of string values")
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut pairs = Vec::new();
+            while let Some((key, value)) = map.next_entry::<String, String>()? {
+                if pairs.len() >= DIMS_MAX * 4 {
+                    return Err(serde::de::Error::custom("dims: far too many entries"));
+                }
+                pairs.push((key, value));
+            }
+            Ok(Some(pairs))
+        }
+    }
+    deserializer.deserialize_any(Visitor)
+}
+
+fn explicit_null<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<PolicySpec>>, D::Error> {
+    Ok(Some(Option::deserialize(deserializer)?))
+}
+
+/// Field names per message type, in the order their presence is checked.
+const USAGE_FIELDS: &[&str] = &["type", "id", "account", "meter", "quantity", "ts", "dims"];
+const GRANT_FIELDS: &[&str] = &[
+    "type",
+    "id",
+    "account",
+    "ts",
+    "amount",
+    "grant_id",
+    "credit_type",
+    "priority",
+    "effective_at",
+    "expires_at",
+    "scope",
+    "source",
+    "cost_basis",
+];
+const VOID_FIELDS: &[&str] = &["type", "id", "account", "ts", "grant_id", "reason"];
+const SET_PLAN_FIELDS: &[&str] = &["type", "id", "account", "ts", "plan"];
+const SET_POLICY_FIELDS: &[&str] = &["type", "id", "account", "ts", "policy"];
+const ADJUST_FIELDS: &[&str] = &[
+    "type",
+    "id",
+    "account",
+    "ts",
+    "credit_type",
+    "amount",
+    "reason",
+];
+const REVERSE_FIELDS: &[&str] = &["type", "id", "account", "ts", "event_id", "reason"];
+const RESERVE_FIELDS: &[&str] = &[
+    "type", "id", "account", "ts", "meter", "quantity", "ttl", "hold_id", "dims",
+];
+const COMMIT_FIELDS: &[&str] = &["type", "id", "account", "ts", "hold_id", "quantity"];
+const RELEASE_FIELDS: &[&str] = &["type", "id", "account", "ts", "hold_id"];
+const TICK_FIELDS: &[&str] = &["type", "id", "ts"];
+
+const MESSAGE_TYPES: &[(&str, &[&str])] = &[
+    ("usage", USAGE_FIELDS),
+    ("grant", GRANT_FIELDS),
+    ("void_grant", VOID_FIELDS),
+    ("set_plan", SET_PLAN_FIELDS),
+    ("set_policy", SET_POLICY_FIELDS),
+    ("adjust", ADJUST_FIELDS),
+    ("reverse", REVERSE_FIELDS),
+    ("reserve", RESERVE_FIELDS),
+    ("commit", COMMIT_FIELDS),
+    ("release", RELEASE_FIELDS),
+    ("tick", TICK_FIELDS),
+];
+
+impl Raw<'_> {
+    /// Names of the fields present, in declaration order.
+    fn present(&self) -> impl Iterator<Item = &'static str> + '_ {
+        [
+            ("type", self.kind.is_some()),
+            ("id", self.id.is_some()),
+            ("account", self.account.is_some()),
+            ("meter", self.meter.is_some()),
+            ("quantity", self.quantity.is_some()),
+            ("ts", self.ts.is_some()),
+            ("dims", self.dims.is_some()),
+            ("amount", self.amount.is_some()),
+            ("grant_id", self.grant_id.is_some()),
+            ("credit_type", self.credit_type.is_some()),
+            ("priority", self.priority.is_some()),
+            ("effective_at", self.effective_at.is_some()),
+            ("expires_at", self.expires_at.is_some()),
+            ("scope", self.scope.is_some()),
+            ("source", self.source.is_some()),
+            ("cost_basis", self.cost_basis.is_some()),
+            ("reason", self.reason.is_some()),
+            ("plan", self.plan.is_some()),
+            ("policy", self.policy.is_some()),
+            ("event_id", self.event_id.is_some()),
+            ("ttl", self.ttl.is_some()),
+            ("hold_id", self.hold_id.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, present)| present.then_some(name))
+    }
+}
+
+/// Decodes and validates one message. `Err` is the dead letter for it.
+pub fn decode<'a>(payload: &'a [u8], catalog: &Catalog) -> Result<Message<'a>, DeadLetter> {
+    if payload.len() > catalog.rules.payload_max {
+        return Err(DeadLetter::new(
+            DeadReason::PayloadTooLarge,
+            format!(
+                "{} bytes, limit {}",
+                payload.len(),
+                catalog.rules.payload_max
+            ),
+        ));
+    }
+    let raw: Raw<'a> = match serde_json::from_slice(payload) {
+        Ok(raw) => raw,
+        Err(error) => return Err(classify_parse_error(payload, &error)),
+    };
+    let written = raw.kind.as_deref().unwrap_or("usage");
+    let Some(&(kind, allowed)) = MESSAGE_TYPES.iter().find(|(name, _)| *name == written) else {
+        return Err(DeadLetter::new(
+            DeadReason::UnknownType,
+            format!(
+                "type {:?} is not a known message type",
+                truncate(written, 64)
+            ),
+        ));
+    };
+    if let Some(field) = raw.present().find(|field| !allowed.contains(field)) {
+        return Err(DeadLetter::new(
+            DeadReason::InvalidField,
+            format!("{field}: not a field of a {kind} message"),
+        ));
+    }
+    let mut checker = Checker {
+        catalog,
+        account: None,
+        ts: None,
+    };
+    checker.message(kind, raw).map_err(|mut dead| {
+        dead.account = checker.account.take();
+        dead.ts = checker.ts;
+        dead
+    })
+}
+
+/// A parse error: syntax (malformed JSON) or data (a field of the wrong type, an unknown or
+/// repeated field). For data errors the message is re-read untyped, to keep SEMANTICS' order of
+/// checks (an unknown `type` is reported before a bad field). Only refused input takes this path.
+fn classify_parse_error(payload: &[u8], error: &serde_json::Error) -> DeadLetter {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return DeadLetter::new(DeadReason::MalformedJson, error.to_string());
+    };
+    let Some(object) = value.as_object() else {
+        return DeadLetter::new(DeadReason::MalformedJson, "not a JSON object");
+    };
+    match object.get("type") {
+        None => {}
+        Some(serde_json::Value::String(kind))
+            if MESSAGE_TYPES.iter().any(|(name, _)| name == kind) => {}
+        Some(other) => {
+            return DeadLetter::new(
+                DeadReason::UnknownType,
+                format!(
+                    "type {} is not a known message type",
+                    truncate(&other.to_string(), 64)
+                ),
+            )
+        }
+    }
+    let mut dead = DeadLetter::new(DeadReason::InvalidField, error.to_string());
+    if let Some(serde_json::Value::String(account)) = object.get("account") {
+        if account_is_valid(account) {
+            dead.account = Some(account.clone());
+        }
+    }
+    if let Some(serde_json::Value::String(ts)) = object.get("ts") {
+        dead.ts = ts.parse().ok();
+    }
+    dead
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+pub fn account_is_valid(account: &str) -> bool {
+    !account.is_empty()
+        && account.len() <= ACCOUNT_LENGTH_MAX
+        && account
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+pub fn id_is_valid(id: &str) -> bool {
+    !id.is_empty() && id.len() <= ID_LENGTH_MAX && id.bytes().all(|b| (b'!'..=b'~').contains(&b))
+}
+
+/// Validates fields of one message in a fixed order, remembering the account and ts it has
+/// read so a dead letter can carry them.
+struct Checker<'c> {
+    catalog: &'c Catalog,
+    account: Option<String>,
+    ts: Option<Instant>,
+}
+
+type Checked<T> = Result<T, DeadLetter>;
+
+fn missing(field: &str) -> DeadLetter {
+    DeadLetter::new(DeadReason::InvalidField, format!("{field}: required"))
+}
+
+fn invalid(field: &str, what: impl std::fmt::Display) -> DeadLetter {
+    DeadLetter::new(DeadReason::InvalidField, format!("{field}: {what}"))
+}
+
+impl<'c> Checker<'c> {
+    fn message<'a>(&mut self, kind: &str, mut raw: Raw<'a>) -> Checked<Message<'a>> {
+        if kind == "tick" {
+            let id = self.id(raw.id)?;
+            let ts = self.ts(raw.ts)?;
+            return Ok(Message::Tick { id, ts });
+        }
+        let id = self.id(raw.id.take())?;
+        let account = self.account(raw.account.take())?;
+        let ts = self.ts(raw.ts.take())?;
+        if kind == "usage" {
+            let meter = self.meter(raw.meter.as_deref())?;
+            let quantity = self.quantity(raw.quantity, false)?;
+            let dims = self.dims(raw.dims)?;
+            return Ok(Message::Usage(Usage {
+                id,
+                account,
+                meter,
+                quantity,
+                ts,
+                dims,
+            }));
+        }
+        let kind = match kind {
+            "grant" => self.grant(&id, ts, raw)?,
+            "void_grant" => CommandKind::VoidGrant {
+                grant_id: self.other_id("grant_id", raw.grant_id)?,
+                reason: self.reason(raw.reason, false)?,
+            },
+            "set_plan" => {
+                let name = raw.plan.ok_or_else(|| missing("plan"))?;
+                let plan = self.catalog.plan_id(&name).ok_or_else(|| {
+                    DeadLetter::new(
+                        DeadReason::UnknownPlan,
+                        format!("plan: {:?} is not in the catalog", truncate(&name, 64)),
+                    )
+                })?;
+                CommandKind::SetPlan { plan }
+            }
+            "set_policy" => {
+                let spec = raw.policy.ok_or_else(|| missing("policy"))?;
+                match spec {
+                    None => CommandKind::SetPolicy(None),
+                    Some(spec) => {
+                        let policy =
+                            crate::catalog::load::compile_policy(self.catalog, &spec, "policy")
+                                .map_err(|errors| {
+                                    let text: Vec<String> = errors
+                                        .iter()
+                                        .map(|e| format!("{}: {}", e.key, e.message))
+                                        .collect();
+                                    DeadLetter::new(DeadReason::InvalidField, text.join("; "))
+                                })?;
+                        CommandKind::SetPolicy(Some(Box::new((spec, policy))))
+                    }
+                }
+            }
+            "adjust" => {
+                let credit_type = self.credit_type(raw.credit_type)?;
+                let amount = self.amount("amount", raw.amount, credit_type)?;
+                if amount.is_zero() {
+                    return Err(invalid("amount", "must not be 0"));
+                }
+                CommandKind::Adjust {
+                    credit_type,
+                    amount,
+                    reason: self.reason(raw.reason, true)?,
+                }
+            }
+            "reverse" => CommandKind::Reverse {
+                event_id: self.other_id("event_id", raw.event_id)?,
+                reason: self.reason(raw.reason, false)?,
+            },
+            "reserve" => {
+                let meter = self.meter(raw.meter.as_deref())?;
+                let quantity = self.quantity(raw.quantity, true)?;
+                let ttl_text = raw.ttl.ok_or_else(|| missing("ttl"))?;
+                let ttl: Span = ttl_text.parse().map_err(|e| invalid("ttl", e))?;
+                if ttl.millis() <= 0 {
+                    return Err(invalid("ttl", "must be > 0"));
+                }
+                let hold_id = match raw.hold_id {
+                    Some(hold) => self.other_id("hold_id", Some(hold))?,
+                    None => id.to_string(),
+                };
+                CommandKind::Reserve(ReserveCommand {
+                    hold_id,
+                    meter,
+                    quantity,
+                    ttl,
+                    dims: self.dims(raw.dims)?,
+                })
+            }
+            "commit" => CommandKind::Commit {
+                hold_id: self.other_id("hold_id", raw.hold_id)?,
+                quantity: self.quantity(raw.quantity, false)?,
+            },
+            "release" => CommandKind::Release {
+                hold_id: self.other_id("hold_id", raw.hold_id)?,
+            },
+            other => unreachable!("message type {other} is listed in MESSAGE_TYPES"),
+        };
+        Ok(Message::Command(Command {
+            id,
+            account,
+            ts,
+            kind,
+        }))
+    }
+
+    fn id<'a>(&mut self, id: Option<Cow<'a, str>>) -> Checked<Cow<'a, str>> {
+        let id = id.ok_or_else(|| DeadLetter::new(DeadReason::BadId, "id: required"))?;
+        if !id_is_valid(&id) {
+            return Err(DeadLetter::new(
+                DeadReason::BadId,
+                "id: must be 1-128 bytes of printable ASCII",
+            ));
+        }
+        Ok(id)
+    }
+
+    fn other_id(&mut self, field: &str, id: Option<String>) -> Checked<String> {
+        let id = id.ok_or_else(|| missing(field))?;
+        if !id_is_valid(&id) {
+            return Err(invalid(field, "must be 1-128 bytes of printable ASCII"));
+        }
+        Ok(id)
+    }
+
+    fn account<'a>(&mut self, account: Option<Cow<'a, str>>) -> Checked<Cow<'a, str>> {
+        let account =
+            account.ok_or_else(|| DeadLetter::new(DeadReason::BadAccount, "account: required"))?;
+        if !account_is_valid(&account) {
+            return Err(DeadLetter::new(
+                DeadReason::BadAccount,
+                "account: must be 1-64 characters of A-Z a-z 0-9 _ -",
+            ));
+        }
+        self.account = Some(account.to_string());
+        Ok(account)
+    }
+
+    fn ts(&mut self, ts: Option<Cow<'_, str>>) -> Checked<Instant> {
+        let text = ts.ok_or_else(|| DeadLetter::new(DeadReason::BadTimestamp, "ts: required"))?;
+        let ts = text
+            .parse()
+            .map_err(|e| DeadLetter::new(DeadReason::BadTimestamp, format!("ts: {e}")))?;
+        self.ts = Some(ts);
+        Ok(ts)
+    }
+
+    fn instant(&self, field: &str, text: Option<String>) -> Checked<Option<Instant>> {
+        text.map(|text| {
+            text.parse()
+                .map_err(|e| DeadLetter::new(DeadReason::BadTimestamp, format!("{field}: {e}")))
+        })
+        .transpose()
+    }
+
+    fn meter(&self, name: Option<&str>) -> Checked<MeterId> {
+        let name = name.ok_or_else(|| missing("meter"))?;
+        self.catalog.meter_id(name).ok_or_else(|| {
+            DeadLetter::new(
+                DeadReason::UnknownMeter,
+                format!("meter: {:?} is not in the catalog", truncate(name, 64)),
+            )
+        })
+    }
+
+    fn credit_type(&self, name: Option<String>) -> Checked<CreditTypeId> {
+        let name = name.as_deref().unwrap_or("credit");
+        self.catalog.credit_type_id(name).ok_or_else(|| {
+            DeadLetter::new(
+                DeadReason::UnknownCreditType,
+                format!(
+                    "credit_type: {:?} is not in the catalog",
+                    truncate(name, 64)
+                ),
+            )
+        })
+    }
+
+    /// Parses a decimal within the precision limits (18 significant digits, 9 decimals).
+    fn decimal(field: &str, text: &NumberText<'_>) -> Result<Dec, String> {
+        let value: Dec = text.0.parse().map_err(|e| format!("{field}: {e}"))?;
+        let value = value.normalized();
+        if value.digits() > DIGITS_MAX {
+            return Err(format!(
+                "{field}: more than {DIGITS_MAX} significant digits"
+            ));
+        }
+        if value.scale() > DECIMALS_MAX {
+            return Err(format!("{field}: more than {DECIMALS_MAX} decimal places"));
+        }
+        Ok(value)
+    }
+
+    fn quantity(&self, text: Option<NumberText<'_>>, positive: bool) -> Checked<Quantity> {
+        let text =
+            text.ok_or_else(|| DeadLetter::new(DeadReason::BadQuantity, "quantity: required"))?;
+        let value = Self::decimal("quantity", &text)
+            .map_err(|detail| DeadLetter::new(DeadReason::BadQuantity, detail))?;
+        if value.is_negative() || (positive && value.is_zero()) {
+            let rule = if positive { "> 0" } else { ">= 0" };
+            return Err(DeadLetter::new(
+                DeadReason::BadQuantity,
+                format!("quantity: must be {rule}"),
+            ));
+        }
+        value
+            .to_fixed()
+            .ok_or_else(|| DeadLetter::new(DeadReason::BadQuantity, "quantity: out of range"))
+    }
+
+    /// A credit amount of `credit_type`: within its scale. Sign is checked by the caller.
+    fn amount(
+        &self,
+        field: &str,
+        text: Option<NumberText<'_>>,
+        credit_type: CreditTypeId,
+    ) -> Checked<Credits> {
+        let text = text.ok_or_else(|| missing(field))?;
+        let value = Self::decimal(field, &text)
+            .map_err(|d| DeadLetter::new(DeadReason::InvalidField, d))?;
+        let credit = self.catalog.credit_type(credit_type);
+        if value.scale() > credit.scale {
+            return Err(invalid(
+                field,
+                format!(
+                    "more decimal places than credit type {} allows ({})",
+                    credit.name, credit.scale
+                ),
+            ));
+        }
+        value
+            .to_fixed()
+            .ok_or_else(|| invalid(field, "out of range"))
+    }
+
+    fn reason(&self, reason: Option<String>, required: bool) -> Checked<String> {
+        match reason {
+            None if required => Err(missing("reason")),
+            None => Ok(String::new()),
+            Some(text) if required && text.trim().is_empty() => {
+                Err(invalid("reason", "must not be empty"))
+            }
+            Some(text) if text.len() > REASON_LENGTH_MAX => Err(invalid(
+                "reason",
+                format!("longer than {REASON_LENGTH_MAX} bytes"),
+            )),
+            Some(text) => Ok(text),
+        }
+    }
+
+    fn dims(&self, dims: Option<Vec<(String, String)>>) -> Checked<Vec<(String, String)>> {
+        let Some(mut dims) = dims else {
+            return Ok(Vec::new());
+        };
+        if dims.len() > DIMS_MAX {
+            return Err(invalid("dims", format!("more than {DIMS_MAX} entries")));
+        }
+        dims.sort_by(|a, b| a.0.cmp(&b.0));
+        for pair in dims.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                return Err(invalid(
+                    "dims",
+                    format!("key {:?} repeated", truncate(&pair[0].0, 64)),
+                ));
+            }
+        }
+        for (key, value) in &dims {
+            if key.is_empty() || key.len() > DIM_KEY_LENGTH_MAX {
+                return Err(invalid(
+                    "dims",
+                    format!("keys must be 1-{DIM_KEY_LENGTH_MAX} bytes"),
+                ));
+            }
+            if value.len() > DIM_VALUE_LENGTH_MAX {
+                return Err(invalid(
+                    "dims",
+                    format!("values must be at most {DIM_VALUE_LENGTH_MAX} bytes"),
+                ));
+            }
+        }
+        Ok(dims)
+    }
+
+    fn grant(&mut self, id: &str, ts: Instant, raw: Raw<'_>) -> Checked<CommandKind> {
+        let credit_type = self.credit_type(raw.credit_type)?;
+        let amount = self.amount("amount", raw.amount, credit_type)?;
+        if !amount.is_positive() {
+            return Err(invalid("amount", "must be > 0"));
+        }
+        let grant_id = match raw.grant_id {
+            Some(grant_id) => self.other_id("grant_id", Some(grant_id))?,
+            None => id.to_string(),
+        };
+        let priority = match raw.priority {
+            None => 100,
+            Some(p) => i32::try_from(p).map_err(|_| invalid("priority", "out of range"))?,
+        };
+        let effective_at = self
+            .instant("effective_at", raw.effective_at)?
+            .unwrap_or(ts);
+        let expires_at = self.instant("expires_at", raw.expires_at)?;
+        if let Some(expires_at) = expires_at {
+            if expires_at <= effective_at {
+                return Err(invalid("expires_at", "must be after effective_at"));
+            }
+        }
+        let scope = match raw.scope {
+            None => None,
+            Some(names) => {
+                if names.is_empty() {
+                    return Err(invalid("scope", "must list at least one meter"));
+                }
+                let mut meters = Vec::with_capacity(names.len());
+                for name in &names {
+                    let meter = self.meter(Some(name))?;
+                    if self.catalog.meter(meter).credit_type != credit_type {
+                        return Err(invalid(
+                            "scope",
+                            format!("meter {name} is not priced in the grant's credit type"),
+                        ));
+                    }
+                    meters.push(meter);
+                }
+                meters.sort();
+                meters.dedup();
+                Some(meters)
+            }
+        };
+        let source = match raw.source {
+            None => Source::Purchase,
+            Some(name) => Source::parse(&name).ok_or_else(|| {
+                invalid(
+                    "source",
+                    "must be purchase, allowance, promotion, rollover, topup or adjustment",
+                )
+            })?,
+        };
+        let cost_basis = match raw.cost_basis {
+            None => Price::ZERO,
+            Some(text) => {
+                let value = Self::decimal("cost_basis", &text)
+                    .map_err(|d| DeadLetter::new(DeadReason::InvalidField, d))?;
+                if value.is_negative() {
+                    return Err(invalid("cost_basis", "must be >= 0"));
+                }
+                value
+                    .to_fixed()
+                    .ok_or_else(|| invalid("cost_basis", "out of range"))?
+            }
+        };
+        Ok(CommandKind::Grant(GrantCommand {
+            grant_id,
+            credit_type,
+            amount,
+            priority,
+            effective_at,
+            expires_at,
+            scope,
+            source,
+            cost_basis,
+        }))
+    }
+}

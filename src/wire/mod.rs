@@ -1,0 +1,3 @@
+//! The wire formats: input messages (JSON usage events and commands) and outputs.
+pub mod input;
+pub mod output;
