@@ -4,7 +4,9 @@
 //! `wire` is the input and output format; `engine` is the pure, deterministic credit engine.
 pub mod catalog;
 pub mod cli;
+pub mod codec;
 pub mod decimal;
 pub mod engine;
+pub mod sample;
 pub mod time;
 pub mod wire;

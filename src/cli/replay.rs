@@ -20,6 +20,19 @@ pub struct LogEntry {
     pub seq: u64,
     pub subject: String,
     pub payload: Vec<u8>,
+    /// When the stream received it, if the log says.
+    pub received: Option<crate::time::Instant>,
+}
+
+impl LogEntry {
+    pub fn envelope(&self) -> crate::engine::Envelope<'_> {
+        crate::engine::Envelope {
+            payload: &self.payload,
+            seq: self.seq,
+            subject: &self.subject,
+            received: self.received,
+        }
+    }
 }
 
 /// The subject a plain JSONL line is treated as arriving on: no partition named, so the engine
@@ -28,7 +41,8 @@ pub const PLAIN_SUBJECT: &str = "creditflow.in";
 
 /// Reads a log. Plain lines are payloads with `seq` = line number (blank lines skipped but
 /// counted, so sequences match the file). With `envelope`, each line is
-/// `{"seq":N,"subject":"…","payload":"…"}` (or `payload_base64`), as `creditflow export` writes.
+/// `{"seq":N,"subject":"…","received":"…","payload":"…"}` (or `payload_base64`; `received`
+/// optional), as `creditflow export` writes.
 pub fn read_log(path: &Path, envelope: bool) -> anyhow::Result<Vec<LogEntry>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let reader = std::io::BufReader::new(file);
@@ -51,6 +65,7 @@ pub fn read_log(path: &Path, envelope: bool) -> anyhow::Result<Vec<LogEntry>> {
                 seq: number,
                 subject: PLAIN_SUBJECT.to_string(),
                 payload: line,
+                received: None,
             });
         }
     }
@@ -63,6 +78,7 @@ fn parse_envelope(line: &[u8]) -> anyhow::Result<LogEntry> {
     struct Envelope {
         seq: u64,
         subject: String,
+        received: Option<String>,
         payload: Option<String>,
         payload_base64: Option<String>,
     }
@@ -72,10 +88,15 @@ fn parse_envelope(line: &[u8]) -> anyhow::Result<LogEntry> {
         (None, Some(encoded)) => decode_base64(&encoded).context("payload_base64")?,
         _ => bail!("an envelope needs exactly one of payload and payload_base64"),
     };
+    let received = match envelope.received {
+        Some(text) => Some(text.parse().map_err(|e| anyhow::anyhow!("received: {e}"))?),
+        None => None,
+    };
     Ok(LogEntry {
         seq: envelope.seq,
         subject: envelope.subject,
         payload,
+        received,
     })
 }
 
@@ -155,7 +176,7 @@ pub fn run_log(
     engine.set_explain(explain);
     let mut outputs = Vec::new();
     for entry in log {
-        engine.apply(&entry.payload, entry.seq, &entry.subject, &mut outputs);
+        engine.apply(&entry.envelope(), &mut outputs);
     }
     (engine, outputs)
 }

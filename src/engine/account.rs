@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::pricing::{self, PriceRequest, Priced};
 use crate::catalog::{
-    Catalog, CreditTypeId, Fallback, MeterId, Overage, Plan, PlanId, Policy, PolicySpec, Threshold,
+    Catalog, CreditTypeId, Fallback, MeterId, Overage, Plan, PlanId, Policy, Threshold,
     TopupAmount, TopupRule,
 };
 use crate::decimal::{Credits, Dec, Fixed, Price, Quantity, Revenue};
@@ -256,7 +256,8 @@ impl Due {
 pub struct Account {
     pub id: Box<str>,
     pub plan: PlanId,
-    pub policy_override: Option<Box<(PolicySpec, Policy)>>,
+    /// The `set_policy` override: its canonical JSON and its compiled form.
+    pub policy_override: Option<Box<(String, Policy)>>,
     pub clock: Instant,
     pub period_start: Instant,
     pub period_end: Instant,

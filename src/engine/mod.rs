@@ -59,6 +59,17 @@ impl Hasher for AccountHasher {
     }
 }
 
+/// One message as it came off the log: its bytes and where and when the stream had it.
+#[derive(Clone, Copy, Debug)]
+pub struct Envelope<'a> {
+    pub payload: &'a [u8],
+    /// Stream sequence.
+    pub seq: u64,
+    pub subject: &'a str,
+    /// When the stream received it (JetStream's timestamp); `None` for logs without one.
+    pub received: Option<Instant>,
+}
+
 type AccountIndex = HashMap<Box<str>, u32, BuildHasherDefault<AccountHasher>>;
 
 /// Counters a partition keeps for metrics; part of its state, so they survive restarts.
@@ -162,48 +173,45 @@ impl Partition {
     pub fn apply(
         &mut self,
         catalog: &Catalog,
-        payload: &[u8],
-        seq: u64,
-        subject: &str,
+        envelope: &Envelope<'_>,
         subject_partition: Option<u32>,
         out: &mut Vec<Output>,
     ) {
-        match input::decode(payload, catalog) {
-            Ok(message) => self.apply_message(
-                catalog,
-                &message,
-                payload,
-                seq,
-                subject,
-                subject_partition,
-                out,
-            ),
+        match input::decode(envelope.payload, catalog) {
+            Ok(message) => self.apply_message(catalog, &message, envelope, subject_partition, out),
             Err(dead) => {
-                self.record(seq, payload);
-                self.dead_letter(dead, payload, seq, subject, out);
+                self.record(envelope);
+                self.dead_letter(dead, envelope, out);
             }
         }
     }
 
-    fn record(&mut self, seq: u64, payload: &[u8]) {
-        self.last_seq = seq;
-        self.last_payload_hash = xxhash_rust::xxh3::xxh3_64(payload);
+    fn record(&mut self, envelope: &Envelope<'_>) {
+        self.last_seq = envelope.seq;
+        self.last_payload_hash = xxhash_rust::xxh3::xxh3_64(envelope.payload);
         self.stats.messages += 1;
     }
 
     /// Applies an already decoded message (the decode is the caller's, e.g. a benchmark's).
-    #[allow(clippy::too_many_arguments)]
     pub fn apply_message(
         &mut self,
         catalog: &Catalog,
         message: &Message<'_>,
-        payload: &[u8],
-        seq: u64,
-        subject: &str,
+        envelope: &Envelope<'_>,
         subject_partition: Option<u32>,
         out: &mut Vec<Output>,
     ) {
-        self.record(seq, payload);
+        self.record(envelope);
+        let seq = envelope.seq;
+        if let Err(dead) = check_future(catalog, message, envelope.received) {
+            let dead = DeadLetter {
+                account: message.account().map(str::to_string),
+                ts: Some(message.ts()),
+                ..dead
+            };
+            self.dead_letter(dead, envelope, out);
+            return;
+        }
         let account_id = match message {
             Message::Tick { ts, .. } => {
                 self.tick(catalog, *ts, seq, out);
@@ -224,7 +232,7 @@ impl Partition {
                     account: Some(account_id.to_string()),
                     ts: Some(message.ts()),
                 };
-                self.dead_letter(dead, payload, seq, subject, out);
+                self.dead_letter(dead, envelope, out);
                 return;
             }
         }
@@ -234,35 +242,29 @@ impl Partition {
                 ts: Some(message.ts()),
                 ..dead
             };
-            self.dead_letter(dead, payload, seq, subject, out);
+            self.dead_letter(dead, envelope, out);
         }
     }
 
-    fn dead_letter(
-        &mut self,
-        dead: DeadLetter,
-        payload: &[u8],
-        seq: u64,
-        subject: &str,
-        out: &mut Vec<Output>,
-    ) {
+    fn dead_letter(&mut self, dead: DeadLetter, envelope: &Envelope<'_>, out: &mut Vec<Output>) {
         self.stats.dead_letters += 1;
         // A payload over the limit is cut, so a dead letter never exceeds what it reports.
         const DEAD_PAYLOAD_MAX: usize = 1024;
+        let payload = envelope.payload;
         let payload = if dead.reason == DeadReason::PayloadTooLarge {
             payload[..payload.len().min(DEAD_PAYLOAD_MAX)].to_vec()
         } else {
             payload.to_vec()
         };
         out.push(Output {
-            id: format!("dead:{seq}"),
+            id: format!("dead:{}", envelope.seq),
             account: dead.account,
-            seq,
+            seq: envelope.seq,
             ts: dead.ts,
             body: Body::DeadLetter {
                 reason: dead.reason.name(),
                 detail: dead.detail,
-                subject: subject.to_string(),
+                subject: envelope.subject.to_string(),
                 payload,
             },
         });
@@ -375,19 +377,6 @@ impl Partition {
             (Some(a), Some(t)) => Some(a.max(t)),
             (a, t) => a.or(t),
         };
-        if let Some(tick_clock) = self.tick_clock {
-            if ts > tick_clock.saturating_add(rules.future_max) {
-                return Err(DeadLetter {
-                    reason: DeadReason::TsTooFarAhead,
-                    detail: format!(
-                        "ts {ts} is more than {} after the tick clock {tick_clock}",
-                        rules.future_max
-                    ),
-                    account: None,
-                    ts: None,
-                });
-            }
-        }
         if let Some(clock) = clock {
             if ts < clock.saturating_sub(rules.backdate_max) {
                 return Err(DeadLetter {
@@ -494,6 +483,30 @@ impl Partition {
     pub fn check_invariants(&self) -> Result<(), String> {
         self.accounts.iter().try_for_each(Account::check)
     }
+}
+
+/// SEMANTICS §2.1 check 5, the future bound: judged against the stream's receive time.
+fn check_future(
+    catalog: &Catalog,
+    message: &Message<'_>,
+    received: Option<Instant>,
+) -> Result<(), DeadLetter> {
+    let Some(received) = received else {
+        return Ok(());
+    };
+    let ts = message.ts();
+    let future_max = catalog.rules.future_max;
+    if ts > received.saturating_add(future_max) {
+        return Err(DeadLetter {
+            reason: DeadReason::TsTooFarAhead,
+            detail: format!(
+                "ts {ts} is more than {future_max} after the stream received it ({received})"
+            ),
+            account: None,
+            ts: None,
+        });
+    }
+    Ok(())
 }
 
 fn explain(
@@ -611,21 +624,21 @@ impl Engine {
         (number < self.partitions.len() as u32).then_some(number)
     }
 
-    /// Applies one raw message with its stream sequence and subject.
-    pub fn apply(&mut self, payload: &[u8], seq: u64, subject: &str, out: &mut Vec<Output>) {
+    /// Applies one raw message.
+    pub fn apply(&mut self, envelope: &Envelope<'_>, out: &mut Vec<Output>) {
         let catalog = &*self.catalog;
-        let subject_partition = self.subject_partition(subject);
-        match input::decode(payload, catalog) {
+        let subject_partition = self.subject_partition(envelope.subject);
+        match input::decode(envelope.payload, catalog) {
             Err(dead) => {
                 let n = subject_partition.unwrap_or_else(|| match &dead.account {
                     Some(account) => partition_of(account, self.partitions.len() as u32),
                     None => 0,
                 });
                 let partition = &mut self.partitions[n as usize];
-                partition.record(seq, payload);
-                partition.dead_letter(dead, payload, seq, subject, out);
+                partition.record(envelope);
+                partition.dead_letter(dead, envelope, out);
             }
-            Ok(message) => self.route(&message, payload, seq, subject, subject_partition, out),
+            Ok(message) => self.route(&message, envelope, subject_partition, out),
         }
     }
 
@@ -633,45 +646,34 @@ impl Engine {
     pub fn apply_message(
         &mut self,
         message: &Message<'_>,
-        payload: &[u8],
-        seq: u64,
-        subject: &str,
+        envelope: &Envelope<'_>,
         out: &mut Vec<Output>,
     ) {
-        let subject_partition = self.subject_partition(subject);
-        self.route(message, payload, seq, subject, subject_partition, out);
+        let subject_partition = self.subject_partition(envelope.subject);
+        self.route(message, envelope, subject_partition, out);
     }
 
     fn route(
         &mut self,
         message: &Message<'_>,
-        payload: &[u8],
-        seq: u64,
-        subject: &str,
+        envelope: &Envelope<'_>,
         subject_partition: Option<u32>,
         out: &mut Vec<Output>,
     ) {
         let catalog = &*self.catalog;
         let count = self.partitions.len() as u32;
         match (message.account(), subject_partition) {
-            (_, Some(n)) => self.partitions[n as usize].apply_message(
-                catalog,
-                message,
-                payload,
-                seq,
-                subject,
-                Some(n),
-                out,
-            ),
+            (_, Some(n)) => {
+                self.partitions[n as usize].apply_message(catalog, message, envelope, Some(n), out)
+            }
             (Some(account), None) => {
                 let n = partition_of(account, count);
-                self.partitions[n as usize]
-                    .apply_message(catalog, message, payload, seq, subject, None, out);
+                self.partitions[n as usize].apply_message(catalog, message, envelope, None, out);
             }
             // A tick on a subject that names no partition reaches every partition.
             (None, None) => {
                 for partition in &mut self.partitions {
-                    partition.apply_message(catalog, message, payload, seq, subject, None, out);
+                    partition.apply_message(catalog, message, envelope, None, out);
                 }
             }
         }

@@ -192,8 +192,9 @@ pub enum CommandKind {
     SetPlan {
         plan: PlanId,
     },
-    /// `None` clears the override.
-    SetPolicy(Option<Box<(PolicySpec, Policy)>>),
+    /// `None` clears the override. The text is the spec as canonical JSON (absent keys left
+    /// out), which is what the state view shows.
+    SetPolicy(Option<Box<(String, Policy)>>),
     Adjust {
         credit_type: CreditTypeId,
         amount: Credits,
@@ -655,7 +656,10 @@ impl<'c> Checker<'c> {
                                         .collect();
                                     DeadLetter::new(DeadReason::InvalidField, text.join("; "))
                                 })?;
-                        CommandKind::SetPolicy(Some(Box::new((spec, policy))))
+                        CommandKind::SetPolicy(Some(Box::new((
+                            serde_json::to_string(&spec).unwrap_or_default(),
+                            policy,
+                        ))))
                     }
                 }
             }
