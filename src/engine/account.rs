@@ -1200,11 +1200,9 @@ impl Account {
             Policy::AutoTopup(rule) if rule.credit_type == credit_type => Some(rule.clone()),
             _ => None,
         };
-        let claimed = claims.map_or(Credits::ZERO, |c| {
-            c.iter().fold(Credits::ZERO, |s, c| s + c.1)
-        });
-        let spendable =
-            |account: &Account| account.spendable(credit_type, Some(meter), ts) + claimed;
+        // A commit has already released its hold's claims, so they are spendable again here;
+        // `claims` only decides which grants are drawn first.
+        let spendable = |account: &Account| account.spendable(credit_type, Some(meter), ts);
         if let Some(rule) = &rule {
             if cost > spendable(self) && self.topup(ctx, rule, cause, ts, &mut topups) {
                 self.evaluate_alerts(ctx, ts);

@@ -1,0 +1,600 @@
+//! Hand-computed scenarios for the engine's rules (SEMANTICS.md), each checked exactly: burn
+//! order, the three policies, debt repayment, rollover, alerts with hysteresis, holds,
+//! corrections, dedupe windows, dead letters, invoice versions and the revenue identity.
+
+use std::sync::Arc;
+
+use creditflow::engine::{Engine, Envelope};
+use creditflow::wire::output::Output;
+
+const CATALOG: &str = r#"
+default_plan = "basic"
+[currency]
+code = "USD"
+scale = 2
+rounding = "half_up"
+[rules]
+flush_interval = "1h"
+dedupe_window = "1h"
+future_max = "5m"
+[[credit_types]]
+name = "credit"
+scale = 2
+[[meters]]
+name = "call"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "1"
+[[meters]]
+name = "gpu"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "0.5"
+[[plans]]
+name = "basic"
+period = "day"
+  [plans.policy]
+  kind = "reject"
+  [[plans.alerts]]
+  name = "low"
+  amount = "5"
+[[plans]]
+name = "soft"
+period = "day"
+  [plans.policy]
+  kind = "overage"
+  overage_limit = "10"
+  overage_price = "0.1"
+[[plans]]
+name = "auto"
+period = "day"
+  [plans.policy]
+  kind = "auto_topup"
+  threshold = "5"
+  amount = "20"
+  price = "0.05"
+  max_per_period = 2
+  cooldown = "1h"
+  fallback = "reject"
+[[plans]]
+name = "allow"
+period = "day"
+expiring_lead = "1h"
+  [[plans.allowances]]
+  amount = "100"
+  rollover_cap = "30"
+  [plans.policy]
+  kind = "reject"
+"#;
+
+struct Run {
+    engine: Engine,
+    outputs: Vec<Output>,
+    seq: u64,
+}
+
+impl Run {
+    fn new() -> Run {
+        let catalog = creditflow::catalog::load::from_str(CATALOG).expect("test catalog");
+        Run {
+            engine: Engine::new(Arc::new(catalog), 1),
+            outputs: Vec::new(),
+            seq: 0,
+        }
+    }
+
+    /// Applies messages; returns the JSON of the outputs they produced.
+    fn apply(&mut self, lines: &[&str]) -> Vec<String> {
+        let start = self.outputs.len();
+        for line in lines {
+            self.seq += 1;
+            let envelope = Envelope {
+                payload: line.as_bytes(),
+                seq: self.seq,
+                subject: "creditflow.in",
+                received: None,
+            };
+            self.engine.apply(&envelope, &mut self.outputs);
+            self.engine
+                .check_invariants()
+                .expect("invariants after every step");
+        }
+        self.outputs[start..].iter().map(Output::to_json).collect()
+    }
+
+    fn state(&self, account: &str) -> serde_json::Value {
+        let line = self
+            .engine
+            .state_view()
+            .into_iter()
+            .find(|l| l.contains(&format!("\"account\":\"{account}\"")))
+            .expect("account exists");
+        serde_json::from_str(&line).expect("state json")
+    }
+
+    fn balance(&self, account: &str) -> String {
+        self.state(account)["balances"][0]["balance"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn remaining(&self, account: &str) -> Vec<(String, String)> {
+        self.state(account)["grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                (
+                    g["grant_id"].as_str().unwrap().to_string(),
+                    g["remaining"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn grant(id: &str, account: &str, ts: &str, amount: &str, extra: &str) -> String {
+    format!(
+        r#"{{"type":"grant","id":"{id}","account":"{account}","ts":"{ts}","amount":"{amount}"{extra}}}"#
+    )
+}
+
+fn usage(id: &str, account: &str, ts: &str, meter: &str, quantity: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","account":"{account}","meter":"{meter}","quantity":"{quantity}","ts":"{ts}"}}"#
+    )
+}
+
+fn types(outputs: &[String]) -> Vec<String> {
+    outputs
+        .iter()
+        .map(|o| {
+            serde_json::from_str::<serde_json::Value>(o).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+fn find<'a>(outputs: &'a [String], kind: &str) -> Vec<serde_json::Value> {
+    outputs
+        .iter()
+        .map(|o| serde_json::from_str::<serde_json::Value>(o).unwrap())
+        .filter(|o| o["type"] == kind)
+        .collect()
+}
+
+const T0: &str = "2026-11-24T10:00:00Z";
+const T1: &str = "2026-11-24T10:01:00Z";
+const T2: &str = "2026-11-24T10:02:00Z";
+
+#[test]
+fn burn_order_is_priority_then_expiry_then_cost_then_time_then_id() {
+    let mut run = Run::new();
+    run.apply(&[
+        &grant("a", "acct", T0, "10", r#","cost_basis":"0.02""#),
+        &grant(
+            "b",
+            "acct",
+            T0,
+            "10",
+            r#","cost_basis":"0.01","expires_at":"2026-11-24T20:00:00Z""#,
+        ),
+        &grant("c", "acct", T0, "10", r#","priority":50"#),
+        &grant("d", "acct", T0, "10", r#","cost_basis":"0.01""#),
+        &grant("e", "acct", T0, "10", r#","cost_basis":"0.01""#),
+    ]);
+    let order: Vec<String> = run
+        .remaining("acct")
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(order, ["c", "b", "d", "e", "a"]);
+    run.apply(&[&usage("u1", "acct", T1, "call", "25")]);
+    assert_eq!(
+        run.remaining("acct"),
+        [("c", "0"), ("b", "0"), ("d", "5"), ("e", "10"), ("a", "10")]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    assert_eq!(run.balance("acct"), "25");
+}
+
+#[test]
+fn reject_policy_charges_nothing_when_short() {
+    let mut run = Run::new();
+    run.apply(&[&grant("g", "acct", T0, "3", "")]);
+    let out = run.apply(&[&usage("u1", "acct", T1, "call", "4")]);
+    let rejected = find(&out, "usage.rejected");
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0]["needed"], "4");
+    assert_eq!(rejected[0]["available"], "3");
+    assert_eq!(rejected[0]["reason"], "insufficient_credits");
+    assert_eq!(rejected[0]["id"], "rejected:acct:u1");
+    assert_eq!(run.balance("acct"), "3");
+    // A retry with the same id is a duplicate, not a second attempt.
+    let out = run.apply(&[&usage("u1", "acct", T1, "call", "1")]);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(run.balance("acct"), "3");
+}
+
+#[test]
+fn overage_creates_debt_up_to_the_limit_and_the_next_grant_repays_it() {
+    let mut run = Run::new();
+    run.apply(&[
+        r#"{"type":"set_plan","id":"p","account":"acct","ts":"2026-11-24T10:00:00Z","plan":"soft"}"#,
+        &grant("g", "acct", T0, "5", r#","cost_basis":"0.1""#),
+    ]);
+    run.apply(&[&usage("u1", "acct", T1, "call", "12")]);
+    let state = run.state("acct");
+    assert_eq!(state["balances"][0]["debt"], "7");
+    assert_eq!(state["balances"][0]["balance"], "-7");
+    // 7 + 4 > 10: rejected, and the available figure includes the room left (3).
+    let out = run.apply(&[&usage("u2", "acct", T1, "call", "4")]);
+    let rejected = find(&out, "usage.rejected");
+    assert_eq!(rejected[0]["reason"], "overage_limit");
+    assert_eq!(rejected[0]["available"], "3");
+    // A grant of 10 repays the 7 first.
+    run.apply(&[&grant("g2", "acct", T2, "10", r#","cost_basis":"0.2""#)]);
+    let state = run.state("acct");
+    assert_eq!(state["balances"][0]["debt"], "0");
+    assert_eq!(state["balances"][0]["balance"], "3");
+    assert_eq!(
+        run.remaining("acct")[1],
+        ("g2".to_string(), "3".to_string())
+    );
+    // At period end the lines show 7 overage credits, repaid, and the revenue identity holds.
+    let out = run.apply(&[r#"{"type":"tick","id":"t","ts":"2026-11-25T00:00:00Z"}"#]);
+    let lines: Vec<_> = find(&out, "invoice.line")
+        .into_iter()
+        .filter(|l| l["final"] == true)
+        .collect();
+    let overage = lines
+        .iter()
+        .find(|l| l["kind"] == "overage")
+        .expect("overage line");
+    assert_eq!(
+        (overage["credits"].as_str(), overage["money"].as_str()),
+        (Some("7"), Some("0.7"))
+    );
+    let repaid = lines
+        .iter()
+        .find(|l| l["kind"] == "overage_repaid")
+        .expect("repaid line");
+    assert_eq!(
+        (repaid["credits"].as_str(), repaid["money"].as_str()),
+        (Some("-7"), Some("-0.7"))
+    );
+    let revenue = &find(&out, "revenue.period")[0];
+    // granted 5×0.1 + 10×0.2 = 2.5; recognised 5×0.1 + 7×0.2 = 1.9; closing 3×0.2 = 0.6.
+    assert_eq!(revenue["granted"], "2.5");
+    assert_eq!(revenue["recognized"], "1.9");
+    assert_eq!(revenue["closing_deferred"], "0.6");
+}
+
+#[test]
+fn auto_topup_respects_cooldown_cap_and_fallback() {
+    let mut run = Run::new();
+    run.apply(&[
+        r#"{"type":"set_plan","id":"p","account":"acct","ts":"2026-11-24T10:00:00Z","plan":"auto"}"#,
+        &grant("g", "acct", T0, "10", ""),
+    ]);
+    // 10 - 6 = 4 < 5: one top-up of 20 after paying.
+    let out = run.apply(&[&usage("u1", "acct", T1, "call", "6")]);
+    assert_eq!(find(&out, "topup.granted").len(), 1);
+    assert_eq!(find(&out, "topup.granted")[0]["grant_id"], "topup-u1");
+    assert_eq!(find(&out, "topup.granted")[0]["money"], "1");
+    assert_eq!(run.balance("acct"), "24");
+    // Within the cooldown: 24 - 22 = 2 < 5 but no top-up; a further 3 is rejected (fallback).
+    let out = run.apply(&[&usage("u2", "acct", "2026-11-24T10:30:00Z", "call", "22")]);
+    assert!(find(&out, "topup.granted").is_empty());
+    let out = run.apply(&[&usage("u3", "acct", "2026-11-24T10:40:00Z", "call", "3")]);
+    assert_eq!(find(&out, "usage.rejected").len(), 1);
+    // After the cooldown, a charge larger than the balance tops up first, then pays.
+    let out = run.apply(&[&usage("u4", "acct", "2026-11-24T11:10:00Z", "call", "3")]);
+    // (The 11:00 invoice flush comes first: time passed before the event.)
+    let kinds: Vec<String> = types(&out)
+        .into_iter()
+        .filter(|t| t != "invoice.line")
+        .collect();
+    assert_eq!(kinds[0], "topup.granted");
+    assert_eq!(run.balance("acct"), "19");
+    // The cap (2 per period) is reached: nothing more today.
+    let out = run.apply(&[&usage("u5", "acct", "2026-11-24T13:00:00Z", "call", "18")]);
+    assert!(find(&out, "topup.granted").is_empty());
+    assert_eq!(run.balance("acct"), "1");
+}
+
+#[test]
+fn allowance_rolls_over_up_to_the_cap_and_warns_before_expiry() {
+    let mut run = Run::new();
+    run.apply(&[r#"{"type":"set_plan","id":"p","account":"acct","ts":"2026-11-24T10:00:00Z","plan":"allow"}"#]);
+    run.apply(&[&usage("u1", "acct", T1, "call", "40")]);
+    let out = run.apply(&[r#"{"type":"tick","id":"t1","ts":"2026-11-24T23:30:00Z"}"#]);
+    let warning = &find(&out, "grant.expiring")[0];
+    assert_eq!(warning["remaining"], "60");
+    assert_eq!(warning["ts"], "2026-11-24T23:00:00.000Z");
+    let out = run.apply(&[r#"{"type":"tick","id":"t2","ts":"2026-11-25T00:00:00Z"}"#]);
+    // 60 left: 30 rolls over, 30 expires.
+    assert_eq!(find(&out, "grant.expired")[0]["credits"], "30");
+    assert_eq!(run.balance("acct"), "130");
+    let grants: Vec<String> = run
+        .remaining("acct")
+        .into_iter()
+        .map(|(id, r)| format!("{id}={r}"))
+        .collect();
+    assert!(
+        grants
+            .iter()
+            .any(|g| g.starts_with("rollover-allowance-") && g.ends_with("=30")),
+        "{grants:?}"
+    );
+}
+
+#[test]
+fn alerts_fire_once_per_crossing_with_counted_ids() {
+    let mut run = Run::new();
+    let mut all = Vec::new();
+    all.extend(run.apply(&[&grant("g", "acct", T0, "10", "")]));
+    all.extend(run.apply(&[&usage("u1", "acct", T1, "call", "6")])); // 4: low
+    all.extend(run.apply(&[&usage("u2", "acct", T1, "call", "1")])); // 3: still low, no alert
+    all.extend(run.apply(&[&grant("g2", "acct", T1, "10", "")])); // 13: recovered
+    all.extend(run.apply(&[&usage("u3", "acct", T2, "call", "13")])); // 0: low again and depleted
+    let ids: Vec<String> = all
+        .iter()
+        .map(|o| serde_json::from_str::<serde_json::Value>(o).unwrap())
+        .filter(|o| o["type"].as_str().unwrap().starts_with("balance."))
+        .map(|o| o["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "alert:acct:credit:low:low:1",
+            "alert:acct:credit:low:recovered:1",
+            "alert:acct:credit:low:low:2",
+            "alert:acct:credit:depleted:low:1",
+        ]
+    );
+}
+
+#[test]
+fn holds_reserve_partially_commit_from_held_credits_and_expire() {
+    let mut run = Run::new();
+    run.apply(&[&grant("g", "acct", T0, "10", "")]);
+    // 30 gpu at 0.5 = 15 requested, 10 available: 10 reserved, 20 units affordable.
+    let out = run.apply(&[r#"{"type":"reserve","id":"h1","account":"acct","ts":"2026-11-24T10:01:00Z","meter":"gpu","quantity":"30","ttl":"10m"}"#]);
+    let result = &find(&out, "command.result")[0];
+    assert_eq!(
+        (
+            &result["credits_requested"],
+            &result["credits_reserved"],
+            &result["quantity_reserved"]
+        ),
+        (
+            &serde_json::json!("15"),
+            &serde_json::json!("10"),
+            &serde_json::json!("20")
+        )
+    );
+    // Held credits are not spendable by other usage.
+    let out = run.apply(&[&usage("u1", "acct", T1, "call", "1")]);
+    assert_eq!(find(&out, "usage.rejected")[0]["available"], "0");
+    // Commit 12 units = 6 credits; the other 4 come back.
+    let out = run.apply(&[r#"{"type":"commit","id":"c1","account":"acct","ts":"2026-11-24T10:05:00Z","hold_id":"h1","quantity":"12"}"#]);
+    let result = &find(&out, "command.result")[0];
+    assert_eq!(
+        (&result["credits_charged"], &result["credits_unpaid"]),
+        (&serde_json::json!("6"), &serde_json::json!("0"))
+    );
+    assert_eq!(run.balance("acct"), "4");
+    // A hold left open is released by its ttl.
+    run.apply(&[r#"{"type":"reserve","id":"h2","account":"acct","ts":"2026-11-24T10:06:00Z","meter":"gpu","quantity":"2","ttl":"5m"}"#]);
+    let out = run.apply(&[r#"{"type":"tick","id":"t","ts":"2026-11-24T10:20:00Z"}"#]);
+    let expired = &find(&out, "hold.expired")[0];
+    assert_eq!(
+        (&expired["hold_id"], &expired["credits_released"]),
+        (&serde_json::json!("h2"), &serde_json::json!("1"))
+    );
+    assert_eq!(run.state("acct")["holds"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn commit_under_reject_reports_what_it_could_not_charge() {
+    let mut run = Run::new();
+    run.apply(&[&grant("g", "acct", T0, "4", "")]);
+    run.apply(&[r#"{"type":"reserve","id":"h","account":"acct","ts":"2026-11-24T10:01:00Z","meter":"gpu","quantity":"4","ttl":"10m"}"#]);
+    let out = run.apply(&[r#"{"type":"commit","id":"c","account":"acct","ts":"2026-11-24T10:02:00Z","hold_id":"h","quantity":"10"}"#]);
+    let result = &find(&out, "command.result")[0];
+    assert_eq!(
+        (&result["credits_charged"], &result["credits_unpaid"]),
+        (&serde_json::json!("4"), &serde_json::json!("1"))
+    );
+    assert_eq!(run.balance("acct"), "0");
+}
+
+#[test]
+fn reverse_returns_credits_to_live_grants_or_to_a_new_grant() {
+    let mut run = Run::new();
+    run.apply(&[
+        &grant(
+            "short",
+            "acct",
+            T0,
+            "5",
+            r#","priority":1,"expires_at":"2026-11-24T10:30:00Z","cost_basis":"0.1""#,
+        ),
+        &grant("long", "acct", T0, "10", ""),
+    ]);
+    run.apply(&[&usage("u1", "acct", T1, "call", "8")]); // 5 from short, 3 from long
+    run.apply(&[r#"{"type":"tick","id":"t","ts":"2026-11-24T10:45:00Z"}"#]); // short expires empty
+                                                                             // (Inside the 1h dedupe window, which is also how long a charge can be reversed.)
+    let out = run.apply(&[r#"{"type":"reverse","id":"r1","account":"acct","ts":"2026-11-24T10:50:00Z","event_id":"u1"}"#]);
+    assert_eq!(find(&out, "command.result")[0]["status"], "applied");
+    let grants = run.remaining("acct");
+    assert!(grants.contains(&("long".into(), "10".into())), "{grants:?}");
+    assert!(
+        grants.contains(&("reversal-u1-1".into(), "5".into())),
+        "{grants:?}"
+    );
+    assert_eq!(run.balance("acct"), "15");
+    let ledger = &run.state("acct")["balances"][0]["ledger"];
+    assert_eq!(
+        (&ledger["consumed"], &ledger["returned"]),
+        (&serde_json::json!("8"), &serde_json::json!("8"))
+    );
+    // Twice is refused, and so is an unknown or a rejected event.
+    let out = run.apply(&[r#"{"type":"reverse","id":"r2","account":"acct","ts":"2026-11-24T10:51:00Z","event_id":"u1"}"#]);
+    assert_eq!(
+        find(&out, "command.result")[0]["reason"],
+        "already_reversed"
+    );
+    let out = run.apply(&[r#"{"type":"reverse","id":"r3","account":"acct","ts":"2026-11-24T10:51:00Z","event_id":"nope"}"#]);
+    assert_eq!(find(&out, "command.result")[0]["reason"], "unknown_event");
+}
+
+#[test]
+fn void_and_adjust_change_the_ledger_as_recorded_corrections() {
+    let mut run = Run::new();
+    run.apply(&[
+        &grant("g", "acct", T0, "10", r#","cost_basis":"0.5""#),
+        &grant("h", "acct", T0, "4", ""),
+    ]);
+    let out = run.apply(&[r#"{"type":"void_grant","id":"v","account":"acct","ts":"2026-11-24T10:01:00Z","grant_id":"g","reason":"chargeback"}"#]);
+    assert_eq!(find(&out, "command.result")[0]["status"], "applied");
+    run.apply(&[r#"{"type":"adjust","id":"a1","account":"acct","ts":"2026-11-24T10:02:00Z","amount":"2.5","reason":"goodwill"}"#]);
+    let out = run.apply(&[r#"{"type":"adjust","id":"a2","account":"acct","ts":"2026-11-24T10:02:00Z","amount":"-100","reason":"correction"}"#]);
+    // A negative adjustment never creates debt: it removes what is spendable (4 + 2.5).
+    assert_eq!(find(&out, "command.result")[0]["applied"], "-6.5");
+    let ledger = &run.state("acct")["balances"][0]["ledger"];
+    assert_eq!(
+        (&ledger["voided"], &ledger["adjusted"]),
+        (&serde_json::json!("10"), &serde_json::json!("-4"))
+    );
+    assert_eq!(run.balance("acct"), "0");
+}
+
+#[test]
+fn duplicates_inside_the_window_are_ignored_and_applied_again_after_it() {
+    let mut run = Run::new();
+    run.apply(&[&grant("g", "acct", T0, "10", "")]);
+    run.apply(&[
+        &usage("u", "acct", T1, "call", "1"),
+        &usage("u", "acct", T1, "call", "1"),
+    ]);
+    assert_eq!(run.balance("acct"), "9");
+    assert_eq!(run.engine.stats().duplicates, 1);
+    // The window (1h) is judged by the tick clock against the event's ts.
+    run.apply(&[r#"{"type":"tick","id":"t","ts":"2026-11-24T11:01:01Z"}"#]);
+    run.apply(&[&usage("u", "acct", "2026-11-24T11:01:30Z", "call", "1")]);
+    assert_eq!(run.balance("acct"), "8");
+}
+
+#[test]
+fn bad_input_is_dead_lettered_with_its_reason_and_changes_nothing() {
+    let mut run = Run::new();
+    run.apply(&[&grant("g", "acct", T0, "10", "")]);
+    let before = run.engine.state_view();
+    let cases = [
+        ("{not json", "malformed_json"),
+        ("[1,2]", "malformed_json"),
+        (
+            r#"{"type":"refund","id":"x","account":"acct","ts":"2026-11-24T10:00:00Z"}"#,
+            "unknown_type",
+        ),
+        (
+            r#"{"id":"x","account":"acct","meter":"call","quantity":"1","ts":"2026-11-24T10:00:00Z","colour":"red"}"#,
+            "invalid_field",
+        ),
+        (
+            r#"{"id":"x","account":"a c","meter":"call","quantity":"1","ts":"2026-11-24T10:00:00Z"}"#,
+            "bad_account",
+        ),
+        (
+            r#"{"id":"","account":"acct","meter":"call","quantity":"1","ts":"2026-11-24T10:00:00Z"}"#,
+            "bad_id",
+        ),
+        (
+            r#"{"id":"x","account":"acct","meter":"call","quantity":"-1","ts":"2026-11-24T10:00:00Z"}"#,
+            "bad_quantity",
+        ),
+        (
+            r#"{"id":"x","account":"acct","meter":"call","quantity":"1234567890123456789","ts":"2026-11-24T10:00:00Z"}"#,
+            "bad_quantity",
+        ),
+        (
+            r#"{"id":"x","account":"acct","meter":"call","quantity":"1","ts":"yesterday"}"#,
+            "bad_timestamp",
+        ),
+        (
+            r#"{"id":"x","account":"acct","meter":"fly","quantity":"1","ts":"2026-11-24T10:00:00Z"}"#,
+            "unknown_meter",
+        ),
+        (
+            r#"{"type":"set_plan","id":"x","account":"acct","ts":"2026-11-24T10:00:00Z","plan":"gold"}"#,
+            "unknown_plan",
+        ),
+        (
+            r#"{"type":"grant","id":"x","account":"acct","ts":"2026-11-24T10:00:00Z","amount":"1","credit_type":"gems"}"#,
+            "unknown_credit_type",
+        ),
+        (
+            r#"{"id":"x","account":"acct","meter":"call","quantity":"1","ts":"2026-09-01T10:00:00Z"}"#,
+            "ts_too_old",
+        ),
+        (
+            r#"{"id":"x","account":"acct","meter":"call","quantity":"1","ts":"2025-11-24T10:00:00Z"}"#,
+            "ts_too_old",
+        ),
+    ];
+    for (payload, reason) in cases {
+        let out = run.apply(&[payload]);
+        assert_eq!(out.len(), 1, "{payload}: {out:?}");
+        let dead = &find(&out, "dead_letter")[0];
+        assert_eq!(dead["reason"], reason, "{payload}");
+        assert_eq!(dead["payload"], payload);
+        assert_eq!(run.engine.state_view(), before, "{payload} changed state");
+    }
+    // Every byte sequence gets a verdict, never a panic.
+    for bytes in [&b"\xff\xfe"[..], b"", b"{}", b"null", b"{\"id\":1}"] {
+        let out = Run::new().apply(&[std::str::from_utf8(bytes).unwrap_or("\u{fffd}")]);
+        assert_eq!(find(&out, "dead_letter").len(), 1);
+    }
+}
+
+#[test]
+fn invoice_lines_are_flushed_cumulatively_and_finalized_at_period_close() {
+    let mut run = Run::new();
+    run.apply(&[&grant("g", "acct", T0, "100", "")]);
+    run.apply(&[
+        &usage("u1", "acct", T1, "call", "2"),
+        &usage("u2", "acct", T2, "call", "3"),
+    ]);
+    let out = run.apply(&[r#"{"type":"tick","id":"t1","ts":"2026-11-24T11:00:00Z"}"#]);
+    let line = &find(&out, "invoice.line")[0];
+    assert_eq!(
+        (&line["version"], &line["final"], &line["credits"]),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!(false),
+            &serde_json::json!("5")
+        )
+    );
+    assert_eq!(
+        line["id"],
+        "line:acct:2026-11-24T00:00:00.000Z:usage:call:credit:v1"
+    );
+    // Unchanged lines are not re-emitted at the next boundary.
+    let out = run.apply(&[r#"{"type":"tick","id":"t2","ts":"2026-11-24T12:00:00Z"}"#]);
+    assert!(find(&out, "invoice.line").is_empty());
+    run.apply(&[&usage("u3", "acct", "2026-11-24T12:30:00Z", "call", "1")]);
+    let out = run.apply(&[r#"{"type":"tick","id":"t3","ts":"2026-11-25T00:00:00Z"}"#]);
+    let lines = find(&out, "invoice.line");
+    assert_eq!(lines.len(), 2, "the 13:00 flush and the close");
+    // The flush at 13:00 happened on the way (v2); the close emits v3, final.
+    let finals: Vec<_> = lines.iter().filter(|l| l["final"] == true).collect();
+    assert_eq!(finals[0]["version"], 3);
+    assert_eq!(finals[0]["credits"], "6");
+}
