@@ -680,7 +680,9 @@ mod tests {
 
     #[test]
     fn parse_refuses_non_plain_notation() {
-        for bad in ["", "-", "1e3", "+1", ".5", "5.", "1.2.3", " 1", "1 ", "0x10", "NaN"] {
+        for bad in [
+            "", "-", "1e3", "+1", ".5", "5.", "1.2.3", " 1", "1 ", "0x10", "NaN",
+        ] {
             assert!(bad.parse::<Dec>().is_err(), "{bad:?} should be refused");
         }
         assert_eq!(
@@ -717,7 +719,11 @@ mod tests {
             ("-0.001", 2, ["0", "0", "-0.01", "0"]),
             ("7", 2, ["7", "7", "7", "7"]),
             ("0.0000000005", 9, ["0", "0.000000001", "0.000000001", "0"]),
-            ("0.0000000015", 9, ["0.000000002", "0.000000002", "0.000000002", "0.000000001"]),
+            (
+                "0.0000000015",
+                9,
+                ["0.000000002", "0.000000002", "0.000000002", "0.000000001"],
+            ),
         ];
         for (value, scale, expected) in table {
             for (rule, want) in Rounding::ALL.iter().zip(expected) {
@@ -749,10 +755,15 @@ mod tests {
 
     #[test]
     fn fixed_conversions_refuse_lost_precision() {
-        assert_eq!(d("1.5").to_fixed::<9>(), Some(Credits::from_str("1.5").unwrap()));
+        assert_eq!(
+            d("1.5").to_fixed::<9>(),
+            Some(Credits::from_str("1.5").unwrap())
+        );
         assert_eq!(d("0.0000000001").to_fixed::<9>(), None);
         assert_eq!(Credits::from_str("2.000000000").unwrap().to_string(), "2");
-        let revenue = Credits::from_str("3").unwrap().times_price("0.333".parse().unwrap());
+        let revenue = Credits::from_str("3")
+            .unwrap()
+            .times_price("0.333".parse().unwrap());
         assert_eq!(revenue.unwrap().to_string(), "0.999");
     }
 

@@ -16,7 +16,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// A point in event time: milliseconds since 1970-01-01T00:00:00Z.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Instant(pub i64);
 
 /// A length of event time in milliseconds.
@@ -151,7 +153,12 @@ impl fmt::Display for Span {
         if ms == 0 {
             return f.write_str("0");
         }
-        for (unit, factor) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        for (unit, factor) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1_000),
+        ] {
             if ms % factor == 0 {
                 return write!(f, "{}{unit}", ms / factor);
             }
@@ -273,7 +280,8 @@ impl PeriodRule {
             PeriodRule::Week { anchor_weekday } => {
                 let weekday = date.weekday().to_monday_zero_offset() as i64;
                 let back = (weekday - i64::from(anchor_weekday)).rem_euclid(7);
-                date.checked_sub(jiff::Span::new().days(back)).unwrap_or(date)
+                date.checked_sub(jiff::Span::new().days(back))
+                    .unwrap_or(date)
             }
             PeriodRule::Day => date,
         };
@@ -322,11 +330,23 @@ mod tests {
     #[test]
     fn instants_parse_strictly_and_print_canonically() {
         assert_eq!(at("1970-01-01T00:00:00Z"), Instant(0));
-        assert_eq!(at("2026-11-24T10:00:00.123Z").to_string(), "2026-11-24T10:00:00.123Z");
+        assert_eq!(
+            at("2026-11-24T10:00:00.123Z").to_string(),
+            "2026-11-24T10:00:00.123Z"
+        );
         assert_eq!(at("2026-11-24T11:00:00+01:00"), at("2026-11-24T10:00:00Z"));
         // Sub-millisecond digits are truncated toward the past.
-        assert_eq!(at("2026-11-24T10:00:00.1239Z"), at("2026-11-24T10:00:00.123Z"));
-        for bad in ["2026-11-24", "2026-11-24T10:00:00", "yesterday", "1969-12-31T23:59:59Z", ""] {
+        assert_eq!(
+            at("2026-11-24T10:00:00.1239Z"),
+            at("2026-11-24T10:00:00.123Z")
+        );
+        for bad in [
+            "2026-11-24",
+            "2026-11-24T10:00:00",
+            "yesterday",
+            "1969-12-31T23:59:59Z",
+            "",
+        ] {
             assert!(bad.parse::<Instant>().is_err(), "{bad:?}");
         }
     }
@@ -374,11 +394,17 @@ mod tests {
     fn weekly_and_daily_periods() {
         let utc = Zone::utc();
         // 2026-11-24 is a Tuesday.
-        let (start, end) =
-            PeriodRule::Week { anchor_weekday: 0 }.period_containing(&utc, at("2026-11-24T10:00:00Z"));
-        assert_eq!((start, end), (at("2026-11-23T00:00:00Z"), at("2026-11-30T00:00:00Z")));
+        let (start, end) = PeriodRule::Week { anchor_weekday: 0 }
+            .period_containing(&utc, at("2026-11-24T10:00:00Z"));
+        assert_eq!(
+            (start, end),
+            (at("2026-11-23T00:00:00Z"), at("2026-11-30T00:00:00Z"))
+        );
         let (start, end) = PeriodRule::Day.period_containing(&utc, at("2026-11-24T10:00:00Z"));
-        assert_eq!((start, end), (at("2026-11-24T00:00:00Z"), at("2026-11-25T00:00:00Z")));
+        assert_eq!(
+            (start, end),
+            (at("2026-11-24T00:00:00Z"), at("2026-11-25T00:00:00Z"))
+        );
     }
 
     #[test]
