@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Apply a JSONL log offline and print the final state and every output.
     Replay(creditflow::cli::replay::ReplayArgs),
+    /// Reprice a log under a candidate catalog; compare credits and revenue per account and meter.
+    Simulate(creditflow::cli::simulate::SimulateArgs),
     /// Print a sample log for config/catalog.toml (seeded, every feature exercised).
     Sample {
         #[arg(long, default_value_t = 7)]
@@ -35,6 +37,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Replay(args) => creditflow::cli::replay::run(args),
+        Command::Simulate(args) => creditflow::cli::simulate::run(args),
         Command::Sample {
             seed,
             accounts,

@@ -105,6 +105,36 @@ pub struct Partition {
     pub explain: Option<String>,
     #[serde(skip)]
     pub explanations: Vec<Explanation>,
+    /// Per (account, meter) totals of charges, kept only when asked (`simulate`); never part
+    /// of a snapshot.
+    #[serde(skip)]
+    pub tally: Option<std::collections::BTreeMap<(String, crate::catalog::MeterId), Tally>>,
+}
+
+/// What an account's usage of one meter was charged, for `simulate`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tally {
+    pub quantity: crate::decimal::Quantity,
+    pub credits: crate::decimal::Credits,
+    /// Money: credits drawn × their grants' cost basis, plus overage money; exact.
+    pub revenue: crate::decimal::Revenue,
+    pub charged: u64,
+    pub rejected: u64,
+    pub reversed: u64,
+}
+
+impl Tally {
+    fn add(&mut self, charge: &dedupe::Charge, sign: i128) {
+        let revenue = charge
+            .draws
+            .iter()
+            .fold(charge.overage_money, |sum, &(_, amount, basis)| {
+                sum + amount.times_price(basis).unwrap_or_default()
+            });
+        self.quantity += crate::decimal::Fixed(sign * charge.quantity.0);
+        self.credits += crate::decimal::Fixed(sign * charge.cost.0);
+        self.revenue += crate::decimal::Fixed(sign * revenue.0);
+    }
 }
 
 /// What one input did to the explained account: enough to show what was charged, at which
@@ -142,6 +172,7 @@ impl Partition {
             stats: Stats::default(),
             explain: None,
             explanations: Vec::new(),
+            tally: None,
         }
     }
 
@@ -442,24 +473,51 @@ impl Partition {
             }
             Message::Command(command) => {
                 self.stats.commands_applied += 1;
-                let reversed_event = match &command.kind {
+                let mut reversed_event = match &command.kind {
                     CommandKind::Reverse { event_id, .. } => self
                         .dedupe
                         .get_mut(dedupe_key(account_id, event_id), tick_clock, window)
                         .map(|entry| &mut entry.what),
                     _ => None,
                 };
-                account.command(
+                let reversible = match reversed_event.as_deref() {
+                    Some(dedupe::Remembered::Charged(charge)) if !charge.reversed => Some(charge.clone()),
+                    _ => None,
+                };
+                let remembered = account.command(
                     &mut ctx,
                     &command.id,
                     ts,
                     &command.kind,
                     priced.as_ref(),
-                    reversed_event,
-                )
+                    reversed_event.as_deref_mut(),
+                );
+                let reversed_now = matches!(
+                    reversed_event.as_deref(),
+                    Some(dedupe::Remembered::Charged(charge)) if charge.reversed
+                );
+                if let (Some(tally), Some(charge), true) = (&mut self.tally, reversible, reversed_now) {
+                    let entry = tally.entry((account_id.to_string(), charge.meter)).or_default();
+                    entry.add(&charge, -1);
+                    entry.reversed += 1;
+                }
+                remembered
             }
             Message::Tick { .. } => unreachable!("ticks are handled before"),
         };
+        if let Some(tally) = &mut self.tally {
+            match (&remembered, message) {
+                (dedupe::Remembered::Charged(charge), _) => {
+                    let entry = tally.entry((account_id.to_string(), charge.meter)).or_default();
+                    entry.add(charge, 1);
+                    entry.charged += 1;
+                }
+                (dedupe::Remembered::Rejected, Message::Usage(usage)) => {
+                    tally.entry((account_id.to_string(), usage.meter)).or_default().rejected += 1;
+                }
+                _ => {}
+            }
+        }
         if self.explain.as_deref() == Some(account_id) {
             let explanation = explain(catalog, account, message, seq, priced, &remembered);
             self.explanations.push(explanation);
@@ -706,6 +764,22 @@ impl Engine {
         for partition in &mut self.partitions {
             partition.explain = account.map(str::to_string);
         }
+    }
+
+    /// Starts keeping per (account, meter) charge totals (see [`Tally`]).
+    pub fn enable_tally(&mut self) {
+        for partition in &mut self.partitions {
+            partition.tally = Some(Default::default());
+        }
+    }
+
+    /// The totals kept since `enable_tally`, merged across partitions.
+    pub fn tally(&self) -> std::collections::BTreeMap<(String, crate::catalog::MeterId), Tally> {
+        self.partitions
+            .iter()
+            .filter_map(|p| p.tally.as_ref())
+            .flat_map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())))
+            .collect()
     }
 
     pub fn take_explanations(&mut self) -> Vec<Explanation> {
