@@ -193,6 +193,40 @@ pub struct Allowance {
     pub rollover_cap: Credits,
 }
 
+/// A policy as written, before validation: the `[plans.policy]` table of the catalog and the
+/// `policy` object of the wire `set_policy` command have exactly these keys. Which keys a
+/// `kind` admits, and their defaults, are checked by [`load::compile_policy`], the one place
+/// both paths go through, so a policy means the same thing wherever it is written.
+///
+/// Amounts are `Fixed<9>` (not `Dec`) so that a spec can also travel in binary snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// `reject`, `overage` or `auto_topup`.
+    pub kind: String,
+    pub credit_type: Option<String>,
+    pub threshold: Option<Credits>,
+    pub amount: Option<Credits>,
+    pub target: Option<Credits>,
+    pub price: Option<Price>,
+    pub max_per_period: Option<u32>,
+    pub cooldown: Option<Span>,
+    pub priority: Option<i32>,
+    /// `reject` or `overage`.
+    pub fallback: Option<String>,
+    pub overage_limit: Option<Credits>,
+    pub overage_price: Option<Price>,
+}
+
+/// One price version as a snapshot records it, so that a restart can prove the catalog did not
+/// change a price already in force (SPEC §4). See `Catalog::fingerprints_in_force`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionFingerprint {
+    pub meter: String,
+    pub effective_from: Instant,
+    pub fingerprint: u64,
+}
+
 /// What happens when credits run out. Also the `policy` object of `set_policy`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Policy {
