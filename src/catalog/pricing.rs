@@ -339,3 +339,735 @@ fn credits_at_scale(mantissa: i128, scale: u8) -> Result<Credits, PriceError> {
         .map(Fixed)
         .ok_or(PriceError::CostOverflow)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::load;
+    use proptest::prelude::*;
+
+    /// Every rule of §13 gets a meter of its own, so each golden row tests one thing.
+    const CATALOG: &str = r#"
+default_plan = "p"
+[currency]
+code = "USD"
+[[plans]]
+name = "p"
+[[credit_types]]
+name = "credit"
+scale = 6
+[[credit_types]]
+name = "whole"
+scale = 0
+
+[[meters]]
+name = "unit"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "0.002"
+
+[[meters]]
+name = "versioned"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "1"
+  [[meters.versions]]
+  effective_from = "2026-07-01T00:00:00Z"
+  model = "unit"
+  rate = "2"
+
+[[meters]]
+name = "dims"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "0.01"
+    [[meters.versions.dimensions]]
+    match = { model = "large", region = "eu" }
+    rate = "0.05"
+    multiplier = "2"
+    [[meters.versions.dimensions]]
+    match = { model = "large" }
+    rate = "0.05"
+    [[meters.versions.dimensions]]
+    match = { region = "eu" }
+    multiplier = "2"
+
+[[meters]]
+name = "dims_required"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "1"
+  dimension_required = true
+    [[meters.versions.dimensions]]
+    match = { model = "small" }
+    rate = "0.1"
+
+[[meters]]
+name = "graduated"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "graduated"
+    [[meters.versions.tiers]]
+    up_to = "100"
+    rate = "1"
+    [[meters.versions.tiers]]
+    up_to = "1000"
+    rate = "0.5"
+    [[meters.versions.tiers]]
+    rate = "0.1"
+
+[[meters]]
+name = "volume"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "volume"
+    [[meters.versions.tiers]]
+    up_to = "100"
+    rate = "1"
+    [[meters.versions.tiers]]
+    up_to = "1000"
+    rate = "0.5"
+    [[meters.versions.tiers]]
+    rate = "0.1"
+
+[[meters]]
+name = "windows"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "1"
+  time_zone = "Europe/Paris"
+    [[meters.versions.windows]]
+    name = "peak"
+    days = ["mon", "tue", "wed", "thu", "fri"]
+    from = "09:00"
+    to = "18:00"
+    multiplier = "2"
+    [[meters.versions.windows]]
+    name = "weekend"
+    days = ["sat", "sun"]
+    from = "00:00"
+    to = "24:00"
+    multiplier = "0.5"
+    [[meters.versions.windows]]
+    name = "night"
+    days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    from = "00:00"
+    to = "06:00"
+    rate = "0.25"
+
+[[meters]]
+name = "combo"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "1"
+    [[meters.versions.dimensions]]
+    match = { tier = "gold" }
+    rate = "0.8"
+    multiplier = "1.1"
+    [[meters.versions.windows]]
+    name = "happy_hour"
+    days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    from = "12:00"
+    to = "13:00"
+    rate = "0.4"
+    multiplier = "0.5"
+
+[[meters]]
+name = "minimum"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "0.001"
+  minimum = "0.05"
+
+[[meters]]
+name = "increment"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "0.01"
+  increment = "60"
+
+[[meters]]
+name = "half_even"
+credit_type = "whole"
+rounding = "half_even"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "0.5"
+
+[[meters]]
+name = "half_up"
+credit_type = "whole"
+rounding = "half_up"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "0.5"
+
+[[meters]]
+name = "up"
+credit_type = "whole"
+rounding = "up"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "0.5"
+
+[[meters]]
+name = "down"
+credit_type = "whole"
+rounding = "down"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "0.5"
+
+[[meters]]
+name = "graduated_whole"
+credit_type = "whole"
+rounding = "half_even"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "graduated"
+    [[meters.versions.tiers]]
+    up_to = "1"
+    rate = "0.5"
+    [[meters.versions.tiers]]
+    rate = "1.5"
+
+[[meters]]
+name = "expensive"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "1000000"
+
+[[meters]]
+name = "huge_rate"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "99999999999999999999.999999999"
+"#;
+
+    const MONDAY_NOON: &str = "2026-01-05T12:00:00Z";
+
+    fn catalog() -> Catalog {
+        match load::from_str(CATALOG) {
+            Ok(catalog) => catalog,
+            Err(errors) => panic!("test catalog:\n{errors}"),
+        }
+    }
+
+    fn q(text: &str) -> Quantity {
+        text.parse().unwrap()
+    }
+
+    fn d(text: &str) -> Dec {
+        text.parse().unwrap()
+    }
+
+    fn ts(text: &str) -> Instant {
+        text.parse().unwrap()
+    }
+
+    fn dims(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Prices through [`price`], and when the fast path was eligible also through the general
+    /// path, asserting both agree, so every golden row checks both.
+    fn price_at(
+        catalog: &Catalog,
+        meter: &str,
+        quantity: &str,
+        dim_pairs: &[(&str, &str)],
+        at: &str,
+        cumulative: &str,
+    ) -> Result<Priced, PriceError> {
+        let dims = dims(dim_pairs);
+        let request = PriceRequest {
+            meter: catalog
+                .meter_id(meter)
+                .unwrap_or_else(|| panic!("meter {meter}")),
+            quantity: q(quantity),
+            dims: &dims,
+            ts: ts(at),
+            cumulative: q(cumulative),
+        };
+        let result = price(catalog, &request);
+        let m = catalog.meter(request.meter);
+        if let Some(version) = m.version_at(request.ts) {
+            let scale = catalog.credit_type(m.credit_type).scale;
+            let general = price_general(version, &request, scale, m.rounding);
+            assert_eq!(
+                result, general,
+                "fast and general paths disagree for {meter} {quantity}"
+            );
+        }
+        result
+    }
+
+    fn cost(
+        meter: &str,
+        quantity: &str,
+        dim_pairs: &[(&str, &str)],
+        at: &str,
+        cumulative: &str,
+    ) -> String {
+        match price_at(&catalog(), meter, quantity, dim_pairs, at, cumulative) {
+            Ok(priced) => priced.cost.to_string(),
+            Err(error) => error.reason().to_string(),
+        }
+    }
+
+    #[test]
+    fn unit_golden() {
+        for (quantity, want) in [
+            ("0", "0"),
+            ("1", "0.002"),
+            ("3", "0.006"),
+            ("0.5", "0.001"),
+            ("0.0001", "0"),         // 0.0000002 rounds half_even to 0 at scale 6
+            ("0.00025", "0"),        // 0.0000005: a tie, to even (0)
+            ("0.00075", "0.000002"), // 0.0000015: a tie, to even (2)
+            ("1000000000", "2000000"),
+        ] {
+            assert_eq!(
+                cost("unit", quantity, &[], MONDAY_NOON, "0"),
+                want,
+                "unit × {quantity}"
+            );
+        }
+        let priced = price_at(&catalog(), "unit", "3", &[], MONDAY_NOON, "0").unwrap();
+        assert_eq!(priced.billed_quantity, q("3"));
+        assert_eq!(priced.explain.model, "unit");
+        assert_eq!(priced.explain.rate, Some(d("0.002")));
+        assert_eq!(priced.explain.multiplier, Dec::ONE);
+        assert_eq!(priced.explain.unrounded, d("0.006"));
+        assert_eq!(priced.explain.version_from, ts("2026-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn dimensions_golden() {
+        let rows: &[(&[(&str, &str)], &str, Option<u16>, &str)] = &[
+            // dims, cost of 10 units, rule, multiplier
+            (&[], "0.1", None, "1"),
+            (&[("model", "small")], "0.1", None, "1"),
+            (&[("model", "large")], "0.5", Some(1), "1"),
+            (&[("model", "large"), ("region", "eu")], "1", Some(0), "2"),
+            (
+                &[("region", "eu"), ("model", "large"), ("extra", "x")],
+                "1",
+                Some(0),
+                "2",
+            ),
+            (&[("region", "eu")], "0.2", Some(2), "2"),
+            (&[("region", "us"), ("model", "large")], "0.5", Some(1), "1"),
+            (&[("Model", "large")], "0.1", None, "1"),
+        ];
+        let catalog = catalog();
+        for (dim_pairs, want, rule, multiplier) in rows {
+            let priced = price_at(&catalog, "dims", "10", dim_pairs, MONDAY_NOON, "0").unwrap();
+            assert_eq!(priced.cost.to_string(), *want, "{dim_pairs:?}");
+            assert_eq!(priced.explain.dimension_rule, *rule, "{dim_pairs:?}");
+            assert_eq!(priced.explain.multiplier, d(multiplier), "{dim_pairs:?}");
+        }
+    }
+
+    #[test]
+    fn dimension_required_miss_is_no_rate_for_dims() {
+        assert_eq!(
+            cost(
+                "dims_required",
+                "10",
+                &[("model", "small")],
+                MONDAY_NOON,
+                "0"
+            ),
+            "1"
+        );
+        for miss in [&[][..], &[("model", "large")][..], &[("size", "small")][..]] {
+            assert_eq!(
+                cost("dims_required", "10", miss, MONDAY_NOON, "0"),
+                "no_rate_for_dims",
+                "{miss:?}"
+            );
+        }
+        // Even a zero quantity needs its dims: the verdict does not depend on the amount.
+        assert_eq!(
+            cost("dims_required", "0", &[], MONDAY_NOON, "0"),
+            "no_rate_for_dims"
+        );
+    }
+
+    #[test]
+    fn graduated_golden() {
+        // Tiers: (0, 100] at 1, (100, 1000] at 0.5, beyond at 0.1.
+        for (quantity, cumulative, want) in [
+            ("0", "0", "0"),
+            ("10", "0", "10"),
+            ("100", "0", "100"),
+            ("101", "0", "100.5"),
+            ("20", "90", "15"),    // 10 at 1 + 10 at 0.5
+            ("1", "100", "0.5"),   // position 100 is the 101st unit: tier 2
+            ("1", "99.5", "0.75"), // half a unit in each tier
+            ("100", "950", "30"),  // 50 at 0.5 + 50 at 0.1
+            ("2000", "0", "650"),  // 100 + 450 + 100
+            ("10", "5000", "1"),   // all in the last tier
+        ] {
+            assert_eq!(
+                cost("graduated", quantity, &[], MONDAY_NOON, cumulative),
+                want,
+                "{quantity} after {cumulative}"
+            );
+        }
+        let priced = price_at(&catalog(), "graduated", "20", &[], MONDAY_NOON, "90").unwrap();
+        assert_eq!(priced.explain.model, "graduated");
+        assert_eq!(priced.explain.rate, None);
+    }
+
+    #[test]
+    fn volume_golden() {
+        // Tiers: (0, 100] at 1, (100, 1000] at 0.5, beyond at 0.1. The tier containing
+        // cumulative + quantity prices every unit of the event.
+        for (quantity, cumulative, want, rate) in [
+            ("0", "0", "0", "1"),
+            ("10", "0", "10", "1"),
+            ("10", "90", "10", "1"), // reaches 100: still tier 1 (up_to is inclusive)
+            ("11", "90", "5.5", "0.5"), // reaches 101: tier 2 for all 11 units
+            ("0.5", "999.5", "0.25", "0.5"), // reaches exactly 1000: tier 2
+            ("1", "999.5", "0.1", "0.1"), // reaches 1000.5: tier 3
+            ("5000", "0", "500", "0.1"), // one big event: all at the last tier
+        ] {
+            let priced =
+                price_at(&catalog(), "volume", quantity, &[], MONDAY_NOON, cumulative).unwrap();
+            assert_eq!(
+                priced.cost.to_string(),
+                want,
+                "{quantity} after {cumulative}"
+            );
+            assert_eq!(
+                priced.explain.rate,
+                Some(d(rate)),
+                "{quantity} after {cumulative}"
+            );
+            assert_eq!(priced.explain.model, "volume");
+        }
+    }
+
+    #[test]
+    fn windows_golden() {
+        // Europe/Paris: CET (UTC+1) in January. 2026-01-05 is a Monday.
+        let rows: &[(&str, &str, Option<u16>)] = &[
+            // ts (UTC), cost of 10 units at base rate 1, window
+            ("2026-01-05T07:59:59.999Z", "10", None), // Mon 08:59:59.999 local
+            ("2026-01-05T08:00:00Z", "20", Some(0)),  // Mon 09:00 local: from is inside
+            ("2026-01-05T16:59:59.999Z", "20", Some(0)), // Mon 17:59:59.999
+            ("2026-01-05T17:00:00Z", "10", None),     // Mon 18:00: to is outside
+            ("2026-01-05T04:59:59.999Z", "2.5", Some(2)), // Mon 05:59:59.999: night rate 0.25
+            ("2026-01-05T05:00:00Z", "10", None),     // Mon 06:00
+            // The weekday is the local one: Friday 23:30 UTC is already Saturday in Paris.
+            ("2026-01-09T22:59:59.999Z", "10", None), // Fri 23:59:59.999 local
+            ("2026-01-09T23:00:00Z", "5", Some(1)),   // Sat 00:00 local: weekend, listed
+            // before night, wins
+            ("2026-01-11T22:59:59.999Z", "5", Some(1)), // Sun 23:59:59.999: to = 24:00
+            ("2026-01-11T23:00:00Z", "2.5", Some(2)),   // Mon 00:00: night
+            ("2026-01-10T12:00:00Z", "5", Some(1)),     // Sat 13:00: weekend, not peak
+        ];
+        let catalog = catalog();
+        for (at, want, window) in rows {
+            let priced = price_at(&catalog, "windows", "10", &[], at, "0").unwrap();
+            assert_eq!(priced.cost.to_string(), *want, "{at}");
+            assert_eq!(priced.explain.window, *window, "{at}");
+        }
+    }
+
+    #[test]
+    fn windows_follow_daylight_saving_time() {
+        // Paris moves from UTC+1 to UTC+2 on Sunday 2026-03-29. The same UTC time of day
+        // falls in or out of the 09:00-18:00 peak depending on the side of the change.
+        for (at, want) in [
+            ("2026-03-27T07:30:00Z", "10"), // Fri 08:30 CET: before peak
+            ("2026-03-30T07:30:00Z", "20"), // Mon 09:30 CEST: peak
+            ("2026-03-27T16:30:00Z", "20"), // Fri 17:30 CET: peak
+            ("2026-03-30T16:30:00Z", "10"), // Mon 18:30 CEST: after peak
+            ("2026-03-30T07:00:00Z", "20"), // Mon 09:00 CEST exactly
+            ("2026-03-30T06:59:59.999Z", "10"),
+        ] {
+            assert_eq!(cost("windows", "10", &[], at, "0"), want, "{at}");
+        }
+    }
+
+    #[test]
+    fn window_rate_beats_dimension_rate_and_multipliers_combine() {
+        let catalog = catalog();
+        let gold = &[("tier", "gold")][..];
+        // In the happy hour: the window's rate 0.4, multipliers 1.1 × 0.5.
+        let priced = price_at(&catalog, "combo", "10", gold, "2026-01-05T12:30:00Z", "0").unwrap();
+        assert_eq!(priced.cost.to_string(), "2.2");
+        assert_eq!(priced.explain.rate, Some(d("0.4")));
+        assert_eq!(priced.explain.multiplier, d("0.55"));
+        assert_eq!(
+            (priced.explain.dimension_rule, priced.explain.window),
+            (Some(0), Some(0))
+        );
+        // Outside it: the rule's rate 0.8 × 1.1.
+        let priced = price_at(&catalog, "combo", "10", gold, "2026-01-05T13:00:00Z", "0").unwrap();
+        assert_eq!(priced.cost.to_string(), "8.8");
+        assert_eq!(priced.explain.rate, Some(d("0.8")));
+        // No rule: the window alone.
+        let priced = price_at(&catalog, "combo", "10", &[], "2026-01-05T12:00:00Z", "0").unwrap();
+        assert_eq!(priced.cost.to_string(), "2");
+    }
+
+    #[test]
+    fn minimum_golden() {
+        for (quantity, want, applied) in [
+            ("10", "0.05", true),  // 0.01 raised to the minimum
+            ("50", "0.05", false), // exactly the minimum
+            ("100", "0.1", false),
+            ("0", "0", false), // nothing used: no minimum
+            ("0.000000001", "0.05", true),
+        ] {
+            let priced = price_at(&catalog(), "minimum", quantity, &[], MONDAY_NOON, "0").unwrap();
+            assert_eq!(priced.cost.to_string(), want, "{quantity}");
+            assert_eq!(priced.explain.minimum_applied, applied, "{quantity}");
+        }
+    }
+
+    #[test]
+    fn increment_bills_started_blocks() {
+        for (quantity, billed, want) in [
+            ("0", "0", "0"),
+            ("0.5", "60", "0.6"),
+            ("1", "60", "0.6"),
+            ("60", "60", "0.6"),
+            ("60.000000001", "120", "1.2"),
+            ("61", "120", "1.2"),
+        ] {
+            let priced =
+                price_at(&catalog(), "increment", quantity, &[], MONDAY_NOON, "0").unwrap();
+            assert_eq!(priced.billed_quantity, q(billed), "{quantity}");
+            assert_eq!(priced.cost.to_string(), want, "{quantity}");
+        }
+    }
+
+    /// Each rule at and around midpoints, through the fast path (unit) and the general path
+    /// (graduated), at scale 0.
+    #[test]
+    fn rounding_golden() {
+        let table: &[(&str, [&str; 4])] = &[
+            // quantity (× 0.5), [half_even, half_up, up, down]
+            ("1", ["0", "1", "1", "0"]),   // 0.5
+            ("3", ["2", "2", "2", "1"]),   // 1.5
+            ("5", ["2", "3", "3", "2"]),   // 2.5
+            ("0.2", ["0", "0", "1", "0"]), // 0.1
+            ("1.8", ["1", "1", "1", "0"]), // 0.9
+            ("4", ["2", "2", "2", "2"]),   // 2: exact
+        ];
+        for (quantity, expected) in table {
+            for (meter, want) in ["half_even", "half_up", "up", "down"].iter().zip(expected) {
+                assert_eq!(
+                    cost(meter, quantity, &[], MONDAY_NOON, "0"),
+                    *want,
+                    "{meter} {quantity}"
+                );
+            }
+        }
+        // General path: 1 unit at 0.5 then 1 at 1.5 = 2; 0.5 + 0.5 × 1.5 = 1.25 → 1; 1 → 0.5 → 0.
+        for (quantity, want) in [("2", "2"), ("1.5", "1"), ("1", "0"), ("3", "4")] {
+            assert_eq!(
+                cost("graduated_whole", quantity, &[], MONDAY_NOON, "0"),
+                want,
+                "{quantity}"
+            );
+        }
+    }
+
+    #[test]
+    fn rounding_happens_once_after_the_minimum_and_multipliers() {
+        // 3 × 0.5 = 1.5 would round to 2 (half_even); rounding 0.5 first per unit would give 0.
+        assert_eq!(cost("half_even", "3", &[], MONDAY_NOON, "0"), "2");
+        let priced = price_at(
+            &catalog(),
+            "dims",
+            "0.00001",
+            &[("region", "eu")],
+            MONDAY_NOON,
+            "0",
+        )
+        .unwrap();
+        // 0.00001 × 0.01 × 2 = 0.0000002 → 0 at scale 6; unrounded keeps the exact value.
+        assert_eq!(priced.explain.unrounded, d("0.0000002"));
+        assert_eq!(priced.cost, Credits::ZERO);
+    }
+
+    #[test]
+    fn versions_by_effective_from() {
+        for (at, want) in [
+            ("2025-12-31T23:59:59.999Z", "no_price_in_force"),
+            ("2026-01-01T00:00:00Z", "10"),
+            ("2026-06-30T23:59:59.999Z", "10"),
+            ("2026-07-01T00:00:00Z", "20"), // exactly at the boundary: the new version
+            ("2030-01-01T00:00:00Z", "20"),
+        ] {
+            assert_eq!(cost("versioned", "10", &[], at, "0"), want, "{at}");
+        }
+        let priced = price_at(
+            &catalog(),
+            "versioned",
+            "1",
+            &[],
+            "2026-07-01T00:00:00Z",
+            "0",
+        )
+        .unwrap();
+        assert_eq!(priced.explain.version_from, ts("2026-07-01T00:00:00Z"));
+        // The general path answers the same for the window/dims meters before their start.
+        assert_eq!(
+            cost("windows", "1", &[], "2025-06-01T00:00:00Z", "0"),
+            "no_price_in_force"
+        );
+    }
+
+    #[test]
+    fn cost_overflow() {
+        // 10^15 credits exactly is allowed; one unit more is not.
+        assert_eq!(
+            cost("expensive", "1000000000", &[], MONDAY_NOON, "0"),
+            "1000000000000000"
+        );
+        assert_eq!(
+            cost("expensive", "1000000000.000001", &[], MONDAY_NOON, "0"),
+            "cost_overflow"
+        );
+        // Not representable in 38 digits at all.
+        assert_eq!(
+            cost("huge_rate", "1000000000", &[], MONDAY_NOON, "0"),
+            "cost_overflow"
+        );
+        assert_eq!(cost("huge_rate", "0", &[], MONDAY_NOON, "0"), "0");
+        assert_eq!(PriceError::CostOverflow.reason(), "cost_overflow");
+        assert_eq!(PriceError::NoPriceInForce.reason(), "no_price_in_force");
+        assert_eq!(PriceError::NoRateForDims.reason(), "no_rate_for_dims");
+    }
+
+    #[test]
+    fn shipped_catalog_prices_a_gpu_job() {
+        let catalog = load::from_path(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/catalog.toml"),
+        )
+        .unwrap();
+        // Monday 10:00 in Paris (peak × 1.5), 61 s billed as 120 s, starting 10 s before the
+        // end of the first tier: 10 × 0.01 + 110 × 0.008 = 0.98, × 1.5 = 1.47 compute credits.
+        let priced = price_at(
+            &catalog,
+            "gpu_second",
+            "61",
+            &[],
+            "2026-11-23T09:00:00Z",
+            "3590",
+        )
+        .unwrap();
+        assert_eq!(priced.cost.to_string(), "1.47");
+        assert_eq!(priced.billed_quantity, q("120"));
+        assert_eq!(priced.explain.window, Some(0));
+        // A short job on a Saturday: 60 × 0.01 × 0.8 = 0.48, raised to the minimum 0.6.
+        let priced = price_at(
+            &catalog,
+            "gpu_second",
+            "1",
+            &[],
+            "2026-11-28T09:00:00Z",
+            "0",
+        )
+        .unwrap();
+        assert_eq!(priced.cost.to_string(), "0.6");
+        assert!(priced.explain.minimum_applied);
+        // llm_token: large in the EU, 1000 tokens: 1000 × 0.00003 × 1.2 = 0.036.
+        let eu = &[("model", "large"), ("region", "eu")][..];
+        assert_eq!(
+            price_at(&catalog, "llm_token", "1000", eu, MONDAY_NOON, "0")
+                .unwrap()
+                .cost
+                .to_string(),
+            "0.036"
+        );
+        // storage rounds up: 1 GB-hour at 0.0001 is 0.0001; 0.001 GB-hour is 0.0000001 → 0.000001.
+        assert_eq!(
+            price_at(&catalog, "storage_gb_hour", "0.001", &[], MONDAY_NOON, "0")
+                .unwrap()
+                .cost
+                .to_string(),
+            "0.000001"
+        );
+    }
+
+    fn rule_strategy() -> impl Strategy<Value = Rounding> {
+        prop_oneof![
+            Just(Rounding::HalfEven),
+            Just(Rounding::HalfUp),
+            Just(Rounding::Up),
+            Just(Rounding::Down),
+        ]
+    }
+
+    proptest! {
+        /// The u64 shortcut rounds exactly like `Dec::round`.
+        #[test]
+        fn round_to_scale_matches_dec_round(
+            value in prop_oneof![0i128..1_000_000_000_000, 0i128..=i128::from(u64::MAX), any::<i128>()],
+            from_scale in 0u8..=38,
+            to_scale in 0u8..=9,
+            rule in rule_strategy(),
+        ) {
+            let expected = Dec::new(value, from_scale).unwrap().round(to_scale, rule).map(Dec::mantissa);
+            prop_assert_eq!(round_to_scale(value, from_scale, to_scale, rule).ok(), expected);
+        }
+
+        /// The fast path and §13 taken literally agree on every plain unit price.
+        #[test]
+        fn fast_path_matches_general_path(
+            quantity in prop_oneof![0i128..1_000_000_000_000, 0i128..1_000_000_000_000_000_000_000_000],
+            rate_mantissa in prop_oneof![0i128..1_000_000, 0i128..1_000_000_000_000_000_000],
+            rate_scale in 0u8..=9,
+            scale in 0u8..=9,
+            rule in rule_strategy(),
+        ) {
+            let rate = Dec::new(rate_mantissa, rate_scale).unwrap().normalized();
+            let version = PriceVersion {
+                effective_from: Instant(0),
+                model: PriceModel::Unit { rate },
+                increment: None,
+                minimum: None,
+                dimensions: Vec::new(),
+                dimension_required: false,
+                windows: Vec::new(),
+                time_zone: crate::time::Zone::utc(),
+                fingerprint: 0,
+            };
+            let request = PriceRequest {
+                meter: MeterId(0),
+                quantity: Fixed(quantity),
+                dims: &[],
+                ts: Instant(0),
+                cumulative: Quantity::ZERO,
+            };
+            let fast = price_unit(&version, request.quantity, rate, scale, rule);
+            let general = price_general(&version, &request, scale, rule);
+            prop_assert_eq!(fast, general);
+        }
+    }
+}
