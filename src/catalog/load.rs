@@ -2064,7 +2064,7 @@ name = "payg"
         keys
     }
 
-    fn sorted<'a>(mut keys: Vec<&'a str>) -> Vec<&'a str> {
+    fn sorted(mut keys: Vec<&str>) -> Vec<&str> {
         keys.sort_unstable();
         keys
     }

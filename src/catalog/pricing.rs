@@ -156,14 +156,9 @@ fn price_general(
     rounding: Rounding,
 ) -> Result<Priced, PriceError> {
     const OVERFLOW: PriceError = PriceError::CostOverflow;
-    let quantity = request.quantity.to_dec();
-    // 1. A started block is billed.
-    let billed = match version.increment {
-        Some(increment) => quantity.ceil_to_multiple(increment).ok_or(OVERFLOW)?,
-        None => quantity,
-    };
-    let billed_quantity: Quantity = billed.to_fixed().ok_or(OVERFLOW)?;
-    // 2. First dimension rule whose pairs all equal the event's dims.
+    // 2. First dimension rule whose pairs all equal the event's dims. Done before step 1, which
+    // it does not depend on, because `no_rate_for_dims` takes precedence over `cost_overflow`
+    // (SEMANTICS §2.1) and step 1 can overflow.
     let rule_index = version
         .dimensions
         .iter()
@@ -172,6 +167,13 @@ fn price_general(
         return Err(PriceError::NoRateForDims);
     }
     let rule = rule_index.map(|i| &version.dimensions[i]);
+    // 1. A started block is billed.
+    let quantity = request.quantity.to_dec();
+    let billed = match version.increment {
+        Some(increment) => quantity.ceil_to_multiple(increment).ok_or(OVERFLOW)?,
+        None => quantity,
+    };
+    let billed_quantity: Quantity = billed.to_fixed().ok_or(OVERFLOW)?;
     // 3. First window containing the event's local weekday and time of day.
     let window_index = if version.windows.is_empty() {
         None
@@ -551,6 +553,18 @@ name = "expensive"
   rate = "1000000"
 
 [[meters]]
+name = "huge_increment"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "1"
+  increment = "999999999999999999999999999999"
+  dimension_required = true
+    [[meters.versions.dimensions]]
+    match = { model = "small" }
+    multiplier = "1"
+
+[[meters]]
 name = "huge_rate"
   [[meters.versions]]
   effective_from = "2026-01-01T00:00:00Z"
@@ -661,7 +675,8 @@ name = "huge_rate"
 
     #[test]
     fn dimensions_golden() {
-        let rows: &[(&[(&str, &str)], &str, Option<u16>, &str)] = &[
+        type Row<'a> = (&'a [(&'a str, &'a str)], &'a str, Option<u16>, &'a str);
+        let rows: &[Row] = &[
             // dims, cost of 10 units, rule, multiplier
             (&[], "0.1", None, "1"),
             (&[("model", "small")], "0.1", None, "1"),
@@ -959,6 +974,16 @@ name = "huge_rate"
             "cost_overflow"
         );
         assert_eq!(cost("huge_rate", "0", &[], MONDAY_NOON, "0"), "0");
+        // The billed quantity itself does not fit; but a dims miss is the verdict that wins.
+        let small = &[("model", "small")][..];
+        assert_eq!(
+            cost("huge_increment", "1", small, MONDAY_NOON, "0"),
+            "cost_overflow"
+        );
+        assert_eq!(
+            cost("huge_increment", "1", &[], MONDAY_NOON, "0"),
+            "no_rate_for_dims"
+        );
         assert_eq!(PriceError::CostOverflow.reason(), "cost_overflow");
         assert_eq!(PriceError::NoPriceInForce.reason(), "no_price_in_force");
         assert_eq!(PriceError::NoRateForDims.reason(), "no_rate_for_dims");
