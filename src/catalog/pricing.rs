@@ -123,10 +123,7 @@ fn price_unit(
     scale: u8,
     rounding: Rounding,
 ) -> Result<Priced, PriceError> {
-    let product = quantity
-        .0
-        .checked_mul(rate.mantissa())
-        .ok_or(PriceError::CostOverflow)?;
+    let product = multiply(quantity.0, rate.mantissa())?;
     let product_scale = Quantity::SCALE
         .checked_add(rate.scale())
         .ok_or(PriceError::CostOverflow)?;
@@ -291,6 +288,26 @@ fn volume_rate(tiers: &[Tier], reached: Dec) -> Dec {
     tier.rate
 }
 
+/// `a × b` exactly. Two values that fit `u64` (every realistic quantity and rate) multiply in
+/// one widening instruction; an overflow-checked `i128` multiplication is a slow library call.
+fn multiply(a: i128, b: i128) -> Result<i128, PriceError> {
+    if let (Ok(a), Ok(b)) = (u64::try_from(a), u64::try_from(b)) {
+        return i128::try_from(u128::from(a) * u128::from(b)).map_err(|_| PriceError::CostOverflow);
+    }
+    a.checked_mul(b).ok_or(PriceError::CostOverflow)
+}
+
+/// 10^0 ..= 10^19: every power of ten that fits a `u64`.
+const POW10_U64: [u64; 20] = {
+    let mut table = [1u64; 20];
+    let mut i = 1;
+    while i < 20 {
+        table[i] = table[i - 1] * 10;
+        i += 1;
+    }
+    table
+};
+
 /// `value / 10^from_scale` rounded to `to_scale` decimals with `rule`; returns the mantissa at
 /// `to_scale`. Identical to [`Dec::round`] (tested), but a value that fits `u64` is divided in
 /// `u64`, several times faster than an `i128` division.
@@ -305,9 +322,7 @@ fn round_to_scale(
         return value.checked_mul(factor).ok_or(PriceError::CostOverflow);
     }
     let shift = u32::from(from_scale - to_scale);
-    if let (Ok(small), true) = (u64::try_from(value), shift <= 19) {
-        // 10^19 < 2^64, so the divisor fits.
-        let divisor = 10u64.pow(shift);
+    if let (Ok(small), Some(&divisor)) = (u64::try_from(value), POW10_U64.get(shift as usize)) {
         let quotient = small / divisor;
         let remainder = small % divisor;
         // Comparing remainder with divisor − remainder avoids 2 × remainder overflowing.
@@ -335,11 +350,9 @@ fn credits_at_scale(mantissa: i128, scale: u8) -> Result<Credits, PriceError> {
     if mantissa > limit {
         return Err(PriceError::CostOverflow);
     }
-    let factor = pow10(u32::from(Credits::SCALE - scale)).ok_or(PriceError::CostOverflow)?;
-    mantissa
-        .checked_mul(factor)
-        .map(Fixed)
-        .ok_or(PriceError::CostOverflow)
+    // mantissa ≤ 10^(15 + scale), so mantissa × 10^(9 − scale) ≤ 10^24: no overflow possible.
+    let factor = POW10_U64[usize::from(Credits::SCALE - scale)];
+    Ok(Fixed(mantissa * i128::from(factor)))
 }
 
 #[cfg(test)]
@@ -1060,6 +1073,15 @@ name = "huge_rate"
         ) {
             let expected = Dec::new(value, from_scale).unwrap().round(to_scale, rule).map(Dec::mantissa);
             prop_assert_eq!(round_to_scale(value, from_scale, to_scale, rule).ok(), expected);
+        }
+
+        /// The u64 shortcut multiplies exactly like `i128::checked_mul`.
+        #[test]
+        fn multiply_matches_checked_mul(
+            a in prop_oneof![0i128..=i128::from(u64::MAX), any::<i128>()],
+            b in prop_oneof![0i128..=i128::from(u64::MAX), any::<i128>()],
+        ) {
+            prop_assert_eq!(multiply(a, b).ok(), a.checked_mul(b));
         }
 
         /// The fast path and §13 taken literally agree on every plain unit price.
