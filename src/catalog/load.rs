@@ -1416,7 +1416,12 @@ impl Loader {
                 }
             }
         }
-        if dimension_required && table.get("dimensions").is_none() {
+        let no_rules = match table.get("dimensions") {
+            None => true,
+            Some(Value::Array(rules)) => rules.is_empty(),
+            Some(_) => false, // a wrong type, already reported
+        };
+        if dimension_required && no_rules {
             self.error(
                 at(key, "dimension_required"),
                 "is true but there are no dimensions rules: every event would be refused",
@@ -1686,7 +1691,7 @@ impl Loader {
             Err(Reported) => Err(Reported),
         };
         let period = match period_name {
-            Some(period) => {
+            Some(period @ ("month" | "week" | "day")) => {
                 if period != "month" && table.contains_key("anchor_day") {
                     self.error(at(key, "anchor_day"), "only for period = \"month\"");
                 }
@@ -1700,15 +1705,15 @@ impl Loader {
                     "week" => anchor_weekday.ok().map(|day| PeriodRule::Week {
                         anchor_weekday: day.unwrap_or(0),
                     }),
-                    "day" => Some(PeriodRule::Day),
-                    other => {
-                        self.error(
-                            at(key, "period"),
-                            format!("unknown period {other:?} (month, week or day)"),
-                        );
-                        None
-                    }
+                    _ => Some(PeriodRule::Day),
                 }
+            }
+            Some(other) => {
+                self.error(
+                    at(key, "period"),
+                    format!("unknown period {other:?} (month, week or day)"),
+                );
+                None
             }
             None => None,
         };
@@ -2256,6 +2261,7 @@ name = "gpu"
 [[plans]]
 name = "pro"
 period = "fortnight"
+anchor_day = 2
   [[plans.allowances]]
   amount = "10.1234567"
   scope = ["missing_meter"]
@@ -2476,6 +2482,14 @@ name = "graduated_bad_tiers"
     up_to = "5"
     rate = "1"
 [[meters]]
+name = "required_but_empty"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "1"
+  dimension_required = true
+  dimensions = []
+[[meters]]
 name = "no_tiers"
   [[meters.versions]]
   effective_from = "2026-01-01T00:00:00Z"
@@ -2494,7 +2508,8 @@ name = "no_tiers"
                 "meters[2].versions[0].tiers[0].up_to",
                 "meters[2].versions[0].tiers[1].up_to",
                 "meters[2].versions[0].dimension_required",
-                "meters[3].versions[0].model",
+                "meters[3].versions[0].dimension_required",
+                "meters[4].versions[0].model",
             ]),
             "{listing}"
         );
