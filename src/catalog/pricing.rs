@@ -9,10 +9,12 @@
 //! [`PriceError::CostOverflow`], a verdict the engine dead-letters, the same on every replay.
 //!
 //! Hot path: this runs once per event, millions of times a second. The common case (unit model,
-//! no dimension rules, no windows, no increment, no minimum) takes [`price_unit`]: one `i128`
-//! multiplication and one division by a power of ten, done in `u64` when the numbers fit, with
-//! no allocation and no normalizing loop. Everything else takes the general path, which follows
-//! §13 literally with `Dec`. Both give identical results (tested against each other).
+//! no dimension rules, no windows, no increment, no minimum) takes a fast path (`price_unit`):
+//! one multiplication and one division by a power of ten, each a single `u64` instruction when
+//! the numbers fit (they do for any realistic event), with no allocation and no normalizing
+//! loop. Everything else takes the general path (`price_general`), which follows §13 literally
+//! with `Dec`. Both give identical results: every golden row runs both, and proptests compare
+//! them on random prices.
 //!
 //! Invariants: `cost` is ≥ 0, has at most the credit type's scale, and is ≤
 //! [`EVENT_COST_MAX_CREDITS`]; `billed_quantity` ≥ `quantity`.
