@@ -193,6 +193,53 @@ pub struct Allowance {
     pub rollover_cap: Credits,
 }
 
+/// A policy as written, before validation: the `[plans.policy]` table of the catalog and the
+/// `policy` object of the wire `set_policy` command have exactly these keys. Which keys a
+/// `kind` admits, and their defaults, are checked by [`load::compile_policy`], the one place
+/// both paths go through, so a policy means the same thing wherever it is written.
+///
+/// Amounts are `Fixed<9>` (not `Dec`), so precision is checked as the spec is read. Absent keys
+/// are skipped when serialized: the engine keeps a spec only as its JSON text (the state view's
+/// `policy_override`), never in a binary snapshot, where skipped fields would not decode.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// `reject`, `overage` or `auto_topup`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<Credits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Credits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Credits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Price>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_period: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<Span>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
+    /// `reject` or `overage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overage_limit: Option<Credits>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overage_price: Option<Price>,
+}
+
+/// One price version as a snapshot records it, so that a restart can prove the catalog did not
+/// change a price already in force (SPEC §4). See `Catalog::fingerprints_in_force`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionFingerprint {
+    pub meter: String,
+    pub effective_from: Instant,
+    pub fingerprint: u64,
+}
+
 /// What happens when credits run out. Also the `policy` object of `set_policy`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Policy {
@@ -279,45 +326,4 @@ impl Default for Rules {
             accounts_per_partition_max: 10_000_000,
         }
     }
-}
-
-/// The uncompiled form of a policy: the `[plans.policy]` table of the catalog and the `policy`
-/// object of a `set_policy` command share it, so both are validated by one function
-/// (`load::compile_policy`). Serialized back (absent fields skipped, amounts normalized) it is
-/// the `policy_override` of the state view.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicySpec {
-    /// `reject`, `overage` or `auto_topup`.
-    pub kind: String,
-    /// Overage (and the `overage` fallback of auto top-up): largest debt, in credits.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overage_limit: Option<Dec>,
-    /// Money per overage credit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub overage_price: Option<Dec>,
-    /// Auto top-up: the credit type topped up (default `credit`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credit_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub threshold: Option<Dec>,
-    /// Exactly one of `amount` and `target`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub amount: Option<Dec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<Dec>,
-    /// Money per credit bought.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub price: Option<Dec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_per_period: Option<u32>,
-    /// A duration such as `"1h"` (default `"0"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cooldown: Option<String>,
-    /// Priority of top-up grants (default 50).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub priority: Option<i32>,
-    /// `reject` (default) or `overage`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback: Option<String>,
 }

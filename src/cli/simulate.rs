@@ -48,7 +48,10 @@ pub struct Side {
 /// (account, meter) → (current, candidate).
 pub type Comparison = BTreeMap<(String, String), (Side, Side)>;
 
-fn tallied(catalog: Arc<Catalog>, log: &[crate::cli::replay::LogEntry]) -> (Engine, BTreeMap<(String, String), Side>) {
+fn tallied(
+    catalog: Arc<Catalog>,
+    log: &[crate::cli::replay::LogEntry],
+) -> (Engine, BTreeMap<(String, String), Side>) {
     let mut engine = Engine::new(catalog, 1);
     engine.enable_tally();
     let mut outputs = Vec::new();
@@ -75,7 +78,11 @@ fn tallied(catalog: Arc<Catalog>, log: &[crate::cli::replay::LogEntry]) -> (Engi
 }
 
 /// Replays `log` under both catalogs and pairs the per (account, meter) results.
-pub fn compare(current: Arc<Catalog>, candidate: Arc<Catalog>, log: &[crate::cli::replay::LogEntry]) -> (Comparison, [crate::engine::Stats; 2]) {
+pub fn compare(
+    current: Arc<Catalog>,
+    candidate: Arc<Catalog>,
+    log: &[crate::cli::replay::LogEntry],
+) -> (Comparison, [crate::engine::Stats; 2]) {
     let (current_engine, current_sides) = tallied(current, log);
     let (candidate_engine, candidate_sides) = tallied(candidate, log);
     let mut comparison = Comparison::new();
@@ -85,7 +92,10 @@ pub fn compare(current: Arc<Catalog>, candidate: Arc<Catalog>, log: &[crate::cli
     for (key, side) in candidate_sides {
         comparison.entry(key).or_default().1 = side;
     }
-    (comparison, [current_engine.stats(), candidate_engine.stats()])
+    (
+        comparison,
+        [current_engine.stats(), candidate_engine.stats()],
+    )
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
@@ -139,10 +149,17 @@ fn json_row(account: &str, meter: &str, current: &Side, candidate: &Side) -> Str
 
 /// Money for display: exact revenue rounded half-up to 4 places (the JSON keeps it exact).
 fn show(revenue: Revenue) -> String {
-    revenue.round_money(4, crate::decimal::Rounding::HalfUp).to_string()
+    revenue
+        .round_money(4, crate::decimal::Rounding::HalfUp)
+        .to_string()
 }
 
-fn table(args: &SimulateArgs, comparison: &Comparison, total: &(Side, Side), stats: &[crate::engine::Stats; 2]) -> String {
+fn table(
+    args: &SimulateArgs,
+    comparison: &Comparison,
+    total: &(Side, Side),
+    stats: &[crate::engine::Stats; 2],
+) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -159,7 +176,15 @@ fn table(args: &SimulateArgs, comparison: &Comparison, total: &(Side, Side), sta
     let _ = writeln!(
         s,
         "  {:<12} {:<16} {:>14} {:>14} {:>14} {:>12} {:>12} {:>12} {:>9}",
-        "account", "meter", "quantity", "credits now", "credits new", "Δ credits", "revenue now", "revenue new", "rejected"
+        "account",
+        "meter",
+        "quantity",
+        "credits now",
+        "credits new",
+        "Δ credits",
+        "revenue now",
+        "revenue new",
+        "rejected"
     );
     for ((account, meter), (current, candidate)) in comparison {
         let _ = writeln!(
@@ -197,7 +222,12 @@ fn table(args: &SimulateArgs, comparison: &Comparison, total: &(Side, Side), sta
         // Tenths of a percent, truncated: a display figure, the exact one is in the columns.
         current => {
             let tenths = difference.0.saturating_mul(1000) / current;
-            format!("{}{}.{}%", if tenths < 0 { "-" } else { "+" }, tenths.abs() / 10, tenths.abs() % 10)
+            format!(
+                "{}{}.{}%",
+                if tenths < 0 { "-" } else { "+" },
+                tenths.abs() / 10,
+                tenths.abs() % 10
+            )
         }
     };
     let _ = writeln!(s, "\nRevenue difference: {} ({percent}).", show(difference));

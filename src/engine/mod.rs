@@ -481,7 +481,9 @@ impl Partition {
                     _ => None,
                 };
                 let reversible = match reversed_event.as_deref() {
-                    Some(dedupe::Remembered::Charged(charge)) if !charge.reversed => Some(charge.clone()),
+                    Some(dedupe::Remembered::Charged(charge)) if !charge.reversed => {
+                        Some(charge.clone())
+                    }
                     _ => None,
                 };
                 let remembered = account.command(
@@ -496,8 +498,12 @@ impl Partition {
                     reversed_event.as_deref(),
                     Some(dedupe::Remembered::Charged(charge)) if charge.reversed
                 );
-                if let (Some(tally), Some(charge), true) = (&mut self.tally, reversible, reversed_now) {
-                    let entry = tally.entry((account_id.to_string(), charge.meter)).or_default();
+                if let (Some(tally), Some(charge), true) =
+                    (&mut self.tally, reversible, reversed_now)
+                {
+                    let entry = tally
+                        .entry((account_id.to_string(), charge.meter))
+                        .or_default();
                     entry.add(&charge, -1);
                     entry.reversed += 1;
                 }
@@ -508,12 +514,17 @@ impl Partition {
         if let Some(tally) = &mut self.tally {
             match (&remembered, message) {
                 (dedupe::Remembered::Charged(charge), _) => {
-                    let entry = tally.entry((account_id.to_string(), charge.meter)).or_default();
+                    let entry = tally
+                        .entry((account_id.to_string(), charge.meter))
+                        .or_default();
                     entry.add(charge, 1);
                     entry.charged += 1;
                 }
                 (dedupe::Remembered::Rejected, Message::Usage(usage)) => {
-                    tally.entry((account_id.to_string(), usage.meter)).or_default().rejected += 1;
+                    tally
+                        .entry((account_id.to_string(), usage.meter))
+                        .or_default()
+                        .rejected += 1;
                 }
                 _ => {}
             }
