@@ -8,5 +8,6 @@ pub mod codec;
 pub mod decimal;
 pub mod engine;
 pub mod sample;
+pub mod testkit;
 pub mod time;
 pub mod wire;

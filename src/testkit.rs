@@ -1,0 +1,162 @@
+//! Test support: a real `nats-server -js` on a free port with its own temporary store, that a
+//! test can kill (SIGKILL) and restart on the same port and store.
+//!
+//! Owns: the server child process and its directory. Used by integration tests and benches of
+//! this workspace (it is in the library so every crate's tests share one implementation).
+//!
+//! Must never: touch the machine's own NATS server (127.0.0.1:4222) or leave a process behind
+//! (the server is killed on drop).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `nats-server` child with JetStream enabled.
+pub struct NatsServer {
+    port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+    /// Keeps the store directory alive (and removes it on drop) when we made it.
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Finds the `nats-server` binary: `NATS_SERVER` if set, else PATH, else Debian's /usr/sbin.
+pub fn nats_server_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/bin"])
+    {
+        let candidate = Path::new(dir).join("nats-server");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    PathBuf::from("nats-server")
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free local port")
+}
+
+impl NatsServer {
+    /// Starts a server on a free port with a fresh temporary store; waits until it accepts
+    /// connections.
+    pub fn start() -> NatsServer {
+        let dir = tempfile::tempdir().expect("temporary directory for the NATS store");
+        let mut server = NatsServer {
+            port: free_port(),
+            store: dir.path().to_path_buf(),
+            child: None,
+            _dir: Some(dir),
+        };
+        server.restart();
+        server
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn store(&self) -> &Path {
+        &self.store
+    }
+
+    /// Kills the server with SIGKILL (no graceful shutdown) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// (Re)starts the server on the same port and store, waiting until it accepts connections.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = self.store.join("nats-server.log");
+        let child = Command::new(nats_server_binary())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", nats_server_binary().display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // The port answering is not enough: JetStream must have recovered its store. The server
+        // logs "Server is ready" once it accepts clients with JetStream enabled.
+        loop {
+            let ready = std::fs::read_to_string(&log)
+                .map(|text| text.matches("Server is ready").count())
+                .unwrap_or(0);
+            let starts = std::fs::read_to_string(&log)
+                .map(|text| text.matches("Starting nats-server").count())
+                .unwrap_or(0);
+            if starts > 0
+                && ready >= starts
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "nats-server exited early ({status}); log: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not become ready on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_starts_dies_and_comes_back_on_the_same_port() {
+        let mut server = NatsServer::start();
+        let port = server.port();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        server.kill();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+        server.restart();
+        assert_eq!(server.port(), port);
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    }
+}
