@@ -1,0 +1,152 @@
+//! The dispatcher: routes each input message to the shard that owns its partition, in batches.
+//!
+//! Owns: the per-shard batch being filled and the sending ends of the shard queues.
+//!
+//! Must never: reorder two messages of one partition (a partition maps to one shard, and a
+//! shard's batches are sent in order), or drop a message: when a shard's queue is full, `push`
+//! and `flush` block until it has room, which is how backpressure reaches the source.
+//!
+//! Invariants: a batch holds at most `batch_size_max` messages; `flush` leaves no message
+//! waiting in the dispatcher.
+
+use crossbeam::channel::{Receiver, Sender};
+
+use super::{shard_of, Inbound};
+
+/// What a shard thread receives.
+#[derive(Debug)]
+pub enum ShardInput {
+    Batch(Vec<Inbound>),
+    /// Apply everything received so far, flush outputs, snapshot if asked, and stop.
+    Stop,
+}
+
+pub struct Dispatcher {
+    senders: Vec<Sender<ShardInput>>,
+    pending: Vec<Vec<Inbound>>,
+    batch_size_max: usize,
+}
+
+/// Bounded queues for `shards` shards, each holding at most `queue_batches_max` batches.
+pub fn shard_queues(shards: usize, queue_batches_max: usize) -> (Vec<Sender<ShardInput>>, Vec<Receiver<ShardInput>>) {
+    (0..shards)
+        .map(|_| crossbeam::channel::bounded(queue_batches_max.max(1)))
+        .unzip()
+}
+
+impl Dispatcher {
+    pub fn new(senders: Vec<Sender<ShardInput>>, batch_size_max: usize) -> Dispatcher {
+        let shards = senders.len();
+        Dispatcher {
+            senders,
+            pending: (0..shards).map(|_| Vec::with_capacity(batch_size_max)).collect(),
+            batch_size_max: batch_size_max.max(1),
+        }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Batches waiting in each shard's queue (for metrics).
+    pub fn queue_depths(&self) -> Vec<usize> {
+        self.senders.iter().map(Sender::len).collect()
+    }
+
+    /// Adds one message; sends its shard's batch when full. `Err` when a shard has gone.
+    pub fn push(&mut self, message: Inbound) -> Result<(), ShardGone> {
+        // A subject that names no partition is dead-lettered by partition 0's shard.
+        let shard = shard_of(message.partition.unwrap_or(0), self.senders.len());
+        self.pending[shard].push(message);
+        if self.pending[shard].len() >= self.batch_size_max {
+            self.send(shard)?;
+        }
+        Ok(())
+    }
+
+    /// Sends every non-empty batch (the source calls this when no message is immediately
+    /// available, so a quiet stream does not leave messages waiting for a full batch).
+    pub fn flush(&mut self) -> Result<(), ShardGone> {
+        for shard in 0..self.senders.len() {
+            if !self.pending[shard].is_empty() {
+                self.send(shard)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// True when no message waits in the dispatcher.
+    pub fn is_empty(&self) -> bool {
+        self.pending.iter().all(Vec::is_empty)
+    }
+
+    fn send(&mut self, shard: usize) -> Result<(), ShardGone> {
+        let batch = std::mem::replace(&mut self.pending[shard], Vec::with_capacity(self.batch_size_max));
+        self.senders[shard].send(ShardInput::Batch(batch)).map_err(|_| ShardGone(shard))
+    }
+
+    /// Flushes, then tells every shard to stop.
+    pub fn stop(mut self) -> Result<(), ShardGone> {
+        self.flush()?;
+        for (shard, sender) in self.senders.iter().enumerate() {
+            sender.send(ShardInput::Stop).map_err(|_| ShardGone(shard))?;
+        }
+        Ok(())
+    }
+}
+
+/// A shard thread ended (it panicked or stopped): its queue has no receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("shard {0} is gone")]
+pub struct ShardGone(pub usize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: u64, partition: u32) -> Inbound {
+        Inbound {
+            seq,
+            partition: Some(partition),
+            payload: bytes::Bytes::new(),
+            received: None,
+        }
+    }
+
+    #[test]
+    fn batches_go_to_the_owning_shard_in_order() {
+        let (senders, receivers) = shard_queues(2, 8);
+        let mut dispatcher = Dispatcher::new(senders, 2);
+        for (seq, partition) in [(1, 0), (2, 1), (3, 2), (4, 3), (5, 4)] {
+            dispatcher.push(message(seq, partition)).unwrap();
+        }
+        dispatcher.stop().unwrap();
+        let seqs = |receiver: &Receiver<ShardInput>| {
+            let mut seqs = Vec::new();
+            while let Ok(ShardInput::Batch(batch)) = receiver.recv() {
+                seqs.extend(batch.iter().map(|m| m.seq));
+            }
+            seqs
+        };
+        assert_eq!(seqs(&receivers[0]), [1, 3, 5]);
+        assert_eq!(seqs(&receivers[1]), [2, 4]);
+    }
+
+    #[test]
+    fn a_full_queue_blocks_instead_of_dropping() {
+        let (senders, receivers) = shard_queues(1, 1);
+        let mut dispatcher = Dispatcher::new(senders, 1);
+        dispatcher.push(message(1, 0)).unwrap();
+        let handle = std::thread::spawn(move || {
+            dispatcher.push(message(2, 0)).unwrap();
+            dispatcher
+        });
+        // The second push waits until the first batch is taken.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!handle.is_finished());
+        assert!(matches!(receivers[0].recv().unwrap(), ShardInput::Batch(b) if b[0].seq == 1));
+        let dispatcher = handle.join().unwrap();
+        assert!(matches!(receivers[0].recv().unwrap(), ShardInput::Batch(b) if b[0].seq == 2));
+        drop(dispatcher);
+    }
+}

@@ -1,0 +1,352 @@
+//! The emitter: publishes outputs to the output stream with acks awaited in a window, and tells
+//! the snapshot writer when a partition's outputs up to a sequence are durable.
+//!
+//! Owns: the publishes in flight, their retry, and the watermarks.
+//!
+//! Must never: acknowledge a watermark before every output queued ahead of it is acked; give up
+//! on an output (a failed publish is retried until it succeeds or the process stops); or
+//! publish an output under anything but its deterministic id (`Nats-Msg-Id`), which is what
+//! makes a retry that already landed harmless.
+//!
+//! Invariants: outputs are published in the order the shards produced them. After a failure,
+//! the emitter republishes the failed output *and every output after it that is still awaiting
+//! its ack*, in their original order, before anything new: with one connection the server stores
+//! publishes in order, so the ones that had landed are dropped as duplicates by the stream's
+//! duplicate window and the stored order is unchanged. (An output whose ack was lost and whose
+//! retry comes later than the output stream's `duplicate_window` could be stored twice under the
+//! same id; retries back off at most `retry_backoff_max`, far below the window, and a restart
+//! never re-emits, see the recovery module.)
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::time::Duration;
+
+use crossbeam::channel::{Receiver, RecvTimeoutError, TryRecvError};
+
+use super::{Outbound, SinkMessage, WatermarkReached};
+
+/// Why a publish failed; every failure is retried.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct PublishFailure(pub String);
+
+/// Where outputs go. `publish` may wait (the client's own backpressure); the returned future
+/// resolves to the stream sequence the output was stored at.
+pub trait Publisher {
+    type Ack: Future<Output = Result<u64, PublishFailure>>;
+    fn publish(&self, output: &Outbound) -> impl Future<Output = Result<Self::Ack, PublishFailure>>;
+}
+
+/// Metrics the emitter reports.
+pub trait EmitObserver {
+    fn published(&mut self, n: u64);
+    fn retried(&mut self, n: u64);
+    fn in_flight(&mut self, n: u64);
+}
+
+pub struct NoEmitObserver;
+
+impl EmitObserver for NoEmitObserver {
+    fn published(&mut self, _: u64) {}
+    fn retried(&mut self, _: u64) {}
+    fn in_flight(&mut self, _: u64) {}
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EmitReport {
+    pub published: u64,
+    pub retries: u64,
+    /// Highest output stream sequence acked.
+    pub last_output_seq: u64,
+}
+
+enum Slot<A> {
+    Publish { output: Outbound, ack: Option<A> },
+    Watermark {
+        partition: u32,
+        seq: u64,
+        floor: u64,
+        done: crossbeam::channel::Sender<WatermarkReached>,
+    },
+}
+
+pub struct Emitter<P: Publisher, O: EmitObserver> {
+    pub publisher: P,
+    pub observer: O,
+    /// Publishes awaiting their ack at most.
+    pub window: usize,
+    pub retry_backoff_max: Duration,
+    /// How many shards send to this emitter (it ends after that many `ShardStopped`).
+    pub shards: usize,
+}
+
+impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
+    /// Runs until every shard has stopped and everything is acked, or the input closes.
+    pub async fn run(mut self, input: Receiver<SinkMessage>) -> EmitReport {
+        let mut report = EmitReport::default();
+        let mut slots: VecDeque<Slot<P::Ack>> = VecDeque::new();
+        let mut publishes = 0usize;
+        let mut stopped = 0usize;
+        let mut closed = false;
+        loop {
+            // Take new work while there is room in the window.
+            while publishes < self.window && !closed {
+                match input.try_recv() {
+                    Ok(message) => {
+                        self.accept(message, &mut slots, &mut publishes, &mut stopped, &report).await;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => closed = true,
+                }
+            }
+            self.observer.in_flight(publishes as u64);
+            let Some(front) = slots.front_mut() else {
+                if closed || stopped >= self.shards {
+                    return report;
+                }
+                // Nothing in flight: wait for work (this thread runs only the emitter).
+                match input.recv_timeout(Duration::from_millis(100)) {
+                    Ok(message) => {
+                        self.accept(message, &mut slots, &mut publishes, &mut stopped, &report).await;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => closed = true,
+                }
+                continue;
+            };
+            match front {
+                Slot::Watermark { .. } => {
+                    if let Some(Slot::Watermark {
+                        partition,
+                        seq,
+                        floor,
+                        done,
+                    }) = slots.pop_front()
+                    {
+                        // The receiver may be gone (the process is stopping); nothing to do then.
+                        let _ = done.send(WatermarkReached {
+                            partition,
+                            seq,
+                            output_seq_floor: floor,
+                        });
+                    }
+                }
+                Slot::Publish { ack, .. } => {
+                    let result = match ack.take() {
+                        Some(ack) => ack.await,
+                        None => Err(PublishFailure("not sent".into())),
+                    };
+                    match result {
+                        Ok(sequence) => {
+                            report.last_output_seq = report.last_output_seq.max(sequence);
+                            report.published += 1;
+                            self.observer.published(1);
+                            slots.pop_front();
+                            publishes -= 1;
+                        }
+                        Err(failure) => {
+                            tracing::warn!(error = %failure, "output publish failed; republishing in order");
+                            self.republish(&mut slots, &mut report).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn accept(
+        &mut self,
+        message: SinkMessage,
+        slots: &mut VecDeque<Slot<P::Ack>>,
+        publishes: &mut usize,
+        stopped: &mut usize,
+        report: &EmitReport,
+    ) {
+        match message {
+            SinkMessage::Outputs(outputs) => {
+                for output in outputs {
+                    // A failed send is retried in order with the ones after it (see `run`).
+                    let ack = self.publisher.publish(&output).await.ok();
+                    slots.push_back(Slot::Publish { output, ack });
+                    *publishes += 1;
+                }
+            }
+            SinkMessage::Watermark {
+                partition,
+                seq,
+                done,
+            } => slots.push_back(Slot::Watermark {
+                partition,
+                seq,
+                floor: report.last_output_seq,
+                done,
+            }),
+            SinkMessage::ShardStopped(_) => *stopped += 1,
+        }
+    }
+
+    /// Republishes every publish still awaiting its ack, in order, backing off between rounds
+    /// until the first of them succeeds.
+    async fn republish(&mut self, slots: &mut VecDeque<Slot<P::Ack>>, report: &mut EmitReport) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            tokio::time::sleep(backoff).await;
+            let mut all_sent = true;
+            for slot in slots.iter_mut() {
+                if let Slot::Publish { output, ack } = slot {
+                    report.retries += 1;
+                    self.observer.retried(1);
+                    match self.publisher.publish(output).await {
+                        Ok(new_ack) => *ack = Some(new_ack),
+                        Err(_) => {
+                            *ack = None;
+                            all_sent = false;
+                            break;
+                        }
+                    }
+                }
+            }
+            if all_sent {
+                return;
+            }
+            backoff = (backoff * 2).min(self.retry_backoff_max);
+        }
+    }
+}
+
+/// The NATS JetStream publisher.
+pub struct JetStreamPublisher {
+    pub context: async_nats::jetstream::Context,
+}
+
+impl Publisher for JetStreamPublisher {
+    type Ack = std::pin::Pin<Box<dyn Future<Output = Result<u64, PublishFailure>> + Send>>;
+
+    async fn publish(&self, output: &Outbound) -> Result<Self::Ack, PublishFailure> {
+        let publish = async_nats::jetstream::context::Publish::build()
+            .payload(output.payload.clone())
+            .message_id(output.id.as_str());
+        let ack = self
+            .context
+            .send_publish(output.subject.clone(), publish)
+            .await
+            .map_err(|e| PublishFailure(e.to_string()))?;
+        Ok(Box::pin(async move {
+            ack.await
+                .map(|ack| ack.sequence)
+                .map_err(|e| PublishFailure(e.to_string()))
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Records what was stored; fails the publishes whose index is in `fail` once.
+    #[derive(Clone, Default)]
+    struct FakeStream {
+        stored: Arc<Mutex<Vec<String>>>,
+        attempts: Arc<Mutex<usize>>,
+        fail_attempts: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl Publisher for FakeStream {
+        type Ack = std::future::Ready<Result<u64, PublishFailure>>;
+        async fn publish(&self, output: &Outbound) -> Result<Self::Ack, PublishFailure> {
+            let attempt = {
+                let mut attempts = self.attempts.lock().unwrap();
+                *attempts += 1;
+                *attempts
+            };
+            if self.fail_attempts.lock().unwrap().contains(&attempt) {
+                return Ok(std::future::ready(Err(PublishFailure("timed out".into()))));
+            }
+            let mut stored = self.stored.lock().unwrap();
+            // The broker's duplicate window: the same id is stored once.
+            if !stored.contains(&output.id) {
+                stored.push(output.id.clone());
+            }
+            let sequence = stored.iter().position(|id| *id == output.id).unwrap() as u64 + 1;
+            Ok(std::future::ready(Ok(sequence)))
+        }
+    }
+
+    fn outbound(n: u32) -> Outbound {
+        Outbound {
+            partition: 0,
+            seq: u64::from(n),
+            subject: "creditflow.out.0.x".into(),
+            id: format!("o{n}"),
+            payload: bytes::Bytes::new(),
+        }
+    }
+
+    fn run(stream: FakeStream, messages: Vec<SinkMessage>) -> EmitReport {
+        let (sender, receiver) = crossbeam::channel::unbounded();
+        for message in messages {
+            sender.send(message).unwrap();
+        }
+        sender.send(SinkMessage::ShardStopped(0)).unwrap();
+        let emitter = Emitter {
+            publisher: stream,
+            observer: NoEmitObserver,
+            window: 3,
+            retry_backoff_max: Duration::from_millis(10),
+            shards: 1,
+        };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(emitter.run(receiver))
+    }
+
+    #[test]
+    fn a_lost_connection_is_replayed_in_order() {
+        // The connection drops at attempt 2: o2 and o3 (in flight behind it) are lost.
+        let stream = FakeStream::default();
+        stream.fail_attempts.lock().unwrap().extend([2, 3]);
+        let report = run(stream.clone(), vec![SinkMessage::Outputs((1..=5).map(outbound).collect())]);
+        let stored = stream.stored.lock().unwrap().clone();
+        assert_eq!(stored, ["o1", "o2", "o3", "o4", "o5"]);
+        assert_eq!(report.published, 5);
+        assert!(report.retries >= 2);
+    }
+
+    #[test]
+    fn a_timed_out_publish_that_landed_later_is_stored_once() {
+        // Only o2's ack is lost; o3 went out behind it. Every id is stored exactly once.
+        let stream = FakeStream::default();
+        stream.fail_attempts.lock().unwrap().push(2);
+        let report = run(stream.clone(), vec![SinkMessage::Outputs((1..=5).map(outbound).collect())]);
+        let mut stored = stream.stored.lock().unwrap().clone();
+        stored.sort();
+        assert_eq!(stored, ["o1", "o2", "o3", "o4", "o5"]);
+        assert_eq!(report.published, 5);
+    }
+
+    #[test]
+    fn a_watermark_waits_for_every_output_before_it() {
+        let stream = FakeStream::default();
+        let (done_sender, done) = crossbeam::channel::unbounded();
+        let report = run(
+            stream,
+            vec![
+                SinkMessage::Outputs(vec![outbound(1), outbound(2)]),
+                SinkMessage::Watermark {
+                    partition: 0,
+                    seq: 2,
+                    done: done_sender,
+                },
+                SinkMessage::Outputs(vec![outbound(3)]),
+            ],
+        );
+        let reached = done.try_recv().expect("watermark reached");
+        assert_eq!((reached.partition, reached.seq), (0, 2));
+        // The floor is a lower bound for what comes after the marker: o3 landed at 3.
+        assert!(reached.output_seq_floor < 3);
+        assert_eq!(report.last_output_seq, 3);
+    }
+}
