@@ -251,12 +251,13 @@ impl ModelCatalog {
         }
     }
 
-    /// A catalog that exercises everything the model supports: two credit types, four meters
-    /// (one with increment and minimum, one with two price versions), daily and monthly plans
+    /// A catalog that exercises everything the model supports: two credit types, five meters
+    /// (increments, a minimum, two price versions, one priced only from 2026-11-26), daily and monthly plans
     /// with every policy kind, alerts of both kinds, rollover and expiry warnings.
     pub fn standard() -> ModelCatalog {
         let from_2020 = super::time::parse_ts("2020-01-01T00:00:00Z").unwrap_or(0);
         let from_late = super::time::parse_ts("2026-11-25T12:00:00Z").unwrap_or(0);
+        let from_beta = super::time::parse_ts("2026-11-26T00:00:00Z").unwrap_or(0);
         let unit = |rate: &str| PriceVersion {
             effective_from_ms: from_2020,
             rate: dec(rate),
@@ -320,6 +321,17 @@ impl ModelCatalog {
                             minimum: None,
                         },
                     ],
+                },
+                Meter {
+                    name: "beta_call".into(),
+                    credit_type: "credit".into(),
+                    rounding: Rounding::HalfEven,
+                    versions: vec![PriceVersion {
+                        effective_from_ms: from_beta,
+                        rate: dec("0.0125"),
+                        increment: Some(dec("0.5")),
+                        minimum: None,
+                    }],
                 },
                 Meter {
                     name: "storage_gb".into(),

@@ -69,7 +69,7 @@ struct Grant {
     scope: Option<Vec<String>>,
     cost_basis: Decimal,
     granted_at: i64,
-    /// Made by the engine at a period start: rolls over at expiry (D19).
+    /// Made by the engine at a period start: rolls over at expiry (D22).
     plan_allowance: bool,
     warned: bool,
 }
@@ -169,7 +169,7 @@ struct Balance {
     debt: Decimal,
     ledger: Ledger,
     revenue: Revenue,
-    /// This period's allowance + top-ups + purchases: the base of percent alerts (D27).
+    /// This period's allowance + top-ups + purchases: the base of percent alerts (D25).
     percent_base: Decimal,
 }
 
@@ -267,10 +267,11 @@ fn mul(a: Decimal, b: Decimal) -> Decimal {
 }
 
 fn checked_exact_mul(a: Decimal, b: Decimal) -> Option<Decimal> {
+    // Built from the exact integer product, so `rust_decimal` never gets a chance to round.
     let a = a.normalize();
     let b = b.normalize();
-    let product = a.checked_mul(b)?;
-    (product.scale() == a.scale() + b.scale()).then_some(product)
+    let mantissa = a.mantissa().checked_mul(b.mantissa())?;
+    Decimal::try_from_i128_with_scale(mantissa, a.scale() + b.scale()).ok()
 }
 
 fn pos(value: Decimal) -> Decimal {
@@ -484,7 +485,7 @@ fn lot<'a>(
 // ---------------------------------------------------------------------------------------------
 
 /// Adds to a line of the current period (creating it) and schedules its flush at the first
-/// multiple of `flush_interval` strictly after the account's clock (D15, D16).
+/// multiple of `flush_interval` strictly after the account's clock (D17, D18).
 #[allow(clippy::too_many_arguments)]
 fn touch_line(
     cx: &Cx,
@@ -558,7 +559,7 @@ fn emit_line(cx: &mut Cx, a: &mut Account, index: usize, final_: bool, ts: i64, 
     );
 }
 
-/// Line indices in line-id byte order (D14).
+/// Line indices in line-id byte order (D15).
 fn lines_in_order(a: &Account) -> Vec<usize> {
     let mut order: Vec<usize> = (0..a.lines.len()).collect();
     order.sort_by_key(|&i| a.line_id(a.lines[i].kind, a.lines[i].meter.as_deref()));
@@ -860,7 +861,7 @@ fn next_transition(cat: &ModelCatalog, a: &Account, limit: i64) -> Option<(i64, 
 }
 
 /// Advances the account to `target` (§3): every transition due at or before it, in order.
-/// Transitions already overdue (made by a backdated input) run first, at once (D8).
+/// Transitions already overdue (made by a backdated input) run first, at once (D11).
 fn advance(cx: &mut Cx, a: &mut Account, target: i64) {
     while let Some((due, transition)) = next_transition(cx.cat, a, target) {
         a.clock = a.clock.max(due);
@@ -1121,7 +1122,7 @@ enum Base {
     Overage { limit: Decimal, price: Decimal },
 }
 
-/// The policy's base rule and its top-up rule, for a charge in `credit_type` (D24: an
+/// The policy's base rule and its top-up rule, for a charge in `credit_type` (D23: an
 /// auto top-up rule of another credit type leaves only its fallback).
 fn policy_for(policy: &Policy, credit_type: &str) -> (Base, Option<TopupRule>) {
     match policy {
@@ -1876,7 +1877,7 @@ fn apply_account_message(
             evaluate_alerts(cx, a, ts);
         }
     }
-    // Catch up with anything this input made overdue (a backdated expiry or hold, D8).
+    // Catch up with anything this input made overdue (a backdated expiry or hold, D11).
     let clock = a.clock;
     advance(cx, a, clock);
 }
@@ -2087,7 +2088,7 @@ fn command_reverse<'j>(
         plan_allowance: false,
     };
     let at = ts;
-    // The overage part first (D33): it cancels this event's own debt before any new grant
+    // The overage part first (D29): it cancels this event's own debt before any new grant
     // could pay it as someone else's.
     if charge.overage > Decimal::ZERO && same_period {
         let entry = a.entry(cat, &credit_type);
