@@ -1593,3 +1593,77 @@ proptest::proptest! {
         proptest::prop_assert_eq!(first.state(), second.state());
     }
 }
+
+#[test]
+fn percent_alerts_follow_allowance_and_purchases() {
+    let mut with_percent = catalog("pro");
+    with_percent.plans[1].alerts.push(Alert {
+        credit_type: "credit".into(),
+        name: "tenth".into(),
+        threshold: Threshold::Percent(dec("10")),
+    });
+    let mut run = Run::with(with_percent);
+    // 10 % of the allowance (100) is 10: both thresholds are crossed, in plan order.
+    let out = run.send(usage("pc-u1", "pc", &ts("10:00:00"), "api_call", "91"));
+    let o = parsed(&out);
+    assert_eq!(o.len(), 2);
+    assert_eq!(o[0]["id"], "alert:pc:credit:low:low:1");
+    assert_eq!(o[1]["id"], "alert:pc:credit:tenth:low:1");
+    assert_eq!(o[1]["threshold_amount"], "10");
+    // A purchase of 100 doubles the base: the threshold is now 20.
+    let out = run.send(grant("pc-g", "pc", &ts("10:01:00"), "100"));
+    assert_eq!(
+        kinds(&out),
+        ["command.result", "balance.recovered", "balance.recovered"]
+    );
+    let out = run.send(usage("pc-u2", "pc", &ts("10:02:00"), "api_call", "95"));
+    let o = parsed(&out);
+    assert_eq!(o[1]["id"], "alert:pc:credit:tenth:low:2");
+    assert_eq!(o[1]["threshold_amount"], "20");
+    assert_eq!(o[1]["balance"], "14");
+}
+
+#[test]
+fn commit_tops_up_before_paying() {
+    let mut run = Run::new("auto");
+    let out = run.send(reserve(
+        "ct-r",
+        "ct",
+        &ts("10:00:00"),
+        "api_call",
+        "10",
+        "1h",
+    ));
+    assert_eq!(parsed(&out)[0]["credits_reserved"], "0");
+    let commit = with(
+        hold_command("commit", "ct-c", "ct", &ts("10:01:00"), "ct-r"),
+        "quantity",
+        json!("10"),
+    );
+    let out = run.send(commit);
+    assert_eq!(kinds(&out), ["topup.granted", "command.result"]);
+    assert_eq!(parsed(&out)[0]["grant_id"], "topup-ct-c");
+    assert_eq!(parsed(&out)[1]["credits_charged"], "10");
+    assert_eq!(run.balance("ct")["balance"], "40");
+}
+
+#[test]
+fn monthly_plan_periods_through_the_model() {
+    let catalog = ModelCatalog::standard();
+    let mut run = Run::with(catalog);
+    let switch = json!({"type": "set_plan", "id": "m-p", "account": "m",
+        "ts": ts("10:00:00"), "plan": "team"});
+    run.send(switch);
+    let state = run.state("m");
+    assert_eq!(state["period_start"], "2026-11-24T10:00:00.000Z");
+    assert_eq!(state["period_end"], "2026-12-01T00:00:00.000Z");
+    // Two credit types in catalog order; the team allowance covers both.
+    let types: Vec<&str> = state["balances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["credit_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["credit", "storage_credit"]);
+    assert_eq!(state["grants"][0]["scope"], json!(["api_call", "export"]));
+}

@@ -97,6 +97,7 @@ impl Body {
 }
 
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one message at a time: clarity over size
 pub enum Message {
     Tick {
         ts: i64,

@@ -1698,13 +1698,16 @@ fn new_account(cx: &mut Cx, id: &str, ts: i64) -> Account {
     a
 }
 
+/// A command's own result: its extra `command.result` fields, or the rejection reason.
+type Outcome<'j> = Result<Vec<(&'j str, J)>, &'static str>;
+
 fn command_result(
     cx: &mut Cx,
     a: &Account,
     command: &str,
     id: &str,
     ts: i64,
-    outcome: Result<Vec<(&str, J)>, &str>,
+    outcome: Outcome,
     extra_names: &[&str],
 ) {
     let mut fields = vec![("command", J::s(command)), ("command_id", J::s(id))];
@@ -1832,7 +1835,7 @@ fn apply_account_message(
         other => {
             let command = other.command_name().expect("commands have names");
             remember(a, id, ts);
-            let (outcome, names): (Result<Vec<(&str, J)>, &str>, &[&str]) = match other {
+            let (outcome, names): (Outcome, &[&str]) = match other {
                 Body::Grant(g) => (command_grant(cx, a, ts, g), &["grant_id"]),
                 Body::VoidGrant { grant_id } => (command_void(cx, a, &grant_id), &[]),
                 Body::SetPlan { plan } => (command_set_plan(cx, a, &plan), &[]),
@@ -1890,12 +1893,7 @@ fn remember(a: &mut Account, id: &str, ts: i64) {
     });
 }
 
-fn command_grant<'j>(
-    cx: &mut Cx,
-    a: &mut Account,
-    ts: i64,
-    g: GrantInput,
-) -> Result<Vec<(&'j str, J)>, &'static str> {
+fn command_grant<'j>(cx: &mut Cx, a: &mut Account, ts: i64, g: GrantInput) -> Outcome<'j> {
     if a.grants.iter().any(|x| x.grant_id == g.grant_id) {
         return Err("grant_exists");
     }
@@ -1932,11 +1930,7 @@ fn command_grant<'j>(
     Ok(vec![("grant_id", J::s(g.grant_id))])
 }
 
-fn command_void<'j>(
-    cx: &mut Cx,
-    a: &mut Account,
-    grant_id: &str,
-) -> Result<Vec<(&'j str, J)>, &'static str> {
+fn command_void<'j>(cx: &mut Cx, a: &mut Account, grant_id: &str) -> Outcome<'j> {
     let Some(grant) = a
         .grants
         .iter()
@@ -1956,11 +1950,7 @@ fn command_void<'j>(
     Ok(vec![])
 }
 
-fn command_set_plan<'j>(
-    cx: &mut Cx,
-    a: &mut Account,
-    plan: &str,
-) -> Result<Vec<(&'j str, J)>, &'static str> {
+fn command_set_plan<'j>(cx: &mut Cx, a: &mut Account, plan: &str) -> Outcome<'j> {
     if a.plan == plan {
         return Ok(vec![]);
     }
@@ -1988,7 +1978,7 @@ fn command_adjust<'j>(
     ts: i64,
     credit_type: &str,
     amount: Decimal,
-) -> Result<Vec<(&'j str, J)>, &'static str> {
+) -> Outcome<'j> {
     let cat = cx.cat;
     if amount > Decimal::ZERO {
         add_grant(
@@ -2059,7 +2049,7 @@ fn command_reverse<'j>(
     tick_clock: Option<i64>,
     ts: i64,
     event_id: &str,
-) -> Result<Vec<(&'j str, J)>, &'static str> {
+) -> Outcome<'j> {
     let cat = cx.cat;
     let index = a
         .seen_index(event_id, tick_clock, cat.rules.dedupe_window_ms)
@@ -2181,7 +2171,7 @@ fn command_reserve<'j>(
     quantity_scale: u32,
     ttl_ms: i64,
     hold_id: String,
-) -> Result<Vec<(&'j str, J)>, &'static str> {
+) -> Outcome<'j> {
     let cat = cx.cat;
     if a.holds.iter().any(|h| h.hold_id == hold_id) {
         return Err("hold_exists");
