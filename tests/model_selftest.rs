@@ -1667,3 +1667,27 @@ fn monthly_plan_periods_through_the_model() {
     assert_eq!(types, ["credit", "storage_credit"]);
     assert_eq!(state["grants"][0]["scope"], json!(["api_call", "export"]));
 }
+
+#[test]
+fn a_lowered_overage_limit_does_not_refuse_a_fully_paid_event() {
+    let mut run = Run::new("over");
+    run.send(with(
+        grant("ol-g", "ol", &ts("10:00:00"), "5"),
+        "scope",
+        json!(["gpu_second"]),
+    ));
+    run.send(usage("ol-u1", "ol", &ts("10:01:00"), "api_call", "15"));
+    assert_eq!(run.balance("ol")["debt"], "15");
+    run.send(
+        json!({"type": "set_policy", "id": "ol-p", "account": "ol", "ts": ts("10:02:00"),
+        "policy": {"kind": "overage", "overage_limit": "10", "overage_price": "0.5"}}),
+    );
+    // Paid in full from the scoped grant (60 s × 0.01 = 0.6): no shortfall, no refusal (D35).
+    let out = run.send(usage("ol-u2", "ol", &ts("10:03:00"), "gpu_second", "1"));
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(remaining(&run.state("ol")), ["4.4"]);
+    // Any shortfall now breaks the limit: available = 0 + 10 − 15.
+    let out = run.send(usage("ol-u3", "ol", &ts("10:04:00"), "api_call", "1"));
+    assert_eq!(parsed(&out)[0]["reason"], "overage_limit");
+    assert_eq!(parsed(&out)[0]["available"], "-5");
+}

@@ -1359,7 +1359,8 @@ fn charge(
         Base::Overage { limit, price } => {
             overage_price = price;
             let shortfall = req.cost - taken;
-            if debt + shortfall > limit {
+            // Only a shortfall can break the limit (D35).
+            if shortfall > Decimal::ZERO && debt + shortfall > limit {
                 if !never_refuse {
                     let outcome = ChargeOutcome::Rejected {
                         reason: "overage_limit",
