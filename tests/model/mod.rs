@@ -1,0 +1,2347 @@
+//! The reference model of the credit engine, written from `docs/SEMANTICS.md` alone.
+//!
+//! Owns: a deliberately plain re-implementation of the contract (Vec scans, recomputation,
+//! sorting on demand) that the engine is checked against by the model test, plus its catalog
+//! ([`ModelCatalog`]), a seeded input generator ([`gen`]) and the exact output format.
+//!
+//! Must never: use `creditflow` internals (decimal, time, catalog, engine). Arithmetic is
+//! `rust_decimal`, rounding only through [`Rounding::round`], time through `jiff`.
+//!
+//! Invariants: after every input, every transition due at or before an account's clock has
+//! run (`advance`); the ledger invariant of §5.4 holds ([`Model::check_invariants`]).
+//! Every choice the contract leaves open is listed in `DECISIONS.md` (D1, D2, …).
+#![allow(dead_code)]
+
+pub mod catalog;
+pub mod gen;
+pub mod input;
+pub mod json;
+pub mod time;
+
+use rust_decimal::Decimal;
+
+pub use catalog::*;
+pub use json::{output_to_json_string, Obj, J};
+
+use input::{Body, GrantInput, Message, Refusal};
+use json::obj;
+use time::{format_ts, period_containing};
+
+// ---------------------------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Live,
+    Expired,
+    Voided,
+}
+
+impl Status {
+    fn name(self) -> &'static str {
+        match self {
+            Status::Live => "live",
+            Status::Expired => "expired",
+            Status::Voided => "voided",
+        }
+    }
+}
+
+/// Burn order key (§5.5): priority, expiry soonest (none last), cost basis, grant time, grant
+/// id bytes; the serial only separates grants that agree on all of that.
+type BurnKey = (i64, (bool, i64), Decimal, i64, String, u64);
+
+#[derive(Clone, Debug)]
+struct Grant {
+    /// Account-local creation number: how holds, charges and lots refer to a grant.
+    serial: u64,
+    grant_id: String,
+    credit_type: String,
+    source: String,
+    status: Status,
+    amount: Decimal,
+    remaining: Decimal,
+    held: Decimal,
+    priority: i64,
+    effective_at: i64,
+    expires_at: Option<i64>,
+    scope: Option<Vec<String>>,
+    cost_basis: Decimal,
+    granted_at: i64,
+    /// Made by the engine at a period start: rolls over at expiry (D22).
+    plan_allowance: bool,
+    warned: bool,
+}
+
+impl Grant {
+    fn key(&self) -> BurnKey {
+        (
+            self.priority,
+            (self.expires_at.is_none(), self.expires_at.unwrap_or(0)),
+            self.cost_basis,
+            self.granted_at,
+            self.grant_id.clone(),
+            self.serial,
+        )
+    }
+
+    /// §5.4 eligibility; `meter = None` means any scope (negative adjustments).
+    fn eligible(&self, credit_type: &str, meter: Option<&str>, ts: i64) -> bool {
+        self.credit_type == credit_type
+            && self.status == Status::Live
+            && self.effective_at <= ts
+            && self.expires_at.is_none_or(|e| ts < e)
+            && match (&self.scope, meter) {
+                (Some(scope), Some(m)) => scope.iter().any(|s| s == m),
+                _ => true,
+            }
+    }
+
+    fn free(&self) -> Decimal {
+        self.remaining - self.held
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Hold {
+    hold_id: String,
+    meter: String,
+    /// `(grant serial, credits held on it)`.
+    claims: Vec<(u64, Decimal)>,
+    expires_at: i64,
+}
+
+impl Hold {
+    fn credits(&self) -> Decimal {
+        self.claims.iter().map(|(_, c)| *c).sum()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Line {
+    kind: &'static str,
+    meter: Option<String>,
+    credit_type: String,
+    quantity: Option<Decimal>,
+    credits: Decimal,
+    /// Exact; rounded only when emitted.
+    money: Decimal,
+    version: u64,
+    flush_due: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Ledger {
+    granted: Decimal,
+    consumed: Decimal,
+    expired: Decimal,
+    voided: Decimal,
+    adjusted: Decimal,
+    settled: Decimal,
+    returned: Decimal,
+}
+
+#[derive(Clone, Debug)]
+struct Lot {
+    serial: u64,
+    grant_id: String,
+    key: BurnKey,
+    cost_basis: Decimal,
+    recognized_credits: Decimal,
+    breakage_credits: Decimal,
+}
+
+/// Revenue of the current period for one credit type (§12), exact.
+#[derive(Clone, Debug, Default)]
+struct Revenue {
+    opening: Decimal,
+    granted: Decimal,
+    recognized: Decimal,
+    breakage: Decimal,
+    removed: Decimal,
+    lots: Vec<Lot>,
+}
+
+#[derive(Clone, Debug)]
+struct Balance {
+    credit_type: String,
+    debt: Decimal,
+    ledger: Ledger,
+    revenue: Revenue,
+    /// This period's allowance + top-ups + purchases: the base of percent alerts (D25).
+    percent_base: Decimal,
+}
+
+#[derive(Clone, Debug)]
+struct AlertState {
+    credit_type: String,
+    /// The alert's name, or `depleted`.
+    name: String,
+    below: bool,
+    lows: u64,
+    recoveries: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Draw {
+    serial: u64,
+    grant_id: String,
+    key: BurnKey,
+    cost_basis: Decimal,
+    amount: Decimal,
+}
+
+#[derive(Clone, Debug)]
+struct Charge {
+    meter: String,
+    credit_type: String,
+    /// Billed quantity `q'`.
+    quantity: Decimal,
+    /// Credits charged: drawn + overage (never the unpaid part of a commit).
+    credits: Decimal,
+    draws: Vec<Draw>,
+    overage: Decimal,
+    overage_money: Decimal,
+    period_start: i64,
+    reversed: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Record {
+    Command,
+    RejectedUsage,
+    Charge(Charge),
+}
+
+#[derive(Clone, Debug)]
+struct Seen {
+    id: String,
+    ts: i64,
+    record: Record,
+}
+
+#[derive(Clone, Debug)]
+struct Account {
+    id: String,
+    plan: String,
+    policy_override: Option<(Policy, J)>,
+    clock: i64,
+    period_start: i64,
+    period_end: i64,
+    grants: Vec<Grant>,
+    holds: Vec<Hold>,
+    /// Invoice lines of the current period only.
+    lines: Vec<Line>,
+    /// Catalog order.
+    balances: Vec<Balance>,
+    alerts: Vec<AlertState>,
+    seen: Vec<Seen>,
+    topups_in_period: u64,
+    last_topup_ts: Option<i64>,
+    next_serial: u64,
+}
+
+/// The reference model: catalog, tick clock, accounts sorted by id.
+pub struct Model {
+    catalog: ModelCatalog,
+    tick_clock: Option<i64>,
+    accounts: Vec<Account>,
+}
+
+/// What one input is processed with: the catalog, the input's stream sequence, the outputs.
+struct Cx<'c> {
+    cat: &'c ModelCatalog,
+    seq: u64,
+    out: Vec<Obj>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Exact product. Panics if `rust_decimal` would have to round (amounts far beyond what the
+/// generator produces): a silent rounding would make the model wrong without anyone noticing.
+fn mul(a: Decimal, b: Decimal) -> Decimal {
+    checked_exact_mul(a, b).expect("model arithmetic must stay exact")
+}
+
+fn checked_exact_mul(a: Decimal, b: Decimal) -> Option<Decimal> {
+    // Built from the exact integer product, so `rust_decimal` never gets a chance to round.
+    let a = a.normalize();
+    let b = b.normalize();
+    let mantissa = a.mantissa().checked_mul(b.mantissa())?;
+    Decimal::try_from_i128_with_scale(mantissa, a.scale() + b.scale()).ok()
+}
+
+fn pos(value: Decimal) -> Decimal {
+    value.max(Decimal::ZERO)
+}
+
+fn cost_limit() -> Decimal {
+    Decimal::from(1_000_000_000_000_000i64)
+}
+
+/// Billed quantity and cost of `quantity` units of `meter` at `ts` (§13, unit rate only).
+fn price(
+    cat: &ModelCatalog,
+    meter: &str,
+    ts: i64,
+    quantity: Decimal,
+) -> Result<(Decimal, Decimal), &'static str> {
+    let meter = cat.meter(meter).expect("meters are validated on input");
+    let version = meter
+        .versions
+        .iter()
+        .rfind(|v| v.effective_from_ms <= ts)
+        .ok_or("no_price_in_force")?;
+    let billed = match version.increment {
+        Some(step) => {
+            let rest = quantity % step;
+            if rest.is_zero() {
+                quantity
+            } else {
+                quantity - rest + step
+            }
+        }
+        None => quantity,
+    };
+    let mut cost = checked_exact_mul(billed, version.rate).ok_or("cost_overflow")?;
+    if let Some(minimum) = version.minimum {
+        if quantity > Decimal::ZERO {
+            cost = cost.max(minimum);
+        }
+    }
+    let scale = cat
+        .credit_type(&meter.credit_type)
+        .expect("catalog is valid")
+        .scale;
+    let cost = meter.rounding.round(cost, scale);
+    if cost > cost_limit() {
+        return Err("cost_overflow");
+    }
+    Ok((billed, cost))
+}
+
+fn header(kind: &str, id: String, account: &str, seq: u64, ts: i64) -> Obj {
+    obj(vec![
+        ("type", J::s(kind)),
+        ("id", J::s(id)),
+        ("account", J::s(account)),
+        ("seq", J::Int(seq as i64)),
+        ("ts", J::s(format_ts(ts))),
+    ])
+}
+
+impl Cx<'_> {
+    fn emit(&mut self, kind: &str, id: String, account: &str, ts: i64, fields: Vec<(&str, J)>) {
+        let mut o = header(kind, id, account, self.seq, ts);
+        o.extend(obj(fields));
+        self.out.push(o);
+    }
+
+    fn money(&self, exact: Decimal) -> Decimal {
+        self.cat
+            .currency
+            .rounding
+            .round(exact, self.cat.currency.scale)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Account queries
+// ---------------------------------------------------------------------------------------------
+
+impl Account {
+    fn plan<'c>(&self, cat: &'c ModelCatalog) -> &'c Plan {
+        cat.plan(&self.plan).expect("plans are validated on input")
+    }
+
+    fn policy(&self, cat: &ModelCatalog) -> Policy {
+        match &self.policy_override {
+            Some((policy, _)) => policy.clone(),
+            None => self.plan(cat).policy.clone(),
+        }
+    }
+
+    /// Indices of grants in burn order.
+    fn burn_order(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.grants.len()).collect();
+        order.sort_by_key(|&i| self.grants[i].key());
+        order
+    }
+
+    fn grant_by_serial(&mut self, serial: u64) -> Option<&mut Grant> {
+        self.grants.iter_mut().find(|g| g.serial == serial)
+    }
+
+    /// `Σ remaining − debt` (§5.4).
+    fn balance(&self, credit_type: &str) -> Decimal {
+        let remaining: Decimal = self
+            .grants
+            .iter()
+            .filter(|g| g.credit_type == credit_type)
+            .map(|g| g.remaining)
+            .sum();
+        remaining - self.debt(credit_type)
+    }
+
+    fn debt(&self, credit_type: &str) -> Decimal {
+        self.balances
+            .iter()
+            .find(|b| b.credit_type == credit_type)
+            .map_or(Decimal::ZERO, |b| b.debt)
+    }
+
+    fn spendable(&self, credit_type: &str, meter: Option<&str>, ts: i64) -> Decimal {
+        self.grants
+            .iter()
+            .filter(|g| g.eligible(credit_type, meter, ts))
+            .map(|g| g.free())
+            .sum()
+    }
+
+    fn deferred(&self, credit_type: &str) -> Decimal {
+        self.grants
+            .iter()
+            .filter(|g| g.credit_type == credit_type && g.status == Status::Live)
+            .map(|g| mul(g.remaining, g.cost_basis))
+            .sum()
+    }
+
+    /// The balance entry of a credit type, created in catalog order when first needed.
+    fn entry(&mut self, cat: &ModelCatalog, credit_type: &str) -> &mut Balance {
+        if !self.balances.iter().any(|b| b.credit_type == credit_type) {
+            self.balances.push(Balance {
+                credit_type: credit_type.to_string(),
+                debt: Decimal::ZERO,
+                ledger: Ledger::default(),
+                revenue: Revenue::default(),
+                percent_base: Decimal::ZERO,
+            });
+            self.balances
+                .sort_by_key(|b| cat.credit_type_index(&b.credit_type));
+        }
+        self.balances
+            .iter_mut()
+            .find(|b| b.credit_type == credit_type)
+            .expect("just inserted")
+    }
+
+    fn overage_price_now(&self, cat: &ModelCatalog) -> Decimal {
+        match self.policy(cat) {
+            Policy::Overage { price, .. } => price,
+            Policy::AutoTopup(TopupRule {
+                fallback: Fallback::Overage { price, .. },
+                ..
+            }) => price,
+            _ => Decimal::ZERO,
+        }
+    }
+
+    fn line_id(&self, kind: &str, meter: Option<&str>) -> String {
+        format!(
+            "line:{}:{}:{}:{}",
+            self.id,
+            format_ts(self.period_start),
+            kind,
+            meter.unwrap_or("-")
+        )
+    }
+
+    fn seen_index(&self, id: &str, tick_clock: Option<i64>, window: i64) -> Option<usize> {
+        self.seen
+            .iter()
+            .position(|s| s.id == id && tick_clock.is_none_or(|t| t <= s.ts + window))
+    }
+}
+
+fn lot<'a>(
+    revenue: &'a mut Revenue,
+    serial: u64,
+    grant_id: &str,
+    key: BurnKey,
+    basis: Decimal,
+) -> &'a mut Lot {
+    if !revenue.lots.iter().any(|l| l.serial == serial) {
+        revenue.lots.push(Lot {
+            serial,
+            grant_id: grant_id.to_string(),
+            key,
+            cost_basis: basis,
+            recognized_credits: Decimal::ZERO,
+            breakage_credits: Decimal::ZERO,
+        });
+    }
+    revenue
+        .lots
+        .iter_mut()
+        .find(|l| l.serial == serial)
+        .expect("just inserted")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Invoice lines
+// ---------------------------------------------------------------------------------------------
+
+/// Adds to a line of the current period (creating it) and schedules its flush at the first
+/// multiple of `flush_interval` strictly after the account's clock (D17, D18).
+#[allow(clippy::too_many_arguments)]
+fn touch_line(
+    cx: &Cx,
+    a: &mut Account,
+    kind: &'static str,
+    meter: Option<&str>,
+    credit_type: &str,
+    quantity: Option<Decimal>,
+    credits: Decimal,
+    money: Decimal,
+) {
+    let interval = cx.cat.rules.flush_interval_ms;
+    let due = (a.clock.div_euclid(interval) + 1) * interval;
+    let index = match a
+        .lines
+        .iter()
+        .position(|l| l.kind == kind && l.meter.as_deref() == meter)
+    {
+        Some(i) => i,
+        None => {
+            a.lines.push(Line {
+                kind,
+                meter: meter.map(str::to_string),
+                credit_type: credit_type.to_string(),
+                quantity: quantity.map(|_| Decimal::ZERO),
+                credits: Decimal::ZERO,
+                money: Decimal::ZERO,
+                version: 0,
+                flush_due: None,
+            });
+            a.lines.len() - 1
+        }
+    };
+    let line = &mut a.lines[index];
+    if let (Some(total), Some(q)) = (line.quantity.as_mut(), quantity) {
+        *total += q;
+    }
+    line.credits += credits;
+    line.money += money;
+    if line.flush_due.is_none() {
+        line.flush_due = Some(due);
+    }
+}
+
+fn emit_line(cx: &mut Cx, a: &mut Account, index: usize, final_: bool, ts: i64, period_end: i64) {
+    let line_id = a.line_id(a.lines[index].kind, a.lines[index].meter.as_deref());
+    let line = &mut a.lines[index];
+    line.version += 1;
+    line.flush_due = None;
+    let line = line.clone();
+    let money = cx.money(line.money);
+    cx.emit(
+        "invoice.line",
+        format!("{line_id}:v{}", line.version),
+        &a.id,
+        ts,
+        vec![
+            ("line_id", J::s(line_id.clone())),
+            ("version", J::Int(line.version as i64)),
+            ("final", J::Bool(final_)),
+            ("period_start", J::s(format_ts(a.period_start))),
+            ("period_end", J::s(format_ts(period_end))),
+            ("kind", J::s(line.kind)),
+            ("meter", J::s(line.meter.as_deref().unwrap_or("-"))),
+            ("credit_type", J::s(line.credit_type.clone())),
+            ("quantity", J::opt_d(line.quantity)),
+            ("credits", J::d(line.credits)),
+            ("money", J::d(money)),
+            ("currency", J::s(cx.cat.currency.code.clone())),
+        ],
+    );
+}
+
+/// Line indices in line-id byte order (D15).
+fn lines_in_order(a: &Account) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..a.lines.len()).collect();
+    order.sort_by_key(|&i| a.line_id(a.lines[i].kind, a.lines[i].meter.as_deref()));
+    order
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grants
+// ---------------------------------------------------------------------------------------------
+
+/// Which ledger total a new grant's amount goes to, and how its value enters revenue.
+#[derive(Clone, Debug)]
+enum Origin {
+    /// `granted` += amount; revenue `granted` += amount × basis (commands, allowance, top-up).
+    Granted,
+    /// `adjusted` += amount (positive adjustments; cost basis 0).
+    Adjusted,
+    /// Rollover: neither ledger nor revenue moves (value moves from the expiring grant).
+    Rollover,
+    /// Reversal grant: `returned` += amount; revenue `recognized` −= amount × basis, booked on
+    /// the lot that paid for the reversed event (`None` for the overage rest, basis 0).
+    Returned(Option<Draw>),
+}
+
+struct NewGrant {
+    grant_id: String,
+    credit_type: String,
+    source: &'static str,
+    amount: Decimal,
+    priority: i64,
+    effective_at: i64,
+    expires_at: Option<i64>,
+    scope: Option<Vec<String>>,
+    cost_basis: Decimal,
+    granted_at: i64,
+    plan_allowance: bool,
+}
+
+/// Adds credits (§5.2): debt is paid first, the grant keeps the rest.
+fn add_grant(cx: &mut Cx, a: &mut Account, new: NewGrant, origin: Origin) {
+    let cat = cx.cat;
+    let serial = a.next_serial;
+    a.next_serial += 1;
+    let overage_price = a.overage_price_now(cat);
+    let grant = Grant {
+        serial,
+        grant_id: new.grant_id.clone(),
+        credit_type: new.credit_type.clone(),
+        source: new.source.to_string(),
+        status: Status::Live,
+        amount: new.amount,
+        remaining: new.amount,
+        held: Decimal::ZERO,
+        priority: new.priority,
+        effective_at: new.effective_at,
+        expires_at: new.expires_at,
+        scope: new.scope,
+        cost_basis: new.cost_basis,
+        granted_at: new.granted_at,
+        plan_allowance: new.plan_allowance,
+        warned: false,
+    };
+    let key = grant.key();
+    let basis = new.cost_basis;
+    let amount = new.amount;
+    let entry = a.entry(cat, &new.credit_type);
+    let repaid = amount.min(entry.debt);
+    entry.debt -= repaid;
+    match &origin {
+        Origin::Granted => {
+            entry.ledger.granted += amount;
+            entry.revenue.granted += mul(amount, basis);
+        }
+        Origin::Adjusted => {
+            entry.ledger.adjusted += amount;
+            entry.revenue.granted += mul(amount, basis);
+        }
+        Origin::Rollover => {}
+        Origin::Returned(from) => {
+            entry.ledger.returned += amount;
+            entry.revenue.recognized -= mul(amount, basis);
+            if let Some(draw) = from {
+                let l = lot(
+                    &mut entry.revenue,
+                    draw.serial,
+                    &draw.grant_id,
+                    draw.key.clone(),
+                    draw.cost_basis,
+                );
+                l.recognized_credits -= amount;
+            }
+        }
+    }
+    if ["allowance", "topup", "purchase"].contains(&new.source) {
+        entry.percent_base += amount;
+    }
+    if repaid > Decimal::ZERO {
+        entry.revenue.recognized += mul(repaid, basis);
+        lot(&mut entry.revenue, serial, &new.grant_id, key, basis).recognized_credits += repaid;
+    }
+    let mut grant = grant;
+    grant.remaining = amount - repaid;
+    a.grants.push(grant);
+    if repaid > Decimal::ZERO {
+        touch_line(
+            cx,
+            a,
+            "overage_repaid",
+            None,
+            &new.credit_type,
+            None,
+            -repaid,
+            -mul(repaid, overage_price),
+        );
+    }
+}
+
+/// Removes a grant's claim from every hold (the grant expired or was voided).
+fn drop_claims(a: &mut Account, serial: u64) {
+    for hold in &mut a.holds {
+        hold.claims.retain(|(s, _)| *s != serial);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Periods
+// ---------------------------------------------------------------------------------------------
+
+/// Grants the plan's allowance for the period `[a.period_start, a.period_end)` at `at`.
+fn open_period(cx: &mut Cx, a: &mut Account, at: i64) {
+    let cat = cx.cat;
+    let plan = a.plan(cat);
+    a.topups_in_period = 0;
+    a.last_topup_ts = None;
+    for entry in &mut a.balances {
+        entry.percent_base = Decimal::ZERO;
+    }
+    let mut total = Decimal::ZERO;
+    let mut first_type: Option<String> = None;
+    for allowance in &plan.allowances {
+        total += allowance.amount;
+        first_type.get_or_insert_with(|| allowance.credit_type.clone());
+        add_grant(
+            cx,
+            a,
+            NewGrant {
+                grant_id: format!("allowance-{}-{}", a.period_start, allowance.credit_type),
+                credit_type: allowance.credit_type.clone(),
+                source: "allowance",
+                amount: allowance.amount,
+                priority: allowance.priority,
+                effective_at: at,
+                expires_at: Some(a.period_end),
+                scope: allowance.scope.clone(),
+                cost_basis: Decimal::ZERO,
+                granted_at: at,
+                plan_allowance: true,
+            },
+            Origin::Granted,
+        );
+    }
+    if !plan.allowances.is_empty() || !plan.price.is_zero() {
+        let credit_type = first_type.unwrap_or_else(|| cat.credit_types[0].name.clone());
+        touch_line(
+            cx,
+            a,
+            "allowance",
+            None,
+            &credit_type,
+            None,
+            total,
+            plan.price,
+        );
+    }
+}
+
+/// §10.3 steps 1–4 at `at` (the period end, or a plan switch).
+fn close_period(cx: &mut Cx, a: &mut Account, at: i64) {
+    let cat = cx.cat;
+    for entry in &mut a.balances {
+        entry.ledger.settled += entry.debt;
+        entry.debt = Decimal::ZERO;
+    }
+    for index in lines_in_order(a) {
+        emit_line(cx, a, index, true, at, at);
+    }
+    a.lines.clear();
+    let types: Vec<String> = a.balances.iter().map(|b| b.credit_type.clone()).collect();
+    for credit_type in types {
+        let closing = a.deferred(&credit_type);
+        let entry = a.entry(cat, &credit_type);
+        let rev = std::mem::take(&mut entry.revenue);
+        entry.revenue.opening = closing;
+        let mut lots: Vec<&Lot> = rev
+            .lots
+            .iter()
+            .filter(|l| !l.recognized_credits.is_zero() || !l.breakage_credits.is_zero())
+            .collect();
+        lots.sort_by_key(|l| l.key.clone());
+        let figures = [
+            rev.opening,
+            rev.granted,
+            rev.recognized,
+            rev.breakage,
+            rev.removed,
+            closing,
+        ];
+        if figures.iter().all(|f| f.is_zero()) && lots.is_empty() {
+            continue;
+        }
+        let lots_json = lots
+            .iter()
+            .map(|l| {
+                J::Obj(obj(vec![
+                    ("grant_id", J::s(l.grant_id.clone())),
+                    ("cost_basis", J::d(l.cost_basis)),
+                    ("recognized_credits", J::d(l.recognized_credits)),
+                    ("recognized", J::d(mul(l.recognized_credits, l.cost_basis))),
+                    ("breakage_credits", J::d(l.breakage_credits)),
+                    ("breakage", J::d(mul(l.breakage_credits, l.cost_basis))),
+                ]))
+            })
+            .collect();
+        cx.emit(
+            "revenue.period",
+            format!(
+                "revenue:{}:{}:{}",
+                a.id,
+                format_ts(a.period_start),
+                credit_type
+            ),
+            &a.id.clone(),
+            at,
+            vec![
+                ("period_start", J::s(format_ts(a.period_start))),
+                ("period_end", J::s(format_ts(at))),
+                ("credit_type", J::s(credit_type.clone())),
+                ("opening_deferred", J::d(rev.opening)),
+                ("granted", J::d(rev.granted)),
+                ("recognized", J::d(rev.recognized)),
+                ("breakage", J::d(rev.breakage)),
+                ("removed", J::d(rev.removed)),
+                ("closing_deferred", J::d(closing)),
+                ("lots", J::Arr(lots_json)),
+            ],
+        );
+    }
+    a.grants
+        .retain(|g| g.status == Status::Live && !(g.remaining.is_zero() && g.held.is_zero()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transitions (§10)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Transition {
+    HoldExpiry(String),
+    GrantExpiry(u64),
+    PeriodClose,
+    Flush,
+    Warning(u64),
+}
+
+/// The next transition due at or before `limit`: earliest due time, then hold expiries, grant
+/// expiries, the period close, flushes, warnings; holds by id and grants in burn order.
+fn next_transition(cat: &ModelCatalog, a: &Account, limit: i64) -> Option<(i64, Transition)> {
+    let mut candidates: Vec<((i64, u8, usize), Transition)> = Vec::new();
+    let mut holds: Vec<&Hold> = a.holds.iter().collect();
+    holds.sort_by(|x, y| x.hold_id.cmp(&y.hold_id));
+    for (i, hold) in holds.iter().enumerate() {
+        candidates.push((
+            (hold.expires_at, 0, i),
+            Transition::HoldExpiry(hold.hold_id.clone()),
+        ));
+    }
+    let lead = a.plan(cat).expiring_lead_ms;
+    for (i, &g) in a.burn_order().iter().enumerate() {
+        let grant = &a.grants[g];
+        if grant.status != Status::Live {
+            continue;
+        }
+        if let Some(expires_at) = grant.expires_at {
+            candidates.push(((expires_at, 1, i), Transition::GrantExpiry(grant.serial)));
+            if let (Some(lead), false) = (lead, grant.warned) {
+                candidates.push(((expires_at - lead, 4, i), Transition::Warning(grant.serial)));
+            }
+        }
+    }
+    candidates.push(((a.period_end, 2, 0), Transition::PeriodClose));
+    if let Some(due) = a.lines.iter().filter_map(|l| l.flush_due).min() {
+        candidates.push(((due, 3, 0), Transition::Flush));
+    }
+    candidates
+        .into_iter()
+        .filter(|((due, _, _), _)| *due <= limit)
+        .min_by_key(|(key, _)| *key)
+        .map(|((due, _, _), t)| (due, t))
+}
+
+/// Advances the account to `target` (§3): every transition due at or before it, in order.
+/// Transitions already overdue (made by a backdated input) run first, at once (D11).
+fn advance(cx: &mut Cx, a: &mut Account, target: i64) {
+    while let Some((due, transition)) = next_transition(cx.cat, a, target) {
+        a.clock = a.clock.max(due);
+        run_transition(cx, a, due, transition);
+        evaluate_alerts(cx, a, due);
+    }
+    a.clock = a.clock.max(target);
+}
+
+fn run_transition(cx: &mut Cx, a: &mut Account, due: i64, transition: Transition) {
+    let cat = cx.cat;
+    match transition {
+        Transition::HoldExpiry(hold_id) => {
+            let released = release_hold(a, &hold_id);
+            cx.emit(
+                "hold.expired",
+                format!("hold:{}:{}:expired", a.id, hold_id),
+                &a.id.clone(),
+                due,
+                vec![
+                    ("hold_id", J::s(hold_id.clone())),
+                    ("credits_released", J::d(released)),
+                ],
+            );
+        }
+        Transition::GrantExpiry(serial) => expire_grant(cx, a, serial, due),
+        Transition::PeriodClose => {
+            close_period(cx, a, due);
+            let plan = a.plan(cat);
+            a.period_start = due;
+            a.period_end = period_containing(plan.period, due).1;
+            open_period(cx, a, due);
+        }
+        Transition::Flush => {
+            for index in lines_in_order(a) {
+                if a.lines[index].flush_due.is_some_and(|d| d <= due) {
+                    let end = a.period_end;
+                    emit_line(cx, a, index, false, due, end);
+                }
+            }
+        }
+        Transition::Warning(serial) => {
+            let grant = a.grant_by_serial(serial).expect("warned grants exist");
+            grant.warned = true;
+            let grant = grant.clone();
+            if grant.remaining > Decimal::ZERO {
+                cx.emit(
+                    "grant.expiring",
+                    format!("expiring:{}:{}", a.id, grant.grant_id),
+                    &a.id,
+                    due,
+                    vec![
+                        ("grant_id", J::s(grant.grant_id.clone())),
+                        ("credit_type", J::s(grant.credit_type.clone())),
+                        ("remaining", J::d(grant.remaining)),
+                        (
+                            "expires_at",
+                            J::opt_s(grant.expires_at.map(format_ts).as_deref()),
+                        ),
+                    ],
+                );
+            }
+        }
+    }
+}
+
+/// §10.2 with the allowance rollover of §5.3.
+fn expire_grant(cx: &mut Cx, a: &mut Account, serial: u64, at: i64) {
+    let cat = cx.cat;
+    drop_claims(a, serial);
+    let grant = a.grant_by_serial(serial).expect("expiring grants exist");
+    let remaining = grant.remaining;
+    grant.remaining = Decimal::ZERO;
+    grant.held = Decimal::ZERO;
+    grant.status = Status::Expired;
+    let grant = grant.clone();
+    let cap = if grant.plan_allowance {
+        a.plan(cat)
+            .allowances
+            .iter()
+            .find(|al| al.credit_type == grant.credit_type)
+            .map_or(Decimal::ZERO, |al| al.rollover_cap)
+    } else {
+        Decimal::ZERO
+    };
+    let rolled = remaining.min(cap);
+    let expired = remaining - rolled;
+    let entry = a.entry(cat, &grant.credit_type);
+    entry.ledger.expired += expired;
+    entry.revenue.breakage += mul(expired, grant.cost_basis);
+    if !expired.is_zero() {
+        lot(
+            &mut entry.revenue,
+            serial,
+            &grant.grant_id,
+            grant.key(),
+            grant.cost_basis,
+        )
+        .breakage_credits += expired;
+    }
+    if rolled > Decimal::ZERO {
+        let plan = a.plan(cat);
+        add_grant(
+            cx,
+            a,
+            NewGrant {
+                grant_id: format!("rollover-{}-{}", at, grant.credit_type),
+                credit_type: grant.credit_type.clone(),
+                source: "rollover",
+                amount: rolled,
+                priority: grant.priority,
+                effective_at: at,
+                expires_at: Some(period_containing(plan.period, at).1),
+                scope: grant.scope.clone(),
+                cost_basis: grant.cost_basis,
+                granted_at: at,
+                plan_allowance: false,
+            },
+            Origin::Rollover,
+        );
+    }
+    if expired > Decimal::ZERO {
+        cx.emit(
+            "grant.expired",
+            format!("expired:{}:{}", a.id, grant.grant_id),
+            &a.id.clone(),
+            at,
+            vec![
+                ("grant_id", J::s(grant.grant_id.clone())),
+                ("credit_type", J::s(grant.credit_type.clone())),
+                ("credits", J::d(expired)),
+                ("breakage", J::d(mul(expired, grant.cost_basis))),
+            ],
+        );
+    }
+}
+
+/// Returns a hold's credits to its grants and removes it; the credits released.
+fn release_hold(a: &mut Account, hold_id: &str) -> Decimal {
+    let index = a
+        .holds
+        .iter()
+        .position(|h| h.hold_id == hold_id)
+        .expect("released holds exist");
+    let hold = a.holds.remove(index);
+    for (serial, credits) in &hold.claims {
+        if let Some(grant) = a.grant_by_serial(*serial) {
+            grant.held -= *credits;
+        }
+    }
+    hold.credits()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alerts (§10.5)
+// ---------------------------------------------------------------------------------------------
+
+fn evaluate_alerts(cx: &mut Cx, a: &mut Account, ts: i64) {
+    let cat = cx.cat;
+    let plan = a.plan(cat);
+    let types: Vec<String> = a.balances.iter().map(|b| b.credit_type.clone()).collect();
+    for credit_type in types {
+        let balance = a.balance(&credit_type);
+        let base = a
+            .balances
+            .iter()
+            .find(|b| b.credit_type == credit_type)
+            .map_or(Decimal::ZERO, |b| b.percent_base);
+        let mut checks: Vec<(String, Option<Decimal>, bool)> = Vec::new();
+        for alert in plan
+            .alerts
+            .iter()
+            .filter(|al| al.credit_type == credit_type)
+        {
+            let threshold = match alert.threshold {
+                Threshold::Amount(amount) => amount,
+                Threshold::Percent(percent) => mul(percent, base) / Decimal::from(100),
+            };
+            checks.push((alert.name.clone(), Some(threshold), balance < threshold));
+        }
+        checks.push(("depleted".to_string(), None, balance <= Decimal::ZERO));
+        for (name, threshold, below_now) in checks {
+            let index = match a
+                .alerts
+                .iter()
+                .position(|s| s.credit_type == credit_type && s.name == name)
+            {
+                Some(i) => i,
+                None => {
+                    a.alerts.push(AlertState {
+                        credit_type: credit_type.clone(),
+                        name: name.clone(),
+                        below: false,
+                        lows: 0,
+                        recoveries: 0,
+                    });
+                    a.alerts.len() - 1
+                }
+            };
+            let state = &mut a.alerts[index];
+            if !state.below && below_now {
+                state.below = true;
+                state.lows += 1;
+                let n = state.lows;
+                let id = format!("alert:{}:{}:{}:low:{}", a.id, credit_type, name, n);
+                match threshold {
+                    Some(threshold) => cx.emit(
+                        "balance.low",
+                        id,
+                        &a.id,
+                        ts,
+                        vec![
+                            ("credit_type", J::s(credit_type.clone())),
+                            ("threshold", J::s(name.clone())),
+                            ("threshold_amount", J::d(threshold)),
+                            ("balance", J::d(balance)),
+                        ],
+                    ),
+                    None => cx.emit(
+                        "balance.depleted",
+                        id,
+                        &a.id,
+                        ts,
+                        vec![
+                            ("credit_type", J::s(credit_type.clone())),
+                            ("balance", J::d(balance)),
+                        ],
+                    ),
+                }
+            } else if state.below && !below_now {
+                state.below = false;
+                state.recoveries += 1;
+                let n = state.recoveries;
+                cx.emit(
+                    "balance.recovered",
+                    format!("alert:{}:{}:{}:recovered:{}", a.id, credit_type, name, n),
+                    &a.id,
+                    ts,
+                    vec![
+                        ("credit_type", J::s(credit_type.clone())),
+                        ("threshold", J::s(name.clone())),
+                        ("balance", J::d(balance)),
+                    ],
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Charging (§6, §7, §8 commit)
+// ---------------------------------------------------------------------------------------------
+
+/// What pays when the policy decides, per §7: `reject`, or `overage` with its limit and price.
+#[derive(Clone, Debug)]
+enum Base {
+    Reject,
+    Overage { limit: Decimal, price: Decimal },
+}
+
+/// The policy's base rule and its top-up rule, for a charge in `credit_type` (D23: an
+/// auto top-up rule of another credit type leaves only its fallback).
+fn policy_for(policy: &Policy, credit_type: &str) -> (Base, Option<TopupRule>) {
+    match policy {
+        Policy::Reject => (Base::Reject, None),
+        Policy::Overage { limit, price } => (
+            Base::Overage {
+                limit: *limit,
+                price: *price,
+            },
+            None,
+        ),
+        Policy::AutoTopup(rule) => {
+            let base = match &rule.fallback {
+                Fallback::Reject => Base::Reject,
+                Fallback::Overage { limit, price } => Base::Overage {
+                    limit: *limit,
+                    price: *price,
+                },
+            };
+            let rule = (rule.credit_type == credit_type).then(|| rule.clone());
+            (base, rule)
+        }
+    }
+}
+
+fn topup_allowed(a: &Account, rule: &TopupRule, ts: i64) -> bool {
+    a.topups_in_period < rule.max_per_period
+        && a.last_topup_ts
+            .is_none_or(|last| ts >= last + rule.cooldown_ms)
+}
+
+/// One top-up (§7); `nth` counts the top-ups of this input (the second gets a `-2` suffix).
+fn topup(cx: &mut Cx, a: &mut Account, rule: &TopupRule, cause_id: &str, ts: i64, nth: &mut u32) {
+    let credits = match rule.amount {
+        TopupAmount::Fixed(amount) => amount,
+        TopupAmount::Target(target) => target - a.balance(&rule.credit_type),
+    };
+    if credits <= Decimal::ZERO {
+        return;
+    }
+    *nth += 1;
+    let grant_id = if *nth == 1 {
+        format!("topup-{cause_id}")
+    } else {
+        format!("topup-{cause_id}-{nth}")
+    };
+    a.topups_in_period += 1;
+    a.last_topup_ts = Some(ts);
+    add_grant(
+        cx,
+        a,
+        NewGrant {
+            grant_id: grant_id.clone(),
+            credit_type: rule.credit_type.clone(),
+            source: "topup",
+            amount: credits,
+            priority: rule.priority,
+            effective_at: ts,
+            expires_at: None,
+            scope: None,
+            cost_basis: rule.price,
+            granted_at: ts,
+            plan_allowance: false,
+        },
+        Origin::Granted,
+    );
+    let money = mul(credits, rule.price);
+    touch_line(
+        cx,
+        a,
+        "topup",
+        None,
+        &rule.credit_type,
+        None,
+        credits,
+        money,
+    );
+    let rounded = cx.money(money);
+    cx.emit(
+        "topup.granted",
+        format!("topup:{}:{}", a.id, grant_id),
+        &a.id.clone(),
+        ts,
+        vec![
+            ("grant_id", J::s(grant_id.clone())),
+            ("credit_type", J::s(rule.credit_type.clone())),
+            ("credits", J::d(credits)),
+            ("price", J::d(rule.price)),
+            ("money", J::d(rounded)),
+        ],
+    );
+}
+
+/// Credits available to a charge: eligible free credits, plus (for a commit) the credits the
+/// hold had claimed, which are drawn first.
+fn available(
+    a: &Account,
+    credit_type: &str,
+    meter: &str,
+    ts: i64,
+    claims: &[(u64, Decimal)],
+) -> Decimal {
+    let claimed: Decimal = claims.iter().map(|(_, c)| *c).sum();
+    let claim_on = |serial: u64| -> Decimal {
+        claims
+            .iter()
+            .filter(|(s, _)| *s == serial)
+            .map(|(_, c)| *c)
+            .sum()
+    };
+    let free: Decimal = a
+        .grants
+        .iter()
+        .filter(|g| g.eligible(credit_type, Some(meter), ts))
+        .map(|g| pos(g.free() - claim_on(g.serial)))
+        .sum();
+    claimed + free
+}
+
+/// Draws exactly `amount` (≤ `available`): first the claimed grants in burn order up to their
+/// claim, then eligible grants in burn order (§5.5, §8 commit).
+fn draw(
+    a: &mut Account,
+    credit_type: &str,
+    meter: &str,
+    ts: i64,
+    claims: &[(u64, Decimal)],
+    amount: Decimal,
+) -> Vec<Draw> {
+    let mut needed = amount;
+    let mut draws: Vec<Draw> = Vec::new();
+    let take = |g: &mut Grant, limit: Decimal, draws: &mut Vec<Draw>, needed: &mut Decimal| {
+        let taken = (*needed).min(limit);
+        if taken <= Decimal::ZERO {
+            return;
+        }
+        g.remaining -= taken;
+        *needed -= taken;
+        match draws.iter_mut().find(|d| d.serial == g.serial) {
+            Some(d) => d.amount += taken,
+            None => draws.push(Draw {
+                serial: g.serial,
+                grant_id: g.grant_id.clone(),
+                key: g.key(),
+                cost_basis: g.cost_basis,
+                amount: taken,
+            }),
+        }
+    };
+    for i in a.burn_order() {
+        let claim: Decimal = claims
+            .iter()
+            .filter(|(s, _)| *s == a.grants[i].serial)
+            .map(|(_, c)| *c)
+            .sum();
+        if claim > Decimal::ZERO && a.grants[i].status == Status::Live {
+            take(&mut a.grants[i], claim, &mut draws, &mut needed);
+        }
+    }
+    for i in a.burn_order() {
+        if a.grants[i].eligible(credit_type, Some(meter), ts) {
+            let free = a.grants[i].free();
+            take(&mut a.grants[i], free, &mut draws, &mut needed);
+        }
+    }
+    assert!(needed.is_zero(), "draw asked for more than available");
+    draws
+}
+
+struct ChargeRequest<'a> {
+    cause_id: &'a str,
+    ts: i64,
+    meter: &'a str,
+    quantity: Decimal,
+    billed: Decimal,
+    cost: Decimal,
+    /// A commit: never refused; the hold's claims are drawn first.
+    commit_claims: Option<Vec<(u64, Decimal)>>,
+}
+
+enum ChargeOutcome {
+    Rejected {
+        reason: &'static str,
+        available: Decimal,
+    },
+    Charged {
+        charged: Decimal,
+        unpaid: Decimal,
+    },
+}
+
+/// Pays a priced charge per the effective policy (§7), books it (§6 step 3) and returns the
+/// outcome plus the rule for the top-up after paying.
+fn charge(
+    cx: &mut Cx,
+    a: &mut Account,
+    req: &ChargeRequest,
+    nth_topup: &mut u32,
+) -> (ChargeOutcome, Option<TopupRule>) {
+    let cat = cx.cat;
+    let credit_type = cat
+        .meter(req.meter)
+        .expect("meters are validated")
+        .credit_type
+        .clone();
+    let (base, rule) = policy_for(&a.policy(cat), &credit_type);
+    let claims = req.commit_claims.clone().unwrap_or_default();
+    let never_refuse = req.commit_claims.is_some();
+    let mut s = available(a, &credit_type, req.meter, req.ts, &claims);
+    if let Some(rule) = &rule {
+        if req.cost > s && topup_allowed(a, rule, req.ts) {
+            topup(cx, a, rule, req.cause_id, req.ts, nth_topup);
+            s = available(a, &credit_type, req.meter, req.ts, &claims);
+        }
+    }
+    let debt = a.debt(&credit_type);
+    let taken = req.cost.min(s);
+    let mut overage = Decimal::ZERO;
+    let mut unpaid = Decimal::ZERO;
+    let mut overage_price = Decimal::ZERO;
+    match base {
+        Base::Reject => {
+            if req.cost > s {
+                if !never_refuse {
+                    let outcome = ChargeOutcome::Rejected {
+                        reason: "insufficient_credits",
+                        available: s,
+                    };
+                    return (outcome, rule);
+                }
+                unpaid = req.cost - s;
+            }
+        }
+        Base::Overage { limit, price } => {
+            overage_price = price;
+            let shortfall = req.cost - taken;
+            // Only a shortfall can break the limit (D35).
+            if shortfall > Decimal::ZERO && debt + shortfall > limit {
+                if !never_refuse {
+                    let outcome = ChargeOutcome::Rejected {
+                        reason: "overage_limit",
+                        available: s + limit - debt,
+                    };
+                    return (outcome, rule);
+                }
+                overage = pos(limit - debt).min(shortfall);
+                unpaid = shortfall - overage;
+            } else {
+                overage = shortfall;
+            }
+        }
+    }
+    let draws = draw(a, &credit_type, req.meter, req.ts, &claims, taken);
+    let charged = taken + overage;
+    let overage_money = mul(overage, overage_price);
+    let period_start = a.period_start;
+    let entry = a.entry(cat, &credit_type);
+    entry.debt += overage;
+    entry.ledger.consumed += charged;
+    for d in &draws {
+        entry.revenue.recognized += mul(d.amount, d.cost_basis);
+        lot(
+            &mut entry.revenue,
+            d.serial,
+            &d.grant_id,
+            d.key.clone(),
+            d.cost_basis,
+        )
+        .recognized_credits += d.amount;
+    }
+    touch_line(
+        cx,
+        a,
+        "usage",
+        Some(req.meter),
+        &credit_type,
+        Some(req.billed),
+        charged,
+        Decimal::ZERO,
+    );
+    if overage > Decimal::ZERO {
+        touch_line(
+            cx,
+            a,
+            "overage",
+            Some(req.meter),
+            &credit_type,
+            None,
+            overage,
+            overage_money,
+        );
+    }
+    a.seen.push(Seen {
+        id: req.cause_id.to_string(),
+        ts: req.ts,
+        record: Record::Charge(Charge {
+            meter: req.meter.to_string(),
+            credit_type: credit_type.clone(),
+            quantity: req.billed,
+            credits: charged,
+            draws,
+            overage,
+            overage_money,
+            period_start,
+            reversed: false,
+        }),
+    });
+    (ChargeOutcome::Charged { charged, unpaid }, rule)
+}
+
+/// §7 "after paying (or rejecting)": one more top-up if the balance is under the threshold.
+fn topup_after(
+    cx: &mut Cx,
+    a: &mut Account,
+    rule: Option<TopupRule>,
+    cause_id: &str,
+    ts: i64,
+    nth: &mut u32,
+) {
+    let Some(rule) = rule else { return };
+    if a.balance(&rule.credit_type) < rule.threshold && topup_allowed(a, &rule, ts) {
+        let before = *nth;
+        topup(cx, a, &rule, cause_id, ts, nth);
+        if *nth != before {
+            evaluate_alerts(cx, a, ts);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model
+// ---------------------------------------------------------------------------------------------
+
+impl Model {
+    pub fn new(catalog: ModelCatalog) -> Model {
+        catalog.assert_valid();
+        Model {
+            catalog,
+            tick_clock: None,
+            accounts: Vec::new(),
+        }
+    }
+
+    pub fn catalog(&self) -> &ModelCatalog {
+        &self.catalog
+    }
+
+    /// Applies one raw input message with its stream sequence; returns the compact JSON text
+    /// of every output it produced, in emission order.
+    pub fn apply(&mut self, payload: &[u8], seq: u64) -> Vec<String> {
+        let mut cx = Cx {
+            cat: &self.catalog,
+            seq,
+            out: Vec::new(),
+        };
+        if payload.len() > cx.cat.rules.payload_max {
+            dead_letter(&mut cx, payload, "payload_too_large", None);
+        } else {
+            match input::parse(payload, cx.cat) {
+                Err(Refusal { reason, detail }) => dead_letter(&mut cx, payload, reason, detail),
+                Ok(Message::Tick { ts }) => {
+                    let clock = self.tick_clock.map_or(ts, |t| t.max(ts));
+                    self.tick_clock = Some(clock);
+                    for a in &mut self.accounts {
+                        if next_transition(cx.cat, a, clock).is_some() {
+                            advance(&mut cx, a, clock);
+                        }
+                    }
+                }
+                Ok(Message::Account {
+                    id,
+                    account,
+                    ts,
+                    body,
+                }) => {
+                    if let Err(reason) =
+                        verdict(cx.cat, &self.accounts, self.tick_clock, &account, ts, &body)
+                    {
+                        dead_letter(&mut cx, payload, reason, None);
+                    } else {
+                        let index = match self.accounts.iter().position(|a| a.id == account) {
+                            Some(i) => i,
+                            None => {
+                                let a = new_account(&mut cx, &account, ts);
+                                self.accounts.push(a);
+                                self.accounts.sort_by(|x, y| x.id.cmp(&y.id));
+                                self.accounts
+                                    .iter()
+                                    .position(|a| a.id == account)
+                                    .expect("just added")
+                            }
+                        };
+                        let tick_clock = self.tick_clock;
+                        let a = &mut self.accounts[index];
+                        apply_account_message(&mut cx, a, tick_clock, &id, ts, body);
+                    }
+                }
+            }
+        }
+        cx.out.iter().map(output_to_json_string).collect()
+    }
+
+    /// §16: one compact JSON object per account, sorted by account id.
+    pub fn state(&self) -> Vec<String> {
+        self.accounts
+            .iter()
+            .map(|a| output_to_json_string(&state_view(&self.catalog, a)))
+            .collect()
+    }
+
+    /// §5.4 for every account and credit type, plus the model's own bookkeeping identities.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for a in &self.accounts {
+            for grant in &a.grants {
+                if grant.held < Decimal::ZERO || grant.held > grant.remaining {
+                    return Err(format!(
+                        "{}: grant {} held out of range",
+                        a.id, grant.grant_id
+                    ));
+                }
+                if grant.status != Status::Live
+                    && !(grant.remaining.is_zero() && grant.held.is_zero())
+                {
+                    return Err(format!("{}: dead grant {} not empty", a.id, grant.grant_id));
+                }
+                let claimed: Decimal = a
+                    .holds
+                    .iter()
+                    .flat_map(|h| h.claims.iter())
+                    .filter(|(s, _)| *s == grant.serial)
+                    .map(|(_, c)| *c)
+                    .sum();
+                if claimed != grant.held {
+                    return Err(format!("{}: grant {} held ≠ claims", a.id, grant.grant_id));
+                }
+            }
+            for grant in &a.grants {
+                if !a
+                    .balances
+                    .iter()
+                    .any(|b| b.credit_type == grant.credit_type)
+                {
+                    return Err(format!("{}: grant without balance entry", a.id));
+                }
+            }
+            for b in &a.balances {
+                let l = &b.ledger;
+                let balance = a.balance(&b.credit_type);
+                let from_ledger = l.granted - l.consumed - l.expired - l.voided
+                    + l.adjusted
+                    + l.settled
+                    + l.returned;
+                if from_ledger != balance {
+                    return Err(format!(
+                        "{} {}: ledger says {} but Σ remaining − debt = {}",
+                        a.id, b.credit_type, from_ledger, balance
+                    ));
+                }
+                if b.debt < Decimal::ZERO {
+                    return Err(format!("{} {}: negative debt", a.id, b.credit_type));
+                }
+                let r = &b.revenue;
+                let closing = r.opening + r.granted - r.recognized - r.breakage - r.removed;
+                if closing != a.deferred(&b.credit_type) {
+                    return Err(format!(
+                        "{} {}: revenue identity broken ({} vs deferred {})",
+                        a.id,
+                        b.credit_type,
+                        closing,
+                        a.deferred(&b.credit_type)
+                    ));
+                }
+                let lots_recognized: Decimal = r
+                    .lots
+                    .iter()
+                    .map(|l| mul(l.recognized_credits, l.cost_basis))
+                    .sum();
+                let lots_breakage: Decimal = r
+                    .lots
+                    .iter()
+                    .map(|l| mul(l.breakage_credits, l.cost_basis))
+                    .sum();
+                if lots_recognized != r.recognized || lots_breakage != r.breakage {
+                    return Err(format!("{} {}: lots do not add up", a.id, b.credit_type));
+                }
+            }
+            if a.clock < a.period_start || a.clock >= a.period_end {
+                return Err(format!("{}: clock outside its period", a.id));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Steps 5–9 of §2.1, for a message that passed steps 1–4.
+fn verdict(
+    cat: &ModelCatalog,
+    accounts: &[Account],
+    tick_clock: Option<i64>,
+    account: &str,
+    ts: i64,
+    body: &Body,
+) -> Result<(), &'static str> {
+    let existing = accounts.iter().find(|a| a.id == account);
+    let reference = match existing {
+        Some(a) => Some(tick_clock.map_or(a.clock, |t| t.max(a.clock))),
+        None => tick_clock,
+    };
+    if let Some(reference) = reference {
+        if ts > reference + cat.rules.future_max_ms {
+            return Err("ts_too_far_ahead");
+        }
+        if ts < reference - cat.rules.backdate_max_ms {
+            return Err("ts_too_old");
+        }
+    }
+    match body {
+        Body::Usage { meter, quantity }
+        | Body::Reserve {
+            meter, quantity, ..
+        } => price(cat, meter, ts, *quantity).map(|_| ()),
+        Body::Commit { hold_id, quantity } => {
+            match existing.and_then(|a| a.holds.iter().find(|h| &h.hold_id == hold_id)) {
+                Some(hold) => price(cat, &hold.meter, ts, *quantity).map(|_| ()),
+                None => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+fn dead_letter(cx: &mut Cx, payload: &[u8], reason: &str, detail: Option<String>) {
+    let (account, ts) = input::readable_account_and_ts(payload);
+    let mut o = obj(vec![
+        ("type", J::s("dead_letter")),
+        ("id", J::s(format!("dead:{}", cx.seq))),
+        ("account", J::opt_s(account.as_deref())),
+        ("seq", J::Int(cx.seq as i64)),
+        ("ts", J::opt_s(ts.map(format_ts).as_deref())),
+        ("reason", J::s(reason)),
+        ("detail", J::opt_s(detail.as_deref())),
+        ("subject", J::Null),
+    ]);
+    match std::str::from_utf8(payload) {
+        Ok(text) => o.push(("payload".into(), J::s(text))),
+        Err(_) => o.push(("payload_base64".into(), J::s(json::base64(payload)))),
+    }
+    cx.out.push(o);
+}
+
+/// §4: a new account on the default plan, in the period containing `ts`, allowance granted at
+/// `ts`.
+fn new_account(cx: &mut Cx, id: &str, ts: i64) -> Account {
+    let plan = cx.cat.plan(&cx.cat.default_plan).expect("catalog is valid");
+    let (start, end) = period_containing(plan.period, ts);
+    let mut a = Account {
+        id: id.to_string(),
+        plan: plan.name.clone(),
+        policy_override: None,
+        clock: ts,
+        period_start: start,
+        period_end: end,
+        grants: Vec::new(),
+        holds: Vec::new(),
+        lines: Vec::new(),
+        balances: Vec::new(),
+        alerts: Vec::new(),
+        seen: Vec::new(),
+        topups_in_period: 0,
+        last_topup_ts: None,
+        next_serial: 1,
+    };
+    open_period(cx, &mut a, ts);
+    a
+}
+
+/// A command's own result: its extra `command.result` fields, or the rejection reason.
+type Outcome<'j> = Result<Vec<(&'j str, J)>, &'static str>;
+
+fn command_result(
+    cx: &mut Cx,
+    a: &Account,
+    command: &str,
+    id: &str,
+    ts: i64,
+    outcome: Outcome,
+    extra_names: &[&str],
+) {
+    let mut fields = vec![("command", J::s(command)), ("command_id", J::s(id))];
+    match outcome {
+        Ok(extra) => {
+            fields.push(("status", J::s("applied")));
+            fields.push(("reason", J::Null));
+            fields.extend(extra);
+        }
+        Err(reason) => {
+            fields.push(("status", J::s("rejected")));
+            fields.push(("reason", J::s(reason)));
+            fields.extend(extra_names.iter().map(|name| (*name, J::Null)));
+        }
+    }
+    cx.emit(
+        "command.result",
+        format!("result:{}:{}", a.id, id),
+        &a.id,
+        ts,
+        fields,
+    );
+}
+
+fn apply_account_message(
+    cx: &mut Cx,
+    a: &mut Account,
+    tick_clock: Option<i64>,
+    id: &str,
+    ts: i64,
+    body: Body,
+) {
+    let cat = cx.cat;
+    advance(cx, a, tick_clock.map_or(ts, |t| t.max(ts)));
+    if a.seen_index(id, tick_clock, cat.rules.dedupe_window_ms)
+        .is_some()
+    {
+        return;
+    }
+    let mut nth_topup = 0u32;
+    match body {
+        Body::Usage { meter, quantity } => {
+            let (billed, cost) = price(cat, &meter, ts, quantity).expect("checked by verdict");
+            let request = ChargeRequest {
+                cause_id: id,
+                ts,
+                meter: &meter,
+                quantity,
+                billed,
+                cost,
+                commit_claims: None,
+            };
+            let (outcome, rule) = charge(cx, a, &request, &mut nth_topup);
+            if let ChargeOutcome::Rejected { reason, available } = outcome {
+                a.seen.push(Seen {
+                    id: id.to_string(),
+                    ts,
+                    record: Record::RejectedUsage,
+                });
+                let credit_type = cat.meter(&meter).expect("validated").credit_type.clone();
+                cx.emit(
+                    "usage.rejected",
+                    format!("rejected:{}:{}", a.id, id),
+                    &a.id,
+                    ts,
+                    vec![
+                        ("event_id", J::s(id)),
+                        ("meter", J::s(meter.clone())),
+                        ("quantity", J::d(quantity)),
+                        ("credit_type", J::s(credit_type)),
+                        ("needed", J::d(cost)),
+                        ("available", J::d(available)),
+                        ("reason", J::s(reason)),
+                    ],
+                );
+            }
+            evaluate_alerts(cx, a, ts);
+            topup_after(cx, a, rule, id, ts, &mut nth_topup);
+        }
+        Body::Commit { hold_id, quantity } => {
+            let names = ["credits_charged", "credits_unpaid"];
+            if !a.holds.iter().any(|h| h.hold_id == hold_id) {
+                remember(a, id, ts);
+                command_result(cx, a, "commit", id, ts, Err("unknown_hold"), &names);
+                evaluate_alerts(cx, a, ts);
+            } else {
+                let hold = a
+                    .holds
+                    .iter()
+                    .find(|h| h.hold_id == hold_id)
+                    .expect("checked")
+                    .clone();
+                release_hold(a, &hold_id);
+                let (billed, cost) =
+                    price(cat, &hold.meter, ts, quantity).expect("checked by verdict");
+                let request = ChargeRequest {
+                    cause_id: id,
+                    ts,
+                    meter: &hold.meter,
+                    quantity,
+                    billed,
+                    cost,
+                    commit_claims: Some(hold.claims.clone()),
+                };
+                let (outcome, rule) = charge(cx, a, &request, &mut nth_topup);
+                let ChargeOutcome::Charged { charged, unpaid } = outcome else {
+                    unreachable!("a commit is never refused")
+                };
+                command_result(
+                    cx,
+                    a,
+                    "commit",
+                    id,
+                    ts,
+                    Ok(vec![
+                        ("credits_charged", J::d(charged)),
+                        ("credits_unpaid", J::d(unpaid)),
+                    ]),
+                    &names,
+                );
+                evaluate_alerts(cx, a, ts);
+                topup_after(cx, a, rule, id, ts, &mut nth_topup);
+            }
+        }
+        other => {
+            let command = other.command_name().expect("commands have names");
+            remember(a, id, ts);
+            let (outcome, names): (Outcome, &[&str]) = match other {
+                Body::Grant(g) => (command_grant(cx, a, ts, g), &["grant_id"]),
+                Body::VoidGrant { grant_id } => (command_void(cx, a, &grant_id), &[]),
+                Body::SetPlan { plan } => (command_set_plan(cx, a, &plan), &[]),
+                Body::SetPolicy { policy } => {
+                    a.policy_override = policy;
+                    (Ok(vec![]), &[])
+                }
+                Body::Adjust {
+                    credit_type,
+                    amount,
+                } => (
+                    command_adjust(cx, a, id, ts, &credit_type, amount),
+                    &["applied"],
+                ),
+                Body::Reverse { event_id } => {
+                    (command_reverse(cx, a, tick_clock, ts, &event_id), &[])
+                }
+                Body::Reserve {
+                    meter,
+                    quantity,
+                    quantity_scale,
+                    ttl_ms,
+                    hold_id,
+                } => (
+                    command_reserve(cx, a, ts, &meter, quantity, quantity_scale, ttl_ms, hold_id),
+                    &["credits_requested", "credits_reserved", "quantity_reserved"],
+                ),
+                Body::Release { hold_id } => {
+                    if a.holds.iter().any(|h| h.hold_id == hold_id) {
+                        let released = release_hold(a, &hold_id);
+                        (
+                            Ok(vec![("credits_released", J::d(released))]),
+                            &["credits_released"],
+                        )
+                    } else {
+                        (Err("unknown_hold"), &["credits_released"])
+                    }
+                }
+                Body::Usage { .. } | Body::Commit { .. } => unreachable!("handled above"),
+            };
+            command_result(cx, a, command, id, ts, outcome, names);
+            evaluate_alerts(cx, a, ts);
+        }
+    }
+    // Catch up with anything this input made overdue (a backdated expiry or hold, D11).
+    let clock = a.clock;
+    advance(cx, a, clock);
+}
+
+fn remember(a: &mut Account, id: &str, ts: i64) {
+    a.seen.push(Seen {
+        id: id.to_string(),
+        ts,
+        record: Record::Command,
+    });
+}
+
+fn command_grant<'j>(cx: &mut Cx, a: &mut Account, ts: i64, g: GrantInput) -> Outcome<'j> {
+    if a.grants.iter().any(|x| x.grant_id == g.grant_id) {
+        return Err("grant_exists");
+    }
+    let live = a.grants.iter().filter(|x| x.status == Status::Live).count();
+    if live >= cx.cat.rules.grants_per_account_max {
+        return Err("grant_limit");
+    }
+    let source: &'static str = match g.source.as_str() {
+        "purchase" => "purchase",
+        "allowance" => "allowance",
+        "promotion" => "promotion",
+        "rollover" => "rollover",
+        "topup" => "topup",
+        _ => "adjustment",
+    };
+    add_grant(
+        cx,
+        a,
+        NewGrant {
+            grant_id: g.grant_id.clone(),
+            credit_type: g.credit_type,
+            source,
+            amount: g.amount,
+            priority: g.priority,
+            effective_at: g.effective_at,
+            expires_at: g.expires_at,
+            scope: g.scope,
+            cost_basis: g.cost_basis,
+            granted_at: ts,
+            plan_allowance: false,
+        },
+        Origin::Granted,
+    );
+    Ok(vec![("grant_id", J::s(g.grant_id))])
+}
+
+fn command_void<'j>(cx: &mut Cx, a: &mut Account, grant_id: &str) -> Outcome<'j> {
+    let Some(grant) = a
+        .grants
+        .iter()
+        .find(|g| g.grant_id == grant_id && g.status == Status::Live)
+        .cloned()
+    else {
+        return Err("unknown_grant");
+    };
+    drop_claims(a, grant.serial);
+    let g = a.grant_by_serial(grant.serial).expect("found above");
+    g.remaining = Decimal::ZERO;
+    g.held = Decimal::ZERO;
+    g.status = Status::Voided;
+    let entry = a.entry(cx.cat, &grant.credit_type);
+    entry.ledger.voided += grant.remaining;
+    entry.revenue.removed += mul(grant.remaining, grant.cost_basis);
+    Ok(vec![])
+}
+
+fn command_set_plan<'j>(cx: &mut Cx, a: &mut Account, plan: &str) -> Outcome<'j> {
+    if a.plan == plan {
+        return Ok(vec![]);
+    }
+    // The switch happens at the account's clock (= the command's ts unless backdated, D21).
+    let at = a.clock;
+    let new_plan = cx.cat.plan(plan).expect("validated");
+    if a.period_start == at && a.lines.is_empty() {
+        a.plan = plan.to_string();
+        a.period_end = period_containing(new_plan.period, at).1;
+        open_period(cx, a, at);
+        return Ok(vec![]);
+    }
+    close_period(cx, a, at);
+    a.plan = plan.to_string();
+    a.period_start = at;
+    a.period_end = period_containing(new_plan.period, at).1;
+    open_period(cx, a, at);
+    Ok(vec![])
+}
+
+fn command_adjust<'j>(
+    cx: &mut Cx,
+    a: &mut Account,
+    id: &str,
+    ts: i64,
+    credit_type: &str,
+    amount: Decimal,
+) -> Outcome<'j> {
+    let cat = cx.cat;
+    if amount > Decimal::ZERO {
+        add_grant(
+            cx,
+            a,
+            NewGrant {
+                grant_id: id.to_string(),
+                credit_type: credit_type.to_string(),
+                source: "adjustment",
+                amount,
+                priority: 100,
+                effective_at: ts,
+                expires_at: None,
+                scope: None,
+                cost_basis: Decimal::ZERO,
+                granted_at: ts,
+                plan_allowance: false,
+            },
+            Origin::Adjusted,
+        );
+        touch_line(
+            cx,
+            a,
+            "adjustment",
+            None,
+            credit_type,
+            None,
+            amount,
+            Decimal::ZERO,
+        );
+        return Ok(vec![("applied", J::d(amount))]);
+    }
+    let mut wanted = -amount;
+    let mut removed = Decimal::ZERO;
+    let mut removed_value = Decimal::ZERO;
+    for i in a.burn_order() {
+        let g = &mut a.grants[i];
+        if wanted.is_zero() || !g.eligible(credit_type, None, ts) {
+            continue;
+        }
+        let taken = wanted.min(g.free());
+        g.remaining -= taken;
+        wanted -= taken;
+        removed += taken;
+        removed_value += mul(taken, g.cost_basis);
+    }
+    if !removed.is_zero() {
+        let entry = a.entry(cat, credit_type);
+        entry.ledger.adjusted -= removed;
+        entry.revenue.removed += removed_value;
+        touch_line(
+            cx,
+            a,
+            "adjustment",
+            None,
+            credit_type,
+            None,
+            -removed,
+            Decimal::ZERO,
+        );
+    }
+    Ok(vec![("applied", J::d(-removed))])
+}
+
+fn command_reverse<'j>(
+    cx: &mut Cx,
+    a: &mut Account,
+    tick_clock: Option<i64>,
+    ts: i64,
+    event_id: &str,
+) -> Outcome<'j> {
+    let cat = cx.cat;
+    let index = a
+        .seen_index(event_id, tick_clock, cat.rules.dedupe_window_ms)
+        .ok_or("unknown_event")?;
+    let charge = match &mut a.seen[index].record {
+        Record::Charge(c) if c.reversed => return Err("already_reversed"),
+        Record::Charge(c) => {
+            c.reversed = true;
+            c.clone()
+        }
+        Record::Command | Record::RejectedUsage => return Err("not_charged"),
+    };
+    let same_period = charge.period_start == a.period_start;
+    let credit_type = charge.credit_type.clone();
+    let reversal_grant = |n: usize, amount: Decimal, basis: Decimal, at: i64| NewGrant {
+        grant_id: format!("reversal-{event_id}-{n}"),
+        credit_type: credit_type.clone(),
+        source: "adjustment",
+        amount,
+        priority: 100,
+        effective_at: at,
+        expires_at: None,
+        scope: None,
+        cost_basis: basis,
+        granted_at: at,
+        plan_allowance: false,
+    };
+    let at = ts;
+    // The overage part first (D29): it cancels this event's own debt before any new grant
+    // could pay it as someone else's.
+    if charge.overage > Decimal::ZERO && same_period {
+        let entry = a.entry(cat, &credit_type);
+        let cut = charge.overage.min(entry.debt);
+        entry.debt -= cut;
+        entry.ledger.returned += cut;
+        let rest = charge.overage - cut;
+        if rest > Decimal::ZERO {
+            let n = charge.draws.len() + 1;
+            add_grant(
+                cx,
+                a,
+                reversal_grant(n, rest, Decimal::ZERO, at),
+                Origin::Returned(None),
+            );
+        }
+    }
+    for (i, d) in charge.draws.iter().enumerate() {
+        let live = a
+            .grants
+            .iter()
+            .any(|g| g.serial == d.serial && g.status == Status::Live);
+        if live {
+            a.grant_by_serial(d.serial).expect("live").remaining += d.amount;
+            let entry = a.entry(cat, &credit_type);
+            entry.ledger.returned += d.amount;
+            entry.revenue.recognized -= mul(d.amount, d.cost_basis);
+            lot(
+                &mut entry.revenue,
+                d.serial,
+                &d.grant_id,
+                d.key.clone(),
+                d.cost_basis,
+            )
+            .recognized_credits -= d.amount;
+        } else {
+            add_grant(
+                cx,
+                a,
+                reversal_grant(i + 1, d.amount, d.cost_basis, at),
+                Origin::Returned(Some(d.clone())),
+            );
+        }
+    }
+    if same_period {
+        touch_line(
+            cx,
+            a,
+            "usage",
+            Some(&charge.meter),
+            &credit_type,
+            Some(-charge.quantity),
+            -charge.credits,
+            Decimal::ZERO,
+        );
+        if charge.overage > Decimal::ZERO {
+            touch_line(
+                cx,
+                a,
+                "overage",
+                Some(&charge.meter),
+                &credit_type,
+                None,
+                -charge.overage,
+                -charge.overage_money,
+            );
+        }
+    } else {
+        touch_line(
+            cx,
+            a,
+            "reversal",
+            Some(&charge.meter),
+            &credit_type,
+            Some(-charge.quantity),
+            -charge.credits,
+            -charge.overage_money,
+        );
+    }
+    Ok(vec![])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn command_reserve<'j>(
+    cx: &mut Cx,
+    a: &mut Account,
+    ts: i64,
+    meter: &str,
+    quantity: Decimal,
+    quantity_scale: u32,
+    ttl_ms: i64,
+    hold_id: String,
+) -> Outcome<'j> {
+    let cat = cx.cat;
+    if a.holds.iter().any(|h| h.hold_id == hold_id) {
+        return Err("hold_exists");
+    }
+    if a.holds.len() >= cat.rules.holds_per_account_max {
+        return Err("hold_limit");
+    }
+    let credit_type = cat.meter(meter).expect("validated").credit_type.clone();
+    let (_, requested) = price(cat, meter, ts, quantity).expect("checked by verdict");
+    let spendable = a.spendable(&credit_type, Some(meter), ts);
+    let reserved = requested.min(spendable);
+    let mut needed = reserved;
+    let mut claims = Vec::new();
+    for i in a.burn_order() {
+        let g = &mut a.grants[i];
+        if needed.is_zero() || !g.eligible(&credit_type, Some(meter), ts) {
+            continue;
+        }
+        let taken = needed.min(g.free());
+        if taken > Decimal::ZERO {
+            g.held += taken;
+            needed -= taken;
+            claims.push((g.serial, taken));
+        }
+    }
+    let quantity_reserved = if reserved == requested {
+        quantity
+    } else {
+        largest_quantity(cat, meter, ts, quantity, quantity_scale, reserved)
+    };
+    a.holds.push(Hold {
+        hold_id,
+        meter: meter.to_string(),
+        claims,
+        expires_at: ts + ttl_ms,
+    });
+    Ok(vec![
+        ("credits_requested", J::d(requested)),
+        ("credits_reserved", J::d(reserved)),
+        ("quantity_reserved", J::d(quantity_reserved)),
+    ])
+}
+
+/// The largest quantity in `[0, requested]` with `scale` decimals whose price is ≤ `budget`
+/// (price is non-decreasing in quantity, and the price of 0 is 0), by bisection.
+fn largest_quantity(
+    cat: &ModelCatalog,
+    meter: &str,
+    ts: i64,
+    requested: Decimal,
+    scale: u32,
+    budget: Decimal,
+) -> Decimal {
+    let unit = Decimal::new(1, scale);
+    let cost = |steps: Decimal| {
+        price(cat, meter, ts, steps * unit)
+            .expect("priced before")
+            .1
+    };
+    let mut low = Decimal::ZERO;
+    let mut high = (requested / unit).normalize();
+    if cost(high) <= budget {
+        return requested;
+    }
+    while high - low > Decimal::ONE {
+        let middle = ((low + high) / Decimal::TWO).floor();
+        if cost(middle) <= budget {
+            low = middle;
+        } else {
+            high = middle;
+        }
+    }
+    (low * unit).normalize()
+}
+
+// ---------------------------------------------------------------------------------------------
+// State view (§16)
+// ---------------------------------------------------------------------------------------------
+
+fn state_view(cat: &ModelCatalog, a: &Account) -> Obj {
+    let balances = a
+        .balances
+        .iter()
+        .map(|b| {
+            let held: Decimal = a
+                .grants
+                .iter()
+                .filter(|g| g.credit_type == b.credit_type)
+                .map(|g| g.held)
+                .sum();
+            let l = &b.ledger;
+            J::Obj(obj(vec![
+                ("credit_type", J::s(b.credit_type.clone())),
+                ("balance", J::d(a.balance(&b.credit_type))),
+                ("held", J::d(held)),
+                ("debt", J::d(b.debt)),
+                (
+                    "ledger",
+                    J::Obj(obj(vec![
+                        ("granted", J::d(l.granted)),
+                        ("consumed", J::d(l.consumed)),
+                        ("expired", J::d(l.expired)),
+                        ("voided", J::d(l.voided)),
+                        ("adjusted", J::d(l.adjusted)),
+                        ("settled", J::d(l.settled)),
+                        ("returned", J::d(l.returned)),
+                    ])),
+                ),
+            ]))
+        })
+        .collect();
+    let grants = a
+        .burn_order()
+        .into_iter()
+        .map(|i| {
+            let g = &a.grants[i];
+            J::Obj(obj(vec![
+                ("grant_id", J::s(g.grant_id.clone())),
+                ("credit_type", J::s(g.credit_type.clone())),
+                ("source", J::s(g.source.clone())),
+                ("status", J::s(g.status.name())),
+                ("amount", J::d(g.amount)),
+                ("remaining", J::d(g.remaining)),
+                ("held", J::d(g.held)),
+                ("priority", J::Int(g.priority)),
+                ("effective_at", J::s(format_ts(g.effective_at))),
+                (
+                    "expires_at",
+                    J::opt_s(g.expires_at.map(format_ts).as_deref()),
+                ),
+                ("cost_basis", J::d(g.cost_basis)),
+                (
+                    "scope",
+                    match &g.scope {
+                        None => J::Null,
+                        Some(s) => J::Arr(s.iter().map(|m| J::s(m.clone())).collect()),
+                    },
+                ),
+            ]))
+        })
+        .collect();
+    let mut holds: Vec<&Hold> = a.holds.iter().collect();
+    holds.sort_by(|x, y| x.hold_id.cmp(&y.hold_id));
+    let holds = holds
+        .into_iter()
+        .map(|h| {
+            J::Obj(obj(vec![
+                ("hold_id", J::s(h.hold_id.clone())),
+                ("meter", J::s(h.meter.clone())),
+                ("credits_held", J::d(h.credits())),
+                ("expires_at", J::s(format_ts(h.expires_at))),
+            ]))
+        })
+        .collect();
+    let _ = cat;
+    obj(vec![
+        ("account", J::s(a.id.clone())),
+        ("plan", J::s(a.plan.clone())),
+        (
+            "policy_override",
+            a.policy_override
+                .as_ref()
+                .map_or(J::Null, |(_, j)| j.clone()),
+        ),
+        ("clock", J::s(format_ts(a.clock))),
+        ("period_start", J::s(format_ts(a.period_start))),
+        ("period_end", J::s(format_ts(a.period_end))),
+        ("balances", J::Arr(balances)),
+        ("grants", J::Arr(grants)),
+        ("holds", J::Arr(holds)),
+    ])
+}
