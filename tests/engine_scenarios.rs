@@ -213,7 +213,7 @@ fn reject_policy_charges_nothing_when_short() {
     assert_eq!(rejected[0]["needed"], "4");
     assert_eq!(rejected[0]["available"], "3");
     assert_eq!(rejected[0]["reason"], "insufficient_credits");
-    assert_eq!(rejected[0]["id"], "rejected:acct:u1");
+    assert_eq!(rejected[0]["id"], "rejected:acct:u1:2");
     assert_eq!(run.balance("acct"), "3");
     // A retry with the same id is a duplicate, not a second attempt.
     let out = run.apply(&[&usage("u1", "acct", T1, "call", "1")]);
@@ -582,10 +582,7 @@ fn invoice_lines_are_flushed_cumulatively_and_finalized_at_period_close() {
             &serde_json::json!("5")
         )
     );
-    assert_eq!(
-        line["id"],
-        "line:acct:2026-11-24T00:00:00.000Z:usage:call:credit:v1"
-    );
+    assert_eq!(line["id"], "line:acct:1:usage:call:credit:v1");
     // Unchanged lines are not re-emitted at the next boundary.
     let out = run.apply(&[r#"{"type":"tick","id":"t2","ts":"2026-11-24T12:00:00Z"}"#]);
     assert!(find(&out, "invoice.line").is_empty());

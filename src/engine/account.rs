@@ -113,6 +113,9 @@ impl Grant {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hold {
+    /// Unique per account for its lifetime (shared numbering with grants): a hold id may be
+    /// reused once its hold has closed, the serial never is.
+    pub serial: u32,
     pub id: Box<str>,
     pub meter: MeterId,
     pub dims: Vec<(String, String)>,
@@ -273,6 +276,9 @@ pub struct Account {
     pub topups_in_period: u32,
     pub last_topup: Option<Instant>,
     pub next_serial: u32,
+    /// 1 for the account's first period, +1 at every period opened: what invoice line and
+    /// revenue ids name a period by (two periods can share a start instant).
+    pub period_number: u32,
 }
 
 /// What a charge should do when credits run out.
@@ -329,6 +335,7 @@ impl Account {
             topups_in_period: 0,
             last_topup: None,
             next_serial: 1,
+            period_number: 0,
         };
         account.open_period(ctx, start, end, ts);
         account
@@ -486,7 +493,7 @@ impl Account {
         let line_id = format!(
             "line:{}:{}:{}:{}:{}",
             self.id,
-            period_start,
+            self.period_number,
             line.kind.name(),
             meter,
             credit_type
@@ -549,7 +556,7 @@ impl Account {
         rejected: Option<&'static str>,
         detail: ResultDetail,
     ) {
-        let id = format!("result:{}:{}", self.id, command_id);
+        let id = format!("result:{}:{}:{}", self.id, command_id, ctx.seq);
         self.emit(
             ctx,
             id,
@@ -773,7 +780,7 @@ impl Account {
     fn expire_hold(&mut self, ctx: &mut Context<'_>, index: usize, at: Instant) {
         let hold = self.holds.remove(index);
         let released = self.release_claims(&hold.claims);
-        let id = format!("hold:{}:{}:expired", self.id, hold.id);
+        let id = format!("hold:{}:{}:{}:expired", self.id, hold.id, hold.serial);
         self.emit(
             ctx,
             id,
@@ -816,7 +823,7 @@ impl Account {
         let grant_id = grant.id.to_string();
         let (priority, scope) = (grant.priority, grant.scope.clone());
         if expired.is_positive() {
-            let id = format!("expired:{}:{}", self.id, grant_id);
+            let id = format!("expired:{}:{}:{}", self.id, grant_id, serial);
             let credit_type_name = ctx.catalog.credit_type(credit_type).name.clone();
             self.emit(
                 ctx,
@@ -863,7 +870,7 @@ impl Account {
             remaining: grant.remaining,
             expires_at: grant.expires_at.unwrap_or(at),
         };
-        let id = format!("expiring:{}:{}", self.id, grant.id);
+        let id = format!("expiring:{}:{}:{}", self.id, grant.id, grant.serial);
         self.emit(ctx, id, at, body);
     }
 
@@ -943,7 +950,7 @@ impl Account {
                 closing_deferred: closing,
                 lots,
             });
-            let id = format!("revenue:{}:{}:{}", self.id, self.period_start, name);
+            let id = format!("revenue:{}:{}:{}", self.id, self.period_number, name);
             self.emit(ctx, id, at, body);
         }
     }
@@ -951,6 +958,7 @@ impl Account {
     /// Opens `[start, end)`: resets period counters and grants the plan's allowance at `at`.
     fn open_period(&mut self, ctx: &mut Context<'_>, start: Instant, end: Instant, at: Instant) {
         self.period_start = start;
+        self.period_number += 1;
         self.period_end = end;
         self.topups_in_period = 0;
         for index in 0..self.types.len() {
@@ -1136,7 +1144,7 @@ impl Account {
         } else {
             format!("topup-{cause}-{nth}")
         };
-        self.add_grant(
+        let serial = self.add_grant(
             ctx,
             &grant_id,
             rule.credit_type,
@@ -1173,7 +1181,7 @@ impl Account {
             price: rule.price,
             money: exact.round_money(ctx.catalog.currency.scale, ctx.catalog.currency.rounding),
         };
-        let id = format!("topup:{}:{}", self.id, grant_id);
+        let id = format!("topup:{}:{}:{}", self.id, grant_id, serial);
         self.emit(ctx, id, ts, body);
         true
     }
@@ -1362,7 +1370,7 @@ impl Account {
                     available,
                     reason,
                 };
-                let id = format!("rejected:{}:{}", self.id, event_id);
+                let id = format!("rejected:{}:{}:{}", self.id, event_id, ctx.seq);
                 self.emit(ctx, id, ts, body);
                 Remembered::Rejected
             }
@@ -1732,7 +1740,10 @@ impl Account {
         } else {
             self.largest_affordable(catalog, reserve, ts, reserved)
         };
+        let serial = self.next_serial;
+        self.next_serial += 1;
         let hold = Hold {
+            serial,
             id: reserve.hold_id.as_str().into(),
             meter: reserve.meter,
             dims: reserve.dims.clone(),

@@ -95,6 +95,10 @@ pub struct Partition {
     tick_clock: Option<Instant>,
     /// Stream sequence of the last message applied (0 before any).
     pub last_seq: u64,
+    /// Every stream message at or before this sequence that belongs to this partition has been
+    /// applied (the pipeline advances it past other partitions' messages too). A restart resumes
+    /// after it and skips what is at or before it.
+    pub applied_through: u64,
     /// xxh3-64 of the last applied message's payload: with `last_seq`, what a restart checks
     /// the stream against to detect rewritten history.
     pub last_payload_hash: u64,
@@ -168,6 +172,7 @@ impl Partition {
             timers: BinaryHeap::new(),
             tick_clock: None,
             last_seq: 0,
+            applied_through: 0,
             last_payload_hash: 0,
             stats: Stats::default(),
             explain: None,
@@ -275,6 +280,19 @@ impl Partition {
             };
             self.dead_letter(dead, envelope, out);
         }
+    }
+
+    /// Dead-letters a message whose subject names no partition (pipeline only): it cannot be
+    /// routed, so no partition may apply it.
+    pub fn dead_letter_unrouted(&mut self, envelope: &Envelope<'_>, out: &mut Vec<Output>) {
+        self.record(envelope);
+        let dead = DeadLetter {
+            reason: DeadReason::WrongPartition,
+            detail: "the subject names no partition".to_string(),
+            account: None,
+            ts: None,
+        };
+        self.dead_letter(dead, envelope, out);
     }
 
     fn dead_letter(&mut self, dead: DeadLetter, envelope: &Envelope<'_>, out: &mut Vec<Output>) {
@@ -640,6 +658,14 @@ fn debug_assert_ok(result: Result<(), String>) {
     }
 }
 
+enum SubjectRoute {
+    /// Not under the input prefix (a plain log): route by the account's hash.
+    ByAccount,
+    Partition(u32),
+    /// Under the prefix but naming no partition: dead-lettered.
+    Unroutable,
+}
+
 /// A set of partitions applied in log order: the single-threaded engine that `replay`,
 /// `simulate`, the model test and the benchmarks drive.
 pub struct Engine {
@@ -685,18 +711,32 @@ impl Engine {
         self.partitions
     }
 
-    fn subject_partition(&self, subject: &str) -> Option<u32> {
-        let rest = subject
-            .strip_prefix(&self.subject_prefix)?
-            .strip_prefix('.')?;
-        let number: u32 = rest.parse().ok()?;
-        (number < self.partitions.len() as u32).then_some(number)
+    /// How a subject routes: a subject under the prefix must name a partition.
+    fn subject_route(&self, subject: &str) -> SubjectRoute {
+        let Some(rest) = subject
+            .strip_prefix(&self.subject_prefix)
+            .and_then(|r| r.strip_prefix('.'))
+        else {
+            return SubjectRoute::ByAccount;
+        };
+        match rest.parse::<u32>() {
+            Ok(n) if n < self.partitions.len() as u32 => SubjectRoute::Partition(n),
+            _ => SubjectRoute::Unroutable,
+        }
     }
 
     /// Applies one raw message.
     pub fn apply(&mut self, envelope: &Envelope<'_>, out: &mut Vec<Output>) {
         let catalog = &*self.catalog;
-        let subject_partition = self.subject_partition(envelope.subject);
+        let subject_partition = match self.subject_route(envelope.subject) {
+            SubjectRoute::ByAccount => None,
+            SubjectRoute::Partition(n) => Some(n),
+            SubjectRoute::Unroutable => {
+                // As the pipeline does: partition 0 dead-letters what no partition may apply.
+                self.partitions[0].dead_letter_unrouted(envelope, out);
+                return;
+            }
+        };
         match input::decode(envelope.payload, catalog) {
             Err(dead) => {
                 let n = subject_partition.unwrap_or_else(|| match &dead.account {
@@ -718,7 +758,14 @@ impl Engine {
         envelope: &Envelope<'_>,
         out: &mut Vec<Output>,
     ) {
-        let subject_partition = self.subject_partition(envelope.subject);
+        let subject_partition = match self.subject_route(envelope.subject) {
+            SubjectRoute::ByAccount => None,
+            SubjectRoute::Partition(n) => Some(n),
+            SubjectRoute::Unroutable => {
+                self.partitions[0].dead_letter_unrouted(envelope, out);
+                return;
+            }
+        };
         self.route(message, envelope, subject_partition, out);
     }
 
