@@ -22,6 +22,35 @@ enum Command {
     Replay(creditflow::cli::replay::ReplayArgs),
     /// Reprice a log under a candidate catalog; compare credits and revenue per account and meter.
     Simulate(creditflow::cli::simulate::SimulateArgs),
+    /// Run the pipeline against an in-process log fed by a built-in generator (no NATS needed).
+    Demo {
+        /// The catalog (TOML).
+        #[arg(long, default_value = "config/catalog.toml")]
+        catalog: std::path::PathBuf,
+        /// Accounts in the generated workload.
+        #[arg(long, default_value_t = 10_000)]
+        accounts: usize,
+        /// Stop after this many messages.
+        #[arg(long)]
+        messages: Option<u64>,
+        /// Stop after this many seconds (default 10 when --messages is not given).
+        #[arg(long)]
+        seconds: Option<f64>,
+        #[arg(long, default_value_t = 16)]
+        partitions: u32,
+        /// Shard threads (default: one per available core).
+        #[arg(long)]
+        shards: Option<usize>,
+        #[arg(long, default_value_t = 1024)]
+        batch_size_max: usize,
+        #[arg(long, default_value_t = 64)]
+        queue_batches_max: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Print the closing report as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a sample log for config/catalog.toml (seeded, every feature exercised).
     Sample {
         #[arg(long, default_value_t = 7)]
@@ -38,6 +67,39 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Replay(args) => creditflow::cli::replay::run(args),
         Command::Simulate(args) => creditflow::cli::simulate::run(args),
+        Command::Demo {
+            catalog,
+            accounts,
+            messages,
+            seconds,
+            partitions,
+            shards,
+            batch_size_max,
+            queue_batches_max,
+            seed,
+            json,
+        } => run_demo(
+            &catalog,
+            creditflow::demo::DemoSettings {
+                accounts,
+                messages,
+                duration: match (messages, seconds) {
+                    (_, Some(seconds)) => {
+                        Some(std::time::Duration::from_secs_f64(seconds.max(0.0)))
+                    }
+                    (None, None) => Some(std::time::Duration::from_secs(10)),
+                    (Some(_), None) => None,
+                },
+                partitions,
+                shards: shards
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                batch_size_max,
+                queue_batches_max,
+                seed,
+                progress: !json,
+            },
+            json,
+        ),
         Command::Sample {
             seed,
             accounts,
@@ -61,4 +123,26 @@ fn print_sample(seed: u64, accounts: usize, messages: usize) -> anyhow::Result<(
         writeln!(out, "{line}")?;
     }
     Ok(out.flush()?)
+}
+
+fn run_demo(
+    catalog: &std::path::Path,
+    settings: creditflow::demo::DemoSettings,
+    json: bool,
+) -> anyhow::Result<()> {
+    let catalog = creditflow::catalog::load::from_path(catalog)
+        .map_err(|errors| anyhow::anyhow!("catalog {} is invalid:\n{errors}", catalog.display()))?;
+    if !json {
+        eprintln!(
+            "creditflow demo: {} accounts, {} partitions on {} shards, generating messages in process (no NATS)...",
+            settings.accounts, settings.partitions, settings.shards
+        );
+    }
+    let report = creditflow::demo::run(std::sync::Arc::new(catalog), &settings);
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(())
 }

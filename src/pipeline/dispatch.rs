@@ -28,7 +28,10 @@ pub struct Dispatcher {
 }
 
 /// Bounded queues for `shards` shards, each holding at most `queue_batches_max` batches.
-pub fn shard_queues(shards: usize, queue_batches_max: usize) -> (Vec<Sender<ShardInput>>, Vec<Receiver<ShardInput>>) {
+pub fn shard_queues(
+    shards: usize,
+    queue_batches_max: usize,
+) -> (Vec<Sender<ShardInput>>, Vec<Receiver<ShardInput>>) {
     (0..shards)
         .map(|_| crossbeam::channel::bounded(queue_batches_max.max(1)))
         .unzip()
@@ -39,7 +42,9 @@ impl Dispatcher {
         let shards = senders.len();
         Dispatcher {
             senders,
-            pending: (0..shards).map(|_| Vec::with_capacity(batch_size_max)).collect(),
+            pending: (0..shards)
+                .map(|_| Vec::with_capacity(batch_size_max))
+                .collect(),
             batch_size_max: batch_size_max.max(1),
         }
     }
@@ -81,15 +86,22 @@ impl Dispatcher {
     }
 
     fn send(&mut self, shard: usize) -> Result<(), ShardGone> {
-        let batch = std::mem::replace(&mut self.pending[shard], Vec::with_capacity(self.batch_size_max));
-        self.senders[shard].send(ShardInput::Batch(batch)).map_err(|_| ShardGone(shard))
+        let batch = std::mem::replace(
+            &mut self.pending[shard],
+            Vec::with_capacity(self.batch_size_max),
+        );
+        self.senders[shard]
+            .send(ShardInput::Batch(batch))
+            .map_err(|_| ShardGone(shard))
     }
 
     /// Flushes, then tells every shard to stop.
     pub fn stop(mut self) -> Result<(), ShardGone> {
         self.flush()?;
         for (shard, sender) in self.senders.iter().enumerate() {
-            sender.send(ShardInput::Stop).map_err(|_| ShardGone(shard))?;
+            sender
+                .send(ShardInput::Stop)
+                .map_err(|_| ShardGone(shard))?;
         }
         Ok(())
     }

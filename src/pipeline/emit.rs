@@ -34,7 +34,8 @@ pub struct PublishFailure(pub String);
 /// resolves to the stream sequence the output was stored at.
 pub trait Publisher {
     type Ack: Future<Output = Result<u64, PublishFailure>>;
-    fn publish(&self, output: &Outbound) -> impl Future<Output = Result<Self::Ack, PublishFailure>>;
+    fn publish(&self, output: &Outbound)
+        -> impl Future<Output = Result<Self::Ack, PublishFailure>>;
 }
 
 /// Metrics the emitter reports.
@@ -61,7 +62,10 @@ pub struct EmitReport {
 }
 
 enum Slot<A> {
-    Publish { output: Outbound, ack: Option<A> },
+    Publish {
+        output: Outbound,
+        ack: Option<A>,
+    },
     Watermark {
         partition: u32,
         seq: u64,
@@ -93,7 +97,8 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
             while publishes < self.window && !closed {
                 match input.try_recv() {
                     Ok(message) => {
-                        self.accept(message, &mut slots, &mut publishes, &mut stopped, &report).await;
+                        self.accept(message, &mut slots, &mut publishes, &mut stopped, &report)
+                            .await;
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => closed = true,
@@ -107,7 +112,8 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
                 // Nothing in flight: wait for work (this thread runs only the emitter).
                 match input.recv_timeout(Duration::from_millis(100)) {
                     Ok(message) => {
-                        self.accept(message, &mut slots, &mut publishes, &mut stopped, &report).await;
+                        self.accept(message, &mut slots, &mut publishes, &mut stopped, &report)
+                            .await;
                     }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => closed = true,
@@ -223,7 +229,7 @@ impl Publisher for JetStreamPublisher {
     type Ack = std::pin::Pin<Box<dyn Future<Output = Result<u64, PublishFailure>> + Send>>;
 
     async fn publish(&self, output: &Outbound) -> Result<Self::Ack, PublishFailure> {
-        let publish = async_nats::jetstream::context::Publish::build()
+        let publish = async_nats::jetstream::message::PublishMessage::build()
             .payload(output.payload.clone())
             .message_id(output.id.as_str());
         let ack = self
@@ -308,7 +314,10 @@ mod tests {
         // The connection drops at attempt 2: o2 and o3 (in flight behind it) are lost.
         let stream = FakeStream::default();
         stream.fail_attempts.lock().unwrap().extend([2, 3]);
-        let report = run(stream.clone(), vec![SinkMessage::Outputs((1..=5).map(outbound).collect())]);
+        let report = run(
+            stream.clone(),
+            vec![SinkMessage::Outputs((1..=5).map(outbound).collect())],
+        );
         let stored = stream.stored.lock().unwrap().clone();
         assert_eq!(stored, ["o1", "o2", "o3", "o4", "o5"]);
         assert_eq!(report.published, 5);
@@ -320,7 +329,10 @@ mod tests {
         // Only o2's ack is lost; o3 went out behind it. Every id is stored exactly once.
         let stream = FakeStream::default();
         stream.fail_attempts.lock().unwrap().push(2);
-        let report = run(stream.clone(), vec![SinkMessage::Outputs((1..=5).map(outbound).collect())]);
+        let report = run(
+            stream.clone(),
+            vec![SinkMessage::Outputs((1..=5).map(outbound).collect())],
+        );
         let mut stored = stream.stored.lock().unwrap().clone();
         stored.sort();
         assert_eq!(stored, ["o1", "o2", "o3", "o4", "o5"]);

@@ -98,7 +98,11 @@ pub fn input_subject(prefix: &str, partition: u32) -> String {
 
 /// The partition an input subject names: `<prefix>.<n>` with `n < partitions`.
 pub fn subject_partition(prefix: &str, subject: &str, partitions: u32) -> Option<u32> {
-    let number: u32 = subject.strip_prefix(prefix)?.strip_prefix('.')?.parse().ok()?;
+    let number: u32 = subject
+        .strip_prefix(prefix)?
+        .strip_prefix('.')?
+        .parse()
+        .ok()?;
     (number < partitions).then_some(number)
 }
 
@@ -113,12 +117,30 @@ mod tests {
 
     #[test]
     fn subjects_name_partitions_strictly() {
-        assert_eq!(subject_partition("creditflow.in", "creditflow.in.7", 16), Some(7));
-        assert_eq!(subject_partition("creditflow.in", "creditflow.in.16", 16), None);
-        assert_eq!(subject_partition("creditflow.in", "creditflow.in.x", 16), None);
-        assert_eq!(subject_partition("creditflow.in", "creditflow.in", 16), None);
-        assert_eq!(subject_partition("creditflow.in", "creditflow.input.1", 16), None);
-        assert_eq!(output_subject("creditflow.out", 3, "invoice.line"), "creditflow.out.3.invoice.line");
+        assert_eq!(
+            subject_partition("creditflow.in", "creditflow.in.7", 16),
+            Some(7)
+        );
+        assert_eq!(
+            subject_partition("creditflow.in", "creditflow.in.16", 16),
+            None
+        );
+        assert_eq!(
+            subject_partition("creditflow.in", "creditflow.in.x", 16),
+            None
+        );
+        assert_eq!(
+            subject_partition("creditflow.in", "creditflow.in", 16),
+            None
+        );
+        assert_eq!(
+            subject_partition("creditflow.in", "creditflow.input.1", 16),
+            None
+        );
+        assert_eq!(
+            output_subject("creditflow.out", 3, "invoice.line"),
+            "creditflow.out.3.invoice.line"
+        );
         assert_eq!(shard_of(5, 2), 1);
     }
 }

@@ -43,7 +43,13 @@ impl SnapshotHook for NoSnapshots {
 
 /// Per batch timing, for the apply-latency metric.
 pub trait ShardObserver: Send {
-    fn batch_applied(&mut self, shard: usize, messages: usize, elapsed: std::time::Duration, partitions: &[Partition]);
+    fn batch_applied(
+        &mut self,
+        shard: usize,
+        messages: usize,
+        elapsed: std::time::Duration,
+        partitions: &[Partition],
+    );
 }
 
 pub struct NoObserver;
@@ -97,14 +103,19 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                 // The sink is gone: the process is failing; stop without applying more.
                 break;
             }
-            self.observer
-                .batch_applied(self.number, batch.len(), started.elapsed(), &self.partitions);
+            self.observer.batch_applied(
+                self.number,
+                batch.len(),
+                started.elapsed(),
+                &self.partitions,
+            );
             for partition in &self.partitions {
                 self.snapshots.after_batch(partition, last_seq, &sink);
             }
         }
         for partition in &self.partitions {
-            self.snapshots.at_stop(partition, partition.applied_through, &sink);
+            self.snapshots
+                .at_stop(partition, partition.applied_through, &sink);
         }
         let _ = sink.send(SinkMessage::ShardStopped(self.number));
         self.partitions
@@ -130,7 +141,10 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
         };
         let index = number as usize / self.shards;
         let partition = &mut self.partitions[index];
-        debug_assert_eq!(partition.number, number, "partition routed to the wrong shard");
+        debug_assert_eq!(
+            partition.number, number,
+            "partition routed to the wrong shard"
+        );
         if inbound.seq <= partition.applied_through {
             // Already in the partition's snapshot: a replay after a restart.
             return number;

@@ -94,12 +94,14 @@ impl StreamSettings {
         }
         if existing.discard == stream::DiscardPolicy::Old && !self.allow_discard_old {
             problems.push(
-                "discard is old: the broker would delete unconsumed billing messages when full".into(),
+                "discard is old: the broker would delete unconsumed billing messages when full"
+                    .into(),
             );
         }
         if self.deny_delete_and_purge && (!existing.deny_delete || !existing.deny_purge) {
             problems.push(
-                "deny_delete and deny_purge must be set: a deleted message is a gap in the log".into(),
+                "deny_delete and deny_purge must be set: a deleted message is a gap in the log"
+                    .into(),
             );
         }
         if existing.max_age != Duration::ZERO && existing.max_age < self.max_age {
@@ -133,8 +135,13 @@ pub async fn ensure_stream(
             }
             Ok(existing)
         }
-        Err(error) if error.kind() == jetstream::context::GetStreamErrorKind::JetStream => {
-            // Not found (the server answered with an error): create it.
+        Err(error)
+            if matches!(
+                error.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref e)
+                    if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
             tracing::info!(stream = %settings.name, "creating stream");
             context
                 .create_stream(settings.to_config())

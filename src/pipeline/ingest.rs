@@ -1,0 +1,214 @@
+//! The reader: consumes the input stream in order and hands messages to the dispatcher.
+//!
+//! Owns: the JetStream consumer (an ordered pull consumer: ephemeral, no acks, recreated by
+//! the client at the right sequence when it misses heartbeats), the next expected stream
+//! sequence, and the watchdog that recreates a consumer that stops delivering while the stream
+//! has messages for it.
+//!
+//! Must never: skip a sequence (a gap in an unfiltered consumer over a stream that denies
+//! deletes is lost history: the reader stops with the evidence), apply a redelivered message
+//! twice (it drops any sequence below the next expected one), or rely on acks for correctness:
+//! the snapshot, not the consumer, holds the position (SPEC §8; reference/reliability.md §2.3).
+//!
+//! Invariants: messages leave in strictly increasing, contiguous stream sequence order, starting
+//! at `start_seq`; `next_seq` is one past the last message handed to the dispatcher.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures::{FutureExt, StreamExt};
+
+use super::dispatch::{Dispatcher, ShardGone};
+use super::{subject_partition, Inbound};
+use crate::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct ReaderSettings {
+    pub stream: String,
+    pub input_prefix: String,
+    pub partitions: u32,
+    /// First stream sequence to read (one past what the snapshots hold).
+    pub start_seq: u64,
+    /// Recreate the consumer after this long without a message while the stream has more.
+    pub stall_timeout: Duration,
+    /// Messages per pull request.
+    pub fetch_batch_max: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(
+        "stream {stream} skipped from sequence {expected} to {got}: messages are missing from the \
+         log (deleted, purged or lost); refusing to continue, since skipping would lose billing \
+         events. Investigate the stream, then restart."
+    )]
+    Gap {
+        stream: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error(transparent)]
+    ShardGone(#[from] ShardGone),
+}
+
+/// What the reader reports as it runs (metrics).
+pub trait IngestObserver: Send {
+    fn consumer_recreated(&mut self, reason: &str);
+}
+
+pub struct NoIngestObserver;
+
+impl IngestObserver for NoIngestObserver {
+    fn consumer_recreated(&mut self, _: &str) {}
+}
+
+/// One past the last sequence handed on; shared so the monitor can compute the lag.
+pub type Position = Arc<AtomicU64>;
+
+pub struct Reader<O: IngestObserver> {
+    pub context: jetstream::Context,
+    pub settings: ReaderSettings,
+    pub observer: O,
+    pub position: Position,
+}
+
+fn received_of(published: &async_nats::jetstream::message::Info<'_>) -> Instant {
+    Instant((published.published.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+impl<O: IngestObserver> Reader<O> {
+    /// Reads until `stop` resolves, then flushes the dispatcher and stops the shards. Runs on a
+    /// thread of its own (dispatching blocks when the shards are behind).
+    pub async fn run(
+        mut self,
+        mut dispatcher: Dispatcher,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), IngestError> {
+        let mut next_seq = self.settings.start_seq.max(1);
+        self.position.store(next_seq, Ordering::Release);
+        let mut backoff = Duration::from_millis(100);
+        'consumers: loop {
+            if *stop.borrow() {
+                break;
+            }
+            let mut messages = match self.open(next_seq).await {
+                Ok(messages) => {
+                    backoff = Duration::from_millis(100);
+                    messages
+                }
+                Err(error) => {
+                    tracing::warn!(%error, next_seq, "cannot open the input consumer; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            loop {
+                // Take what is ready without waiting; when nothing is, send partial batches on,
+                // so a quiet stream never leaves messages waiting for a full batch.
+                let item = match messages.next().now_or_never() {
+                    Some(item) => item,
+                    None => {
+                        dispatcher.flush()?;
+                        tokio::select! {
+                            item = messages.next() => item,
+                            _ = tokio::time::sleep(self.settings.stall_timeout) => {
+                                if self.stalled(next_seq).await {
+                                    tracing::warn!(next_seq, "input consumer stalled with messages pending; recreating it");
+                                    self.observer.consumer_recreated("stall");
+                                    continue 'consumers;
+                                }
+                                continue;
+                            }
+                            _ = stop.changed() => break 'consumers,
+                        }
+                    }
+                };
+                let message = match item {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, next_seq, "input consumer failed; recreating it");
+                        self.observer.consumer_recreated("error");
+                        continue 'consumers;
+                    }
+                    None => {
+                        self.observer.consumer_recreated("ended");
+                        continue 'consumers;
+                    }
+                };
+                let Ok(info) = message.info() else {
+                    tracing::warn!(subject = %message.subject, "a message without JetStream metadata on the input consumer; ignored");
+                    continue;
+                };
+                let seq = info.stream_sequence;
+                if seq < next_seq {
+                    // A redelivery (the ordered consumer was recreated behind us).
+                    continue;
+                }
+                if seq > next_seq {
+                    return Err(IngestError::Gap {
+                        stream: self.settings.stream.clone(),
+                        expected: next_seq,
+                        got: seq,
+                    });
+                }
+                let inbound = Inbound {
+                    seq,
+                    partition: subject_partition(
+                        &self.settings.input_prefix,
+                        &message.subject,
+                        self.settings.partitions,
+                    ),
+                    payload: message.payload.clone(),
+                    received: Some(received_of(&info)),
+                };
+                dispatcher.push(inbound)?;
+                next_seq = seq + 1;
+                self.position.store(next_seq, Ordering::Release);
+                if *stop.borrow() {
+                    break 'consumers;
+                }
+            }
+        }
+        dispatcher.stop()?;
+        Ok(())
+    }
+
+    async fn open(
+        &self,
+        start: u64,
+    ) -> Result<jetstream::consumer::pull::Ordered, Box<dyn std::error::Error + Send + Sync>> {
+        let stream = self.context.get_stream(&self.settings.stream).await?;
+        let deliver_policy = if start <= 1 {
+            consumer::DeliverPolicy::All
+        } else {
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            }
+        };
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy,
+                max_batch: self.settings.fetch_batch_max as i64,
+                ..Default::default()
+            })
+            .await?;
+        Ok(consumer.messages().await?)
+    }
+
+    /// True when the stream holds messages at or after `next_seq`.
+    async fn stalled(&self, next_seq: u64) -> bool {
+        match self.context.get_stream(&self.settings.stream).await {
+            Ok(mut stream) => match stream.info().await {
+                Ok(info) => info.state.last_sequence >= next_seq,
+                Err(_) => false,
+            },
+            Err(_) => false,
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The tick publisher: puts the processor's wall clock into the log as `tick` messages.
+//!
+//! Owns: reading the wall clock, which happens only here. Replay never reads it: the ticks are
+//! in the log (SPEC §3: time is data).
+//!
+//! Must never: publish a tick into the past of a previous one (ticks only move forward; the
+//! engine ignores a tick that does not advance its clock anyway), or block the pipeline: a
+//! publish that fails is logged and the next interval tries again.
+//!
+//! Invariants: every partition subject gets one tick per interval with the same `ts`, each with
+//! a `Nats-Msg-Id` unique to (partition, ts), so a retried tick is stored once.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream;
+
+use super::input_subject;
+use crate::time::Instant;
+
+/// The payload of a tick at `at`.
+pub fn tick_payload(at: Instant) -> String {
+    format!(
+        r#"{{"type":"tick","id":"tick-{}","ts":"{at}"}}"#,
+        at.millis()
+    )
+}
+
+pub fn wall_clock() -> Instant {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Instant(millis)
+}
+
+/// Publishes ticks every `interval` until `stop` changes. Counts ticks published with `on_tick`.
+pub async fn run(
+    context: jetstream::Context,
+    input_prefix: String,
+    partitions: u32,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    on_tick: impl Fn() + Send,
+) {
+    let mut timer = tokio::time::interval(interval);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last = Instant(i64::MIN);
+    loop {
+        tokio::select! {
+            _ = timer.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let at = wall_clock().max(last);
+        last = at;
+        let payload = bytes::Bytes::from(tick_payload(at));
+        let mut acks = Vec::with_capacity(partitions as usize);
+        for partition in 0..partitions {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(format!("tick-{}-{partition}", at.millis()));
+            match context
+                .send_publish(input_subject(&input_prefix, partition), publish)
+                .await
+            {
+                Ok(ack) => acks.push(ack),
+                Err(error) => {
+                    tracing::warn!(%error, "publishing a tick failed; the next interval retries");
+                    break;
+                }
+            }
+        }
+        let mut all = true;
+        for ack in acks {
+            if let Err(error) = ack.await {
+                tracing::warn!(%error, "a tick was not acknowledged; the next interval retries");
+                all = false;
+            }
+        }
+        if all {
+            on_tick();
+        }
+    }
+}
