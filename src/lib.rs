@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod cli;
 pub mod codec;
+pub mod config;
 pub mod decimal;
 pub mod engine;
 pub mod sample;
