@@ -8,6 +8,7 @@ pub mod codec;
 pub mod config;
 pub mod decimal;
 pub mod engine;
+pub mod metrics;
 pub mod sample;
 pub mod time;
 pub mod wire;
