@@ -1,7 +1,8 @@
 //! creditflow: a stream processor for credit-based pricing.
 //!
 //! Codemap (see ARCHITECTURE.md): `decimal` and `time` are the exact scalars; `catalog` prices;
-//! `wire` is the input and output format; `engine` is the pure, deterministic credit engine.
+//! `wire` is the input and output format; `engine` is the pure, deterministic credit engine;
+//! `config` is the processor's operational config; `metrics` exports metrics and health.
 pub mod catalog;
 pub mod cli;
 pub mod codec;
