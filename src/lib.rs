@@ -1,13 +1,16 @@
 //! creditflow: a stream processor for credit-based pricing.
 //!
 //! Codemap (see ARCHITECTURE.md): `decimal` and `time` are the exact scalars; `catalog` prices;
-//! `wire` is the input and output format; `engine` is the pure, deterministic credit engine.
+//! `wire` is the input and output format; `engine` is the pure, deterministic credit engine;
+//! `config` is the processor's operational config; `metrics` exports metrics and health.
 pub mod catalog;
 pub mod cli;
 pub mod codec;
+pub mod config;
 pub mod decimal;
 pub mod demo;
 pub mod engine;
+pub mod metrics;
 pub mod pipeline;
 pub mod sample;
 pub mod testkit;

@@ -1,0 +1,879 @@
+//! Prometheus metrics, and the liveness and readiness endpoints, served over HTTP.
+//!
+//! Owns: every metric the processor exports (names, help, labels, buckets), their text
+//! encoding, the [`Health`] flags, and the small HTTP server for `GET /metrics`, `/healthz` and
+//! `/readyz` ([`serve`]).
+//!
+//! Must never: sit on the hot path with a lock or an allocation (every labelled series is
+//! created up front in [`Metrics::new`], so recording is one atomic operation on a handle
+//! found by index), log per event, or let a slow or hostile HTTP client hold resources without
+//! bound (connections are capped, headers and whole connections have deadlines, and keep-alive
+//! is off so a connection serves one request).
+//!
+//! Names: `creditflow_*`, with the unit last (`_seconds`, `_bytes`, `_messages`, `_batches`)
+//! and counters ending in `_total`. Events per second are not exported: Prometheus derives them,
+//! e.g. `sum(rate(creditflow_messages_applied_total[1m]))`. Labels: `partition` (0-based, one
+//! series per partition, so 4096 partitions give 4096 series per per-partition metric),
+//! `shard`, and `reason` for consumer recreations.
+//!
+//! Invariants: a partition or shard outside those given to [`Metrics::new`], or an unknown
+//! recreation reason, is a programmer error and panics; every series exists (at 0) from the
+//! start, so `rate()` works from the first scrape.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// `Content-Type` of `/metrics` in the Prometheus text format (version 0.0.4).
+pub const CONTENT_TYPE_PROMETHEUS: &str =
+    prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+/// `Content-Type` of `/metrics` in the OpenMetrics text format, served when the scraper's
+/// `Accept` header asks for it.
+pub const CONTENT_TYPE_OPENMETRICS: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Reasons a consumer is recreated: no delivery while messages were pending, a NATS
+/// reconnection, or an error from the consumer.
+pub const CONSUMER_RECREATED_REASONS: [&str; 3] = ["stall", "reconnect", "error"];
+/// HTTP connections served at once at most; further clients wait in the kernel's accept queue.
+pub const HTTP_CONNECTIONS_MAX: usize = 64;
+/// A client must send its request headers within this time, or is disconnected.
+pub const HTTP_HEADER_READ_TIMEOUT_MS: u64 = 5_000;
+/// A connection is closed after this time whatever it is doing (a slow reader of `/metrics`).
+pub const HTTP_CONNECTION_LIFETIME_MS: u64 = 30_000;
+/// After shutdown is signalled, in-flight responses get this long to finish.
+pub const HTTP_SHUTDOWN_GRACE_MS: u64 = 5_000;
+/// Pause after a failed `accept` (out of file descriptors, say), so the loop does not spin.
+const ACCEPT_ERROR_PAUSE_MS: u64 = 100;
+
+type GaugeU64 = Gauge<u64, AtomicU64>;
+type GaugeF64 = Gauge<f64, AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabel {
+    partition: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabel {
+    shard: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// The processor's metrics: cheap to clone (one `Arc`), shared by every thread.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    messages_applied: Vec<Counter>,
+    dead_letters: Vec<Counter>,
+    duplicates: Vec<Counter>,
+    outputs_published: Counter,
+    publish_retries: Counter,
+    nats_reconnects: Counter,
+    /// In the order of [`CONSUMER_RECREATED_REASONS`].
+    consumer_recreated: Vec<Counter>,
+    ticks_published: Counter,
+    consumer_lag: GaugeU64,
+    queue_depth: Vec<GaugeU64>,
+    publish_in_flight: GaugeU64,
+    snapshot_age: Vec<GaugeF64>,
+    snapshot_size: Vec<GaugeU64>,
+    accounts: Vec<GaugeU64>,
+    dedupe_entries: Vec<GaugeU64>,
+    apply_batch_duration: Vec<Histogram>,
+    apply_batch_size: Vec<Histogram>,
+    snapshot_write_duration: Histogram,
+    snapshot_pause_duration: Histogram,
+}
+
+/// Registers a family labelled by partition and returns its series, one per partition.
+fn per_partition<M>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    partitions: u32,
+) -> Vec<M>
+where
+    M: prometheus_client::metrics::TypedMetric
+        + prometheus_client::encoding::EncodeMetric
+        + Default
+        + Clone
+        + Send
+        + Sync
+        + std::fmt::Debug
+        + 'static,
+{
+    let family = Family::<PartitionLabel, M>::default();
+    let series = (0..partitions)
+        .map(|partition| family.get_or_create_owned(&PartitionLabel { partition }))
+        .collect();
+    match unit {
+        Some(unit) => registry.register_with_unit(name, help, unit, family),
+        None => registry.register(name, help, family),
+    }
+    series
+}
+
+/// Registers a family labelled by shard and returns its series, one per shard.
+fn per_shard<M>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    unit: Unit,
+    shards: usize,
+    make: fn() -> M,
+) -> Vec<M>
+where
+    M: prometheus_client::metrics::TypedMetric
+        + prometheus_client::encoding::EncodeMetric
+        + Clone
+        + Send
+        + Sync
+        + std::fmt::Debug
+        + 'static,
+{
+    let family = Family::<ShardLabel, M, fn() -> M>::new_with_constructor(make);
+    let series = (0..shards)
+        .map(|shard| {
+            let shard = u64::try_from(shard).unwrap_or(u64::MAX);
+            family.get_or_create_owned(&ShardLabel { shard })
+        })
+        .collect();
+    registry.register_with_unit(name, help, unit, family);
+    series
+}
+
+/// Apply latency per batch: 10 µs to about 5 s, doubling.
+fn apply_batch_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 20))
+}
+
+/// Messages per batch: 1 to 65536, doubling (`engine.batch_size_max` is 1024 by default).
+fn apply_batch_size_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 17))
+}
+
+/// Snapshot write and pause times: 1 ms to about 33 s, doubling.
+fn snapshot_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+fn messages_unit() -> Unit {
+    Unit::Other("messages".to_string())
+}
+
+impl Metrics {
+    /// Every metric, with one series per partition (`0..partitions`) and per shard
+    /// (`0..shards`) created at 0.
+    pub fn new(partitions: u32, shards: usize) -> Metrics {
+        assert!(partitions >= 1, "metrics for no partition");
+        assert!(shards >= 1, "metrics for no shard");
+        let mut registry = Registry::with_prefix("creditflow");
+        let r = &mut registry;
+
+        // Counters. Prometheus appends nothing: the encoder adds `_total` to counters.
+        let messages_applied = per_partition(
+            r,
+            "messages_applied",
+            "Messages applied by the engine (events and commands, dead letters and duplicates \
+             included); events per second is rate() of this",
+            None,
+            partitions,
+        );
+        let dead_letters = per_partition(
+            r,
+            "dead_letters",
+            "Messages refused as dead letters (undecodable or invalid)",
+            None,
+            partitions,
+        );
+        let duplicates = per_partition(
+            r,
+            "duplicates",
+            "Messages recognised as duplicates by the dedupe index and not applied again",
+            None,
+            partitions,
+        );
+        let outputs_published = Counter::default();
+        r.register(
+            "outputs_published",
+            "Outputs published to the output stream and acknowledged",
+            outputs_published.clone(),
+        );
+        let publish_retries = Counter::default();
+        r.register(
+            "publish_retries",
+            "Output publishes retried after a failure or a missing ack",
+            publish_retries.clone(),
+        );
+        let nats_reconnects = Counter::default();
+        r.register(
+            "nats_reconnects",
+            "Reconnections of the NATS client",
+            nats_reconnects.clone(),
+        );
+        let recreated = Family::<ReasonLabel, Counter>::default();
+        let consumer_recreated = CONSUMER_RECREATED_REASONS
+            .iter()
+            .map(|reason| recreated.get_or_create_owned(&ReasonLabel { reason }))
+            .collect();
+        r.register(
+            "consumer_recreated",
+            "Input consumers recreated, by reason (stall, reconnect, error)",
+            recreated,
+        );
+        let ticks_published = Counter::default();
+        r.register(
+            "ticks_published",
+            "Tick commands published into the input stream",
+            ticks_published.clone(),
+        );
+
+        // Gauges.
+        let consumer_lag = GaugeU64::default();
+        r.register_with_unit(
+            "consumer_lag",
+            "Input stream's last sequence minus the last applied sequence",
+            messages_unit(),
+            consumer_lag.clone(),
+        );
+        let queue_depth = per_shard(
+            r,
+            "queue_depth",
+            "Batches waiting in the shard's queue",
+            Unit::Other("batches".to_string()),
+            shards,
+            GaugeU64::default,
+        );
+        let publish_in_flight = GaugeU64::default();
+        r.register_with_unit(
+            "publish_in_flight",
+            "Output publishes sent and awaiting their ack",
+            messages_unit(),
+            publish_in_flight.clone(),
+        );
+        let snapshot_age = per_partition(
+            r,
+            "snapshot_age",
+            "Time since the partition's last snapshot was written",
+            Some(Unit::Seconds),
+            partitions,
+        );
+        let snapshot_size = per_partition(
+            r,
+            "snapshot_size",
+            "Size of the partition's last snapshot file",
+            Some(Unit::Bytes),
+            partitions,
+        );
+        let accounts = per_partition(
+            r,
+            "accounts",
+            "Accounts held by the partition",
+            None,
+            partitions,
+        );
+        let dedupe_entries = per_partition(
+            r,
+            "dedupe_entries",
+            "Message ids remembered by the partition's dedupe index",
+            None,
+            partitions,
+        );
+
+        // Histograms.
+        let apply_batch_duration = per_shard(
+            r,
+            "apply_batch_duration",
+            "Time for a shard to apply one batch",
+            Unit::Seconds,
+            shards,
+            apply_batch_duration_histogram,
+        );
+        let apply_batch_size = per_shard(
+            r,
+            "apply_batch_size",
+            "Messages per applied batch (the sum is the messages a shard applied)",
+            messages_unit(),
+            shards,
+            apply_batch_size_histogram,
+        );
+        let snapshot_write_duration = snapshot_duration_histogram();
+        r.register_with_unit(
+            "snapshot_write_duration",
+            "Time to write a snapshot to disk (encode, write, fsync, rename)",
+            Unit::Seconds,
+            snapshot_write_duration.clone(),
+        );
+        let snapshot_pause_duration = snapshot_duration_histogram();
+        r.register_with_unit(
+            "snapshot_pause_duration",
+            "Time ingest stopped for a snapshot",
+            Unit::Seconds,
+            snapshot_pause_duration.clone(),
+        );
+
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                messages_applied,
+                dead_letters,
+                duplicates,
+                outputs_published,
+                publish_retries,
+                nats_reconnects,
+                consumer_recreated,
+                ticks_published,
+                consumer_lag,
+                queue_depth,
+                publish_in_flight,
+                snapshot_age,
+                snapshot_size,
+                accounts,
+                dedupe_entries,
+                apply_batch_duration,
+                apply_batch_size,
+                snapshot_write_duration,
+                snapshot_pause_duration,
+            }),
+        }
+    }
+
+    fn partition<M>(series: &[M], partition: u32) -> &M {
+        let index = usize::try_from(partition).unwrap_or(usize::MAX);
+        assert!(
+            index < series.len(),
+            "partition {partition} out of range: metrics were made for {} partitions",
+            series.len()
+        );
+        &series[index]
+    }
+
+    fn shard<M>(series: &[M], shard: usize) -> &M {
+        assert!(
+            shard < series.len(),
+            "shard {shard} out of range: metrics were made for {} shards",
+            series.len()
+        );
+        &series[shard]
+    }
+
+    // Counters.
+
+    pub fn messages_applied(&self, partition: u32, n: u64) {
+        Self::partition(&self.inner.messages_applied, partition).inc_by(n);
+    }
+
+    pub fn dead_letters(&self, partition: u32, n: u64) {
+        Self::partition(&self.inner.dead_letters, partition).inc_by(n);
+    }
+
+    pub fn duplicates(&self, partition: u32, n: u64) {
+        Self::partition(&self.inner.duplicates, partition).inc_by(n);
+    }
+
+    pub fn outputs_published(&self, n: u64) {
+        self.inner.outputs_published.inc_by(n);
+    }
+
+    pub fn publish_retries(&self, n: u64) {
+        self.inner.publish_retries.inc_by(n);
+    }
+
+    pub fn nats_reconnects(&self) {
+        self.inner.nats_reconnects.inc();
+    }
+
+    /// `reason` is one of [`CONSUMER_RECREATED_REASONS`]; anything else panics (a fixed set of
+    /// labels keeps the series bounded).
+    pub fn consumer_recreated(&self, reason: &str) {
+        let index = CONSUMER_RECREATED_REASONS.iter().position(|r| *r == reason);
+        let Some(index) = index else {
+            panic!("unknown consumer recreation reason {reason:?}: use one of {CONSUMER_RECREATED_REASONS:?}");
+        };
+        self.inner.consumer_recreated[index].inc();
+    }
+
+    pub fn ticks_published(&self) {
+        self.inner.ticks_published.inc();
+    }
+
+    // Gauges.
+
+    /// The input stream's last sequence minus the last applied sequence.
+    pub fn set_consumer_lag(&self, messages: u64) {
+        self.inner.consumer_lag.set(messages);
+    }
+
+    pub fn set_queue_depth(&self, shard: usize, batches: u64) {
+        Self::shard(&self.inner.queue_depth, shard).set(batches);
+    }
+
+    pub fn set_publish_in_flight(&self, n: u64) {
+        self.inner.publish_in_flight.set(n);
+    }
+
+    pub fn set_snapshot_age_seconds(&self, partition: u32, seconds: f64) {
+        Self::partition(&self.inner.snapshot_age, partition).set(seconds);
+    }
+
+    pub fn set_snapshot_size_bytes(&self, partition: u32, bytes: u64) {
+        Self::partition(&self.inner.snapshot_size, partition).set(bytes);
+    }
+
+    pub fn set_accounts(&self, partition: u32, n: u64) {
+        Self::partition(&self.inner.accounts, partition).set(n);
+    }
+
+    pub fn set_dedupe_entries(&self, partition: u32, n: u64) {
+        Self::partition(&self.inner.dedupe_entries, partition).set(n);
+    }
+
+    // Histograms.
+
+    /// One applied batch: its latency, and its size (whose sum counts the shard's messages).
+    pub fn observe_apply_batch(&self, shard: usize, seconds: f64, messages: usize) {
+        Self::shard(&self.inner.apply_batch_duration, shard).observe(seconds);
+        // Batch sizes are far below 2^53, so the conversion is exact.
+        Self::shard(&self.inner.apply_batch_size, shard).observe(messages as f64);
+    }
+
+    pub fn observe_snapshot_write(&self, seconds: f64) {
+        self.inner.snapshot_write_duration.observe(seconds);
+    }
+
+    /// How long ingest stopped for a snapshot.
+    pub fn observe_snapshot_pause(&self, seconds: f64) {
+        self.inner.snapshot_pause_duration.observe(seconds);
+    }
+
+    /// Every metric in the Prometheus text format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if let Err(error) =
+            prometheus_client::encoding::prometheus_text::encode(&mut text, &self.inner.registry)
+        {
+            // Writing into a String cannot fail, and every name and label here is ours.
+            panic!("encoding metrics failed: {error}");
+        }
+        text
+    }
+
+    /// Every metric in the OpenMetrics text format, ending with `# EOF`.
+    pub fn render_openmetrics(&self) -> String {
+        let mut text = String::new();
+        if let Err(error) =
+            prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)
+        {
+            panic!("encoding metrics failed: {error}");
+        }
+        text
+    }
+}
+
+/// Liveness and readiness, set by the pipeline and read by `/healthz` and `/readyz`. Cheap to
+/// clone (one `Arc`). Starts live and not ready (reason `"starting"`).
+#[derive(Clone, Debug)]
+pub struct Health {
+    inner: Arc<HealthState>,
+}
+
+#[derive(Debug)]
+struct HealthState {
+    live: AtomicBool,
+    /// Ready, and why not: one lock so a reader never pairs a flag with another state's reason.
+    /// Taken only on state changes and probes, never per event.
+    ready: Mutex<(bool, String)>,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health::new()
+    }
+}
+
+impl Health {
+    pub fn new() -> Health {
+        Health {
+            inner: Arc::new(HealthState {
+                live: AtomicBool::new(true),
+                ready: Mutex::new((false, "starting".to_string())),
+            }),
+        }
+    }
+
+    /// False makes `/healthz` answer 503: the process is wedged and should be restarted.
+    pub fn set_live(&self, live: bool) {
+        self.inner.live.store(live, Ordering::Relaxed);
+    }
+
+    /// False makes `/readyz` answer 503 with `reason` (e.g. "restoring snapshots", "NATS
+    /// disconnected"); the reason is kept but not shown while ready.
+    pub fn set_ready(&self, ready: bool, reason: &str) {
+        let mut state = self
+            .inner
+            .ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.0 = ready;
+        state.1.clear();
+        state.1.push_str(reason);
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.inner.live.load(Ordering::Relaxed)
+    }
+
+    /// Whether ready, and the reason last given.
+    pub fn readiness(&self) -> (bool, String) {
+        // A panic while holding this lock cannot leave the pair half-written (both fields are
+        // set without any call that panics in between), so a poisoned lock is still sound.
+        let state = self
+            .inner
+            .ready
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (state.0, state.1.clone())
+    }
+}
+
+/// Binds `listen` and serves until `shutdown` completes; see [`serve_listener`].
+pub async fn serve(
+    listen: SocketAddr,
+    metrics: Metrics,
+    health: Health,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    serve_listener(listener, metrics, health, shutdown).await
+}
+
+/// Serves `GET /metrics`, `/healthz` and `/readyz` on an already bound listener (so a caller or
+/// a test can bind port 0 and read the port) until `shutdown` completes, then lets in-flight
+/// responses finish for at most [`HTTP_SHUTDOWN_GRACE_MS`]. Failed accepts are logged and
+/// retried, never fatal: metrics must not take the processor down.
+pub async fn serve_listener(
+    listener: TcpListener,
+    metrics: Metrics,
+    health: Health,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let connections = Arc::new(Semaphore::new(HTTP_CONNECTIONS_MAX));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => permit,
+            () = &mut shutdown => break,
+        };
+        // The semaphore is never closed; an error would only mean it was, so stop serving.
+        let Ok(permit) = permit else { break };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics server: accept failed");
+                    tokio::time::sleep(Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let (metrics, health) = (metrics.clone(), health.clone());
+        let service = service_fn(move |request: Request<Incoming>| {
+            let response = respond(&metrics, &health, &request);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(HTTP_HEADER_READ_TIMEOUT_MS))
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let lifetime = Duration::from_millis(HTTP_CONNECTION_LIFETIME_MS);
+            match tokio::time::timeout(lifetime, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "metrics server: connection failed"),
+                Err(_) => tracing::debug!("metrics server: connection outlived its deadline"),
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let grace = Duration::from_millis(HTTP_SHUTDOWN_GRACE_MS);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("metrics server: connections still open at the end of the grace period");
+    }
+    Ok(())
+}
+
+fn respond<B>(metrics: &Metrics, health: &Health, request: &Request<B>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    match request.uri().path() {
+        "/metrics" => {
+            let openmetrics = request
+                .headers()
+                .get_all(ACCEPT)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .any(|value| value.contains("application/openmetrics-text"));
+            let (body, content_type) = if openmetrics {
+                (metrics.render_openmetrics(), CONTENT_TYPE_OPENMETRICS)
+            } else {
+                (metrics.render(), CONTENT_TYPE_PROMETHEUS)
+            };
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            response
+        }
+        "/healthz" if health.is_live() => text(StatusCode::OK, "ok\n"),
+        "/healthz" => text(StatusCode::SERVICE_UNAVAILABLE, "not live\n"),
+        "/readyz" => match health.readiness() {
+            (true, _) => text(StatusCode::OK, "ready\n"),
+            (false, reason) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {reason}\n"),
+            ),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn line_of<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|line| line.starts_with(prefix))
+    }
+
+    #[test]
+    fn recorded_values_are_rendered_under_their_names() {
+        let metrics = Metrics::new(4, 2);
+        metrics.messages_applied(3, 10);
+        metrics.messages_applied(3, 5);
+        metrics.dead_letters(0, 2);
+        metrics.duplicates(1, 1);
+        metrics.outputs_published(7);
+        metrics.publish_retries(2);
+        metrics.nats_reconnects();
+        metrics.consumer_recreated("stall");
+        metrics.ticks_published();
+        metrics.set_consumer_lag(42);
+        metrics.set_queue_depth(1, 3);
+        metrics.set_publish_in_flight(9);
+        metrics.set_snapshot_age_seconds(2, 1.5);
+        metrics.set_snapshot_size_bytes(2, 4096);
+        metrics.set_accounts(0, 100);
+        metrics.set_dedupe_entries(0, 250);
+        metrics.observe_apply_batch(0, 0.002, 512);
+        metrics.observe_apply_batch(0, 0.004, 256);
+        metrics.observe_snapshot_write(0.25);
+        metrics.observe_snapshot_pause(0.01);
+        let text = metrics.render();
+        for expected in [
+            "creditflow_messages_applied_total{partition=\"3\"} 15",
+            "creditflow_messages_applied_total{partition=\"0\"} 0",
+            "creditflow_dead_letters_total{partition=\"0\"} 2",
+            "creditflow_duplicates_total{partition=\"1\"} 1",
+            "creditflow_outputs_published_total 7",
+            "creditflow_publish_retries_total 2",
+            "creditflow_nats_reconnects_total 1",
+            "creditflow_consumer_recreated_total{reason=\"stall\"} 1",
+            "creditflow_consumer_recreated_total{reason=\"error\"} 0",
+            "creditflow_ticks_published_total 1",
+            "creditflow_consumer_lag_messages 42",
+            "creditflow_queue_depth_batches{shard=\"1\"} 3",
+            "creditflow_publish_in_flight_messages 9",
+            "creditflow_snapshot_age_seconds{partition=\"2\"} 1.5",
+            "creditflow_snapshot_size_bytes{partition=\"2\"} 4096",
+            "creditflow_accounts{partition=\"0\"} 100",
+            "creditflow_dedupe_entries{partition=\"0\"} 250",
+            "creditflow_apply_batch_duration_seconds_count{shard=\"0\"} 2",
+            "creditflow_apply_batch_size_messages_sum{shard=\"0\"} 768",
+            "creditflow_apply_batch_size_messages_count{shard=\"1\"} 0",
+            "creditflow_snapshot_write_duration_seconds_count 1",
+            "creditflow_snapshot_pause_duration_seconds_sum 0.01",
+            "# TYPE creditflow_messages_applied_total counter",
+            "# TYPE creditflow_apply_batch_duration_seconds histogram",
+        ] {
+            assert!(
+                line_of(&text, expected).is_some(),
+                "missing {expected:?} in\n{text}"
+            );
+        }
+        assert!(!text.contains("# EOF"), "0.0.4 has no EOF marker");
+        assert!(metrics.render_openmetrics().ends_with("# EOF\n"));
+        // Every series exists from the start: 4 partitions of messages_applied.
+        let series = text
+            .lines()
+            .filter(|line| line.starts_with("creditflow_messages_applied_total{"))
+            .count();
+        assert_eq!(series, 4);
+    }
+
+    #[test]
+    #[should_panic(expected = "partition 4 out of range")]
+    fn a_partition_out_of_range_is_a_programmer_error() {
+        Metrics::new(4, 1).messages_applied(4, 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown consumer recreation reason")]
+    fn an_unknown_recreation_reason_is_a_programmer_error() {
+        Metrics::new(1, 1).consumer_recreated("boredom");
+    }
+
+    #[test]
+    fn metrics_and_health_are_shareable() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<Metrics>();
+        shareable::<Health>();
+        let health = Health::new();
+        assert!(health.is_live());
+        assert_eq!(health.readiness(), (false, "starting".to_string()));
+        health.clone().set_ready(true, "");
+        assert!(health.readiness().0);
+    }
+
+    /// One HTTP/1.1 request over a plain TCP stream: (status, headers and body as text).
+    async fn get(address: SocketAddr, method: &str, path: &str, accept: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {response:?}"));
+        (status, response)
+    }
+
+    #[tokio::test]
+    async fn the_server_answers_metrics_health_and_readiness() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let metrics = Metrics::new(2, 1);
+        let health = Health::new();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_listener(
+            listener,
+            metrics.clone(),
+            health.clone(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+
+        metrics.messages_applied(1, 3);
+        let (status, response) = get(address, "GET", "/metrics", "*/*").await;
+        assert_eq!(status, 200, "{response}");
+        assert!(
+            response.contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+            "{response}"
+        );
+        assert!(
+            response.contains("creditflow_messages_applied_total{partition=\"1\"} 3"),
+            "{response}"
+        );
+        let (status, response) =
+            get(address, "GET", "/metrics", "application/openmetrics-text").await;
+        assert_eq!(status, 200);
+        assert!(
+            response.contains("content-type: application/openmetrics-text"),
+            "{response}"
+        );
+        assert!(response.ends_with("# EOF\n"), "{response}");
+
+        let (status, response) = get(address, "GET", "/healthz", "*/*").await;
+        assert_eq!((status, response.ends_with("\r\n\r\nok\n")), (200, true));
+        health.set_live(false);
+        assert_eq!(get(address, "GET", "/healthz", "*/*").await.0, 503);
+
+        let (status, response) = get(address, "GET", "/readyz", "*/*").await;
+        assert_eq!(status, 503);
+        assert!(response.ends_with("not ready: starting\n"), "{response}");
+        health.set_ready(false, "restoring snapshots");
+        let (_, response) = get(address, "GET", "/readyz", "*/*").await;
+        assert!(
+            response.ends_with("not ready: restoring snapshots\n"),
+            "{response}"
+        );
+        health.set_ready(true, "");
+        let (status, response) = get(address, "GET", "/readyz", "*/*").await;
+        assert_eq!((status, response.ends_with("ready\n")), (200, true));
+
+        assert_eq!(get(address, "GET", "/nope", "*/*").await.0, 404);
+        assert_eq!(get(address, "POST", "/metrics", "*/*").await.0, 404);
+
+        stop.send(()).expect("the server is running");
+        let result = server.await.expect("the server task did not panic");
+        assert!(result.is_ok(), "{result:?}");
+        assert!(
+            tokio::net::TcpStream::connect(address).await.is_err(),
+            "the listener is closed after shutdown"
+        );
+    }
+
+    #[tokio::test]
+    async fn serve_reports_an_address_it_cannot_bind() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = taken.local_addr().expect("address");
+        let result = serve(address, Metrics::new(1, 1), Health::new(), async {}).await;
+        assert!(result.is_err(), "binding a taken port must fail");
+    }
+}
