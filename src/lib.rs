@@ -13,6 +13,7 @@ pub mod engine;
 pub mod metrics;
 pub mod pipeline;
 pub mod sample;
+pub mod snapshot;
 pub mod testkit;
 pub mod time;
 pub mod wire;

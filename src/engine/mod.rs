@@ -195,6 +195,15 @@ impl Partition {
         self.tick_clock
     }
 
+    /// The latest event time this partition has seen (ticks and every account's clock).
+    pub fn clock(&self) -> Option<Instant> {
+        self.accounts
+            .iter()
+            .map(|a| a.clock)
+            .chain(self.tick_clock)
+            .max()
+    }
+
     pub fn dedupe_len(&self) -> usize {
         self.dedupe.len()
     }

@@ -1,0 +1,431 @@
+//! Snapshots: one partition's state at a stream position, on disk, durable and verifiable.
+//!
+//! Owns: the file format, atomic writes, retention of the last K files per partition, loading
+//! with fallback, and the policy that decides when a shard snapshots a partition.
+//!
+//! # File format (version 1)
+//!
+//! One file per snapshot, `p<partition, 5 digits>-<applied_through, 20 digits>.snap`, in the
+//! snapshot directory. All integers little-endian.
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `CFSNAP01` |
+//! | 8 | 4 | format version (1) |
+//! | 12 | 4 | header length H (bytes of the header fields after this one, before the checksum) |
+//! | 16 | H | header: bincode of [`Header`] |
+//! | 16+H | 4 | CRC32C of bytes 0 .. 16+H |
+//! | 20+H | 8 | payload length P |
+//! | 28+H | P | payload: bincode of the `Partition` (via `codec`) |
+//! | 28+H+P | 4 | CRC32C of the payload |
+//!
+//! Limits: H ≤ 1 MiB; P ≤ `codec::DECODE_BYTES_MAX`. A file that is shorter, longer, or fails
+//! either checksum or the magic/version is corrupt, and the loader falls back to the previous
+//! file of that partition.
+//!
+//! Must never: replace a snapshot except by rename after fsync; retry after a failed fsync or
+//! rename (the kernel may have dropped the dirty pages, so a "successful" retry could leave a
+//! file that is not on disk: the process aborts instead, and recovers from the last verified
+//! snapshot); commit a snapshot before every output it covers is acked (the caller waits for the
+//! emitter's watermark first).
+//!
+//! Invariants: a file under its final name is complete and fsynced, as is its directory entry;
+//! the newest K files per partition are kept, never fewer than the newest valid one.
+
+pub mod policy;
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::VersionFingerprint;
+use crate::engine::Partition;
+use crate::time::Instant;
+
+pub const MAGIC: &[u8; 8] = b"CFSNAP01";
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest header accepted (a header holds positions and catalog fingerprints only).
+pub const HEADER_BYTES_MAX: u32 = 1 << 20;
+
+/// What a snapshot records besides the state itself.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub partition: u32,
+    pub partition_count: u32,
+    /// Every message of this partition at or before this stream sequence is in the state.
+    pub applied_through: u64,
+    /// The last message this partition applied, and xxh3-64 of its payload: on restart the
+    /// stream must still hold that message with that payload (else history was rewritten).
+    pub last_seq: u64,
+    pub last_payload_hash: u64,
+    /// Every output this state caused is in the output stream, and any output caused after it
+    /// is at an output stream sequence above this one (recovery scans from here).
+    pub output_seq_floor: u64,
+    /// The partition's clock: the latest event time it has seen.
+    pub clock: Option<Instant>,
+    /// The catalog's price versions in force at `clock`: a restart refuses a catalog that
+    /// changed any of them.
+    pub fingerprints: Vec<VersionFingerprint>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SnapshotError {
+    fn corrupt(path: &Path, message: impl Into<String>) -> SnapshotError {
+        SnapshotError::Corrupt {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The file name of a partition's snapshot at a position; names sort by position.
+pub fn file_name(partition: u32, applied_through: u64) -> String {
+    format!("p{partition:05}-{applied_through:020}.snap")
+}
+
+fn parse_file_name(name: &str) -> Option<(u32, u64)> {
+    let rest = name.strip_prefix('p')?.strip_suffix(".snap")?;
+    let (partition, position) = rest.split_once('-')?;
+    if partition.len() != 5 || position.len() != 20 {
+        return None;
+    }
+    Some((partition.parse().ok()?, position.parse().ok()?))
+}
+
+/// Encodes a snapshot file's bytes.
+pub fn encode(header: &Header, payload: &[u8]) -> Result<Vec<u8>, crate::codec::CodecError> {
+    let header_bytes = crate::codec::encode(header)?;
+    let mut out = Vec::with_capacity(32 + header_bytes.len() + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header_bytes);
+    let header_crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&header_crc.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    Ok(out)
+}
+
+/// Decodes and verifies a snapshot file's bytes into its header and payload.
+pub fn decode<'a>(path: &Path, bytes: &'a [u8]) -> Result<(Header, &'a [u8]), SnapshotError> {
+    let take = |from: usize, len: usize| -> Result<&'a [u8], SnapshotError> {
+        bytes
+            .get(from..from.checked_add(len).unwrap_or(usize::MAX))
+            .ok_or_else(|| SnapshotError::corrupt(path, "truncated"))
+    };
+    if take(0, 8)? != MAGIC {
+        return Err(SnapshotError::corrupt(
+            path,
+            "not a creditflow snapshot (magic)",
+        ));
+    }
+    let version = u32::from_le_bytes(take(8, 4)?.try_into().unwrap_or_default());
+    if version != FORMAT_VERSION {
+        return Err(SnapshotError::corrupt(
+            path,
+            format!("format version {version}, expected {FORMAT_VERSION}"),
+        ));
+    }
+    let header_len = u32::from_le_bytes(take(12, 4)?.try_into().unwrap_or_default());
+    if header_len > HEADER_BYTES_MAX {
+        return Err(SnapshotError::corrupt(path, "header too long"));
+    }
+    let header_end = 16 + header_len as usize;
+    let header_bytes = take(16, header_len as usize)?;
+    let stored_header_crc = u32::from_le_bytes(take(header_end, 4)?.try_into().unwrap_or_default());
+    if crc32c::crc32c(take(0, header_end)?) != stored_header_crc {
+        return Err(SnapshotError::corrupt(path, "header checksum mismatch"));
+    }
+    let payload_len = u64::from_le_bytes(take(header_end + 4, 8)?.try_into().unwrap_or_default());
+    if payload_len > crate::codec::DECODE_BYTES_MAX as u64 {
+        return Err(SnapshotError::corrupt(path, "payload too long"));
+    }
+    let payload_start = header_end + 12;
+    let payload = take(payload_start, payload_len as usize)?;
+    let crc_at = payload_start + payload_len as usize;
+    let stored_payload_crc = u32::from_le_bytes(take(crc_at, 4)?.try_into().unwrap_or_default());
+    if bytes.len() != crc_at + 4 {
+        return Err(SnapshotError::corrupt(path, "trailing bytes"));
+    }
+    if crc32c::crc32c(payload) != stored_payload_crc {
+        return Err(SnapshotError::corrupt(path, "payload checksum mismatch"));
+    }
+    let header: Header = crate::codec::decode(header_bytes)
+        .map_err(|e| SnapshotError::corrupt(path, e.to_string()))?;
+    Ok((header, payload))
+}
+
+/// The directory holding every partition's snapshots.
+#[derive(Clone, Debug)]
+pub struct Store {
+    dir: PathBuf,
+    keep: usize,
+}
+
+/// A loaded, verified snapshot.
+pub struct Loaded {
+    pub header: Header,
+    pub partition: Partition,
+    pub path: PathBuf,
+}
+
+/// What loading a partition found.
+pub struct PartitionFiles {
+    /// The newest valid snapshot, if any.
+    pub loaded: Option<Loaded>,
+    /// Files that failed verification (newest first), with why.
+    pub corrupt: Vec<SnapshotError>,
+}
+
+/// A failure that must stop the process: see the module docs (no retry after fsync errors).
+fn fatal(what: &str, path: &Path, error: &std::io::Error) -> ! {
+    tracing::error!(%error, path = %path.display(), "snapshot {what} failed; aborting (never retry a failed fsync or rename)");
+    eprintln!(
+        "creditflow: snapshot {what} of {} failed: {error}; aborting",
+        path.display()
+    );
+    std::process::abort();
+}
+
+impl Store {
+    pub fn open(dir: &Path, keep: usize) -> Result<Store, SnapshotError> {
+        fs::create_dir_all(dir).map_err(|source| SnapshotError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            keep: keep.max(2),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes a snapshot atomically: temporary file, fsync, rename, fsync of the directory.
+    /// Returns the file's size. Any I/O failure on the way to durability aborts the process.
+    pub fn write(&self, header: &Header, payload: &[u8]) -> Result<u64, SnapshotError> {
+        let bytes = encode(header, payload)
+            .map_err(|e| SnapshotError::corrupt(&self.dir, e.to_string()))?;
+        let name = file_name(header.partition, header.applied_through);
+        let final_path = self.dir.join(&name);
+        let temp_path = self.dir.join(format!("{name}.tmp"));
+        let mut file = match File::create(&temp_path) {
+            Ok(file) => file,
+            // Nothing was written yet: this is an ordinary error (disk full, permissions).
+            Err(source) => {
+                return Err(SnapshotError::Io {
+                    path: temp_path,
+                    source,
+                })
+            }
+        };
+        if let Err(error) = file.write_all(&bytes) {
+            let _ = fs::remove_file(&temp_path);
+            return Err(SnapshotError::Io {
+                path: temp_path,
+                source: error,
+            });
+        }
+        if let Err(error) = file.sync_all() {
+            fatal("fsync", &temp_path, &error);
+        }
+        drop(file);
+        if let Err(error) = fs::rename(&temp_path, &final_path) {
+            fatal("rename", &final_path, &error);
+        }
+        match File::open(&self.dir).and_then(|d| d.sync_all()) {
+            Ok(()) => {}
+            Err(error) => fatal("directory fsync", &self.dir, &error),
+        }
+        self.prune(header.partition);
+        Ok(bytes.len() as u64)
+    }
+
+    /// Snapshot files of a partition, newest first.
+    pub fn files(&self, partition: u32) -> Vec<PathBuf> {
+        let mut found: Vec<(u64, PathBuf)> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name();
+                let (p, position) = parse_file_name(name.to_str()?)?;
+                (p == partition).then(|| (position, entry.path()))
+            })
+            .collect();
+        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.into_iter().map(|(_, path)| path).collect()
+    }
+
+    /// True if the directory holds any snapshot file at all.
+    pub fn is_empty(&self) -> bool {
+        !fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|entry| {
+                entry
+                    .file_name()
+                    .to_str()
+                    .and_then(parse_file_name)
+                    .is_some()
+            })
+    }
+
+    /// Keeps the newest `keep` files of a partition; removes older ones and stray temp files.
+    fn prune(&self, partition: u32) {
+        for path in self.files(partition).into_iter().skip(self.keep) {
+            if let Err(error) = fs::remove_file(&path) {
+                tracing::warn!(%error, path = %path.display(), "could not remove an old snapshot");
+            }
+        }
+    }
+
+    /// Loads the newest snapshot of `partition` that verifies, falling back to older ones.
+    pub fn load(&self, partition: u32) -> PartitionFiles {
+        let mut corrupt = Vec::new();
+        for path in self.files(partition) {
+            match self.load_file(&path) {
+                Ok(loaded) if loaded.header.partition == partition => {
+                    return PartitionFiles {
+                        loaded: Some(loaded),
+                        corrupt,
+                    }
+                }
+                Ok(_) => corrupt.push(SnapshotError::corrupt(&path, "holds another partition")),
+                Err(error) => corrupt.push(error),
+            }
+        }
+        PartitionFiles {
+            loaded: None,
+            corrupt,
+        }
+    }
+
+    pub fn load_file(&self, path: &Path) -> Result<Loaded, SnapshotError> {
+        let mut bytes = Vec::new();
+        File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(|source| SnapshotError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let (header, payload) = decode(path, &bytes)?;
+        let partition: Partition = crate::codec::decode(payload)
+            .map_err(|e| SnapshotError::corrupt(path, e.to_string()))?;
+        if partition.number != header.partition
+            || partition.applied_through != header.applied_through
+        {
+            return Err(SnapshotError::corrupt(
+                path,
+                "payload does not match its header",
+            ));
+        }
+        Ok(Loaded {
+            header,
+            partition,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(partition: u32, applied_through: u64) -> Header {
+        Header {
+            partition,
+            partition_count: 4,
+            applied_through,
+            last_seq: applied_through,
+            last_payload_hash: 7,
+            output_seq_floor: 3,
+            clock: Some(Instant(1)),
+            fingerprints: Vec::new(),
+        }
+    }
+
+    fn payload(partition: u32, applied_through: u64) -> Vec<u8> {
+        let mut p = Partition::new(partition, 4);
+        p.applied_through = applied_through;
+        crate::codec::encode(&p).unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_file_names_sort_by_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 3).unwrap();
+        for position in [5, 50, 500, 5000] {
+            store
+                .write(&header(1, position), &payload(1, position))
+                .unwrap();
+        }
+        let files = store.files(1);
+        assert_eq!(files.len(), 3, "only the newest 3 are kept");
+        let loaded = store.load(1).loaded.unwrap();
+        assert_eq!(loaded.header.applied_through, 5000);
+        assert_eq!(loaded.partition.applied_through, 5000);
+        assert!(store.load(2).loaded.is_none());
+        assert_eq!(parse_file_name(&file_name(12, 34)), Some((12, 34)));
+    }
+
+    #[test]
+    fn every_corruption_is_detected_and_falls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 5).unwrap();
+        store.write(&header(0, 10), &payload(0, 10)).unwrap();
+        store.write(&header(0, 20), &payload(0, 20)).unwrap();
+        let newest = store.files(0)[0].clone();
+        let good = fs::read(&newest).unwrap();
+        // Truncation at every length, and a flip of every bit of a sample of positions.
+        for cut in [0, 1, 7, 8, 15, 16, good.len() / 2, good.len() - 1] {
+            assert!(decode(&newest, &good[..cut]).is_err(), "truncated at {cut}");
+        }
+        for position in (0..good.len()).step_by(7) {
+            for bit in 0..8 {
+                let mut bad = good.clone();
+                bad[position] ^= 1 << bit;
+                assert!(
+                    decode(&newest, &bad).is_err(),
+                    "bit {bit} of byte {position}"
+                );
+            }
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(decode(&newest, &longer).is_err());
+        // A corrupt newest file falls back to the previous one.
+        let mut bad = good.clone();
+        let middle = bad.len() / 2;
+        bad[middle] ^= 0x10;
+        fs::write(&newest, &bad).unwrap();
+        let files = store.load(0);
+        assert_eq!(files.loaded.unwrap().header.applied_through, 10);
+        assert_eq!(files.corrupt.len(), 1);
+        // All corrupt: nothing loads.
+        for path in store.files(0) {
+            fs::write(&path, b"garbage").unwrap();
+        }
+        let files = store.load(0);
+        assert!(files.loaded.is_none());
+        assert_eq!(files.corrupt.len(), 2);
+    }
+}
