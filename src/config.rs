@@ -238,9 +238,10 @@ impl OutputConfig {
         format!("{}.{partition}.{output_type}", self.subject_prefix)
     }
 
-    /// The subjects of the stream: every partition's outputs of every type.
+    /// The subjects of the stream: every partition's outputs of every type (a type such as
+    /// `invoice.line` is two tokens, hence `>`).
     pub fn subject_filter(&self) -> String {
-        format!("{}.*.*", self.subject_prefix)
+        format!("{}.>", self.subject_prefix)
     }
 }
 
@@ -1561,7 +1562,7 @@ mod tests {
         assert_eq!(config.input.storage, Storage::File);
         assert_eq!(config.input.discard, Discard::New);
         assert_eq!(config.input.max_age, Duration::from_secs(35 * 86_400));
-        assert_eq!(config.input.max_bytes, 100 << 30);
+        assert_eq!(config.input.max_bytes, 10 << 30);
         assert_eq!(config.input.fetch_bytes_max, 8 << 20);
         assert_eq!(config.input.max_msgs, 1_000_000_000);
         assert_eq!(config.output.max_age, Duration::from_secs(30 * 86_400));

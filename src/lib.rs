@@ -12,6 +12,8 @@ pub mod demo;
 pub mod engine;
 pub mod metrics;
 pub mod pipeline;
+pub mod processor;
+pub mod recovery;
 pub mod sample;
 pub mod snapshot;
 pub mod testkit;

@@ -18,6 +18,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the processor: consume the input stream, emit outputs, snapshot, recover.
+    Run(creditflow::cli::run::RunArgs),
+    /// Print every message of the input (or output) stream as envelope JSON lines.
+    Export(creditflow::cli::run::ExportArgs),
     /// Apply a JSONL log offline and print the final state and every output.
     Replay(creditflow::cli::replay::ReplayArgs),
     /// Reprice a log under a candidate catalog; compare credits and revenue per account and meter.
@@ -65,6 +69,8 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => creditflow::cli::run::run(args),
+        Command::Export(args) => creditflow::cli::run::export(args),
         Command::Replay(args) => creditflow::cli::replay::run(args),
         Command::Simulate(args) => creditflow::cli::simulate::run(args),
         Command::Demo {

@@ -59,10 +59,11 @@ struct Account {
 }
 
 /// The sample scenario: `accounts` accounts, about `messages` messages, starting
-/// 2026-11-01T00:00:00Z and running five weeks. Returns one JSON message per entry.
+/// 2026-09-01T00:00:00Z and running five weeks (all in the past, so a broker that stamps receive
+/// times never finds them too far ahead). Returns one JSON message per entry.
 pub fn scenario(seed: u64, accounts: usize, messages: usize) -> Vec<String> {
     let mut rng = Rng::new(seed);
-    let start: Instant = Instant(1_793_491_200_000); // 2026-11-01T00:00:00Z
+    let start: Instant = Instant(1_788_220_800_000); // 2026-09-01T00:00:00Z
     let end = Instant(start.0 + 35 * 86_400_000);
     let mut log: Vec<String> = Vec::with_capacity(messages + accounts * 4);
     let mut people: Vec<Account> = (0..accounts)

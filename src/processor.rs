@@ -1,0 +1,564 @@
+//! `creditflow run`: the processor, assembled.
+//!
+//! ```text
+//!  JetStream input ─► reader thread ─► Dispatcher ─► shard threads ─► emitter thread ─► JetStream output
+//!                         ▲                               │  │                 │
+//!  tick task ─────────────┘ (publishes ticks into input)  │  └─ snapshot jobs ─► writer thread ─► files
+//!                                                         └──────── watermarks ┘ (commit after acks)
+//! ```
+//!
+//! Owns: the order of start-up (connect, check streams, recover, start threads) and shutdown
+//! (stop reading, drain the shards, snapshot every partition, publish every pending output,
+//! commit the snapshots, exit 0), and the metrics observers of every component.
+//!
+//! Must never: start consuming before recovery has proven the snapshots and the streams agree,
+//! or exit 0 while an output or a snapshot it owes is still pending.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant as WallInstant};
+
+use async_nats::jetstream;
+
+use crate::catalog::Catalog;
+use crate::config::{Config, Discard, NatsAuth, Storage};
+use crate::engine::Partition;
+use crate::metrics::{Health, Metrics};
+use crate::pipeline::dispatch::{shard_queues, Dispatcher};
+use crate::pipeline::emit::{EmitObserver, Emitter, JetStreamPublisher, PublishFailure, Publisher};
+use crate::pipeline::ingest::{IngestObserver, Reader, ReaderSettings};
+use crate::pipeline::shard::{Shard, ShardObserver};
+use crate::pipeline::streams::{ensure_stream, StreamSettings};
+use crate::pipeline::{Outbound, SinkMessage};
+use crate::recovery::{recover, RecoveryReport, Streams};
+use crate::snapshot::policy::{run_writer, Policy, SnapshotObserver, WriterObserver};
+use crate::snapshot::Store;
+
+/// How long a graceful stop may take to drain the shards and publish every pending output.
+/// Past it the process exits non-zero without committing its final snapshots: nothing is lost,
+/// the next start replays from the last committed snapshots.
+pub const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Rebuild the state from the stream's first message instead of refusing to start without
+    /// a valid snapshot.
+    pub rebuild: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    pub recovery: RecoveryReport,
+    pub outputs_published: u64,
+    pub snapshots_written: usize,
+    pub last_applied_seq: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    #[error("connecting to NATS at {urls}: {message}")]
+    Connect { urls: String, message: String },
+    #[error(transparent)]
+    Stream(#[from] crate::pipeline::streams::StreamError),
+    #[error(transparent)]
+    Recovery(#[from] crate::recovery::RecoveryError),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error(transparent)]
+    Ingest(#[from] crate::pipeline::ingest::IngestError),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn input_stream(config: &Config) -> StreamSettings {
+    let input = &config.input;
+    StreamSettings {
+        name: input.stream.clone(),
+        subjects: vec![input.subject_filter()],
+        replicas: input.replicas,
+        memory_storage: input.storage == Storage::Memory,
+        allow_memory_storage: input.allow_memory_storage,
+        max_age: input.max_age,
+        max_bytes: i64::try_from(input.max_bytes).unwrap_or(i64::MAX),
+        max_messages: i64::try_from(input.max_msgs).unwrap_or(i64::MAX),
+        duplicate_window: input.duplicate_window,
+        discard_old: input.discard == Discard::Old,
+        allow_discard_old: input.allow_discard_old,
+        deny_delete_and_purge: true,
+    }
+}
+
+fn output_stream(config: &Config) -> StreamSettings {
+    let output = &config.output;
+    StreamSettings {
+        name: output.stream.clone(),
+        subjects: vec![output.subject_filter()],
+        replicas: output.replicas,
+        memory_storage: output.storage == Storage::Memory,
+        allow_memory_storage: output.allow_memory_storage,
+        max_age: output.max_age,
+        max_bytes: i64::try_from(output.max_bytes).unwrap_or(i64::MAX),
+        max_messages: i64::try_from(output.max_msgs).unwrap_or(i64::MAX),
+        duplicate_window: output.duplicate_window,
+        // A full output stream refuses new outputs (the emitter retries, backpressure stops
+        // ingest) rather than deleting outputs downstream may not have read.
+        discard_old: false,
+        allow_discard_old: false,
+        deny_delete_and_purge: false,
+    }
+}
+
+/// Connects with the configured authentication and TLS; reconnects forever.
+pub async fn connect(
+    config: &Config,
+    metrics: Metrics,
+    health: Health,
+) -> Result<async_nats::Client, ProcessorError> {
+    let nats = &config.nats;
+    let urls = nats.urls.join(",");
+    let fail = |message: String| ProcessorError::Connect {
+        urls: urls.clone(),
+        message,
+    };
+    let mut options = async_nats::ConnectOptions::new()
+        .name(&nats.name)
+        .connection_timeout(nats.connect_timeout)
+        .request_timeout(Some(nats.request_timeout))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .require_tls(nats.tls_required);
+    let delay_max = nats.reconnect_delay_max;
+    options = options.reconnect_delay_callback(move |attempts| {
+        Duration::from_millis(50 * 2u64.saturating_pow(attempts.min(16) as u32)).min(delay_max)
+    });
+    options = match &nats.auth {
+        NatsAuth::None => options,
+        NatsAuth::Token(token) => options.token(token.clone()),
+        NatsAuth::UserPassword { user, password } => {
+            options.user_and_password(user.clone(), password.clone())
+        }
+        NatsAuth::NkeySeedFile(path) => {
+            let seed = std::fs::read_to_string(path)
+                .map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
+            options.nkey(seed.trim().to_string())
+        }
+        NatsAuth::CredsFile(path) => options
+            .credentials_file(path)
+            .await
+            .map_err(|e| fail(format!("reading {}: {e}", path.display())))?,
+    };
+    if let Some(ca) = &nats.tls_ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&nats.tls_cert_file, &nats.tls_key_file) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    options = options.event_callback(move |event| {
+        let metrics = metrics.clone();
+        let health = health.clone();
+        async move {
+            match event {
+                async_nats::Event::Connected => {
+                    tracing::info!("connected to NATS");
+                    metrics.nats_reconnects();
+                }
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("disconnected from NATS; reconnecting");
+                    health.set_ready(false, "disconnected from NATS");
+                }
+                other => tracing::info!(event = %other, "NATS event"),
+            }
+        }
+    });
+    let addresses: Vec<async_nats::ServerAddr> = nats
+        .urls
+        .iter()
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| fail(format!("{u}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    options
+        .connect(addresses)
+        .await
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// Skips outputs the output stream already holds (found by recovery's scan).
+struct SkipEmitted {
+    inner: JetStreamPublisher,
+    already: HashSet<String>,
+    skipped: Arc<AtomicU64>,
+}
+
+impl Publisher for SkipEmitted {
+    type Ack = std::pin::Pin<Box<dyn Future<Output = Result<u64, PublishFailure>> + Send>>;
+
+    async fn publish(&self, output: &Outbound) -> Result<Self::Ack, PublishFailure> {
+        if self.already.contains(&output.id) {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(Box::pin(std::future::ready(Ok(0))));
+        }
+        self.inner.publish(output).await
+    }
+}
+
+// ----------------------------------------------------------------- metrics observers
+
+struct ShardMetrics {
+    metrics: Metrics,
+    seen: HashMap<u32, crate::engine::Stats>,
+}
+
+impl ShardObserver for ShardMetrics {
+    fn batch_applied(
+        &mut self,
+        shard: usize,
+        messages: usize,
+        elapsed: Duration,
+        partitions: &[Partition],
+    ) {
+        self.metrics
+            .observe_apply_batch(shard, elapsed.as_secs_f64(), messages);
+        for partition in partitions {
+            let seen = self.seen.entry(partition.number).or_default();
+            let now = &partition.stats;
+            if now.messages > seen.messages {
+                self.metrics
+                    .messages_applied(partition.number, now.messages - seen.messages);
+                self.metrics
+                    .dead_letters(partition.number, now.dead_letters - seen.dead_letters);
+                self.metrics
+                    .duplicates(partition.number, now.duplicates - seen.duplicates);
+                self.metrics
+                    .set_accounts(partition.number, partition.accounts().len() as u64);
+                self.metrics
+                    .set_dedupe_entries(partition.number, partition.dedupe_len() as u64);
+                *seen = now.clone();
+            }
+        }
+    }
+}
+
+struct EmitMetrics(Metrics);
+
+impl EmitObserver for EmitMetrics {
+    fn published(&mut self, n: u64) {
+        self.0.outputs_published(n);
+    }
+    fn retried(&mut self, n: u64) {
+        self.0.publish_retries(n);
+    }
+    fn in_flight(&mut self, n: u64) {
+        self.0.set_publish_in_flight(n);
+    }
+}
+
+struct IngestMetrics(Metrics);
+
+impl IngestObserver for IngestMetrics {
+    fn consumer_recreated(&mut self, reason: &str) {
+        let reason = match reason {
+            "stall" => "stall",
+            "reconnect" => "reconnect",
+            _ => "error",
+        };
+        self.0.consumer_recreated(reason);
+    }
+}
+
+struct PauseMetrics(Metrics);
+
+impl SnapshotObserver for PauseMetrics {
+    fn paused(&mut self, _partition: u32, elapsed: Duration) {
+        self.0.observe_snapshot_pause(elapsed.as_secs_f64());
+    }
+}
+
+struct WriteMetrics {
+    metrics: Metrics,
+    written_at: Arc<Mutex<HashMap<u32, WallInstant>>>,
+}
+
+impl WriterObserver for WriteMetrics {
+    fn written(&mut self, partition: u32, bytes: u64, elapsed: Duration) {
+        self.metrics.observe_snapshot_write(elapsed.as_secs_f64());
+        self.metrics.set_snapshot_size_bytes(partition, bytes);
+        if let Ok(mut written) = self.written_at.lock() {
+            written.insert(partition, WallInstant::now());
+        }
+    }
+}
+
+// ----------------------------------------------------------------- run
+
+/// Runs the processor until `shutdown` resolves (then stops gracefully) or a fatal error.
+pub async fn run(
+    config: Config,
+    catalog: Arc<Catalog>,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<RunSummary, ProcessorError> {
+    let partitions = config.engine.partitions;
+    let shards = config.shard_count();
+    let metrics = Metrics::new(partitions, shards);
+    let health = Health::new();
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    if let Some(listen) = config.metrics.listen {
+        if !listen.ip().is_loopback() {
+            tracing::warn!(%listen, "metrics listen on a non-loopback address");
+        }
+        let mut stop_metrics = stop.clone();
+        let server = crate::metrics::serve(listen, metrics.clone(), health.clone(), async move {
+            let _ = stop_metrics.changed().await;
+        });
+        tokio::spawn(async move {
+            if let Err(error) = server.await {
+                tracing::error!(%error, "metrics server failed");
+            }
+        });
+    }
+
+    let client = connect(&config, metrics.clone(), health.clone()).await?;
+    let context = jetstream::ContextBuilder::new()
+        .timeout(config.nats.request_timeout)
+        .max_ack_inflight(config.output.publish_window.max(1) + partitions as usize)
+        .backpressure_on_inflight(true)
+        .build(client.clone());
+    ensure_stream(&context, &input_stream(&config)).await?;
+    ensure_stream(&context, &output_stream(&config)).await?;
+
+    let store = Store::open(&config.snapshot.dir, config.snapshot.keep)?;
+    let recovered = recover(
+        &Streams {
+            context: &context,
+            input: &config.input.stream,
+            output: &config.output.stream,
+        },
+        &store,
+        &catalog,
+        partitions,
+        options.rebuild,
+    )
+    .await?;
+    tracing::info!(report = ?recovered.report, "recovered");
+
+    // Threads: shards, emitter, snapshot writer, reader.
+    let (shard_senders, shard_receivers) = shard_queues(shards, config.engine.queue_batches_max);
+    let sink_capacity = shards * config.engine.queue_batches_max.max(1) + 16;
+    let (sink_sender, sink_receiver) = crossbeam::channel::bounded::<SinkMessage>(sink_capacity);
+    let (job_sender, job_receiver) = crossbeam::channel::bounded(shards * 2);
+    let written_at: Arc<Mutex<HashMap<u32, WallInstant>>> = Arc::default();
+
+    let writer = {
+        let observer = WriteMetrics {
+            metrics: metrics.clone(),
+            written_at: written_at.clone(),
+        };
+        std::thread::Builder::new()
+            .name("snapshot-writer".into())
+            .spawn(move || run_writer(store, job_receiver, observer))
+            .map_err(|e| ProcessorError::Other(format!("spawning the snapshot writer: {e}")))?
+    };
+
+    let mut by_shard: Vec<Vec<Partition>> = (0..shards).map(|_| Vec::new()).collect();
+    for partition in recovered.partitions {
+        by_shard[crate::pipeline::shard_of(partition.number, shards)].push(partition);
+    }
+    let mut shard_handles = Vec::new();
+    for (number, (partitions_of_shard, receiver)) in
+        by_shard.into_iter().zip(shard_receivers).enumerate()
+    {
+        let shard = Shard {
+            number,
+            shards,
+            catalog: catalog.clone(),
+            partitions: partitions_of_shard,
+            input_prefix: config.input.subject_prefix.clone(),
+            output_prefix: config.output.subject_prefix.clone(),
+            snapshots: Policy::new(
+                catalog.clone(),
+                config.snapshot.interval_events,
+                config.snapshot.interval,
+                job_sender.clone(),
+                PauseMetrics(metrics.clone()),
+            ),
+            observer: ShardMetrics {
+                metrics: metrics.clone(),
+                seen: HashMap::new(),
+            },
+        };
+        let sink = sink_sender.clone();
+        shard_handles.push(
+            std::thread::Builder::new()
+                .name(format!("shard-{number}"))
+                .spawn(move || shard.run(receiver, sink))
+                .map_err(|e| ProcessorError::Other(format!("spawning shard {number}: {e}")))?,
+        );
+    }
+    drop(sink_sender);
+    drop(job_sender);
+
+    let skipped = Arc::new(AtomicU64::new(0));
+    let emitter = {
+        let emitter = Emitter {
+            publisher: SkipEmitted {
+                inner: JetStreamPublisher {
+                    context: context.clone(),
+                },
+                already: recovered.already_emitted,
+                skipped: skipped.clone(),
+            },
+            observer: EmitMetrics(metrics.clone()),
+            window: config.output.publish_window.max(1),
+            retry_backoff_max: config.output.publish_retry_backoff_max,
+            shards,
+        };
+        std::thread::Builder::new()
+            .name("emitter".into())
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|runtime| runtime.block_on(emitter.run(sink_receiver)))
+            })
+            .map_err(|e| ProcessorError::Other(format!("spawning the emitter: {e}")))?
+    };
+
+    let position = Arc::new(AtomicU64::new(recovered.start_seq));
+    let (reader_done_sender, reader_done) = tokio::sync::oneshot::channel();
+    let reader = {
+        let reader = Reader {
+            context: context.clone(),
+            settings: ReaderSettings {
+                stream: config.input.stream.clone(),
+                input_prefix: config.input.subject_prefix.clone(),
+                partitions,
+                start_seq: recovered.start_seq,
+                stall_timeout: config.input.stall_timeout,
+                fetch_batch_max: config.input.fetch_batch_max,
+            },
+            observer: IngestMetrics(metrics.clone()),
+            position: position.clone(),
+        };
+        let dispatcher = Dispatcher::new(shard_senders, config.engine.batch_size_max);
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("reader".into())
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| ProcessorError::Other(e.to_string()))
+                    .and_then(|runtime| {
+                        runtime
+                            .block_on(reader.run(dispatcher, stop))
+                            .map_err(ProcessorError::from)
+                    });
+                let _ = reader_done_sender.send(());
+                result
+            })
+            .map_err(|e| ProcessorError::Other(format!("spawning the reader: {e}")))?
+    };
+
+    if let Some(interval) = config.engine.tick_interval {
+        let metrics = metrics.clone();
+        tokio::spawn(crate::pipeline::ticks::run(
+            context.clone(),
+            config.input.subject_prefix.clone(),
+            partitions,
+            interval,
+            stop.clone(),
+            move || metrics.ticks_published(),
+        ));
+    }
+
+    // Monitor: consumer lag, snapshot age, readiness once caught up.
+    {
+        let context = context.clone();
+        let input_name = config.input.stream.clone();
+        let metrics = metrics.clone();
+        let health = health.clone();
+        let position = position.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            let mut timer = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = timer.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                if let Ok(mut stream) = context.get_stream(&input_name).await {
+                    if let Ok(info) = stream.info().await {
+                        let next = position.load(Ordering::Acquire);
+                        let lag = (info.state.last_sequence + 1).saturating_sub(next);
+                        metrics.set_consumer_lag(lag);
+                        if lag == 0 {
+                            health.set_ready(true, "caught up");
+                        }
+                    }
+                }
+                if let Ok(written) = written_at.lock() {
+                    for (partition, at) in written.iter() {
+                        metrics.set_snapshot_age_seconds(*partition, at.elapsed().as_secs_f64());
+                    }
+                }
+            }
+        });
+    }
+
+    // Wait for a stop request, or for the reader to end by itself (an error).
+    tokio::select! {
+        _ = shutdown => tracing::info!("stopping: draining shards, publishing pending outputs, snapshotting"),
+        _ = reader_done => tracing::error!("the reader stopped; stopping the processor"),
+    }
+    health.set_ready(false, "stopping");
+    let _ = stop_sender.send(true);
+    let joined = tokio::time::timeout(
+        SHUTDOWN_DRAIN_MAX,
+        tokio::task::spawn_blocking(move || {
+            let reader = reader.join();
+            let mut partitions = Vec::new();
+            for handle in shard_handles {
+                partitions.push(handle.join());
+            }
+            (reader, partitions, emitter.join(), writer.join())
+        }),
+    )
+    .await
+    .map_err(|_| {
+        ProcessorError::Other(format!(
+            "outputs could not be published within {SHUTDOWN_DRAIN_MAX:?} of the stop request; \
+             exiting without committing the final snapshots (the next start replays from the last \
+             committed ones and emits nothing twice)"
+        ))
+    })?
+    .map_err(|e| ProcessorError::Other(e.to_string()))?;
+    let (reader_result, shard_results, emitter_result, writer_result) = joined;
+    let reader_result =
+        reader_result.map_err(|_| ProcessorError::Other("the reader thread panicked".into()))?;
+    let mut last_applied_seq = 0;
+    for result in shard_results {
+        let partitions =
+            result.map_err(|_| ProcessorError::Other("a shard thread panicked".into()))?;
+        for partition in partitions {
+            last_applied_seq = last_applied_seq.max(partition.applied_through);
+        }
+    }
+    let report = emitter_result
+        .map_err(|_| ProcessorError::Other("the emitter thread panicked".into()))?
+        .map_err(|e| ProcessorError::Other(e.to_string()))?;
+    let written =
+        writer_result.map_err(|_| ProcessorError::Other("the snapshot writer panicked".into()))?;
+    reader_result?;
+    Ok(RunSummary {
+        recovery: recovered.report,
+        outputs_published: report
+            .published
+            .saturating_sub(skipped.load(Ordering::Relaxed)),
+        snapshots_written: written.len(),
+        last_applied_seq,
+    })
+}

@@ -1,0 +1,330 @@
+//! Recovery: from snapshots and the streams back to a running state, or a loud refusal.
+//!
+//! Owns: choosing each partition's snapshot (newest valid, else fallback), checking the input
+//! stream still holds the history the snapshots stand on, checking the catalog did not rewrite
+//! a price already in force, the position to resume reading from, and the set of output ids
+//! the output stream already holds past the snapshots (so a replay re-emits none of them).
+//!
+//! Must never: start empty when the log has history and no snapshot can be trusted (unless
+//! told to rebuild from the stream's first message), skip or re-apply silently when the stream
+//! lost or rewrote history, or rely on the broker's duplicate window for exactly-once outputs
+//! (an outage can outlast it; the scan below does not depend on it).
+//!
+//! Invariants: the returned partitions, replaying the input stream from `start_seq` (each
+//! skipping what it already applied), reach exactly the state and outputs of a run that never
+//! stopped; `already_emitted` holds every output id at output stream sequences above the lowest
+//! snapshot floor.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+
+use crate::catalog::Catalog;
+use crate::engine::Partition;
+use crate::snapshot::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error(
+        "no valid snapshot exists in {dir} but the input stream {stream} already holds {messages} \
+         messages: refusing to start with empty balances. If this is a new deployment on an \
+         existing stream, or every snapshot is lost, start once with --rebuild to rebuild the state \
+         from the stream's first message."
+    )]
+    NoSnapshotWithHistory {
+        dir: String,
+        stream: String,
+        messages: u64,
+    },
+    #[error(
+        "every snapshot of partition {partition} is corrupt, so its state cannot be trusted:\n  {}\n\
+         Start with --rebuild to rebuild from the stream's first message.",
+        errors.join("\n  ")
+    )]
+    AllCorrupt { partition: u32, errors: Vec<String> },
+    #[error(
+        "snapshots in {dir} were taken with {found} partitions but the config says {configured}: \
+         partition numbers would route accounts elsewhere. Use the same partition count, or \
+         rebuild (--rebuild) into an empty snapshot directory."
+    )]
+    PartitionCount {
+        dir: String,
+        found: u32,
+        configured: u32,
+    },
+    #[error(
+        "the input stream {stream} no longer holds the history partition {partition}'s snapshot \
+         stands on: {evidence}. The stream was deleted, purged, restored from an older backup or \
+         rewritten; refusing to continue, since any choice would lose or double-count events."
+    )]
+    HistoryRewritten {
+        stream: String,
+        partition: u32,
+        evidence: String,
+    },
+    #[error(
+        "replay must start at sequence {needed} but the input stream {stream} begins at {first}: \
+         the messages in between are gone (max_age or limits removed them)."
+    )]
+    HistoryMissing {
+        stream: String,
+        needed: u64,
+        first: u64,
+    },
+    #[error(
+        "the catalog changed a price version already in force before partition {partition}'s \
+         snapshot clock, which would make replay disagree with history:\n  {}",
+        problems.join("\n  ")
+    )]
+    CatalogChanged {
+        partition: u32,
+        problems: Vec<String>,
+    },
+    #[error("--rebuild needs the whole history, but the input stream {stream} begins at sequence {first}")]
+    RebuildImpossible { stream: String, first: u64 },
+    #[error("{0}")]
+    Nats(String),
+}
+
+/// What recovery found, for the log and the tests.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecoveryReport {
+    /// Partitions restored from a snapshot.
+    pub restored: u32,
+    /// Partitions that fell back past at least one corrupt snapshot.
+    pub fell_back: u32,
+    /// Partitions starting empty (never snapshotted, or a rebuild).
+    pub empty: u32,
+    pub start_seq: u64,
+    /// Output ids already in the output stream past the snapshots' floor.
+    pub already_emitted: usize,
+    pub output_scan_from: u64,
+}
+
+pub struct Recovered {
+    pub partitions: Vec<Partition>,
+    pub start_seq: u64,
+    pub already_emitted: HashSet<String>,
+    pub report: RecoveryReport,
+}
+
+pub struct Streams<'a> {
+    pub context: &'a jetstream::Context,
+    pub input: &'a str,
+    pub output: &'a str,
+}
+
+fn nats(error: impl std::fmt::Display) -> RecoveryError {
+    RecoveryError::Nats(error.to_string())
+}
+
+/// Recovers every partition `0..partitions`.
+pub async fn recover(
+    streams: &Streams<'_>,
+    store: &Store,
+    catalog: &Catalog,
+    partitions: u32,
+    rebuild: bool,
+) -> Result<Recovered, RecoveryError> {
+    let mut input = streams
+        .context
+        .get_stream(streams.input)
+        .await
+        .map_err(nats)?;
+    let input_state = input.info().await.map_err(nats)?.state.clone();
+    let history = input_state.messages > 0 || input_state.last_sequence > 0;
+    let mut report = RecoveryReport::default();
+
+    if rebuild {
+        if history && input_state.first_sequence > 1 {
+            return Err(RecoveryError::RebuildImpossible {
+                stream: streams.input.to_string(),
+                first: input_state.first_sequence,
+            });
+        }
+        report.empty = partitions;
+        report.start_seq = 1;
+        let already_emitted = scan_outputs(streams, 0, &mut report).await?;
+        return Ok(Recovered {
+            partitions: (0..partitions)
+                .map(|p| Partition::new(p, partitions))
+                .collect(),
+            start_seq: 1,
+            already_emitted,
+            report,
+        });
+    }
+
+    if store.is_empty() && history {
+        return Err(RecoveryError::NoSnapshotWithHistory {
+            dir: store.dir().display().to_string(),
+            stream: streams.input.to_string(),
+            messages: input_state.messages,
+        });
+    }
+
+    let mut restored = Vec::with_capacity(partitions as usize);
+    let mut floor = u64::MAX;
+    for number in 0..partitions {
+        let files = store.load(number);
+        match files.loaded {
+            Some(loaded) => {
+                if loaded.header.partition_count != partitions {
+                    return Err(RecoveryError::PartitionCount {
+                        dir: store.dir().display().to_string(),
+                        found: loaded.header.partition_count,
+                        configured: partitions,
+                    });
+                }
+                for error in &files.corrupt {
+                    tracing::warn!(%error, partition = number, "corrupt snapshot skipped; falling back to an older one");
+                }
+                if !files.corrupt.is_empty() {
+                    report.fell_back += 1;
+                }
+                check_history(&input, streams.input, number, &loaded.header).await?;
+                if let Some(clock) = loaded.header.clock {
+                    catalog
+                        .check_history_at(&loaded.header.fingerprints, clock)
+                        .map_err(|problems| RecoveryError::CatalogChanged {
+                            partition: number,
+                            problems,
+                        })?;
+                }
+                floor = floor.min(loaded.header.output_seq_floor);
+                report.restored += 1;
+                restored.push(loaded.partition);
+            }
+            None if !files.corrupt.is_empty() => {
+                return Err(RecoveryError::AllCorrupt {
+                    partition: number,
+                    errors: files.corrupt.iter().map(ToString::to_string).collect(),
+                })
+            }
+            None => {
+                // Never snapshotted: it replays from the stream's first message.
+                floor = 0;
+                report.empty += 1;
+                restored.push(Partition::new(number, partitions));
+            }
+        }
+    }
+    let start_seq = restored
+        .iter()
+        .map(|p| p.applied_through)
+        .min()
+        .unwrap_or(0)
+        + 1;
+    if history && input_state.first_sequence > start_seq {
+        return Err(RecoveryError::HistoryMissing {
+            stream: streams.input.to_string(),
+            needed: start_seq,
+            first: input_state.first_sequence,
+        });
+    }
+    report.start_seq = start_seq;
+    let already_emitted = scan_outputs(
+        streams,
+        if floor == u64::MAX { 0 } else { floor },
+        &mut report,
+    )
+    .await?;
+    Ok(Recovered {
+        partitions: restored,
+        start_seq,
+        already_emitted,
+        report,
+    })
+}
+
+/// The input stream must still hold the snapshot's last message, with the same payload, and
+/// must not end before the snapshot's position.
+async fn check_history(
+    input: &jetstream::stream::Stream,
+    stream_name: &str,
+    partition: u32,
+    header: &crate::snapshot::Header,
+) -> Result<(), RecoveryError> {
+    let rewritten = |evidence: String| RecoveryError::HistoryRewritten {
+        stream: stream_name.to_string(),
+        partition,
+        evidence,
+    };
+    let last_sequence = input.cached_info().state.last_sequence;
+    if last_sequence < header.applied_through {
+        return Err(rewritten(format!(
+            "the snapshot has applied everything through sequence {} but the stream ends at {last_sequence}",
+            header.applied_through
+        )));
+    }
+    if header.last_seq == 0 {
+        return Ok(());
+    }
+    match input.get_raw_message(header.last_seq).await {
+        Ok(message) => {
+            let hash = xxhash_rust::xxh3::xxh3_64(&message.payload);
+            if hash != header.last_payload_hash {
+                return Err(rewritten(format!(
+                    "sequence {} now holds a different message (payload hash {hash:016x}, the snapshot recorded {:016x})",
+                    header.last_seq, header.last_payload_hash
+                )));
+            }
+            Ok(())
+        }
+        Err(error) => Err(rewritten(format!(
+            "sequence {} (the last message the snapshot applied) cannot be read: {error}",
+            header.last_seq
+        ))),
+    }
+}
+
+/// Ids of the outputs stored after output stream sequence `floor`.
+async fn scan_outputs(
+    streams: &Streams<'_>,
+    floor: u64,
+    report: &mut RecoveryReport,
+) -> Result<HashSet<String>, RecoveryError> {
+    let mut ids = HashSet::new();
+    report.output_scan_from = floor + 1;
+    let mut output = streams
+        .context
+        .get_stream(streams.output)
+        .await
+        .map_err(nats)?;
+    let last = output.info().await.map_err(nats)?.state.last_sequence;
+    if last <= floor {
+        return Ok(ids);
+    }
+    let consumer = output
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: floor + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(nats)?;
+    let mut messages = consumer.messages().await.map_err(nats)?;
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .map_err(|_| nats("timed out scanning the output stream"))?;
+        let Some(message) = next else { break };
+        let message = message.map_err(nats)?;
+        let sequence = message.info().map_err(nats)?.stream_sequence;
+        if let Some(id) = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        {
+            ids.insert(id.as_str().to_string());
+        }
+        if sequence >= last {
+            break;
+        }
+    }
+    report.already_emitted = ids.len();
+    Ok(ids)
+}

@@ -1,0 +1,293 @@
+//! Shared helpers for the tests that run the real `creditflow` binary against a real
+//! `nats-server` (started by `creditflow::testkit::NatsServer` on a free port).
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use creditflow::catalog::Catalog;
+use creditflow::cli::replay::LogEntry;
+use creditflow::engine::{partition_of, Engine, Partition};
+use creditflow::wire::output::Output;
+use futures::StreamExt;
+
+pub fn catalog_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/catalog.toml")
+}
+
+pub fn catalog() -> Arc<Catalog> {
+    Arc::new(creditflow::catalog::load::from_path(&catalog_path()).expect("catalog"))
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A config file for one processor under test.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub partitions: u32,
+}
+
+impl Setup {
+    pub fn new(url: &str, partitions: u32, shards: usize, extra: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("creditflow.toml");
+        let text = format!(
+            r#"
+[nats]
+urls = ["{url}"]
+[engine]
+catalog = "{catalog}"
+partitions = {partitions}
+shards = {shards}
+batch_size_max = 256
+tick_interval = "0"
+[snapshot]
+dir = "{snapshots}"
+interval_events = 2000
+interval = "1s"
+keep = 3
+[metrics]
+listen = ""
+[input]
+max_bytes = "1GiB"
+[output]
+max_bytes = "1GiB"
+{extra}
+"#,
+            catalog = catalog_path().display(),
+            snapshots = dir.path().join("snapshots").display(),
+        );
+        std::fs::write(&config, text).expect("write config");
+        Setup {
+            dir,
+            config,
+            partitions,
+        }
+    }
+
+    pub fn snapshots(&self) -> PathBuf {
+        self.dir.path().join("snapshots")
+    }
+
+    /// Starts `creditflow run --config …`, logging to a file in the setup's directory.
+    pub fn start(&self, extra_args: &[&str]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("processor.log"))
+            .expect("log file");
+        Command::new(env!("CARGO_BIN_EXE_creditflow"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .args(extra_args)
+            .env("CREDITFLOW_LOG_LEVEL", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start creditflow")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("processor.log")).unwrap_or_default()
+    }
+}
+
+/// Sends SIGTERM and waits for the exit status.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the processor did not stop within 60 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes (then panics with `what`).
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The account of a message, if it has a well-formed one.
+pub fn account_of(payload: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let account = value.get("account")?.as_str()?;
+    creditflow::wire::input::account_is_valid(account).then(|| account.to_string())
+}
+
+/// Publishes each line to its partition's subject (partition 0 when it has no account), with
+/// `Nats-Msg-Id` = its `id` when it has one, awaiting every ack.
+pub async fn publish(url: &str, lines: &[String], partitions: u32) {
+    let client = async_nats::connect(url).await.expect("connect");
+    let context = async_nats::jetstream::new(client);
+    let mut acks = Vec::new();
+    for line in lines {
+        let partition = account_of(line).map_or(0, |a| partition_of(&a, partitions));
+        let mut publish =
+            async_nats::jetstream::message::PublishMessage::build().payload(line.clone().into());
+        if let Some(id) = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
+        {
+            publish = publish.message_id(format!("{partition}-{id}"));
+        }
+        let ack = context
+            .send_publish(format!("creditflow.in.{partition}"), publish)
+            .await
+            .expect("publish");
+        acks.push(ack);
+        if acks.len() >= 512 {
+            for ack in acks.drain(..) {
+                ack.await.expect("ack");
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.expect("ack");
+    }
+}
+
+/// Number of messages in a stream (0 if it does not exist yet).
+pub async fn stream_len(url: &str, stream: &str) -> u64 {
+    let client = async_nats::connect(url).await.expect("connect");
+    let context = async_nats::jetstream::new(client);
+    match context.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Every output in the output stream: (msg id, payload), in stream order.
+pub async fn outputs(url: &str) -> Vec<(String, String)> {
+    let client = async_nats::connect(url).await.expect("connect");
+    let context = async_nats::jetstream::new(client);
+    let mut stream = context
+        .get_stream("CREDITFLOW_OUT")
+        .await
+        .expect("output stream");
+    let last = stream.info().await.expect("info").state.last_sequence;
+    let mut all = Vec::new();
+    if last == 0 {
+        return all;
+    }
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(30), messages.next())
+        .await
+        .expect("read outputs")
+    {
+        let message = message.expect("message");
+        let seq = message.info().expect("info").stream_sequence;
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        all.push((id, String::from_utf8_lossy(&message.payload).into_owned()));
+        if seq >= last {
+            break;
+        }
+    }
+    all
+}
+
+/// The oracle: `replay` of what the input stream holds, with the same partition count.
+pub async fn oracle(url: &str, partitions: u32) -> (Engine, Vec<Output>) {
+    let client = async_nats::connect(url).await.expect("connect");
+    let context = async_nats::jetstream::new(client);
+    let lines = creditflow::cli::run::export_stream(&context, "CREDITFLOW_IN")
+        .await
+        .expect("export");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("input.jsonl");
+    std::fs::write(&file, lines.join("\n")).expect("write export");
+    let log: Vec<LogEntry> = creditflow::cli::replay::read_log(&file, true).expect("read export");
+    creditflow::cli::replay::run_log(catalog(), partitions, &log, None)
+}
+
+/// The state held by the newest snapshot of every partition (fresh for never-snapshotted ones).
+pub fn snapshot_state(dir: &Path, partitions: u32) -> Vec<String> {
+    let store = creditflow::snapshot::Store::open(dir, 3).expect("snapshot store");
+    let restored: Vec<Partition> = (0..partitions)
+        .map(|p| {
+            store
+                .load(p)
+                .loaded
+                .map_or_else(|| Partition::new(p, partitions), |l| l.partition)
+        })
+        .collect();
+    Engine::from_partitions(catalog(), restored).state_view()
+}
+
+/// Asserts the output stream holds exactly the oracle's outputs, each once.
+pub fn assert_outputs_match(actual: &[(String, String)], expected: &[Output]) {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (id, _) in actual {
+        *counts.entry(id).or_default() += 1;
+    }
+    let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(
+        duplicated.is_empty(),
+        "outputs stored more than once: {duplicated:?}"
+    );
+    let actual: BTreeMap<&str, &str> = actual
+        .iter()
+        .map(|(id, p)| (id.as_str(), p.as_str()))
+        .collect();
+    let expected_json: Vec<(String, String)> = expected
+        .iter()
+        .map(|o| (o.id.clone(), o.to_json()))
+        .collect();
+    let expected: BTreeMap<&str, &str> = expected_json
+        .iter()
+        .map(|(id, p)| (id.as_str(), p.as_str()))
+        .collect();
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|k| !actual.contains_key(*k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = actual
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, unexpected {extra:?} ({} vs {})",
+        actual.len(),
+        expected.len()
+    );
+    for (id, payload) in &expected {
+        assert_eq!(actual[id], *payload, "output {id} differs");
+    }
+}

@@ -1,0 +1,155 @@
+//! The streaming pipeline against a real `nats-server -js`: a published log yields exactly the
+//! outputs and final state that `replay` gives for the same log (the oracle), for several shard
+//! and partition counts; bad input among good input is dead-lettered one for one.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn sample(seed: u64, accounts: usize, messages: usize) -> Vec<String> {
+    creditflow::sample::scenario(seed, accounts, messages)
+}
+
+fn run_and_compare(partitions: u32, shards: usize, lines: &[String]) {
+    let server = creditflow::testkit::NatsServer::start();
+    let url = server.url();
+    let setup = Setup::new(&url, partitions, shards, "");
+    let runtime = runtime();
+    let mut processor = setup.start(&[]);
+    // The processor creates the streams; publish once the input stream exists.
+    wait_until("the input stream", Duration::from_secs(30), || {
+        runtime.block_on(async {
+            let client = async_nats::connect(&url).await.expect("connect");
+            async_nats::jetstream::new(client)
+                .get_stream("CREDITFLOW_IN")
+                .await
+                .is_ok()
+        })
+    });
+    runtime.block_on(publish(&url, lines, partitions));
+    let (engine, expected) = runtime.block_on(oracle(&url, partitions));
+    let expected_count = expected.len() as u64;
+    wait_until("every output", Duration::from_secs(120), || {
+        runtime.block_on(stream_len(&url, "CREDITFLOW_OUT")) >= expected_count
+    });
+    let status = terminate(&mut processor);
+    assert!(status.success(), "exit {status}; log:\n{}", setup.log());
+    let actual = runtime.block_on(outputs(&url));
+    assert_outputs_match(&actual, &expected);
+    assert_eq!(
+        snapshot_state(&setup.snapshots(), partitions),
+        engine.state_view(),
+        "final state"
+    );
+}
+
+#[test]
+fn one_shard_one_partition_matches_replay() {
+    run_and_compare(1, 1, &sample(21, 12, 1500));
+}
+
+#[test]
+fn two_shards_eight_partitions_match_replay() {
+    run_and_compare(8, 2, &sample(22, 20, 3000));
+}
+
+#[test]
+fn four_shards_sixteen_partitions_match_replay() {
+    run_and_compare(16, 4, &sample(23, 30, 3000));
+}
+
+/// 1,000 malformed messages of many kinds among 100,000 valid ones: exactly 1,000 dead letters,
+/// each with its reason, and balances equal to the oracle's.
+#[test]
+fn a_thousand_bad_messages_among_a_hundred_thousand_good_ones() {
+    let mut rng = creditflow::sample::Rng::new(99);
+    let mut lines = Vec::with_capacity(101_000);
+    let accounts = 200;
+    for i in 0..accounts {
+        lines.push(format!(
+            r#"{{"type":"grant","id":"g{i}","account":"a{i}","ts":"2026-10-01T00:00:00Z","amount":"1000000"}}"#
+        ));
+    }
+    let bad_kinds = [
+        "not json at all".to_string(),
+        r#"{"id":"x","account":"a1","meter":"teleport","quantity":"1","ts":"2026-10-01T00:00:00Z"}"#.to_string(),
+        r#"{"id":"x","account":"a1","meter":"api_call","quantity":"-1","ts":"2026-10-01T00:00:00Z"}"#.to_string(),
+        r#"{"id":"x","account":"a 1","meter":"api_call","quantity":"1","ts":"2026-10-01T00:00:00Z"}"#.to_string(),
+        r#"{"type":"refund","id":"x","account":"a1","ts":"2026-10-01T00:00:00Z"}"#.to_string(),
+        r#"{"id":"x","account":"a1","meter":"api_call","quantity":"1"}"#.to_string(),
+        r#"{"id":"x","account":"a1","meter":"api_call","quantity":"1","ts":"2026-10-01T00:00:00Z","extra":1}"#.to_string(),
+        r#"{"id":"x","account":"a1","meter":"api_call","quantity":"1","ts":"2030-01-01T00:00:00Z"}"#.to_string(),
+        "[]".to_string(),
+        r#"{"id":"x","account":"a1","meter":"llm_token","quantity":"10","ts":"2026-10-01T00:00:00Z"}"#.to_string(),
+    ];
+    let mut bad = 0;
+    let mut good = 0;
+    while good < 100_000 || bad < 1_000 {
+        if bad < 1_000 && (good >= 100_000 || rng.below(101) == 0) {
+            // Unique ids so no bad message is a duplicate of another.
+            let line = bad_kinds[bad % bad_kinds.len()]
+                .replace("\"id\":\"x\"", &format!("\"id\":\"bad{bad}\""));
+            lines.push(line);
+            bad += 1;
+        } else {
+            let account = rng.below(accounts);
+            lines.push(format!(
+                r#"{{"id":"e{good}","account":"a{account}","meter":"api_call","quantity":"{}","ts":"2026-10-01T{:02}:{:02}:00Z"}}"#,
+                1 + rng.below(9),
+                good / 6000 % 24,
+                good / 100 % 60
+            ));
+            good += 1;
+        }
+    }
+    let partitions = 8;
+    let server = creditflow::testkit::NatsServer::start();
+    let url = server.url();
+    let setup = Setup::new(&url, partitions, 2, "");
+    let runtime = runtime();
+    let mut processor = setup.start(&[]);
+    wait_until("the input stream", Duration::from_secs(30), || {
+        runtime.block_on(async {
+            let client = async_nats::connect(&url).await.expect("connect");
+            async_nats::jetstream::new(client)
+                .get_stream("CREDITFLOW_IN")
+                .await
+                .is_ok()
+        })
+    });
+    runtime.block_on(publish(&url, &lines, partitions));
+    let (engine, expected) = runtime.block_on(oracle(&url, partitions));
+    wait_until("every output", Duration::from_secs(300), || {
+        runtime.block_on(stream_len(&url, "CREDITFLOW_OUT")) >= expected.len() as u64
+    });
+    let status = terminate(&mut processor);
+    assert!(status.success(), "exit {status}; log:\n{}", setup.log());
+    let actual = runtime.block_on(outputs(&url));
+    assert_outputs_match(&actual, &expected);
+    let dead: Vec<serde_json::Value> = actual
+        .iter()
+        .map(|(_, p)| serde_json::from_str::<serde_json::Value>(p).unwrap())
+        .filter(|o| o["type"] == "dead_letter")
+        .collect();
+    assert_eq!(dead.len(), 1_000, "one dead letter per bad message");
+    let reasons: std::collections::BTreeSet<&str> =
+        dead.iter().map(|d| d["reason"].as_str().unwrap()).collect();
+    assert!(reasons.len() >= 8, "many kinds of reasons: {reasons:?}");
+    assert!(dead
+        .iter()
+        .all(|d| !d["detail"].as_str().unwrap_or("").is_empty()));
+    assert_eq!(
+        snapshot_state(&setup.snapshots(), partitions),
+        engine.state_view(),
+        "final state"
+    );
+    // The processor never restarted: one start in its log.
+    assert_eq!(
+        setup.log().matches("starting").count(),
+        1,
+        "{}",
+        setup.log()
+    );
+}
