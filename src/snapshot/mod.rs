@@ -208,6 +208,16 @@ impl Store {
             path: dir.to_path_buf(),
             source,
         })?;
+        // A crash mid-write leaves a temporary file; it was never renamed, so never trusted.
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.ends_with(".snap.tmp"))
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
         Ok(Store {
             dir: dir.to_path_buf(),
             keep: keep.max(2),

@@ -40,9 +40,22 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(url: &str, partitions: u32, shards: usize, extra: &str) -> Setup {
+        Setup::with_metrics(url, partitions, shards, extra, None)
+    }
+
+    /// As `new`, serving metrics on `127.0.0.1:<port>` when given. `extra` is TOML whose keys
+    /// override or extend the base config's, section by section.
+    pub fn with_metrics(
+        url: &str,
+        partitions: u32,
+        shards: usize,
+        extra: &str,
+        metrics_port: Option<u16>,
+    ) -> Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("creditflow.toml");
-        let text = format!(
+        let listen = metrics_port.map_or_else(String::new, |p| format!("127.0.0.1:{p}"));
+        let base = format!(
             r#"
 [nats]
 urls = ["{url}"]
@@ -58,17 +71,27 @@ interval_events = 2000
 interval = "1s"
 keep = 3
 [metrics]
-listen = ""
+listen = "{listen}"
 [input]
 max_bytes = "1GiB"
 [output]
 max_bytes = "1GiB"
-{extra}
 "#,
             catalog = catalog_path().display(),
             snapshots = dir.path().join("snapshots").display(),
         );
-        std::fs::write(&config, text).expect("write config");
+        let mut merged: toml::Table = base.parse().expect("base config");
+        let extra: toml::Table = extra.parse().expect("extra config");
+        for (section, values) in extra {
+            let target = merged
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let (Some(target), toml::Value::Table(values)) = (target.as_table_mut(), values) {
+                target.extend(values);
+            }
+        }
+        std::fs::write(&config, toml::to_string(&merged).expect("config text"))
+            .expect("write config");
         Setup {
             dir,
             config,
@@ -290,4 +313,103 @@ pub fn assert_outputs_match(actual: &[(String, String)], expected: &[Output]) {
     for (id, payload) in &expected {
         assert_eq!(actual[id], *payload, "output {id} differs");
     }
+}
+
+/// The processor's consumer lag from its metrics endpoint, if it answers.
+pub fn lag(metrics_port: u16) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("creditflow_consumer_lag_messages "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// Publishes lines at about `rate` per second, retrying each until acked (same message id, so
+/// a retry that already landed is dropped by the stream): a producer that survives broker
+/// restarts.
+pub async fn publish_resilient(url: &str, lines: &[String], partitions: u32, rate: u64) {
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connect(url)
+        .await
+        .expect("connect");
+    let context = async_nats::jetstream::new(client);
+    let started = Instant::now();
+    for (index, line) in lines.iter().enumerate() {
+        let due = started + Duration::from_secs_f64(index as f64 / rate.max(1) as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let partition = account_of(line).map_or(0, |a| partition_of(&a, partitions));
+        let id = format!("m{index}");
+        loop {
+            let publish = async_nats::jetstream::message::PublishMessage::build()
+                .payload(line.clone().into())
+                .message_id(id.clone());
+            let sent = context
+                .send_publish(format!("creditflow.in.{partition}"), publish)
+                .await;
+            match sent {
+                Ok(ack) => match ack.await {
+                    Ok(_) => break,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                },
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+/// The oracle restricted to the input stream's first `through` messages (ticks published while
+/// a processor was stopping may follow what it applied).
+pub async fn oracle_through(url: &str, partitions: u32, through: u64) -> (Engine, Vec<Output>) {
+    let client = async_nats::connect(url).await.expect("connect");
+    let context = async_nats::jetstream::new(client);
+    let lines = creditflow::cli::run::export_stream(&context, "CREDITFLOW_IN")
+        .await
+        .expect("export");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("input.jsonl");
+    std::fs::write(&file, lines.join("\n")).expect("write export");
+    let log: Vec<LogEntry> = creditflow::cli::replay::read_log(&file, true)
+        .expect("read export")
+        .into_iter()
+        .filter(|e| e.seq <= through)
+        .collect();
+    creditflow::cli::replay::run_log(catalog(), partitions, &log, None)
+}
+
+/// The highest position any snapshot of the directory has applied through.
+pub fn applied_through(dir: &Path, partitions: u32) -> u64 {
+    let store = creditflow::snapshot::Store::open(dir, 3).expect("snapshot store");
+    (0..partitions)
+        .filter_map(|p| store.load(p).loaded.map(|l| l.header.applied_through))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits until the processor reports no lag, twice in a row, a second apart.
+pub fn wait_caught_up(metrics_port: u16, timeout: Duration) {
+    let mut zero_since: Option<Instant> = None;
+    wait_until("the processor to catch up", timeout, || {
+        match lag(metrics_port) {
+            Some(0) => {
+                let since = *zero_since.get_or_insert_with(Instant::now);
+                since.elapsed() >= Duration::from_secs(1)
+            }
+            _ => {
+                zero_since = None;
+                false
+            }
+        }
+    });
 }

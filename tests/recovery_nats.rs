@@ -1,0 +1,353 @@
+//! Exactly-once through crashes, against a real `nats-server` and the real binary: SIGKILL
+//! torture, corrupt snapshots, rewritten history, broker restarts, an outage longer than the
+//! output duplicate window. After the last restart, the final state must equal the oracle
+//! (`replay` of the input stream) and the output stream must hold every expected output once
+//! and nothing else.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use creditflow::testkit::{free_port, NatsServer};
+
+const RUNTIME_MAX: Duration = Duration::from_secs(300);
+
+fn workload(seed: u64, accounts: usize, messages: usize) -> Vec<String> {
+    creditflow::sample::scenario(seed, accounts, messages)
+}
+
+fn wait_streams(runtime: &tokio::runtime::Runtime, url: &str) {
+    wait_until("the input stream", Duration::from_secs(30), || {
+        runtime.block_on(async {
+            match async_nats::connect(url).await {
+                Ok(client) => async_nats::jetstream::new(client)
+                    .get_stream("CREDITFLOW_IN")
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        })
+    });
+}
+
+/// Stops the processor gracefully and checks everything against the oracle.
+fn finish_and_compare(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    setup: &Setup,
+    processor: &mut std::process::Child,
+    metrics_port: u16,
+) {
+    wait_caught_up(metrics_port, RUNTIME_MAX);
+    let status = terminate(processor);
+    assert!(status.success(), "exit {status}; log:\n{}", setup.log());
+    let through = applied_through(&setup.snapshots(), setup.partitions);
+    let (engine, expected) = runtime.block_on(oracle_through(url, setup.partitions, through));
+    let actual = runtime.block_on(outputs(url));
+    assert_outputs_match(&actual, &expected);
+    assert_eq!(
+        snapshot_state(&setup.snapshots(), setup.partitions),
+        engine.state_view(),
+        "final state"
+    );
+}
+
+/// SIGKILL at random instants (including mid-snapshot: snapshots are frequent) at least 20
+/// times while a producer publishes 200,000 messages; ticks are on.
+#[test]
+fn sigkill_torture() {
+    let kills: usize = std::env::var("TORTURE_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let messages: usize = std::env::var("TORTURE_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let seed: u64 = std::env::var("TORTURE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    eprintln!("sigkill_torture: seed {seed}, {kills} kills, {messages} messages");
+    let server = NatsServer::start();
+    let url = server.url();
+    let port = free_port();
+    let partitions = 8;
+    // Ticks on: the processor publishes into its own input stream while it is killed.
+    let setup = Setup::with_metrics(
+        &url,
+        partitions,
+        2,
+        "[snapshot]\ninterval_events = 3000\ninterval = \"200ms\"\nkeep = 3\n[engine]\ntick_interval = \"250ms\"\n",
+        Some(port),
+    );
+    let runtime = runtime();
+    let mut processor = setup.start(&[]);
+    wait_streams(&runtime, &url);
+    let lines = workload(seed, 60, messages);
+    let producer = {
+        let url = url.clone();
+        let lines = lines.clone();
+        runtime.spawn(async move { publish_resilient(&url, &lines, partitions, 12_000).await })
+    };
+    let mut rng = creditflow::sample::Rng::new(seed);
+    let mut early = 0;
+    // Recoveries logged before the current process started.
+    let mut baseline = 0;
+    for kill in 0..kills {
+        if kill % 4 == 3 {
+            // Aimed at start-up: connecting, checking streams, loading snapshots, scanning.
+            std::thread::sleep(Duration::from_millis(rng.below(150)));
+            early += 1;
+        } else {
+            // Aimed at processing (and, snapshots being frequent, at snapshot writes).
+            let recovered = baseline;
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while setup.log().matches("recovered").count() <= recovered {
+                if std::time::Instant::now() > deadline {
+                    let log = setup.log();
+                    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                    panic!(
+                        "no recovery within 60 s after restart {kill}; log tail:\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::thread::sleep(Duration::from_millis(100 + rng.below(1000)));
+        }
+        processor.kill().expect("SIGKILL");
+        let _ = processor.wait();
+        if kill % 5 == 4 {
+            // Sometimes stay down a while, so a backlog builds up.
+            std::thread::sleep(Duration::from_millis(500 + rng.below(1000)));
+        }
+        baseline = setup.log().matches("recovered").count();
+        processor = setup.start(&[]);
+    }
+    runtime.block_on(producer).expect("producer");
+    finish_and_compare(&runtime, &url, &setup, &mut processor, port);
+    let recoveries = setup.log().matches("recovered").count();
+    assert!(
+        recoveries > kills - early,
+        "{recoveries} recoveries for {kills} kills ({early} during start-up)"
+    );
+}
+
+/// Corrupt snapshots: a truncated or bit-flipped newest file falls back to the previous one;
+/// with every file corrupt, the start is refused (and `--rebuild` recovers from the stream).
+#[test]
+fn corrupt_snapshots_fall_back_or_refuse() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let port = free_port();
+    let partitions = 4;
+    let setup = Setup::with_metrics(
+        &url,
+        partitions,
+        2,
+        "[snapshot]\ninterval_events = 500\ninterval = \"100ms\"\n",
+        Some(port),
+    );
+    let runtime = runtime();
+    let mut processor = setup.start(&[]);
+    wait_streams(&runtime, &url);
+    let lines = workload(5, 20, 6000);
+    runtime.block_on(publish(&url, &lines[..3000], partitions));
+    wait_caught_up(port, RUNTIME_MAX);
+    assert!(terminate(&mut processor).success());
+
+    // Truncate the newest snapshot of partition 0 and flip a bit in partition 1's.
+    let store = creditflow::snapshot::Store::open(&setup.snapshots(), 3).unwrap();
+    assert!(
+        store.files(0).len() >= 2 && store.files(1).len() >= 2,
+        "several snapshots kept"
+    );
+    let newest = store.files(0)[0].clone();
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    let newest = store.files(1)[0].clone();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x04;
+    std::fs::write(&newest, &bytes).unwrap();
+
+    let mut processor = setup.start(&[]);
+    runtime.block_on(publish(&url, &lines[3000..], partitions));
+    finish_and_compare(&runtime, &url, &setup, &mut processor, port);
+    assert!(setup.log().contains("falling back"), "{}", setup.log());
+
+    // Every snapshot of a partition corrupt: refuse to start, loudly.
+    for path in store.files(2) {
+        std::fs::write(&path, b"not a snapshot").unwrap();
+    }
+    let mut processor = setup.start(&[]);
+    let status = processor.wait().unwrap();
+    assert!(!status.success(), "must refuse to start");
+    assert!(
+        setup
+            .log()
+            .contains("every snapshot of partition 2 is corrupt"),
+        "{}",
+        setup.log()
+    );
+
+    // --rebuild starts from the stream's first message and reaches the same state.
+    for partition in 0..partitions {
+        for path in store.files(partition) {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let mut processor = setup.start(&["--rebuild"]);
+    finish_and_compare(&runtime, &url, &setup, &mut processor, port);
+}
+
+/// No snapshot at all but a stream with history: refuse (never start silently empty).
+#[test]
+fn no_snapshot_with_history_is_refused() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let partitions = 2;
+    let setup = Setup::new(&url, partitions, 1, "");
+    let runtime = runtime();
+    let mut processor = setup.start(&[]);
+    wait_streams(&runtime, &url);
+    runtime.block_on(publish(&url, &workload(6, 5, 200), partitions));
+    assert!(terminate(&mut processor).success());
+    std::fs::remove_dir_all(setup.snapshots()).unwrap();
+    let mut processor = setup.start(&[]);
+    assert!(!processor.wait().unwrap().success());
+    assert!(
+        setup
+            .log()
+            .contains("refusing to start with empty balances"),
+        "{}",
+        setup.log()
+    );
+}
+
+/// The input stream recreated with different history after a snapshot: refuse, with evidence.
+#[test]
+fn rewritten_history_is_refused() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let partitions = 2;
+    let setup = Setup::new(&url, partitions, 1, "");
+    let runtime = runtime();
+    let mut processor = setup.start(&[]);
+    wait_streams(&runtime, &url);
+    runtime.block_on(publish(&url, &workload(7, 5, 500), partitions));
+    wait_until("a final snapshot", Duration::from_secs(60), || {
+        runtime.block_on(stream_len(&url, "CREDITFLOW_OUT")) > 0
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(terminate(&mut processor).success());
+    // Replace the stream: same name and settings, other messages.
+    runtime.block_on(async {
+        let client = async_nats::connect(&url).await.unwrap();
+        let context = async_nats::jetstream::new(client);
+        let config = context
+            .get_stream("CREDITFLOW_IN")
+            .await
+            .unwrap()
+            .cached_info()
+            .config
+            .clone();
+        context.delete_stream("CREDITFLOW_IN").await.unwrap();
+        context.create_stream(config).await.unwrap();
+    });
+    runtime.block_on(publish(&url, &workload(8, 5, 600), partitions));
+    let mut processor = setup.start(&[]);
+    assert!(!processor.wait().unwrap().success(), "must refuse");
+    let log = setup.log();
+    assert!(log.contains("no longer holds the history"), "{log}");
+    assert!(
+        log.contains("different message") || log.contains("ends at"),
+        "the evidence: {log}"
+    );
+}
+
+/// nats-server SIGKILLed and restarted several times mid-run: the processor recovers by itself.
+#[test]
+fn broker_restarts_are_survived_without_help() {
+    let mut server = NatsServer::start();
+    let url = server.url();
+    let port = free_port();
+    let partitions = 4;
+    let setup = Setup::with_metrics(
+        &url,
+        partitions,
+        2,
+        "[input]\nstall_timeout = \"2s\"\n",
+        Some(port),
+    );
+    let runtime = runtime();
+    let mut processor = setup.start(&[]);
+    wait_streams(&runtime, &url);
+    let lines = workload(9, 30, 30_000);
+    let producer = {
+        let url = url.clone();
+        let lines = lines.clone();
+        runtime.spawn(async move { publish_resilient(&url, &lines, partitions, 3_000).await })
+    };
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(1500));
+        server.kill();
+        std::thread::sleep(Duration::from_millis(700));
+        server.restart();
+    }
+    runtime.block_on(producer).expect("producer");
+    assert!(
+        processor.try_wait().unwrap().is_none(),
+        "the processor kept running:\n{}",
+        setup.log()
+    );
+    finish_and_compare(&runtime, &url, &setup, &mut processor, port);
+    assert_eq!(
+        setup.log().matches("recovered").count(),
+        1,
+        "no restart of the processor"
+    );
+}
+
+/// The processor down (killed) longer than the output stream's duplicate window: the broker
+/// can no longer drop re-published outputs, so only the recovery scan prevents duplicates.
+#[test]
+fn an_outage_longer_than_the_duplicate_window_emits_nothing_twice() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let port = free_port();
+    let partitions = 4;
+    // Rare snapshots: the replay after the kill regenerates many outputs already published.
+    let setup = Setup::with_metrics(
+        &url,
+        partitions,
+        2,
+        "[output]\nduplicate_window = \"1s\"\n[snapshot]\ninterval_events = 100000000\ninterval = \"1h\"\n",
+        Some(port),
+    );
+    let runtime = runtime();
+    let mut processor = setup.start(&[]);
+    wait_streams(&runtime, &url);
+    let lines = workload(10, 20, 8000);
+    runtime.block_on(publish(&url, &lines[..4000], partitions));
+    wait_caught_up(port, RUNTIME_MAX);
+    processor.kill().unwrap();
+    let _ = processor.wait();
+    std::thread::sleep(Duration::from_secs(3));
+    // No snapshot was taken (the first would come at stop): rebuild from the first message.
+    let mut processor = setup.start(&["--rebuild"]);
+    runtime.block_on(publish(&url, &lines[4000..], partitions));
+    finish_and_compare(&runtime, &url, &setup, &mut processor, port);
+    let log = setup.log();
+    let line = log
+        .lines()
+        .filter(|l| l.contains("already_emitted"))
+        .last()
+        .unwrap_or_default();
+    assert!(
+        !line.contains("already_emitted: 0,"),
+        "the scan found the published outputs: {line}"
+    );
+}
