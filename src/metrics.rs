@@ -102,6 +102,7 @@ struct Inner {
     consumer_recreated: Vec<Counter>,
     ticks_published: Counter,
     consumer_lag: GaugeU64,
+    input_position: GaugeU64,
     queue_depth: Vec<GaugeU64>,
     publish_in_flight: GaugeU64,
     snapshot_age: Vec<GaugeF64>,
@@ -266,6 +267,12 @@ impl Metrics {
             messages_unit(),
             consumer_lag.clone(),
         );
+        let input_position = GaugeU64::default();
+        r.register(
+            "input_position",
+            "Stream sequence of the last input message read and handed to the shards",
+            input_position.clone(),
+        );
         let queue_depth = per_shard(
             r,
             "queue_depth",
@@ -354,6 +361,7 @@ impl Metrics {
                 consumer_recreated,
                 ticks_published,
                 consumer_lag,
+                input_position,
                 queue_depth,
                 publish_in_flight,
                 snapshot_age,
@@ -430,6 +438,11 @@ impl Metrics {
     // Gauges.
 
     /// The input stream's last sequence minus the last applied sequence.
+    /// The last input sequence read and handed to the shards.
+    pub fn set_input_position(&self, sequence: u64) {
+        self.inner.input_position.set(sequence);
+    }
+
     pub fn set_consumer_lag(&self, messages: u64) {
         self.inner.consumer_lag.set(messages);
     }

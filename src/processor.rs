@@ -110,11 +110,13 @@ fn output_stream(config: &Config) -> StreamSettings {
     }
 }
 
-/// Connects with the configured authentication and TLS; reconnects forever.
+/// Connects with the configured authentication and TLS; reconnects forever. `epoch` counts
+/// connections (the emitter resends unacked outputs of an older one first).
 pub async fn connect(
     config: &Config,
     metrics: Metrics,
     health: Health,
+    epoch: Arc<AtomicU64>,
 ) -> Result<async_nats::Client, ProcessorError> {
     let nats = &config.nats;
     let urls = nats.urls.join(",");
@@ -158,9 +160,11 @@ pub async fn connect(
     options = options.event_callback(move |event| {
         let metrics = metrics.clone();
         let health = health.clone();
+        let epoch = epoch.clone();
         async move {
             match event {
                 async_nats::Event::Connected => {
+                    epoch.fetch_add(1, Ordering::AcqRel);
                     tracing::info!("connected to NATS");
                     metrics.nats_reconnects();
                 }
@@ -311,9 +315,19 @@ pub async fn run(
             tracing::warn!(%listen, "metrics listen on a non-loopback address");
         }
         let mut stop_metrics = stop.clone();
-        let server = crate::metrics::serve(listen, metrics.clone(), health.clone(), async move {
-            let _ = stop_metrics.changed().await;
-        });
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| ProcessorError::Other(format!("metrics: binding {listen}: {e}")))?;
+        // The bound address (the configured port may be 0: any free port).
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(%address, "metrics listening");
+        let server =
+            crate::metrics::serve_listener(listener, metrics.clone(), health.clone(), async move {
+                let _ = stop_metrics.changed().await;
+            });
         tokio::spawn(async move {
             if let Err(error) = server.await {
                 tracing::error!(%error, "metrics server failed");
@@ -321,7 +335,14 @@ pub async fn run(
         });
     }
 
-    let client = connect(&config, metrics.clone(), health.clone()).await?;
+    let connection_epoch = Arc::new(AtomicU64::new(0));
+    let client = connect(
+        &config,
+        metrics.clone(),
+        health.clone(),
+        connection_epoch.clone(),
+    )
+    .await?;
     let context = jetstream::ContextBuilder::new()
         .timeout(config.nats.request_timeout)
         .max_ack_inflight(config.output.publish_window.max(1) + partitions as usize)
@@ -415,6 +436,7 @@ pub async fn run(
             window: config.output.publish_window.max(1),
             retry_backoff_max: config.output.publish_retry_backoff_max,
             shards,
+            connection_epoch,
         };
         std::thread::Builder::new()
             .name("emitter".into())
@@ -493,6 +515,7 @@ pub async fn run(
                 if let Ok(mut stream) = context.get_stream(&input_name).await {
                     if let Ok(info) = stream.info().await {
                         let next = position.load(Ordering::Acquire);
+                        metrics.set_input_position(next.saturating_sub(1));
                         let lag = (info.state.last_sequence + 1).saturating_sub(next);
                         metrics.set_consumer_lag(lag);
                         if lag == 0 {

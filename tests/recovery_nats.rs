@@ -9,9 +9,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use creditflow::testkit::{free_port, NatsServer};
+use creditflow::testkit::NatsServer;
 
-const RUNTIME_MAX: Duration = Duration::from_secs(300);
+const RUNTIME_MAX: Duration = Duration::from_secs(120);
 
 fn workload(seed: u64, accounts: usize, messages: usize) -> Vec<String> {
     creditflow::sample::scenario(seed, accounts, messages)
@@ -37,9 +37,8 @@ fn finish_and_compare(
     url: &str,
     setup: &Setup,
     processor: &mut std::process::Child,
-    metrics_port: u16,
 ) {
-    wait_caught_up(metrics_port, RUNTIME_MAX);
+    wait_caught_up(url, setup, RUNTIME_MAX);
     let status = terminate(processor);
     assert!(status.success(), "exit {status}; log:\n{}", setup.log());
     let through = applied_through(&setup.snapshots(), setup.partitions);
@@ -72,7 +71,6 @@ fn sigkill_torture() {
     eprintln!("sigkill_torture: seed {seed}, {kills} kills, {messages} messages");
     let server = NatsServer::start();
     let url = server.url();
-    let port = free_port();
     let partitions = 8;
     // Ticks on: the processor publishes into its own input stream while it is killed.
     let setup = Setup::with_metrics(
@@ -80,7 +78,7 @@ fn sigkill_torture() {
         partitions,
         2,
         "[snapshot]\ninterval_events = 3000\ninterval = \"200ms\"\nkeep = 3\n[engine]\ntick_interval = \"250ms\"\n",
-        Some(port),
+        true,
     );
     let runtime = runtime();
     let mut processor = setup.start(&[]);
@@ -127,7 +125,7 @@ fn sigkill_torture() {
         processor = setup.start(&[]);
     }
     runtime.block_on(producer).expect("producer");
-    finish_and_compare(&runtime, &url, &setup, &mut processor, port);
+    finish_and_compare(&runtime, &url, &setup, &mut processor);
     let recoveries = setup.log().matches("recovered").count();
     assert!(
         recoveries > kills - early,
@@ -141,21 +139,20 @@ fn sigkill_torture() {
 fn corrupt_snapshots_fall_back_or_refuse() {
     let server = NatsServer::start();
     let url = server.url();
-    let port = free_port();
     let partitions = 4;
     let setup = Setup::with_metrics(
         &url,
         partitions,
         2,
         "[snapshot]\ninterval_events = 500\ninterval = \"100ms\"\n",
-        Some(port),
+        true,
     );
     let runtime = runtime();
     let mut processor = setup.start(&[]);
     wait_streams(&runtime, &url);
     let lines = workload(5, 20, 6000);
     runtime.block_on(publish(&url, &lines[..3000], partitions));
-    wait_caught_up(port, RUNTIME_MAX);
+    wait_caught_up(&url, &setup, RUNTIME_MAX);
     assert!(terminate(&mut processor).success());
 
     // Truncate the newest snapshot of partition 0 and flip a bit in partition 1's.
@@ -175,7 +172,7 @@ fn corrupt_snapshots_fall_back_or_refuse() {
 
     let mut processor = setup.start(&[]);
     runtime.block_on(publish(&url, &lines[3000..], partitions));
-    finish_and_compare(&runtime, &url, &setup, &mut processor, port);
+    finish_and_compare(&runtime, &url, &setup, &mut processor);
     assert!(setup.log().contains("falling back"), "{}", setup.log());
 
     // Every snapshot of a partition corrupt: refuse to start, loudly.
@@ -200,7 +197,7 @@ fn corrupt_snapshots_fall_back_or_refuse() {
         }
     }
     let mut processor = setup.start(&["--rebuild"]);
-    finish_and_compare(&runtime, &url, &setup, &mut processor, port);
+    finish_and_compare(&runtime, &url, &setup, &mut processor);
 }
 
 /// No snapshot at all but a stream with history: refuse (never start silently empty).
@@ -273,14 +270,13 @@ fn rewritten_history_is_refused() {
 fn broker_restarts_are_survived_without_help() {
     let mut server = NatsServer::start();
     let url = server.url();
-    let port = free_port();
     let partitions = 4;
     let setup = Setup::with_metrics(
         &url,
         partitions,
         2,
         "[input]\nstall_timeout = \"2s\"\n",
-        Some(port),
+        true,
     );
     let runtime = runtime();
     let mut processor = setup.start(&[]);
@@ -303,7 +299,7 @@ fn broker_restarts_are_survived_without_help() {
         "the processor kept running:\n{}",
         setup.log()
     );
-    finish_and_compare(&runtime, &url, &setup, &mut processor, port);
+    finish_and_compare(&runtime, &url, &setup, &mut processor);
     assert_eq!(
         setup.log().matches("recovered").count(),
         1,
@@ -317,7 +313,6 @@ fn broker_restarts_are_survived_without_help() {
 fn an_outage_longer_than_the_duplicate_window_emits_nothing_twice() {
     let server = NatsServer::start();
     let url = server.url();
-    let port = free_port();
     let partitions = 4;
     // Rare snapshots: the replay after the kill regenerates many outputs already published.
     let setup = Setup::with_metrics(
@@ -325,21 +320,21 @@ fn an_outage_longer_than_the_duplicate_window_emits_nothing_twice() {
         partitions,
         2,
         "[output]\nduplicate_window = \"1s\"\n[snapshot]\ninterval_events = 100000000\ninterval = \"1h\"\n",
-        Some(port),
+        true,
     );
     let runtime = runtime();
     let mut processor = setup.start(&[]);
     wait_streams(&runtime, &url);
     let lines = workload(10, 20, 8000);
     runtime.block_on(publish(&url, &lines[..4000], partitions));
-    wait_caught_up(port, RUNTIME_MAX);
+    wait_caught_up(&url, &setup, RUNTIME_MAX);
     processor.kill().unwrap();
     let _ = processor.wait();
     std::thread::sleep(Duration::from_secs(3));
     // No snapshot was taken (the first would come at stop): rebuild from the first message.
     let mut processor = setup.start(&["--rebuild"]);
     runtime.block_on(publish(&url, &lines[4000..], partitions));
-    finish_and_compare(&runtime, &url, &setup, &mut processor, port);
+    finish_and_compare(&runtime, &url, &setup, &mut processor);
     let log = setup.log();
     let line = log
         .lines()

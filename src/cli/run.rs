@@ -46,8 +46,11 @@ pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<(Config, crate::ca
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    // Colours only for a person at a terminal; files and log collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match config.log.format {
         LogFormat::Json => builder.json().try_init(),
@@ -131,8 +134,13 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let metrics = crate::metrics::Metrics::new(config.engine.partitions, config.shard_count());
-        let client =
-            crate::processor::connect(&config, metrics, crate::metrics::Health::new()).await?;
+        let client = crate::processor::connect(
+            &config,
+            metrics,
+            crate::metrics::Health::new(),
+            Default::default(),
+        )
+        .await?;
         let context = async_nats::jetstream::new(client);
         let name = if args.stream == "input" {
             &config.input.stream

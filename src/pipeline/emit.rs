@@ -65,6 +65,8 @@ enum Slot<A> {
     Publish {
         output: Outbound,
         ack: Option<A>,
+        /// The connection epoch it was last sent in.
+        epoch: u64,
     },
     Watermark {
         partition: u32,
@@ -82,6 +84,10 @@ pub struct Emitter<P: Publisher, O: EmitObserver> {
     pub retry_backoff_max: Duration,
     /// How many shards send to this emitter (it ends after that many `ShardStopped`).
     pub shards: usize,
+    /// Bumped by the NATS client's `Connected` event. Outputs sent in an older epoch whose ack
+    /// has not come may have been lost with the old connection: they are resent, in order,
+    /// before anything new, so a quick reconnect cannot let later outputs overtake them.
+    pub connection_epoch: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
@@ -97,8 +103,14 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
             while publishes < self.window && !closed {
                 match input.try_recv() {
                     Ok(message) => {
-                        self.accept(message, &mut slots, &mut publishes, &mut stopped, &report)
-                            .await;
+                        self.accept(
+                            message,
+                            &mut slots,
+                            &mut publishes,
+                            &mut stopped,
+                            &mut report,
+                        )
+                        .await;
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => closed = true,
@@ -112,8 +124,14 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
                 // Nothing in flight: wait for work (this thread runs only the emitter).
                 match input.recv_timeout(Duration::from_millis(100)) {
                     Ok(message) => {
-                        self.accept(message, &mut slots, &mut publishes, &mut stopped, &report)
-                            .await;
+                        self.accept(
+                            message,
+                            &mut slots,
+                            &mut publishes,
+                            &mut stopped,
+                            &mut report,
+                        )
+                        .await;
                     }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => closed = true,
@@ -166,14 +184,21 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
         slots: &mut VecDeque<Slot<P::Ack>>,
         publishes: &mut usize,
         stopped: &mut usize,
-        report: &EmitReport,
+        report: &mut EmitReport,
     ) {
         match message {
             SinkMessage::Outputs(outputs) => {
                 for output in outputs {
+                    let epoch = self.epoch();
+                    let stale = slots.iter().any(
+                        |slot| matches!(slot, Slot::Publish { epoch: sent, .. } if *sent < epoch),
+                    );
+                    if stale {
+                        self.resend(slots, &mut report.retries).await;
+                    }
                     // A failed send is retried in order with the ones after it (see `run`).
                     let ack = self.publisher.publish(&output).await.ok();
-                    slots.push_back(Slot::Publish { output, ack });
+                    slots.push_back(Slot::Publish { output, ack, epoch });
                     *publishes += 1;
                 }
             }
@@ -197,26 +222,43 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
         let mut backoff = Duration::from_millis(50);
         loop {
             tokio::time::sleep(backoff).await;
-            let mut all_sent = true;
-            for slot in slots.iter_mut() {
-                if let Slot::Publish { output, ack } = slot {
-                    report.retries += 1;
-                    self.observer.retried(1);
-                    match self.publisher.publish(output).await {
-                        Ok(new_ack) => *ack = Some(new_ack),
-                        Err(_) => {
-                            *ack = None;
-                            all_sent = false;
-                            break;
-                        }
-                    }
-                }
-            }
-            if all_sent {
+            if self.resend(slots, &mut report.retries).await {
                 return;
             }
             backoff = (backoff * 2).min(self.retry_backoff_max);
         }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.connection_epoch
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Sends every publish still awaiting its ack again, in order; true when all were sent.
+    async fn resend(&mut self, slots: &mut VecDeque<Slot<P::Ack>>, retries: &mut u64) -> bool {
+        let epoch = self.epoch();
+        for slot in slots.iter_mut() {
+            if let Slot::Publish {
+                output,
+                ack,
+                epoch: sent,
+            } = slot
+            {
+                *retries += 1;
+                self.observer.retried(1);
+                match self.publisher.publish(output).await {
+                    Ok(new_ack) => {
+                        *ack = Some(new_ack);
+                        *sent = epoch;
+                    }
+                    Err(_) => {
+                        *ack = None;
+                        return false;
+                    }
+                }
+            }
+        }
+        true
     }
 }
 
@@ -250,12 +292,15 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    /// Records what was stored; fails the publishes whose index is in `fail` once.
+    /// Records what was stored; the attempts listed in `fail_attempts` are lost (their ack
+    /// says "timed out"); after the last of them the connection comes back (epoch + 1), as
+    /// async-nats reports with its `Connected` event.
     #[derive(Clone, Default)]
     struct FakeStream {
         stored: Arc<Mutex<Vec<String>>>,
         attempts: Arc<Mutex<usize>>,
         fail_attempts: Arc<Mutex<Vec<usize>>>,
+        epoch: Arc<std::sync::atomic::AtomicU64>,
     }
 
     impl Publisher for FakeStream {
@@ -266,7 +311,12 @@ mod tests {
                 *attempts += 1;
                 *attempts
             };
-            if self.fail_attempts.lock().unwrap().contains(&attempt) {
+            let fail = self.fail_attempts.lock().unwrap().clone();
+            if fail.contains(&attempt) {
+                if fail.iter().max() == Some(&attempt) {
+                    self.epoch
+                        .fetch_add(1, std::sync::atomic::Ordering::Release);
+                }
                 return Ok(std::future::ready(Err(PublishFailure("timed out".into()))));
             }
             let mut stored = self.stored.lock().unwrap();
@@ -290,6 +340,7 @@ mod tests {
     }
 
     fn run(stream: FakeStream, messages: Vec<SinkMessage>) -> EmitReport {
+        let stream_epoch = stream.epoch.clone();
         let (sender, receiver) = crossbeam::channel::unbounded();
         for message in messages {
             sender.send(message).unwrap();
@@ -301,6 +352,7 @@ mod tests {
             window: 3,
             retry_backoff_max: Duration::from_millis(10),
             shards: 1,
+            connection_epoch: stream_epoch,
         };
         tokio::runtime::Builder::new_current_thread()
             .enable_time()

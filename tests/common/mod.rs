@@ -40,21 +40,22 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(url: &str, partitions: u32, shards: usize, extra: &str) -> Setup {
-        Setup::with_metrics(url, partitions, shards, extra, None)
+        Setup::with_metrics(url, partitions, shards, extra, false)
     }
 
-    /// As `new`, serving metrics on `127.0.0.1:<port>` when given. `extra` is TOML whose keys
-    /// override or extend the base config's, section by section.
+    /// As `new`, serving metrics on a free port the processor picks (`metrics_port()` reads it
+    /// from the log) when `metrics` is true. `extra` is TOML whose keys override or extend the
+    /// base config's, section by section.
     pub fn with_metrics(
         url: &str,
         partitions: u32,
         shards: usize,
         extra: &str,
-        metrics_port: Option<u16>,
+        metrics: bool,
     ) -> Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("creditflow.toml");
-        let listen = metrics_port.map_or_else(String::new, |p| format!("127.0.0.1:{p}"));
+        let listen = if metrics { "127.0.0.1:0" } else { "" };
         let base = format!(
             r#"
 [nats]
@@ -125,6 +126,21 @@ max_bytes = "1GiB"
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("processor.log")).unwrap_or_default()
+    }
+
+    /// The metrics port of the most recently started processor (from its log).
+    pub fn metrics_port(&self) -> Option<u16> {
+        let log = self.log();
+        let line = log
+            .lines()
+            .filter(|l| l.contains("metrics listening"))
+            .last()?;
+        let start = line.find("127.0.0.1:")? + "127.0.0.1:".len();
+        let digits: String = line[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
     }
 }
 
@@ -315,8 +331,8 @@ pub fn assert_outputs_match(actual: &[(String, String)], expected: &[Output]) {
     }
 }
 
-/// The processor's consumer lag from its metrics endpoint, if it answers.
-pub fn lag(metrics_port: u16) -> Option<u64> {
+/// A gauge's value from the processor's metrics endpoint, if it answers.
+pub fn gauge(metrics_port: u16, name: &str) -> Option<u64> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -325,11 +341,17 @@ pub fn lag(metrics_port: u16) -> Option<u64> {
         .ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
+    let prefix = format!("{name} ");
     text.lines()
-        .find(|l| l.starts_with("creditflow_consumer_lag_messages "))
+        .find(|l| l.starts_with(&prefix))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<f64>().ok())
         .map(|v| v as u64)
+}
+
+/// The processor's consumer lag, if it answers.
+pub fn lag(metrics_port: u16) -> Option<u64> {
+    gauge(metrics_port, "creditflow_consumer_lag_messages")
 }
 
 /// Publishes lines at about `rate` per second, retrying each until acked (same message id, so
@@ -397,19 +419,64 @@ pub fn applied_through(dir: &Path, partitions: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits until the processor reports no lag, twice in a row, a second apart.
-pub fn wait_caught_up(metrics_port: u16, timeout: Duration) {
-    let mut zero_since: Option<Instant> = None;
-    wait_until("the processor to catch up", timeout, || {
-        match lag(metrics_port) {
-            Some(0) => {
-                let since = *zero_since.get_or_insert_with(Instant::now);
-                since.elapsed() >= Duration::from_secs(1)
-            }
-            _ => {
-                zero_since = None;
-                false
-            }
-        }
+/// Waits until the processor has read every message the input stream holds now (later ticks
+/// of its own may follow; a graceful stop applies everything read). On timeout, panics with the
+/// processor's log tail and metrics, which is what a stuck run needs to be understood.
+pub fn wait_caught_up(url: &str, setup: &Setup, timeout: Duration) {
+    let last = runtime().block_on(async {
+        let client = async_nats::connect(url).await.expect("connect");
+        let context = async_nats::jetstream::new(client);
+        let mut stream = context
+            .get_stream("CREDITFLOW_IN")
+            .await
+            .expect("input stream");
+        stream.info().await.expect("info").state.last_sequence
     });
+    let deadline = Instant::now() + timeout;
+    let read_through = || {
+        setup
+            .metrics_port()
+            .and_then(|port| gauge(port, "creditflow_input_position"))
+            .is_some_and(|p| p >= last)
+    };
+    while !read_through() {
+        if Instant::now() > deadline {
+            let log = setup.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            let metrics = setup
+                .metrics_port()
+                .and_then(metrics_text)
+                .unwrap_or_default();
+            let interesting: Vec<&str> = metrics
+                .lines()
+                .filter(|l| {
+                    !l.starts_with('#')
+                        && (l.contains("position")
+                            || l.contains("lag")
+                            || l.contains("queue")
+                            || l.contains("in_flight")
+                            || l.contains("recreated")
+                            || l.contains("retries"))
+                })
+                .collect();
+            panic!(
+                "the processor did not read the input through {last} within {timeout:?}\nmetrics:\n{}\nlog tail:\n{}",
+                interesting.join("\n"),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn metrics_text(metrics_port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(text)
 }
