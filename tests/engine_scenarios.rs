@@ -595,3 +595,46 @@ fn invoice_lines_are_flushed_cumulatively_and_finalized_at_period_close() {
     assert_eq!(finals[0]["version"], 3);
     assert_eq!(finals[0]["credits"], "6");
 }
+
+#[test]
+fn dead_letters_carry_the_account_and_ts_whenever_they_are_readable() {
+    // SEMANTICS §14: `account` / `ts` are null only when unreadable, whichever check failed.
+    // The checks stop at the first failure, so a bad `type` or `id` used to hide both.
+    let mut run = Run::new();
+    let cases = [
+        (
+            r#"{"type":5,"id":"x","account":"acct","ts":"2026-11-24T10:00:00Z"}"#,
+            "unknown_type",
+            "acct",
+            "2026-11-24T10:00:00.000Z",
+        ),
+        (
+            r#"{"id":"","account":"acct","meter":"call","quantity":"1","ts":"2026-11-24T10:00:00Z"}"#,
+            "bad_id",
+            "acct",
+            "2026-11-24T10:00:00.000Z",
+        ),
+        (
+            r#"{"id":"x","account":"a c","meter":"call","quantity":"1","ts":"2026-11-24T10:00:00Z"}"#,
+            "bad_account",
+            "",
+            "2026-11-24T10:00:00.000Z",
+        ),
+    ];
+    for (payload, reason, account, ts) in cases {
+        let out = run.apply(&[payload]);
+        let dead = &find(&out, "dead_letter")[0];
+        assert_eq!(dead["reason"], reason, "{payload}");
+        assert_eq!(dead["account"].as_str().unwrap_or(""), account, "{payload}");
+        assert_eq!(dead["ts"], ts, "{payload}");
+    }
+    // An oversized payload is not read: neither is reported.
+    let pad = "x".repeat(20_000);
+    let big = format!(
+        r#"{{"id":"x","account":"acct","meter":"call","quantity":"1","ts":"2026-11-24T10:00:00Z","dims":{{"p":"{pad}"}}}}"#
+    );
+    let out = run.apply(&[&big]);
+    let dead = &find(&out, "dead_letter")[0];
+    assert_eq!(dead["reason"], "payload_too_large");
+    assert!(dead["account"].is_null() && dead["ts"].is_null());
+}
