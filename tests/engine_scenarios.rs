@@ -638,3 +638,22 @@ fn dead_letters_carry_the_account_and_ts_whenever_they_are_readable() {
     assert_eq!(dead["reason"], "payload_too_large");
     assert!(dead["account"].is_null() && dead["ts"].is_null());
 }
+
+#[test]
+fn state_view_shows_the_policy_override_as_an_object() {
+    // SEMANTICS §16: `policy_override` is the `set_policy` object (normalized), not a string
+    // holding its JSON text.
+    let mut run = Run::new();
+    run.apply(&[
+        r#"{"type":"set_policy","id":"p","account":"acct","ts":"2026-11-24T10:00:00Z","policy":{"kind":"overage","overage_limit":"12.50","overage_price":0.1}}"#,
+    ]);
+    let state = run.state("acct");
+    assert_eq!(
+        state["policy_override"],
+        serde_json::json!({"kind": "overage", "overage_limit": "12.5", "overage_price": "0.1"})
+    );
+    run.apply(&[
+        r#"{"type":"set_policy","id":"p2","account":"acct","ts":"2026-11-24T10:00:01Z","policy":null}"#,
+    ]);
+    assert!(run.state("acct")["policy_override"].is_null());
+}
