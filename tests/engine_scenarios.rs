@@ -657,3 +657,19 @@ fn state_view_shows_the_policy_override_as_an_object() {
     ]);
     assert!(run.state("acct")["policy_override"].is_null());
 }
+
+#[test]
+fn an_expiry_not_after_the_effective_time_is_a_bad_timestamp() {
+    // SEMANTICS §2.1 check 4: `bad_timestamp` covers `ts`, `effective_at` and `expires_at`
+    // failing their rules, and "`expires_at` must be after `effective_at`" is one of them.
+    let mut run = Run::new();
+    for extra in [
+        r#","expires_at":"2020-01-01T00:00:00Z""#,
+        r#","expires_at":"2026-11-24T10:00:00Z""#,
+        r#","effective_at":"2026-11-24T11:00:00Z","expires_at":"2026-11-24T10:30:00Z""#,
+    ] {
+        let out = run.apply(&[&grant("g", "acct", T0, "10", extra)]);
+        let dead = &find(&out, "dead_letter")[0];
+        assert_eq!(dead["reason"], "bad_timestamp", "{extra}");
+    }
+}

@@ -942,7 +942,11 @@ impl<'c> Checker<'c> {
         let expires_at = self.instant("expires_at", raw.expires_at)?;
         if let Some(expires_at) = expires_at {
             if expires_at <= effective_at {
-                return Err(invalid("expires_at", "must be after effective_at"));
+                // The rule of the field `expires_at`: its specific reason (SEMANTICS §2.1).
+                return Err(DeadLetter::new(
+                    DeadReason::BadTimestamp,
+                    "expires_at: must be after effective_at",
+                ));
             }
         }
         let scope = match raw.scope {
