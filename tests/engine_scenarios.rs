@@ -673,3 +673,26 @@ fn an_expiry_not_after_the_effective_time_is_a_bad_timestamp() {
         assert_eq!(dead["reason"], "bad_timestamp", "{extra}");
     }
 }
+
+#[test]
+fn a_tick_moves_only_the_clocks_of_accounts_with_something_due() {
+    // SEMANTICS §3 and §16: a tick advances the accounts with a transition due at or before it;
+    // the others keep their own clock. A flush that a message had already run left a stale
+    // timer entry behind, and the next tick moved that account's clock with nothing due.
+    let mut run = Run::new();
+    run.apply(&[
+        &grant("g", "acct", T0, "100", ""),
+        // Booked at 10:00: the flush is due at 11:00 (a timer entry for 11:00).
+        &usage("u1", "acct", "2026-11-24T10:30:00Z", "call", "1"),
+        // Runs the 11:00 flush itself and books again: the next flush is due at 12:00.
+        &usage("u2", "acct", "2026-11-24T11:30:00Z", "call", "1"),
+    ]);
+    assert_eq!(run.state("acct")["clock"], "2026-11-24T11:30:00.000Z");
+    let out = run.apply(&[r#"{"type":"tick","id":"t1","ts":"2026-11-24T11:45:00Z"}"#]);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(run.state("acct")["clock"], "2026-11-24T11:30:00.000Z");
+    // At 12:00 the flush is due: the tick advances the account.
+    let out = run.apply(&[r#"{"type":"tick","id":"t2","ts":"2026-11-24T12:05:00Z"}"#]);
+    assert_eq!(types(&out), ["invoice.line"]);
+    assert_eq!(run.state("acct")["clock"], "2026-11-24T12:05:00.000Z");
+}
