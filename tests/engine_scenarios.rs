@@ -696,3 +696,24 @@ fn a_tick_moves_only_the_clocks_of_accounts_with_something_due() {
     assert_eq!(types(&out), ["invoice.line"]);
     assert_eq!(run.state("acct")["clock"], "2026-11-24T12:05:00.000Z");
 }
+
+#[test]
+fn a_backdated_commit_still_draws_what_its_hold_reserved() {
+    // SEMANTICS §8: a commit draws the grants its hold drew from first, up to what each held.
+    // Credits reserved at 10:01 from a grant effective at 10:00 stay the commit's even when the
+    // commit is backdated to 09:00. They were drawn, but not counted as available, so the whole
+    // charge was reported unpaid (and under overage, put into debt).
+    let mut run = Run::new();
+    run.apply(&[
+        &grant("g", "acct", T0, "10", ""),
+        r#"{"type":"reserve","id":"r","account":"acct","ts":"2026-11-24T10:01:00Z","meter":"call","quantity":"4","ttl":"1h","hold_id":"h"}"#,
+    ]);
+    let out = run.apply(&[
+        r#"{"type":"commit","id":"c","account":"acct","ts":"2026-11-24T09:00:00Z","hold_id":"h","quantity":"6"}"#,
+    ]);
+    let result = &find(&out, "command.result")[0];
+    assert_eq!(result["status"], "applied");
+    assert_eq!(result["credits_charged"], "4");
+    assert_eq!(result["credits_unpaid"], "2");
+    assert_eq!(run.balance("acct"), "6");
+}

@@ -424,6 +424,30 @@ impl Account {
             .fold(Credits::ZERO, |sum, g| sum + g.spendable())
     }
 
+    /// What a charge can draw (exactly what [`Account::draw`] takes): the spendable credits of
+    /// eligible grants and, for a commit, what its hold had claimed on each grant, even a grant
+    /// not eligible at `ts` (the reservation was made when it was).
+    fn drawable(
+        &self,
+        credit_type: CreditTypeId,
+        meter: MeterId,
+        ts: Instant,
+        claims: Option<&[(u32, Credits)]>,
+    ) -> Credits {
+        self.grants.iter().fold(Credits::ZERO, |sum, g| {
+            let claimed = claims
+                .and_then(|claims| claims.iter().find(|c| c.0 == g.serial))
+                .filter(|_| g.status == GrantStatus::Live && g.credit_type == credit_type)
+                .map_or(Credits::ZERO, |c| c.1.min(g.spendable()));
+            let free = if g.eligible(credit_type, Some(meter), ts) {
+                g.spendable() - claimed
+            } else {
+                Credits::ZERO
+            };
+            sum + claimed + free
+        })
+    }
+
     fn grant_by_serial(&mut self, serial: u32) -> Option<&mut Grant> {
         self.grants.iter_mut().find(|g| g.serial == serial)
     }
@@ -1209,8 +1233,8 @@ impl Account {
             _ => None,
         };
         // A commit has already released its hold's claims, so they are spendable again here;
-        // `claims` only decides which grants are drawn first.
-        let spendable = |account: &Account| account.spendable(credit_type, Some(meter), ts);
+        // they are drawn first, even from a grant not eligible at the commit's ts (SEMANTICS §8).
+        let spendable = |account: &Account| account.drawable(credit_type, meter, ts, claims);
         if let Some(rule) = &rule {
             if cost > spendable(self) && self.topup(ctx, rule, cause, ts, &mut topups) {
                 self.evaluate_alerts(ctx, ts);
