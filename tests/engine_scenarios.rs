@@ -717,3 +717,46 @@ fn a_backdated_commit_still_draws_what_its_hold_reserved() {
     assert_eq!(result["credits_unpaid"], "2");
     assert_eq!(run.balance("acct"), "6");
 }
+
+#[test]
+fn reversing_an_event_cancels_its_own_overage_before_returning_its_credits() {
+    // SEMANTICS §9. An event drew 5 credits from a grant that has since expired and put 3 into
+    // debt. Its reversal must cancel that debt and return the 5 as a new grant. Returning the 5
+    // first let the new grant repay the event's own debt: an `overage_repaid` line of −3
+    // credits (−0.30 money) on top of the overage line falling by 3 (−0.30): the customer was
+    // credited 0.30 never billed, and the repayment was recognised as revenue.
+    let mut run = Run::new();
+    run.apply(&[
+        r#"{"type":"set_plan","id":"p","account":"acct","ts":"2026-11-24T10:00:00Z","plan":"soft"}"#,
+        &grant(
+            "g",
+            "acct",
+            T0,
+            "5",
+            r#","expires_at":"2026-11-24T10:30:00Z","cost_basis":"0.02""#,
+        ),
+        &usage("u", "acct", T1, "call", "8"),
+        r#"{"type":"tick","id":"t1","ts":"2026-11-24T10:31:00Z"}"#,
+    ]);
+    assert_eq!(run.state("acct")["balances"][0]["debt"], "3");
+    let out = run.apply(&[
+        r#"{"type":"reverse","id":"rv","account":"acct","ts":"2026-11-24T10:40:00Z","event_id":"u"}"#,
+        r#"{"type":"tick","id":"t2","ts":"2026-11-24T11:05:00Z"}"#,
+    ]);
+    let lines = find(&out, "invoice.line");
+    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["usage", "overage"], "{out:?}");
+    assert_eq!(lines[1]["credits"], "0");
+    assert_eq!(lines[1]["money"], "0");
+    let state = run.state("acct");
+    assert_eq!(state["balances"][0]["debt"], "0");
+    assert_eq!(state["balances"][0]["balance"], "5");
+    // The expired grant stays in state (empty) until the period closes.
+    assert_eq!(
+        run.remaining("acct"),
+        [
+            ("g".to_string(), "0".to_string()),
+            ("reversal-u-1".to_string(), "5".to_string())
+        ]
+    );
+}

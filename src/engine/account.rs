@@ -1621,6 +1621,37 @@ impl Account {
         let ts = self.clock;
         let credit_type = charge.credit_type;
         let mut new_grants = 0u32;
+        let same_period = charge.period_start == self.period_start;
+        // The overage part first: it cancels the event's own debt. Returning the drawn credits
+        // first would let a new reversal grant repay that debt (§5.2), booking an
+        // `overage_repaid` credit for overage that the reversal also takes off the invoice.
+        if same_period {
+            let t = self.type_index(credit_type);
+            let cancel = charge.overage.min(self.types[t].debt);
+            self.types[t].debt -= cancel;
+            self.types[t].ledger.returned += cancel;
+            let rest = charge.overage - cancel;
+            if rest.is_positive() {
+                self.types[t].ledger.returned += rest;
+                new_grants += 1;
+                let id = format!("reversal-{event_id}-{new_grants}");
+                self.add_grant(
+                    ctx,
+                    &id,
+                    credit_type,
+                    Source::Adjustment,
+                    rest,
+                    100,
+                    ts,
+                    None,
+                    Price::ZERO,
+                    ts,
+                    None,
+                    Credits::ZERO,
+                    false,
+                );
+            }
+        }
         let t = self.type_index(credit_type);
         for &(serial, amount, basis) in &charge.draws {
             self.types[t].ledger.returned += amount;
@@ -1658,33 +1689,7 @@ impl Account {
                 }
             }
         }
-        let same_period = charge.period_start == self.period_start;
         if same_period {
-            let t = self.type_index(credit_type);
-            let cancel = charge.overage.min(self.types[t].debt);
-            self.types[t].debt -= cancel;
-            self.types[t].ledger.returned += cancel;
-            let rest = charge.overage - cancel;
-            if rest.is_positive() {
-                self.types[t].ledger.returned += rest;
-                new_grants += 1;
-                let id = format!("reversal-{event_id}-{new_grants}");
-                self.add_grant(
-                    ctx,
-                    &id,
-                    credit_type,
-                    Source::Adjustment,
-                    rest,
-                    100,
-                    ts,
-                    None,
-                    Price::ZERO,
-                    ts,
-                    None,
-                    Credits::ZERO,
-                    false,
-                );
-            }
             self.book(
                 catalog,
                 LineKind::Usage,
