@@ -760,3 +760,24 @@ fn reversing_an_event_cancels_its_own_overage_before_returning_its_credits() {
         ]
     );
 }
+
+#[test]
+fn an_imported_rollover_grant_counts_as_granted_revenue() {
+    // SEMANTICS §12: only the rollover grants the engine makes move deferred value (from the
+    // expiring allowance); a `grant` command with source `rollover` (an operator's import)
+    // brings new deferred value and counts as granted. Leaving it out broke the revenue
+    // identity (a debug-build panic; wrong revenue.period figures in release).
+    let mut run = Run::new();
+    run.apply(&[&grant(
+        "g",
+        "acct",
+        T0,
+        "20",
+        r#","source":"rollover","cost_basis":"0.02""#,
+    )]);
+    run.engine.check_invariants().expect("revenue identity");
+    let out = run.apply(&[r#"{"type":"tick","id":"t","ts":"2026-11-25T00:00:00Z"}"#]);
+    let revenue = &find(&out, "revenue.period")[0];
+    assert_eq!(revenue["granted"], "0.4");
+    assert_eq!(revenue["closing_deferred"], "0.4");
+}

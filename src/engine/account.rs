@@ -1479,7 +1479,9 @@ impl Account {
             ts,
             grant.scope.clone().map(Vec::into_boxed_slice),
             Credits::ZERO,
-            grant.source != Source::Rollover,
+            // Whatever its source, an imported grant brings deferred value the period's
+            // opening did not have (only the engine's own rollovers move existing value).
+            true,
         );
         let t = self.type_index(grant.credit_type);
         self.types[t].ledger.granted += grant.amount;
