@@ -1708,3 +1708,62 @@ fn a_lowered_overage_limit_does_not_refuse_a_fully_paid_event() {
     assert_eq!(parsed(&out)[0]["reason"], "overage_limit");
     assert_eq!(parsed(&out)[0]["available"], "0");
 }
+
+#[test]
+fn a_transition_already_due_runs_at_the_account_clock() {
+    // §10.6: a backdated grant whose expiry has already passed expires right after the message,
+    // at the account's clock, and says so in its `ts`.
+    let mut run = Run::new("basic");
+    run.send(grant("od-g0", "od", &ts("11:00:00"), "1"));
+    let late = with(
+        grant("od-g1", "od", &ts("10:00:00"), "5"),
+        "expires_at",
+        json!("2026-11-24T10:30:00Z"),
+    );
+    let out = run.send(late);
+    assert_eq!(kinds(&out), ["command.result", "grant.expired"]);
+    let o = parsed(&out);
+    assert_eq!(o[0]["ts"], "2026-11-24T10:00:00.000Z");
+    assert_eq!(
+        out[1],
+        r#"{"type":"grant.expired","id":"expired:od:od-g1:2","account":"od","seq":2,"ts":"2026-11-24T11:00:00.000Z","grant_id":"od-g1","credit_type":"credit","credits":"5","breakage":"0"}"#
+    );
+    assert_eq!(run.balance("od")["balance"], "1");
+}
+
+#[test]
+fn the_topup_cooldown_runs_across_periods() {
+    // §7: the per-period count resets at midnight, the cooldown (1 h) does not.
+    let mut run = Run::new("auto");
+    let out = run.send(usage("cd-u1", "cd", &ts("23:30:00"), "api_call", "3"));
+    assert_eq!(kinds(&out), ["topup.granted"]);
+    // 47 → 2: below the threshold, cooling down.
+    assert!(run
+        .send(usage("cd-u2", "cd", &ts("23:40:00"), "api_call", "45"))
+        .is_empty());
+    // 00:10 the next day: 6 > 2 spendable, still cooling down until 00:30: the overage
+    // fallback takes 4 into debt (limit 5).
+    let out = run.send(usage(
+        "cd-u3",
+        "cd",
+        "2026-11-25T00:10:00Z",
+        "api_call",
+        "6",
+    ));
+    assert!(
+        !kinds(&out).contains(&"topup.granted".to_string()),
+        "{out:?}"
+    );
+    assert_eq!(kinds(&out).last().unwrap(), "balance.depleted");
+    assert_eq!(run.balance("cd")["debt"], "4");
+    // 00:31: allowed again; the top-up repays the debt, then 1 is charged: 50 − 4 − 1.
+    let out = run.send(usage(
+        "cd-u4",
+        "cd",
+        "2026-11-25T00:31:00Z",
+        "api_call",
+        "1",
+    ));
+    assert_eq!(kinds(&out), ["topup.granted", "balance.recovered"]);
+    assert_eq!(run.balance("cd")["balance"], "45");
+}
