@@ -595,3 +595,189 @@ fn invoice_lines_are_flushed_cumulatively_and_finalized_at_period_close() {
     assert_eq!(finals[0]["version"], 3);
     assert_eq!(finals[0]["credits"], "6");
 }
+
+#[test]
+fn dead_letters_carry_the_account_and_ts_whenever_they_are_readable() {
+    // SEMANTICS §14: `account` / `ts` are null only when unreadable, whichever check failed.
+    // The checks stop at the first failure, so a bad `type` or `id` used to hide both.
+    let mut run = Run::new();
+    let cases = [
+        (
+            r#"{"type":5,"id":"x","account":"acct","ts":"2026-11-24T10:00:00Z"}"#,
+            "unknown_type",
+            "acct",
+            "2026-11-24T10:00:00.000Z",
+        ),
+        (
+            r#"{"id":"","account":"acct","meter":"call","quantity":"1","ts":"2026-11-24T10:00:00Z"}"#,
+            "bad_id",
+            "acct",
+            "2026-11-24T10:00:00.000Z",
+        ),
+        (
+            r#"{"id":"x","account":"a c","meter":"call","quantity":"1","ts":"2026-11-24T10:00:00Z"}"#,
+            "bad_account",
+            "",
+            "2026-11-24T10:00:00.000Z",
+        ),
+    ];
+    for (payload, reason, account, ts) in cases {
+        let out = run.apply(&[payload]);
+        let dead = &find(&out, "dead_letter")[0];
+        assert_eq!(dead["reason"], reason, "{payload}");
+        assert_eq!(dead["account"].as_str().unwrap_or(""), account, "{payload}");
+        assert_eq!(dead["ts"], ts, "{payload}");
+    }
+    // An oversized payload is not read: neither is reported.
+    let pad = "x".repeat(20_000);
+    let big = format!(
+        r#"{{"id":"x","account":"acct","meter":"call","quantity":"1","ts":"2026-11-24T10:00:00Z","dims":{{"p":"{pad}"}}}}"#
+    );
+    let out = run.apply(&[&big]);
+    let dead = &find(&out, "dead_letter")[0];
+    assert_eq!(dead["reason"], "payload_too_large");
+    assert!(dead["account"].is_null() && dead["ts"].is_null());
+}
+
+#[test]
+fn state_view_shows_the_policy_override_as_an_object() {
+    // SEMANTICS §16: `policy_override` is the `set_policy` object (normalized), not a string
+    // holding its JSON text.
+    let mut run = Run::new();
+    run.apply(&[
+        r#"{"type":"set_policy","id":"p","account":"acct","ts":"2026-11-24T10:00:00Z","policy":{"kind":"overage","overage_limit":"12.50","overage_price":0.1}}"#,
+    ]);
+    let state = run.state("acct");
+    assert_eq!(
+        state["policy_override"],
+        serde_json::json!({"kind": "overage", "overage_limit": "12.5", "overage_price": "0.1"})
+    );
+    run.apply(&[
+        r#"{"type":"set_policy","id":"p2","account":"acct","ts":"2026-11-24T10:00:01Z","policy":null}"#,
+    ]);
+    assert!(run.state("acct")["policy_override"].is_null());
+}
+
+#[test]
+fn an_expiry_not_after_the_effective_time_is_a_bad_timestamp() {
+    // SEMANTICS §2.1 check 4: `bad_timestamp` covers `ts`, `effective_at` and `expires_at`
+    // failing their rules, and "`expires_at` must be after `effective_at`" is one of them.
+    let mut run = Run::new();
+    for extra in [
+        r#","expires_at":"2020-01-01T00:00:00Z""#,
+        r#","expires_at":"2026-11-24T10:00:00Z""#,
+        r#","effective_at":"2026-11-24T11:00:00Z","expires_at":"2026-11-24T10:30:00Z""#,
+    ] {
+        let out = run.apply(&[&grant("g", "acct", T0, "10", extra)]);
+        let dead = &find(&out, "dead_letter")[0];
+        assert_eq!(dead["reason"], "bad_timestamp", "{extra}");
+    }
+}
+
+#[test]
+fn a_tick_moves_only_the_clocks_of_accounts_with_something_due() {
+    // SEMANTICS §3 and §16: a tick advances the accounts with a transition due at or before it;
+    // the others keep their own clock. A flush that a message had already run left a stale
+    // timer entry behind, and the next tick moved that account's clock with nothing due.
+    let mut run = Run::new();
+    run.apply(&[
+        &grant("g", "acct", T0, "100", ""),
+        // Booked at 10:00: the flush is due at 11:00 (a timer entry for 11:00).
+        &usage("u1", "acct", "2026-11-24T10:30:00Z", "call", "1"),
+        // Runs the 11:00 flush itself and books again: the next flush is due at 12:00.
+        &usage("u2", "acct", "2026-11-24T11:30:00Z", "call", "1"),
+    ]);
+    assert_eq!(run.state("acct")["clock"], "2026-11-24T11:30:00.000Z");
+    let out = run.apply(&[r#"{"type":"tick","id":"t1","ts":"2026-11-24T11:45:00Z"}"#]);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(run.state("acct")["clock"], "2026-11-24T11:30:00.000Z");
+    // At 12:00 the flush is due: the tick advances the account.
+    let out = run.apply(&[r#"{"type":"tick","id":"t2","ts":"2026-11-24T12:05:00Z"}"#]);
+    assert_eq!(types(&out), ["invoice.line"]);
+    assert_eq!(run.state("acct")["clock"], "2026-11-24T12:05:00.000Z");
+}
+
+#[test]
+fn a_backdated_commit_still_draws_what_its_hold_reserved() {
+    // SEMANTICS §8: a commit draws the grants its hold drew from first, up to what each held.
+    // Credits reserved at 10:01 from a grant effective at 10:00 stay the commit's even when the
+    // commit is backdated to 09:00. They were drawn, but not counted as available, so the whole
+    // charge was reported unpaid (and under overage, put into debt).
+    let mut run = Run::new();
+    run.apply(&[
+        &grant("g", "acct", T0, "10", ""),
+        r#"{"type":"reserve","id":"r","account":"acct","ts":"2026-11-24T10:01:00Z","meter":"call","quantity":"4","ttl":"1h","hold_id":"h"}"#,
+    ]);
+    let out = run.apply(&[
+        r#"{"type":"commit","id":"c","account":"acct","ts":"2026-11-24T09:00:00Z","hold_id":"h","quantity":"6"}"#,
+    ]);
+    let result = &find(&out, "command.result")[0];
+    assert_eq!(result["status"], "applied");
+    assert_eq!(result["credits_charged"], "4");
+    assert_eq!(result["credits_unpaid"], "2");
+    assert_eq!(run.balance("acct"), "6");
+}
+
+#[test]
+fn reversing_an_event_cancels_its_own_overage_before_returning_its_credits() {
+    // SEMANTICS §9. An event drew 5 credits from a grant that has since expired and put 3 into
+    // debt. Its reversal must cancel that debt and return the 5 as a new grant. Returning the 5
+    // first let the new grant repay the event's own debt: an `overage_repaid` line of −3
+    // credits (−0.30 money) on top of the overage line falling by 3 (−0.30): the customer was
+    // credited 0.30 never billed, and the repayment was recognised as revenue.
+    let mut run = Run::new();
+    run.apply(&[
+        r#"{"type":"set_plan","id":"p","account":"acct","ts":"2026-11-24T10:00:00Z","plan":"soft"}"#,
+        &grant(
+            "g",
+            "acct",
+            T0,
+            "5",
+            r#","expires_at":"2026-11-24T10:30:00Z","cost_basis":"0.02""#,
+        ),
+        &usage("u", "acct", T1, "call", "8"),
+        r#"{"type":"tick","id":"t1","ts":"2026-11-24T10:31:00Z"}"#,
+    ]);
+    assert_eq!(run.state("acct")["balances"][0]["debt"], "3");
+    let out = run.apply(&[
+        r#"{"type":"reverse","id":"rv","account":"acct","ts":"2026-11-24T10:40:00Z","event_id":"u"}"#,
+        r#"{"type":"tick","id":"t2","ts":"2026-11-24T11:05:00Z"}"#,
+    ]);
+    let lines = find(&out, "invoice.line");
+    let kinds: Vec<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["usage", "overage"], "{out:?}");
+    assert_eq!(lines[1]["credits"], "0");
+    assert_eq!(lines[1]["money"], "0");
+    let state = run.state("acct");
+    assert_eq!(state["balances"][0]["debt"], "0");
+    assert_eq!(state["balances"][0]["balance"], "5");
+    // The expired grant stays in state (empty) until the period closes.
+    assert_eq!(
+        run.remaining("acct"),
+        [
+            ("g".to_string(), "0".to_string()),
+            ("reversal-u-1".to_string(), "5".to_string())
+        ]
+    );
+}
+
+#[test]
+fn an_imported_rollover_grant_counts_as_granted_revenue() {
+    // SEMANTICS §12: only the rollover grants the engine makes move deferred value (from the
+    // expiring allowance); a `grant` command with source `rollover` (an operator's import)
+    // brings new deferred value and counts as granted. Leaving it out broke the revenue
+    // identity (a debug-build panic; wrong revenue.period figures in release).
+    let mut run = Run::new();
+    run.apply(&[&grant(
+        "g",
+        "acct",
+        T0,
+        "20",
+        r#","source":"rollover","cost_basis":"0.02""#,
+    )]);
+    run.engine.check_invariants().expect("revenue identity");
+    let out = run.apply(&[r#"{"type":"tick","id":"t","ts":"2026-11-25T00:00:00Z"}"#]);
+    let revenue = &find(&out, "revenue.period")[0];
+    assert_eq!(revenue["granted"], "0.4");
+    assert_eq!(revenue["closing_deferred"], "0.4");
+}

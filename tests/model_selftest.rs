@@ -1,5 +1,5 @@
 //! Hand-computed scenarios for the reference model (`tests/model/`): every expected number
-//! below was worked out from SEMANTICS.md (and DECISIONS.md where it decides), not read off the
+//! below was worked out from SEMANTICS.md, not read off the
 //! model. A few outputs are asserted as full JSON strings to pin the wire format.
 
 mod model;
@@ -268,14 +268,14 @@ fn reject_policy_refuses_the_whole_charge() {
     assert_eq!(
         out,
         [
-            r#"{"type":"command.result","id":"result:r:r-g","account":"r","seq":1,"ts":"2026-11-24T10:00:00.000Z","command":"grant","command_id":"r-g","status":"applied","reason":null,"grant_id":"r-g"}"#
+            r#"{"type":"command.result","id":"result:r:r-g:1","account":"r","seq":1,"ts":"2026-11-24T10:00:00.000Z","command":"grant","command_id":"r-g","status":"applied","reason":null,"grant_id":"r-g"}"#
         ]
     );
     let out = run.send(usage("r-u", "r", &ts("10:01:00"), "api_call", "7"));
     assert_eq!(
         out,
         [
-            r#"{"type":"usage.rejected","id":"rejected:r:r-u","account":"r","seq":2,"ts":"2026-11-24T10:01:00.000Z","event_id":"r-u","meter":"api_call","quantity":"7","credit_type":"credit","needed":"7","available":"5","reason":"insufficient_credits"}"#
+            r#"{"type":"usage.rejected","id":"rejected:r:r-u:2","account":"r","seq":2,"ts":"2026-11-24T10:01:00.000Z","event_id":"r-u","meter":"api_call","quantity":"7","credit_type":"credit","needed":"7","available":"5","reason":"insufficient_credits"}"#
         ]
     );
     assert_eq!(run.balance("r")["balance"], "5");
@@ -318,7 +318,7 @@ fn auto_topup_cooldown_cap_and_fallback() {
     assert_eq!(
         out,
         [
-            r#"{"type":"topup.granted","id":"topup:t:topup-u1","account":"t","seq":1,"ts":"2026-11-24T10:00:00.000Z","grant_id":"topup-u1","credit_type":"credit","credits":"50","price":"0.02","money":"1"}"#
+            r#"{"type":"topup.granted","id":"topup:t:topup-u1:1","account":"t","seq":1,"ts":"2026-11-24T10:00:00.000Z","grant_id":"topup-u1","credit_type":"credit","credits":"50","price":"0.02","money":"1"}"#
         ]
     );
     // Balance 47 → 2: below the threshold, but the cooldown (until 11:00) forbids a top-up.
@@ -329,7 +329,8 @@ fn auto_topup_cooldown_cap_and_fallback() {
     let out = run.send(usage("u3", "t", &ts("10:20:00"), "api_call", "6"));
     assert_eq!(kinds(&out), ["balance.depleted"]);
     assert_eq!(run.balance("t")["debt"], "4");
-    // After the cooldown: the second top-up pays the debt of 4 first, then 1 is charged.
+    // After the cooldown: the 11:00 flush (lines in §11 order), then the second top-up pays
+    // the debt of 4 first (alerts right after it: recovered), then 1 is charged.
     let out = run.send(usage("u4", "t", &ts("11:05:00"), "api_call", "1"));
     assert_eq!(
         kinds(&out),
@@ -342,14 +343,14 @@ fn auto_topup_cooldown_cap_and_fallback() {
         ]
     );
     let lines = parsed(&out);
-    assert_eq!(lines[0]["kind"], "overage");
-    assert_eq!(lines[0]["credits"], "4");
-    assert_eq!(lines[0]["money"], "0.4");
-    assert_eq!(lines[1]["kind"], "topup");
-    assert_eq!(lines[1]["credits"], "50");
-    assert_eq!(lines[1]["money"], "1");
-    assert_eq!(lines[2]["kind"], "usage");
-    assert_eq!(lines[2]["quantity"], "54");
+    assert_eq!(lines[0]["kind"], "usage");
+    assert_eq!(lines[0]["quantity"], "54");
+    assert_eq!(lines[1]["kind"], "overage");
+    assert_eq!(lines[1]["credits"], "4");
+    assert_eq!(lines[1]["money"], "0.4");
+    assert_eq!(lines[2]["kind"], "topup");
+    assert_eq!(lines[2]["credits"], "50");
+    assert_eq!(lines[2]["money"], "1");
     assert_eq!(lines[3]["grant_id"], "topup-u4");
     assert_eq!(run.balance("t")["balance"], "45");
     assert_eq!(run.balance("t")["debt"], "0");
@@ -360,10 +361,11 @@ fn auto_topup_cooldown_cap_and_fallback() {
         .iter()
         .map(|l| (l["kind"].as_str().unwrap(), l["version"].as_i64().unwrap()))
         .collect();
-    assert_eq!(flushed, [("overage_repaid", 1), ("topup", 2), ("usage", 2)]);
-    assert_eq!(lines[0]["credits"], "-4");
-    assert_eq!(lines[0]["money"], "-0.4");
-    // Cap reached: fall back to overage (1 drawn, 2 into debt), then beyond the limit.
+    assert_eq!(flushed, [("usage", 2), ("overage_repaid", 1), ("topup", 2)]);
+    assert_eq!(lines[1]["credits"], "-4");
+    assert_eq!(lines[1]["money"], "-0.4");
+    // Cap reached: fall back to overage (1 drawn, 2 into debt), then beyond the limit
+    // (available = S + max(0, limit − debt) = 0 + 5 − 2).
     let out = run.send(usage("u6", "t", &ts("12:20:00"), "api_call", "3"));
     assert_eq!(parsed(&out)[0]["id"], "alert:t:credit:depleted:low:2");
     let out = run.send(usage("u7", "t", &ts("12:30:00"), "api_call", "4"));
@@ -398,7 +400,8 @@ fn two_topups_in_one_input_without_cooldown() {
         .iter()
         .map(|o| o["id"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(ids, ["topup:tt:topup-tt-u", "topup:tt:topup-tt-u-2"]);
+    // Grant serials 1 and 2 (the account has no allowance).
+    assert_eq!(ids, ["topup:tt:topup-tt-u:1", "topup:tt:topup-tt-u-2:2"]);
     assert_eq!(run.balance("tt")["balance"], "25");
     // Rejected under the reject fallback once the top-up cannot cover the charge.
     let out = run.send(usage("tt-big", "tt", &ts("10:02:00"), "api_call", "100"));
@@ -421,7 +424,8 @@ fn debt_is_repaid_by_the_next_grants() {
     assert_eq!(kinds(&out), ["command.result"]);
     assert_eq!(run.balance("d")["debt"], "3");
     let out = run.send(grant("d-g2", "d", &ts("10:20:00"), "10"));
-    assert_eq!(kinds(&out), ["command.result", "balance.recovered"]);
+    // The result is the command's last output (§9), after its alerts.
+    assert_eq!(kinds(&out), ["balance.recovered", "command.result"]);
     let state = run.state("d");
     assert_eq!(grant_ids(&state), ["d-g2", "d-g1"]);
     assert_eq!(remaining(&state), ["7", "0"]);
@@ -441,16 +445,16 @@ fn debt_is_repaid_by_the_next_grants() {
     assert_eq!(
         summary,
         [
+            ("usage", "8", "0"),
             ("overage", "8", "4"),
-            ("overage_repaid", "-8", "-4"),
-            ("usage", "8", "0")
+            ("overage_repaid", "-8", "-4")
         ]
     );
     let out = run.send(tick("t2", "2026-11-25T00:00:00Z"));
     let revenue = out.iter().find(|o| o.contains("revenue.period")).unwrap();
     assert_eq!(
         revenue,
-        r#"{"type":"revenue.period","id":"revenue:d:2026-11-24T00:00:00.000Z:credit","account":"d","seq":5,"ts":"2026-11-25T00:00:00.000Z","period_start":"2026-11-24T00:00:00.000Z","period_end":"2026-11-25T00:00:00.000Z","credit_type":"credit","opening_deferred":"0","granted":"0.5","recognized":"0.5","breakage":"0","removed":"0","closing_deferred":"0","lots":[{"grant_id":"d-g2","cost_basis":"0","recognized_credits":"3","recognized":"0","breakage_credits":"0","breakage":"0"},{"grant_id":"d-g1","cost_basis":"0.1","recognized_credits":"5","recognized":"0.5","breakage_credits":"0","breakage":"0"}]}"#
+        r#"{"type":"revenue.period","id":"revenue:d:1:credit","account":"d","seq":5,"ts":"2026-11-25T00:00:00.000Z","period_start":"2026-11-24T00:00:00.000Z","period_end":"2026-11-25T00:00:00.000Z","credit_type":"credit","opening_deferred":"0","granted":"0.5","recognized":"0.5","breakage":"0","removed":"0","closing_deferred":"0","lots":[{"grant_id":"d-g2","cost_basis":"0","recognized_credits":"3","recognized":"0","breakage_credits":"0","breakage":"0"},{"grant_id":"d-g1","cost_basis":"0.1","recognized_credits":"5","recognized":"0.5","breakage_credits":"0","breakage":"0"}]}"#
     );
     // The emptied paid grant is pruned at the close.
     assert_eq!(grant_ids(&run.state("d")), ["d-g2"]);
@@ -488,7 +492,7 @@ fn expiry_books_breakage() {
     );
     assert_eq!(
         out[1],
-        r#"{"type":"grant.expired","id":"expired:e:e-g","account":"e","seq":3,"ts":"2026-11-24T12:00:00.000Z","grant_id":"e-g","credit_type":"credit","credits":"6","breakage":"0.12"}"#
+        r#"{"type":"grant.expired","id":"expired:e:e-g:1","account":"e","seq":3,"ts":"2026-11-24T12:00:00.000Z","grant_id":"e-g","credit_type":"credit","credits":"6","breakage":"0.12"}"#
     );
     let state = run.state("e");
     assert_eq!(state["grants"][0]["status"], "expired");
@@ -505,38 +509,47 @@ fn allowance_rolls_over_up_to_the_cap_at_the_day_boundary() {
     let out = run.send(usage("ro-u", "ro", &ts("10:00:00"), "api_call", "60"));
     assert_eq!(kinds(&out), ["balance.low"]);
     let out = run.send(tick("t1", "2026-11-25T00:00:00Z"));
+    // The 11:00 flush (usage, allowance, plan fee, in §11 order), the warning at 21:00, the
+    // expiry at midnight, then the close: every line final. No revenue.period: every figure is
+    // 0 (cost basis 0).
     assert_eq!(
         kinds(&out),
         [
+            "invoice.line",
             "invoice.line",
             "invoice.line",
             "grant.expiring",
             "grant.expired",
             "invoice.line",
             "invoice.line",
-            "revenue.period",
+            "invoice.line",
             "balance.recovered"
         ]
     );
     let o = parsed(&out);
-    assert_eq!(o[2]["ts"], "2026-11-24T21:00:00.000Z");
-    assert_eq!(o[2]["grant_id"], format!("allowance-{day1}-credit"));
-    assert_eq!(o[2]["remaining"], "40");
+    let first = format!("allowance-{day1}-1");
+    assert_eq!(o[0]["kind"], "usage");
+    assert_eq!(o[1]["kind"], "allowance");
+    assert_eq!(o[2]["kind"], "plan_fee");
+    assert_eq!(o[3]["ts"], "2026-11-24T21:00:00.000Z");
+    assert_eq!(o[3]["grant_id"], first.as_str());
+    assert_eq!(o[3]["id"], format!("expiring:ro:{first}:1"));
+    assert_eq!(o[3]["remaining"], "40");
     // 40 remaining: 30 roll over, 10 expire.
-    assert_eq!(o[3]["credits"], "10");
-    assert_eq!(o[4]["final"], true);
-    assert_eq!(o[4]["kind"], "allowance");
-    assert_eq!(o[4]["money"], "10");
-    assert_eq!(o[6]["lots"][0]["recognized_credits"], "60");
-    assert_eq!(o[6]["lots"][0]["breakage_credits"], "10");
-    assert_eq!(o[7]["balance"], "130");
+    assert_eq!(o[4]["credits"], "10");
+    assert_eq!(o[6]["final"], true);
+    assert_eq!(o[6]["kind"], "allowance");
+    assert_eq!(o[6]["credits"], "100");
+    assert_eq!(o[6]["money"], "0");
+    assert_eq!(o[7]["kind"], "plan_fee");
+    assert_eq!(o[7]["credits"], "0");
+    assert_eq!(o[7]["money"], "10");
+    assert_eq!(o[7]["id"], "line:ro:1:plan_fee:-:credit:v2");
+    assert_eq!(o[8]["balance"], "130");
     let state = run.state("ro");
     assert_eq!(
         grant_ids(&state),
-        [
-            format!("allowance-{day2}-credit"),
-            format!("rollover-{day2}-credit")
-        ]
+        [format!("allowance-{day2}-1"), format!("rollover-{first}")]
     );
     let rollover = &state["grants"][1];
     assert_eq!(rollover["source"], "rollover");
@@ -559,16 +572,16 @@ fn allowance_rolls_over_up_to_the_cap_at_the_day_boundary() {
     assert_eq!(
         expired,
         [
-            (format!("allowance-{day2}-credit"), "70".to_string()),
-            (format!("rollover-{day2}-credit"), "30".to_string())
+            (format!("allowance-{day2}-1"), "70".to_string()),
+            (format!("rollover-{first}"), "30".to_string())
         ]
     );
     let state = run.state("ro");
     assert_eq!(
         grant_ids(&state),
         [
-            format!("allowance-{day3}-credit"),
-            format!("rollover-{day3}-credit")
+            format!("allowance-{day3}-1"),
+            format!("rollover-allowance-{day2}-1")
         ]
     );
     assert_eq!(state["balances"][0]["ledger"]["expired"], "110");
@@ -582,7 +595,7 @@ fn alerts_fire_once_per_crossing() {
     assert_eq!(parsed(&out)[0]["id"], "alert:al:credit:low:low:1");
     let out = run.send(grant("al-g", "al", &ts("10:05:00"), "20"));
     assert_eq!(
-        out[1],
+        out[0],
         r#"{"type":"balance.recovered","id":"alert:al:credit:low:recovered:1","account":"al","seq":2,"ts":"2026-11-24T10:05:00.000Z","credit_type":"credit","threshold":"low","balance":"60"}"#
     );
     let out = run.send(usage("al-u2", "al", &ts("10:10:00"), "api_call", "15"));
@@ -628,7 +641,7 @@ fn holds_reserve_commit_release_and_expire() {
     assert_eq!(
         out,
         [
-            r#"{"type":"command.result","id":"result:h:h-r1","account":"h","seq":2,"ts":"2026-11-24T10:01:00.000Z","command":"reserve","command_id":"h-r1","status":"applied","reason":null,"credits_requested":"1.2","credits_reserved":"1.2","quantity_reserved":"100"}"#
+            r#"{"type":"command.result","id":"result:h:h-r1:2","account":"h","seq":2,"ts":"2026-11-24T10:01:00.000Z","command":"reserve","command_id":"h-r1","status":"applied","reason":null,"credits_requested":"1.2","credits_reserved":"1.2","quantity_reserved":"100"}"#
         ]
     );
     let state = run.state("h");
@@ -662,7 +675,8 @@ fn holds_reserve_commit_release_and_expire() {
     assert_eq!(parsed(&out)[0]["credits_released"], "0.6");
     let out = run.send(hold_command("release", "h-x3", "h", &ts("10:07:30"), "h2"));
     assert_eq!(kinds(&out), ["command.result/unknown_hold"]);
-    assert_eq!(parsed(&out)[0]["credits_released"], Value::Null);
+    // A rejection keeps the command's fields, amounts "0" (§14).
+    assert_eq!(parsed(&out)[0]["credits_released"], "0");
     // Limit of 2 open holds; an open id is refused first.
     run.send(reserve(
         "h3",
@@ -695,12 +709,12 @@ fn holds_reserve_commit_release_and_expire() {
         json!("h3"),
     );
     assert_eq!(kinds(&run.send(again)), ["command.result/hold_exists"]);
-    // TTL.
+    // TTL. Hold serials share the numbering with grants: h-g 1, h1 2, h2 3, h3 4.
     let out = run.send(tick("t", &ts("10:23:00")));
     assert_eq!(
         out,
         [
-            r#"{"type":"hold.expired","id":"hold:h:h3:expired","account":"h","seq":11,"ts":"2026-11-24T10:23:00.000Z","hold_id":"h3","credits_released":"0.6"}"#
+            r#"{"type":"hold.expired","id":"hold:h:h3:4:expired","account":"h","seq":11,"ts":"2026-11-24T10:23:00.000Z","hold_id":"h3","credits_released":"0.6"}"#
         ]
     );
     assert_eq!(run.balance("h")["held"], "0.6");
@@ -731,9 +745,9 @@ fn partial_reserve_and_commit_beyond_the_reservation() {
         json!("200"),
     );
     let out = run.send(commit);
-    assert_eq!(kinds(&out), ["command.result", "balance.depleted"]);
-    assert_eq!(parsed(&out)[0]["credits_charged"], "1");
-    assert_eq!(parsed(&out)[0]["credits_unpaid"], "1.4");
+    assert_eq!(kinds(&out), ["balance.depleted", "command.result"]);
+    assert_eq!(parsed(&out)[1]["credits_charged"], "1");
+    assert_eq!(parsed(&out)[1]["credits_unpaid"], "1.4");
     let balance = run.balance("hp");
     assert_eq!(balance["balance"], "0");
     assert_eq!(balance["ledger"]["consumed"], "1");
@@ -766,7 +780,7 @@ fn a_voided_grant_takes_its_held_credits_with_it() {
     let void = json!({"type": "void_grant", "id": "hv-v", "account": "hv", "ts": ts("10:02:00"),
         "grant_id": "hv-g"});
     let out = run.send(void);
-    assert_eq!(kinds(&out), ["command.result", "balance.depleted"]);
+    assert_eq!(kinds(&out), ["balance.depleted", "command.result"]);
     let state = run.state("hv");
     assert_eq!(state["holds"][0]["credits_held"], "0");
     assert_eq!(state["grants"][0]["status"], "voided");
@@ -809,7 +823,7 @@ fn reverse_to_live_and_to_expired_grants() {
     assert_eq!(
         out,
         [
-            r#"{"type":"command.result","id":"result:rv:rv-x1","account":"rv","seq":4,"ts":"2026-11-24T10:30:00.000Z","command":"reverse","command_id":"rv-x1","status":"applied","reason":null}"#
+            r#"{"type":"command.result","id":"result:rv:rv-x1:4","account":"rv","seq":4,"ts":"2026-11-24T10:30:00.000Z","command":"reverse","command_id":"rv-x1","status":"applied","reason":null}"#
         ]
     );
     let state = run.state("rv");
@@ -820,8 +834,9 @@ fn reverse_to_live_and_to_expired_grants() {
     assert_eq!(kinds(&out), ["command.result/already_reversed"]);
     let out = run.send(reverse("rv-x3", "rv", &ts("10:32:00"), "nope"));
     assert_eq!(kinds(&out), ["command.result/unknown_event"]);
+    // The id of a command is no usage event (§9).
     let out = run.send(reverse("rv-x3b", "rv", &ts("10:33:00"), "rv-gB"));
-    assert_eq!(kinds(&out), ["command.result/not_charged"]);
+    assert_eq!(kinds(&out), ["command.result/unknown_event"]);
     run.send(usage("rv-u2", "rv", &ts("10:40:00"), "api_call", "8"));
     let out = run.send(tick("t1", &ts("12:00:00")));
     assert!(kinds(&out).contains(&"grant.expired".to_string()));
@@ -847,15 +862,16 @@ fn reverse_to_live_and_to_expired_grants() {
         .into_iter()
         .find(|o| o["type"] == "revenue.period")
         .unwrap();
-    // granted 1 (rv-gA); recognized 1 − 1 + 0.8 − 0.8 (the reversal grant's value, on rv-gA's
-    // lot) + 0.3 (rv-u4 drew 3 from the reversal grant); breakage 0.2; closing 5 × 0.1.
+    // granted 1 (rv-gA); recognized 1 − 1 + 0.8 (rv-gA's lot: 8 credits) − 0.8 (the reversal
+    // grant's value, on its own lot, §12) + 0.3 (rv-u4 drew 3 from the reversal grant: its lot
+    // −8 + 3 = −5 credits); breakage 0.2; closing 5 × 0.1. rv-gB's lot nets to 0: not listed.
     assert_eq!(revenue["granted"], "1");
     assert_eq!(revenue["recognized"], "0.3");
     assert_eq!(revenue["breakage"], "0.2");
     assert_eq!(revenue["closing_deferred"], "0.5");
     assert_eq!(
         revenue["lots"].to_string(),
-        r#"[{"breakage":"0.2","breakage_credits":"2","cost_basis":"0.1","grant_id":"rv-gA","recognized":"0","recognized_credits":"0"},{"breakage":"0","breakage_credits":"0","cost_basis":"0.1","grant_id":"reversal-rv-u2-1","recognized":"0.3","recognized_credits":"3"}]"#
+        r#"[{"breakage":"0.2","breakage_credits":"2","cost_basis":"0.1","grant_id":"rv-gA","recognized":"0.8","recognized_credits":"8"},{"breakage":"0","breakage_credits":"0","cost_basis":"0.1","grant_id":"reversal-rv-u2-1","recognized":"-0.5","recognized_credits":"-5"}]"#
     );
     run.send(reverse("rv-x6", "rv", "2026-11-25T00:10:00Z", "rv-u4"));
     let out = run.send(tick("t3", "2026-11-25T01:00:00Z"));
@@ -863,10 +879,7 @@ fn reverse_to_live_and_to_expired_grants() {
         .into_iter()
         .find(|o| o["kind"] == "reversal")
         .unwrap();
-    assert_eq!(
-        line["line_id"],
-        "line:rv:2026-11-25T00:00:00.000Z:reversal:api_call"
-    );
+    assert_eq!(line["line_id"], "line:rv:2:reversal:api_call:credit");
     assert_eq!(line["quantity"], "-3");
     assert_eq!(line["credits"], "-3");
     assert_eq!(line["money"], "0");
@@ -895,7 +908,7 @@ fn reverse_cancels_its_own_debt_first() {
             )
         })
         .collect();
-    let expected = [("overage", "0", "0"), ("usage", "0", "0")]
+    let expected = [("usage", "0", "0"), ("overage", "0", "0")]
         .map(|(k, c, m)| (k.to_string(), c.to_string(), m.to_string()));
     assert_eq!(summary, expected);
 }
@@ -914,7 +927,7 @@ fn void_removes_what_remains() {
             "grant_id": "v-g", "reason": "fraud"})
     };
     let out = run.send(void("v-c1"));
-    assert_eq!(kinds(&out), ["command.result", "balance.depleted"]);
+    assert_eq!(kinds(&out), ["balance.depleted", "command.result"]);
     let out = run.send(void("v-c2"));
     assert_eq!(kinds(&out), ["command.result/unknown_grant"]);
     assert_eq!(run.balance("v")["ledger"]["voided"], "7");
@@ -940,17 +953,17 @@ fn adjust_up_pays_debt_and_adjust_down_never_creates_it() {
     run.send(usage("adj-u", "ad", &ts("10:00:00"), "api_call", "4"));
     let out = run.send(adjust("adj-a1", "ad", &ts("10:01:00"), "10"));
     assert_eq!(
-        out[0],
-        r#"{"type":"command.result","id":"result:ad:adj-a1","account":"ad","seq":2,"ts":"2026-11-24T10:01:00.000Z","command":"adjust","command_id":"adj-a1","status":"applied","reason":null,"applied":"10"}"#
+        out[1],
+        r#"{"type":"command.result","id":"result:ad:adj-a1:2","account":"ad","seq":2,"ts":"2026-11-24T10:01:00.000Z","command":"adjust","command_id":"adj-a1","status":"applied","reason":null,"applied":"10"}"#
     );
-    assert_eq!(kinds(&out)[1], "balance.recovered");
+    assert_eq!(kinds(&out)[0], "balance.recovered");
     let state = run.state("ad");
     assert_eq!(grant_ids(&state), ["adj-a1"]);
     assert_eq!(state["grants"][0]["source"], "adjustment");
     assert_eq!(remaining(&state), ["6"]);
     let out = run.send(adjust("adj-a2", "ad", &ts("10:02:00"), "-8"));
-    assert_eq!(parsed(&out)[0]["applied"], "-6");
-    assert_eq!(kinds(&out)[1], "balance.depleted");
+    assert_eq!(parsed(&out)[1]["applied"], "-6");
+    assert_eq!(kinds(&out)[0], "balance.depleted");
     let balance = run.balance("ad");
     assert_eq!(balance["balance"], "0");
     assert_eq!(balance["debt"], "0");
@@ -974,7 +987,7 @@ fn adjust_up_pays_debt_and_adjust_down_never_creates_it() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn duplicates_are_ignored_but_move_the_clock() {
+fn duplicates_change_nothing_not_even_the_clock() {
     let mut run = Run::new("basic");
     let g = grant("dup-g", "du", &ts("10:00:00"), "10");
     run.send(g.clone());
@@ -985,7 +998,8 @@ fn duplicates_are_ignored_but_move_the_clock() {
     assert_eq!(run.balance("du")["balance"], "7");
     let later = usage("dup-u", "du", &ts("10:03:00"), "api_call", "3");
     assert!(run.send(later).is_empty());
-    assert_eq!(run.state("du")["clock"], "2026-11-24T10:03:00.000Z");
+    // §6 step 1: the duplicate is recognised before the clock would advance.
+    assert_eq!(run.state("du")["clock"], "2026-11-24T10:01:00.000Z");
     // After the window (tick clock past ts + 24 h) the id is forgotten: a new charge.
     run.send(tick("t", "2026-11-25T10:03:01Z"));
     let again = usage("dup-u", "du", "2026-11-25T10:03:01Z", "api_call", "3");
@@ -1010,20 +1024,20 @@ fn dead_letters_exact_format() {
     assert_eq!(
         run.raw(b"not json"),
         [
-            r#"{"type":"dead_letter","id":"dead:1","account":null,"seq":1,"ts":null,"reason":"malformed_json","detail":null,"subject":null,"payload":"not json"}"#
+            r#"{"type":"dead_letter","id":"dead:1","account":null,"seq":1,"ts":null,"reason":"malformed_json","detail":null,"subject":"creditflow.in","payload":"not json"}"#
         ]
     );
     assert_eq!(
         run.raw(&[0x7b, 0xff, 0x7d]),
         [
-            r#"{"type":"dead_letter","id":"dead:2","account":null,"seq":2,"ts":null,"reason":"malformed_json","detail":null,"subject":null,"payload_base64":"e/99"}"#
+            r#"{"type":"dead_letter","id":"dead:2","account":null,"seq":2,"ts":null,"reason":"malformed_json","detail":null,"subject":"creditflow.in","payload":null,"payload_base64":"e/99"}"#
         ]
     );
     let text = r#"{"id":"x1","account":"a","meter":"api_call","quantity":"-1","ts":"2026-11-24T10:00:00Z"}"#;
     assert_eq!(
         run.raw(text.as_bytes()),
         [
-            r#"{"type":"dead_letter","id":"dead:3","account":"a","seq":3,"ts":"2026-11-24T10:00:00.000Z","reason":"bad_quantity","detail":"quantity","subject":null,"payload":"{\"id\":\"x1\",\"account\":\"a\",\"meter\":\"api_call\",\"quantity\":\"-1\",\"ts\":\"2026-11-24T10:00:00Z\"}"}"#
+            r#"{"type":"dead_letter","id":"dead:3","account":"a","seq":3,"ts":"2026-11-24T10:00:00.000Z","reason":"bad_quantity","detail":"quantity","subject":"creditflow.in","payload":"{\"id\":\"x1\",\"account\":\"a\",\"meter\":\"api_call\",\"quantity\":\"-1\",\"ts\":\"2026-11-24T10:00:00Z\"}"}"#
         ]
     );
     assert!(
@@ -1167,25 +1181,30 @@ fn dead_letter_reasons() {
 }
 
 #[test]
-fn timestamp_window_follows_the_account_clock() {
+fn timestamp_window_follows_the_receive_time_and_the_account_clock() {
     let mut five_minutes = catalog("basic");
     five_minutes.rules.future_max_ms = 5 * 60_000;
     let mut run = Run::with(five_minutes.clone());
-    // No tick and a new account: nothing is too far.
+    // No receive time (a plain log): nothing is too far ahead.
     let out = run.send(grant("w-g", "w", "2030-01-01T00:00:00Z", "1"));
     assert_eq!(kinds(&out), ["command.result"]);
+    // The future bound is judged against the instant the stream received the message.
     let mut run = Run::with(five_minutes);
-    run.send(tick("t", &ts("10:00:00")));
-    let (reason, _) = dead(
-        &mut run,
-        usage("w1", "w", &ts("10:05:01"), "api_call", "1")
-            .to_string()
-            .as_bytes(),
-    );
-    assert_eq!(reason, "ts_too_far_ahead");
-    // Exactly future_max ahead is accepted (a new account is judged against the tick clock).
-    let out = run.send(grant("w2", "w", &ts("10:05:00"), "1"));
+    let received = parse_ts(&ts("10:00:00"));
+    let at = |run: &mut Run, message: Value| {
+        run.seq += 1;
+        let text = message.to_string();
+        run.model
+            .apply_envelope(text.as_bytes(), run.seq, "creditflow.in", received)
+    };
+    let out = at(&mut run, usage("w1", "w", &ts("10:05:01"), "api_call", "1"));
+    assert_eq!(kinds(&out), ["dead_letter/ts_too_far_ahead"]);
+    // Exactly future_max ahead is accepted; ticks are bounded too.
+    let out = at(&mut run, grant("w2", "w", &ts("10:05:00"), "1"));
     assert_eq!(kinds(&out), ["command.result"]);
+    let out = at(&mut run, tick("t1", &ts("10:05:01")));
+    assert_eq!(kinds(&out), ["dead_letter/ts_too_far_ahead"]);
+    // Too old: more than backdate_max (35 d) before the account's clock (10:05).
     let (reason, _) = dead(
         &mut run,
         usage("w3", "w", "2026-10-20T10:04:59Z", "api_call", "1")
@@ -1193,8 +1212,8 @@ fn timestamp_window_follows_the_account_clock() {
             .as_bytes(),
     );
     assert_eq!(reason, "ts_too_old");
-    // A tick never falls outside the window.
-    assert!(run.send(tick("t2", "2026-12-24T00:00:00Z")).is_empty());
+    let out = run.send(usage("w4", "w", "2026-10-20T10:05:00Z", "api_call", "1"));
+    assert_eq!(kinds(&out), ["usage.rejected/insufficient_credits"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1207,28 +1226,28 @@ fn invoice_lines_flush_by_version_and_finalize_at_period_close() {
     assert!(run
         .send(usage("f-u1", "f", &ts("10:00:00"), "api_call", "5"))
         .is_empty());
+    // The 11:00 flush: usage, allowance and plan fee lines, in §11's order.
     let out = run.send(tick("t1", &ts("11:30:00")));
     assert_eq!(
         out,
         [
-            r#"{"type":"invoice.line","id":"line:f:2026-11-24T00:00:00.000Z:allowance:-:v1","account":"f","seq":2,"ts":"2026-11-24T11:00:00.000Z","line_id":"line:f:2026-11-24T00:00:00.000Z:allowance:-","version":1,"final":false,"period_start":"2026-11-24T00:00:00.000Z","period_end":"2026-11-25T00:00:00.000Z","kind":"allowance","meter":"-","credit_type":"credit","quantity":null,"credits":"100","money":"10","currency":"USD"}"#,
-            r#"{"type":"invoice.line","id":"line:f:2026-11-24T00:00:00.000Z:usage:api_call:v1","account":"f","seq":2,"ts":"2026-11-24T11:00:00.000Z","line_id":"line:f:2026-11-24T00:00:00.000Z:usage:api_call","version":1,"final":false,"period_start":"2026-11-24T00:00:00.000Z","period_end":"2026-11-25T00:00:00.000Z","kind":"usage","meter":"api_call","credit_type":"credit","quantity":"5","credits":"5","money":"0","currency":"USD"}"#,
+            r#"{"type":"invoice.line","id":"line:f:1:usage:api_call:credit:v1","account":"f","seq":2,"ts":"2026-11-24T11:00:00.000Z","line_id":"line:f:1:usage:api_call:credit","version":1,"final":false,"period_start":"2026-11-24T00:00:00.000Z","period_end":"2026-11-25T00:00:00.000Z","kind":"usage","meter":"api_call","credit_type":"credit","quantity":"5","credits":"5","money":"0","currency":"USD"}"#,
+            r#"{"type":"invoice.line","id":"line:f:1:allowance:-:credit:v1","account":"f","seq":2,"ts":"2026-11-24T11:00:00.000Z","line_id":"line:f:1:allowance:-:credit","version":1,"final":false,"period_start":"2026-11-24T00:00:00.000Z","period_end":"2026-11-25T00:00:00.000Z","kind":"allowance","meter":"-","credit_type":"credit","quantity":null,"credits":"100","money":"0","currency":"USD"}"#,
+            r#"{"type":"invoice.line","id":"line:f:1:plan_fee:-:credit:v1","account":"f","seq":2,"ts":"2026-11-24T11:00:00.000Z","line_id":"line:f:1:plan_fee:-:credit","version":1,"final":false,"period_start":"2026-11-24T00:00:00.000Z","period_end":"2026-11-25T00:00:00.000Z","kind":"plan_fee","meter":"-","credit_type":"credit","quantity":null,"credits":"0","money":"10","currency":"USD"}"#,
         ]
     );
     run.send(usage("f-u2", "f", &ts("11:40:00"), "api_call", "2"));
     let out = run.send(tick("t2", &ts("12:00:00")));
-    assert_eq!(
-        parsed(&out)[0]["id"],
-        "line:f:2026-11-24T00:00:00.000Z:usage:api_call:v2"
-    );
+    assert_eq!(parsed(&out)[0]["id"], "line:f:1:usage:api_call:credit:v2");
     assert_eq!(parsed(&out)[0]["quantity"], "7");
-    // Changed exactly at a boundary: waits for the next one.
+    // Changed exactly at a boundary (after its flush): waits for the next one.
     run.send(usage("f-u3", "f", &ts("12:00:00"), "api_call", "1"));
     assert!(run.send(tick("t3", &ts("12:59:59"))).is_empty());
     let out = run.send(tick("t4", &ts("13:00:00")));
     assert_eq!(parsed(&out)[0]["version"], 3);
     // 92 remaining at the expiry: 30 roll over, 62 expire, the balance (30) drops below 50
-    // until the new allowance lifts it after the close.
+    // until the new allowance lifts it after the close. Every line is final; no
+    // revenue.period (every figure is 0 at cost basis 0).
     let out = run.send(tick("t5", "2026-11-25T00:00:00Z"));
     assert_eq!(
         kinds(&out),
@@ -1238,20 +1257,22 @@ fn invoice_lines_flush_by_version_and_finalize_at_period_close() {
             "balance.low",
             "invoice.line",
             "invoice.line",
-            "revenue.period",
+            "invoice.line",
             "balance.recovered"
         ]
     );
     let o = parsed(&out);
     assert_eq!(o[1]["credits"], "62");
     assert_eq!(o[2]["balance"], "30");
+    assert_eq!(o[3]["version"], 4);
+    assert_eq!(o[3]["final"], true);
+    assert_eq!(o[3]["quantity"], "8");
     assert_eq!(
-        out[3],
-        r#"{"type":"invoice.line","id":"line:f:2026-11-24T00:00:00.000Z:allowance:-:v2","account":"f","seq":8,"ts":"2026-11-25T00:00:00.000Z","line_id":"line:f:2026-11-24T00:00:00.000Z:allowance:-","version":2,"final":true,"period_start":"2026-11-24T00:00:00.000Z","period_end":"2026-11-25T00:00:00.000Z","kind":"allowance","meter":"-","credit_type":"credit","quantity":null,"credits":"100","money":"10","currency":"USD"}"#
+        out[4],
+        r#"{"type":"invoice.line","id":"line:f:1:allowance:-:credit:v2","account":"f","seq":8,"ts":"2026-11-25T00:00:00.000Z","line_id":"line:f:1:allowance:-:credit","version":2,"final":true,"period_start":"2026-11-24T00:00:00.000Z","period_end":"2026-11-25T00:00:00.000Z","kind":"allowance","meter":"-","credit_type":"credit","quantity":null,"credits":"100","money":"0","currency":"USD"}"#
     );
-    assert_eq!(o[4]["version"], 4);
-    assert_eq!(o[4]["final"], true);
-    assert_eq!(o[4]["quantity"], "8");
+    assert_eq!(o[5]["kind"], "plan_fee");
+    assert_eq!(o[5]["money"], "10");
     assert_eq!(o[6]["balance"], "130");
 }
 
@@ -1261,7 +1282,7 @@ fn line_money_is_rounded_once_at_emission() {
     // 0.01 credit into debt at 0.5 → 0.005 money → 0.01 (half_up at 2 places).
     run.send(usage("m-u", "m", &ts("10:00:00"), "api_call", "0.01"));
     let out = run.send(tick("t", &ts("11:00:00")));
-    let overage = &parsed(&out)[0];
+    let overage = &parsed(&out)[1];
     assert_eq!(overage["kind"], "overage");
     assert_eq!(overage["credits"], "0.01");
     assert_eq!(overage["money"], "0.01");
@@ -1281,27 +1302,21 @@ fn set_plan_closes_the_period_at_the_switch() {
     let switch = json!({"type": "set_plan", "id": "sp-p", "account": "sp",
         "ts": ts("10:30:00"), "plan": "pro"});
     let out = run.send(switch);
-    assert_eq!(
-        kinds(&out),
-        ["invoice.line", "revenue.period", "command.result"]
-    );
+    // The usage line, final; no revenue.period (cost basis 0: every figure is 0).
+    assert_eq!(kinds(&out), ["invoice.line", "command.result"]);
     let o = parsed(&out);
     assert_eq!(o[0]["final"], true);
     assert_eq!(o[0]["period_end"], "2026-11-24T10:30:00.000Z");
-    assert_eq!(o[1]["period_end"], "2026-11-24T10:30:00.000Z");
     let state = run.state("sp");
     assert_eq!(state["plan"], "pro");
     assert_eq!(state["period_start"], "2026-11-24T10:30:00.000Z");
     assert_eq!(state["period_end"], "2026-11-25T00:00:00.000Z");
-    assert_eq!(
-        grant_ids(&state),
-        ["allowance-1795516200000-credit", "sp-g"]
-    );
+    assert_eq!(grant_ids(&state), ["allowance-1795516200000-1", "sp-g"]);
     assert_eq!(state["balances"][0]["balance"], "109");
     let same = json!({"type": "set_plan", "id": "sp-p2", "account": "sp",
         "ts": ts("10:31:00"), "plan": "pro"});
     assert_eq!(kinds(&run.send(same)), ["command.result"]);
-    // At a period start with nothing booked: no zero-length close.
+    // An account created by a set_plan starts on that plan: nothing to close.
     let first = json!({"type": "set_plan", "id": "sz-p", "account": "sz",
         "ts": "2026-11-24T00:00:00Z", "plan": "pro"});
     assert_eq!(kinds(&run.send(first)), ["command.result"]);
@@ -1329,7 +1344,7 @@ fn backdated_usage_is_priced_at_its_ts_and_booked_now() {
     let out = run.send(tick("t2", "2026-11-25T01:00:00Z"));
     assert_eq!(
         parsed(&out)[0]["line_id"],
-        "line:bd:2026-11-25T00:00:00.000Z:usage:api_call"
+        "line:bd:2:usage:api_call:credit"
     );
 }
 
@@ -1400,7 +1415,8 @@ fn grant_limit_and_reused_grant_ids() {
     }
     let out = run.send(grant("gl6", "gl", &ts("10:01:00"), "1"));
     assert_eq!(kinds(&out), ["command.result/grant_limit"]);
-    assert_eq!(parsed(&out)[0]["grant_id"], Value::Null);
+    // A rejection keeps the command's fields: the grant id asked for (§14).
+    assert_eq!(parsed(&out)[0]["grant_id"], "gl6");
     let out = run.send(with(
         grant("gl7", "gl", &ts("10:01:00"), "1"),
         "grant_id",
@@ -1614,7 +1630,7 @@ fn percent_alerts_follow_allowance_and_purchases() {
     let out = run.send(grant("pc-g", "pc", &ts("10:01:00"), "100"));
     assert_eq!(
         kinds(&out),
-        ["command.result", "balance.recovered", "balance.recovered"]
+        ["balance.recovered", "balance.recovered", "command.result"]
     );
     let out = run.send(usage("pc-u2", "pc", &ts("10:02:00"), "api_call", "95"));
     let o = parsed(&out);
@@ -1654,8 +1670,9 @@ fn monthly_plan_periods_through_the_model() {
     let switch = json!({"type": "set_plan", "id": "m-p", "account": "m",
         "ts": ts("10:00:00"), "plan": "team"});
     run.send(switch);
+    // Created by the set_plan: on `team` from the start, in its month containing 10:00 (§4).
     let state = run.state("m");
-    assert_eq!(state["period_start"], "2026-11-24T10:00:00.000Z");
+    assert_eq!(state["period_start"], "2026-11-01T00:00:00.000Z");
     assert_eq!(state["period_end"], "2026-12-01T00:00:00.000Z");
     // Two credit types in catalog order; the team allowance covers both.
     let types: Vec<&str> = state["balances"]
@@ -1682,12 +1699,71 @@ fn a_lowered_overage_limit_does_not_refuse_a_fully_paid_event() {
         json!({"type": "set_policy", "id": "ol-p", "account": "ol", "ts": ts("10:02:00"),
         "policy": {"kind": "overage", "overage_limit": "10", "overage_price": "0.5"}}),
     );
-    // Paid in full from the scoped grant (60 s × 0.01 = 0.6): no shortfall, no refusal (D35).
+    // Paid in full from the scoped grant (60 s × 0.01 = 0.6): no shortfall, no refusal (§7).
     let out = run.send(usage("ol-u2", "ol", &ts("10:03:00"), "gpu_second", "1"));
     assert!(out.is_empty(), "{out:?}");
     assert_eq!(remaining(&run.state("ol")), ["4.4"]);
-    // Any shortfall now breaks the limit: available = 0 + 10 − 15.
+    // Any shortfall now breaks the limit: available = S + max(0, limit − debt) = 0 + 0.
     let out = run.send(usage("ol-u3", "ol", &ts("10:04:00"), "api_call", "1"));
     assert_eq!(parsed(&out)[0]["reason"], "overage_limit");
-    assert_eq!(parsed(&out)[0]["available"], "-5");
+    assert_eq!(parsed(&out)[0]["available"], "0");
+}
+
+#[test]
+fn a_transition_already_due_runs_at_the_account_clock() {
+    // §10.6: a backdated grant whose expiry has already passed expires right after the message,
+    // at the account's clock, and says so in its `ts`.
+    let mut run = Run::new("basic");
+    run.send(grant("od-g0", "od", &ts("11:00:00"), "1"));
+    let late = with(
+        grant("od-g1", "od", &ts("10:00:00"), "5"),
+        "expires_at",
+        json!("2026-11-24T10:30:00Z"),
+    );
+    let out = run.send(late);
+    assert_eq!(kinds(&out), ["command.result", "grant.expired"]);
+    let o = parsed(&out);
+    assert_eq!(o[0]["ts"], "2026-11-24T10:00:00.000Z");
+    assert_eq!(
+        out[1],
+        r#"{"type":"grant.expired","id":"expired:od:od-g1:2","account":"od","seq":2,"ts":"2026-11-24T11:00:00.000Z","grant_id":"od-g1","credit_type":"credit","credits":"5","breakage":"0"}"#
+    );
+    assert_eq!(run.balance("od")["balance"], "1");
+}
+
+#[test]
+fn the_topup_cooldown_runs_across_periods() {
+    // §7: the per-period count resets at midnight, the cooldown (1 h) does not.
+    let mut run = Run::new("auto");
+    let out = run.send(usage("cd-u1", "cd", &ts("23:30:00"), "api_call", "3"));
+    assert_eq!(kinds(&out), ["topup.granted"]);
+    // 47 → 2: below the threshold, cooling down.
+    assert!(run
+        .send(usage("cd-u2", "cd", &ts("23:40:00"), "api_call", "45"))
+        .is_empty());
+    // 00:10 the next day: 6 > 2 spendable, still cooling down until 00:30: the overage
+    // fallback takes 4 into debt (limit 5).
+    let out = run.send(usage(
+        "cd-u3",
+        "cd",
+        "2026-11-25T00:10:00Z",
+        "api_call",
+        "6",
+    ));
+    assert!(
+        !kinds(&out).contains(&"topup.granted".to_string()),
+        "{out:?}"
+    );
+    assert_eq!(kinds(&out).last().unwrap(), "balance.depleted");
+    assert_eq!(run.balance("cd")["debt"], "4");
+    // 00:31: allowed again; the top-up repays the debt, then 1 is charged: 50 − 4 − 1.
+    let out = run.send(usage(
+        "cd-u4",
+        "cd",
+        "2026-11-25T00:31:00Z",
+        "api_call",
+        "1",
+    ));
+    assert_eq!(kinds(&out), ["topup.granted", "balance.recovered"]);
+    assert_eq!(run.balance("cd")["balance"], "45");
 }

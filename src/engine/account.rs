@@ -424,6 +424,30 @@ impl Account {
             .fold(Credits::ZERO, |sum, g| sum + g.spendable())
     }
 
+    /// What a charge can draw (exactly what [`Account::draw`] takes): the spendable credits of
+    /// eligible grants and, for a commit, what its hold had claimed on each grant, even a grant
+    /// not eligible at `ts` (the reservation was made when it was).
+    fn drawable(
+        &self,
+        credit_type: CreditTypeId,
+        meter: MeterId,
+        ts: Instant,
+        claims: Option<&[(u32, Credits)]>,
+    ) -> Credits {
+        self.grants.iter().fold(Credits::ZERO, |sum, g| {
+            let claimed = claims
+                .and_then(|claims| claims.iter().find(|c| c.0 == g.serial))
+                .filter(|_| g.status == GrantStatus::Live && g.credit_type == credit_type)
+                .map_or(Credits::ZERO, |c| c.1.min(g.spendable()));
+            let free = if g.eligible(credit_type, Some(meter), ts) {
+                g.spendable() - claimed
+            } else {
+                Credits::ZERO
+            };
+            sum + claimed + free
+        })
+    }
+
     fn grant_by_serial(&mut self, serial: u32) -> Option<&mut Grant> {
         self.grants.iter_mut().find(|g| g.serial == serial)
     }
@@ -1209,8 +1233,8 @@ impl Account {
             _ => None,
         };
         // A commit has already released its hold's claims, so they are spendable again here;
-        // `claims` only decides which grants are drawn first.
-        let spendable = |account: &Account| account.spendable(credit_type, Some(meter), ts);
+        // they are drawn first, even from a grant not eligible at the commit's ts (SEMANTICS §8).
+        let spendable = |account: &Account| account.drawable(credit_type, meter, ts, claims);
         if let Some(rule) = &rule {
             if cost > spendable(self) && self.topup(ctx, rule, cause, ts, &mut topups) {
                 self.evaluate_alerts(ctx, ts);
@@ -1455,7 +1479,9 @@ impl Account {
             ts,
             grant.scope.clone().map(Vec::into_boxed_slice),
             Credits::ZERO,
-            grant.source != Source::Rollover,
+            // Whatever its source, an imported grant brings deferred value the period's
+            // opening did not have (only the engine's own rollovers move existing value).
+            true,
         );
         let t = self.type_index(grant.credit_type);
         self.types[t].ledger.granted += grant.amount;
@@ -1597,6 +1623,37 @@ impl Account {
         let ts = self.clock;
         let credit_type = charge.credit_type;
         let mut new_grants = 0u32;
+        let same_period = charge.period_start == self.period_start;
+        // The overage part first: it cancels the event's own debt. Returning the drawn credits
+        // first would let a new reversal grant repay that debt (§5.2), booking an
+        // `overage_repaid` credit for overage that the reversal also takes off the invoice.
+        if same_period {
+            let t = self.type_index(credit_type);
+            let cancel = charge.overage.min(self.types[t].debt);
+            self.types[t].debt -= cancel;
+            self.types[t].ledger.returned += cancel;
+            let rest = charge.overage - cancel;
+            if rest.is_positive() {
+                self.types[t].ledger.returned += rest;
+                new_grants += 1;
+                let id = format!("reversal-{event_id}-{new_grants}");
+                self.add_grant(
+                    ctx,
+                    &id,
+                    credit_type,
+                    Source::Adjustment,
+                    rest,
+                    100,
+                    ts,
+                    None,
+                    Price::ZERO,
+                    ts,
+                    None,
+                    Credits::ZERO,
+                    false,
+                );
+            }
+        }
         let t = self.type_index(credit_type);
         for &(serial, amount, basis) in &charge.draws {
             self.types[t].ledger.returned += amount;
@@ -1634,33 +1691,7 @@ impl Account {
                 }
             }
         }
-        let same_period = charge.period_start == self.period_start;
         if same_period {
-            let t = self.type_index(credit_type);
-            let cancel = charge.overage.min(self.types[t].debt);
-            self.types[t].debt -= cancel;
-            self.types[t].ledger.returned += cancel;
-            let rest = charge.overage - cancel;
-            if rest.is_positive() {
-                self.types[t].ledger.returned += rest;
-                new_grants += 1;
-                let id = format!("reversal-{event_id}-{new_grants}");
-                self.add_grant(
-                    ctx,
-                    &id,
-                    credit_type,
-                    Source::Adjustment,
-                    rest,
-                    100,
-                    ts,
-                    None,
-                    Price::ZERO,
-                    ts,
-                    None,
-                    Credits::ZERO,
-                    false,
-                );
-            }
             self.book(
                 catalog,
                 LineKind::Usage,

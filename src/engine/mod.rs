@@ -344,7 +344,12 @@ impl Partition {
             if account.timer == due {
                 account.timer = NO_TIMER;
             }
-            account.advance(&mut ctx, clock);
+            // A timer entry can be stale (its transition already ran when a message advanced the
+            // account): only an account with a transition due is advanced, so its clock stays its
+            // own (SEMANTICS §3, §16).
+            if account.next_due_time(catalog) <= clock {
+                account.advance(&mut ctx, clock);
+            }
             Self::schedule(&mut self.timers, catalog, account, slot);
             debug_assert_ok(account.check());
         }

@@ -14,9 +14,8 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
     push_json_string(&mut out, &catalog.plan(account.plan).name);
     out.push_str(",\"policy_override\":");
     match &account.policy_override {
-        Some(over) => {
-            out.push_str(&serde_json::to_string(&over.0).unwrap_or_else(|_| "null".into()))
-        }
+        // Already canonical JSON text (an object): written as is, not as a string.
+        Some(over) => out.push_str(&over.0),
         None => out.push_str("null"),
     }
     out.push_str(&format!(

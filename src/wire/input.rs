@@ -484,6 +484,35 @@ impl Raw<'_> {
 
 /// Decodes and validates one message. `Err` is the dead letter for it.
 pub fn decode<'a>(payload: &'a [u8], catalog: &Catalog) -> Result<Message<'a>, DeadLetter> {
+    decode_checked(payload, catalog).map_err(|dead| with_readable(dead, payload))
+}
+
+/// A dead letter carries the message's account and `ts` whenever they are readable
+/// (well-formed), whichever check failed (SEMANTICS §14): the checks stop at the first failure,
+/// which may come before the account or `ts` is read. An oversized payload is not read at all.
+fn with_readable(mut dead: DeadLetter, payload: &[u8]) -> DeadLetter {
+    if dead.reason == DeadReason::PayloadTooLarge || (dead.account.is_some() && dead.ts.is_some()) {
+        return dead;
+    }
+    let Ok(serde_json::Value::Object(object)) = serde_json::from_slice(payload) else {
+        return dead;
+    };
+    if dead.account.is_none() {
+        if let Some(serde_json::Value::String(account)) = object.get("account") {
+            if account_is_valid(account) {
+                dead.account = Some(account.clone());
+            }
+        }
+    }
+    if dead.ts.is_none() {
+        if let Some(serde_json::Value::String(ts)) = object.get("ts") {
+            dead.ts = ts.parse().ok();
+        }
+    }
+    dead
+}
+
+fn decode_checked<'a>(payload: &'a [u8], catalog: &Catalog) -> Result<Message<'a>, DeadLetter> {
     if payload.len() > catalog.rules.payload_max {
         return Err(DeadLetter::new(
             DeadReason::PayloadTooLarge,
@@ -913,7 +942,11 @@ impl<'c> Checker<'c> {
         let expires_at = self.instant("expires_at", raw.expires_at)?;
         if let Some(expires_at) = expires_at {
             if expires_at <= effective_at {
-                return Err(invalid("expires_at", "must be after effective_at"));
+                // The rule of the field `expires_at`: its specific reason (SEMANTICS §2.1).
+                return Err(DeadLetter::new(
+                    DeadReason::BadTimestamp,
+                    "expires_at: must be after effective_at",
+                ));
             }
         }
         let scope = match raw.scope {

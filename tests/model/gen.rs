@@ -70,11 +70,22 @@ struct Gen<'c> {
     counter: u64,
     /// Earlier account messages, for verbatim duplicates.
     history: Vec<Vec<u8>>,
-    out: Vec<Vec<u8>>,
+    /// Each message with the instant the stream received it (the generator's `now`).
+    out: Vec<(Vec<u8>, i64)>,
 }
 
 /// A message log of exactly `len` messages, a pure function of its arguments.
 pub fn scenario(seed: u64, len: usize, catalog: &ModelCatalog) -> Vec<Vec<u8>> {
+    scenario_received(seed, len, catalog)
+        .into_iter()
+        .map(|(payload, _)| payload)
+        .collect()
+}
+
+/// [`scenario`] with the instant the stream received each message (for the future bound of
+/// SEMANTICS §2.1 check 5): the generator's current time when it emitted the message. The
+/// payloads are exactly those of [`scenario`], and a shorter log is a prefix of a longer one.
+pub fn scenario_received(seed: u64, len: usize, catalog: &ModelCatalog) -> Vec<(Vec<u8>, i64)> {
     let mut rng = Rng::new(seed);
     let start = parse_ts("2026-11-24T09:00:00Z").expect("valid") + rng.range(0, DAY);
     let account_count = rng.range(2, 4) as usize;
@@ -138,7 +149,7 @@ impl Gen<'_> {
         if value.get("account").is_some() {
             self.history.push(bytes.clone());
         }
-        self.out.push(bytes);
+        self.out.push((bytes, self.now));
     }
 
     fn tick(&mut self) {
@@ -335,10 +346,18 @@ impl Gen<'_> {
             map.insert("cost_basis".into(), basis);
         }
         if self.rng.chance(20) {
-            map.insert(
-                "source".into(),
-                json!(*self.rng.pick(&["purchase", "promotion"])),
-            );
+            // Mostly sales; now and then an operator's import of an engine-made kind.
+            let sources = [
+                "purchase",
+                "promotion",
+                "purchase",
+                "promotion",
+                "rollover",
+                "topup",
+                "allowance",
+                "adjustment",
+            ];
+            map.insert("source".into(), json!(*self.rng.pick(&sources)));
         }
         self.emit(&Value::Object(map));
     }
@@ -506,7 +525,7 @@ impl Gen<'_> {
         }
         let index = self.rng.below(self.history.len() as u64) as usize;
         let bytes = self.history[index].clone();
-        self.out.push(bytes);
+        self.out.push((bytes, self.now));
     }
 
     /// One message with exactly one defect.
@@ -564,6 +583,6 @@ impl Gen<'_> {
                 .to_string()
                 .into_bytes(),
         };
-        self.out.push(bytes);
+        self.out.push((bytes, self.now));
     }
 }

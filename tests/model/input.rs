@@ -1,7 +1,7 @@
 //! Reading one input message: the checks of SEMANTICS §2.1 steps 1–4 that depend only on the
 //! message and the catalog. Steps 5–9 need account state and live in `mod.rs`.
 //!
-//! Order of step 4 (DECISIONS.md D3): unknown keys first (the alphabetically first unknown key
+//! Order of step 4 (DECISIONS.md M5): unknown keys first (the alphabetically first unknown key
 //! is named), then the fields in the order of the §2 table; the first failure wins.
 
 use rust_decimal::Decimal;
@@ -190,21 +190,20 @@ pub fn parse(payload: &[u8], catalog: &ModelCatalog) -> Result<Message, Refusal>
         return Ok(Message::Tick { ts });
     }
     let account = reader.account()?;
-    let body = match kind {
+    let (ts, body) = match kind {
         "usage" => {
             let meter = reader.meter("meter")?;
             let quantity = reader.quantity(false)?;
-            let _ts = reader.ts("ts")?;
+            let ts = reader.ts("ts")?;
             reader.dims()?;
-            Body::Usage { meter, quantity }
+            (ts, Body::Usage { meter, quantity })
         }
         _ => {
             // Every command has `ts` third in the table.
-            let _ts = reader.ts("ts")?;
-            reader.command_body(kind, &id)?
+            let ts = reader.ts("ts")?;
+            (ts, reader.command_body(kind, &id, ts)?)
         }
     };
-    let ts = reader.ts("ts")?;
     Ok(Message::Account {
         id,
         account,
@@ -366,6 +365,15 @@ impl Reader<'_> {
         }
     }
 
+    /// An amount of credits has at most its credit type's `scale` decimal places (§2).
+    fn fits_scale(&self, key: &str, amount: Decimal, credit_type: &str) -> Result<(), Refusal> {
+        let scale = self.catalog.credit_type(credit_type).map_or(0, |c| c.scale);
+        if scale_of(amount) > scale {
+            return refuse("invalid_field", key);
+        }
+        Ok(())
+    }
+
     fn dims(&self) -> Result<(), Refusal> {
         match self.get("dims") {
             None => Ok(()),
@@ -382,9 +390,9 @@ impl Reader<'_> {
         }
     }
 
-    fn command_body(&self, kind: &str, id: &str) -> Result<Body, Refusal> {
+    fn command_body(&self, kind: &str, id: &str, ts: i64) -> Result<Body, Refusal> {
         Ok(match kind {
-            "grant" => Body::Grant(self.grant(id)?),
+            "grant" => Body::Grant(self.grant(id, ts)?),
             "void_grant" => {
                 let grant_id = self.other_id("grant_id", None)?;
                 self.reason_text(false)?;
@@ -411,6 +419,7 @@ impl Reader<'_> {
             "adjust" => {
                 let credit_type = self.credit_type("credit_type")?;
                 let amount = self.amount("amount", |a| !a.is_zero())?;
+                self.fits_scale("amount", amount, &credit_type)?;
                 self.reason_text(true)?;
                 Body::Adjust {
                     credit_type,
@@ -451,11 +460,11 @@ impl Reader<'_> {
         })
     }
 
-    fn grant(&self, id: &str) -> Result<GrantInput, Refusal> {
-        let ts = self.ts("ts")?;
+    fn grant(&self, id: &str, ts: i64) -> Result<GrantInput, Refusal> {
         let amount = self.amount("amount", |a| a > Decimal::ZERO)?;
         let grant_id = self.other_id("grant_id", Some(id))?;
         let credit_type = self.credit_type("credit_type")?;
+        self.fits_scale("amount", amount, &credit_type)?;
         let priority = match self.get("priority") {
             None => 100,
             Some(v) => match integer(v).filter(|p| i32::try_from(*p).is_ok()) {
@@ -535,7 +544,7 @@ fn integer(value: &Value) -> Option<i64> {
     }
 }
 
-/// A `set_policy` object: the catalog's plan-policy keys, every key required (DECISIONS.md).
+/// A `set_policy` object: the catalog's plan-policy keys, every key required (DECISIONS.md M3).
 /// Returns the policy and its canonical JSON form (the state view's `policy_override`).
 pub fn parse_policy(value: &Value, catalog: &ModelCatalog) -> Result<(Policy, J), Refusal> {
     let bad = || refuse("invalid_field", "policy");
@@ -595,10 +604,18 @@ pub fn parse_policy(value: &Value, catalog: &ModelCatalog) -> Result<(Policy, J)
                 Some(Value::String(_)) => return refuse("unknown_credit_type", "policy"),
                 _ => return bad(),
             };
-            let threshold = non_negative("threshold")?;
+            // Credit amounts of the rule fit its credit type's scale (§2).
+            let scale = catalog.credit_type(&credit_type).map_or(0, |c| c.scale);
+            let fits = |a: Decimal| -> Result<Decimal, Refusal> {
+                if scale_of(a) > scale {
+                    return refuse("invalid_field", "policy");
+                }
+                Ok(a)
+            };
+            let threshold = fits(non_negative("threshold")?)?;
             let amount = match (map.contains_key("amount"), map.contains_key("target")) {
-                (true, false) => TopupAmount::Fixed(positive("amount")?),
-                (false, true) => TopupAmount::Target(positive("target")?),
+                (true, false) => TopupAmount::Fixed(fits(positive("amount")?)?),
+                (false, true) => TopupAmount::Target(fits(positive("target")?)?),
                 _ => return bad(),
             };
             let price = non_negative("price")?;
@@ -630,7 +647,7 @@ pub fn parse_policy(value: &Value, catalog: &ModelCatalog) -> Result<(Policy, J)
                     Fallback::Reject
                 }
                 Some("overage") => Fallback::Overage {
-                    limit: non_negative("overage_limit")?,
+                    limit: fits(non_negative("overage_limit")?)?,
                     price: non_negative("overage_price")?,
                 },
                 _ => return bad(),

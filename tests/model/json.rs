@@ -40,9 +40,7 @@ impl J {
             J::Null => out.push_str("null"),
             J::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
             J::Int(n) => out.push_str(&n.to_string()),
-            J::Str(text) => {
-                out.push_str(&serde_json::to_string(text).expect("strings always serialize"))
-            }
+            J::Str(text) => write_str(text, out),
             J::Arr(items) => {
                 out.push('[');
                 for (i, item) in items.iter().enumerate() {
@@ -70,11 +68,30 @@ fn write_obj(fields: &[(String, J)], out: &mut String) {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&serde_json::to_string(key).expect("strings always serialize"));
+        write_str(key, out);
         out.push(':');
         value.write(out);
     }
     out.push('}');
+}
+
+/// A JSON string literal, escaped as serde_json escapes it (`"`, `\\`, control characters).
+fn write_str(text: &str, out: &mut String) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Compact JSON text of an output object, fields in their given order.

@@ -9,7 +9,7 @@
 //!
 //! Invariants: after every input, every transition due at or before an account's clock has
 //! run (`advance`); the ledger invariant of §5.4 holds ([`Model::check_invariants`]).
-//! Every choice the contract leaves open is listed in `DECISIONS.md` (D1, D2, …).
+//! The contract is SEMANTICS.md; the model's own choices are in `DECISIONS.md` (M1, M2, …).
 #![allow(dead_code)]
 
 pub mod catalog;
@@ -69,8 +69,9 @@ struct Grant {
     scope: Option<Vec<String>>,
     cost_basis: Decimal,
     granted_at: i64,
-    /// Made by the engine at a period start: rolls over at expiry (D22).
-    plan_allowance: bool,
+    /// Allowance grants made at a period start: how much rolls over at expiry, the cap of
+    /// the plan entry that made it (SEMANTICS §5.3); 0 for every other grant.
+    rollover_cap: Decimal,
     warned: bool,
 }
 
@@ -105,6 +106,8 @@ impl Grant {
 
 #[derive(Clone, Debug)]
 struct Hold {
+    /// Shares the account's numbering with grants (SEMANTICS §14).
+    serial: u64,
     hold_id: String,
     meter: String,
     /// `(grant serial, credits held on it)`.
@@ -169,7 +172,7 @@ struct Balance {
     debt: Decimal,
     ledger: Ledger,
     revenue: Revenue,
-    /// This period's allowance + top-ups + purchases: the base of percent alerts (D25).
+    /// This period's allowance + top-ups + purchases: the base of percent alerts (§10.5).
     percent_base: Decimal,
 }
 
@@ -239,7 +242,10 @@ struct Account {
     seen: Vec<Seen>,
     topups_in_period: u64,
     last_topup_ts: Option<i64>,
+    /// Grant and hold serials: one sequence, from 1, never reused (§14).
     next_serial: u64,
+    /// 1 for the account's first period, +1 at every period opened (§14).
+    period_number: u64,
 }
 
 /// The reference model: catalog, tick clock, accounts sorted by id.
@@ -253,6 +259,9 @@ pub struct Model {
 struct Cx<'c> {
     cat: &'c ModelCatalog,
     seq: u64,
+    subject: String,
+    /// When the stream received the input (`None`: no future bound).
+    received: Option<i64>,
     out: Vec<Obj>,
 }
 
@@ -439,13 +448,15 @@ impl Account {
         }
     }
 
-    fn line_id(&self, kind: &str, meter: Option<&str>) -> String {
+    /// §11: `line:<account>:<period number>:<kind>:<meter or ->:<credit type>`.
+    fn line_id(&self, line: &Line) -> String {
         format!(
-            "line:{}:{}:{}:{}",
+            "line:{}:{}:{}:{}:{}",
             self.id,
-            format_ts(self.period_start),
-            kind,
-            meter.unwrap_or("-")
+            self.period_number,
+            line.kind,
+            line.meter.as_deref().unwrap_or("-"),
+            line.credit_type
         )
     }
 
@@ -484,8 +495,7 @@ fn lot<'a>(
 // Invoice lines
 // ---------------------------------------------------------------------------------------------
 
-/// Adds to a line of the current period (creating it) and schedules its flush at the first
-/// multiple of `flush_interval` strictly after the account's clock (D17, D18).
+/// Adds to a line of the current period (creating it) and schedules its flush (§10.4).
 #[allow(clippy::too_many_arguments)]
 fn touch_line(
     cx: &Cx,
@@ -497,28 +507,35 @@ fn touch_line(
     credits: Decimal,
     money: Decimal,
 ) {
+    // The account's pending flush if there is one (a change joins it, even one made at the
+    // flush instant by a transition ranked before the flush), else the first multiple of the
+    // interval strictly after the clock (§10.4).
     let interval = cx.cat.rules.flush_interval_ms;
-    let due = (a.clock.div_euclid(interval) + 1) * interval;
-    let index = match a
+    let due = a
         .lines
         .iter()
-        .position(|l| l.kind == kind && l.meter.as_deref() == meter)
-    {
-        Some(i) => i,
-        None => {
-            a.lines.push(Line {
-                kind,
-                meter: meter.map(str::to_string),
-                credit_type: credit_type.to_string(),
-                quantity: quantity.map(|_| Decimal::ZERO),
-                credits: Decimal::ZERO,
-                money: Decimal::ZERO,
-                version: 0,
-                flush_due: None,
-            });
-            a.lines.len() - 1
-        }
-    };
+        .filter_map(|l| l.flush_due)
+        .min()
+        .unwrap_or((a.clock.div_euclid(interval) + 1) * interval);
+    let index =
+        match a.lines.iter().position(|l| {
+            l.kind == kind && l.meter.as_deref() == meter && l.credit_type == credit_type
+        }) {
+            Some(i) => i,
+            None => {
+                a.lines.push(Line {
+                    kind,
+                    meter: meter.map(str::to_string),
+                    credit_type: credit_type.to_string(),
+                    quantity: quantity.map(|_| Decimal::ZERO),
+                    credits: Decimal::ZERO,
+                    money: Decimal::ZERO,
+                    version: 0,
+                    flush_due: None,
+                });
+                a.lines.len() - 1
+            }
+        };
     let line = &mut a.lines[index];
     if let (Some(total), Some(q)) = (line.quantity.as_mut(), quantity) {
         *total += q;
@@ -531,7 +548,7 @@ fn touch_line(
 }
 
 fn emit_line(cx: &mut Cx, a: &mut Account, index: usize, final_: bool, ts: i64, period_end: i64) {
-    let line_id = a.line_id(a.lines[index].kind, a.lines[index].meter.as_deref());
+    let line_id = a.line_id(&a.lines[index]);
     let line = &mut a.lines[index];
     line.version += 1;
     line.flush_due = None;
@@ -559,10 +576,32 @@ fn emit_line(cx: &mut Cx, a: &mut Account, index: usize, final_: bool, ts: i64, 
     );
 }
 
-/// Line indices in line-id byte order (D15).
-fn lines_in_order(a: &Account) -> Vec<usize> {
+/// The kinds of invoice lines in the order of §11's table.
+const LINE_KINDS: [&str; 8] = [
+    "usage",
+    "overage",
+    "overage_repaid",
+    "topup",
+    "allowance",
+    "plan_fee",
+    "adjustment",
+    "reversal",
+];
+
+/// Line indices in emission order (§11): table order of the kind, then the meter in catalog
+/// order, then the credit type in catalog order.
+fn lines_in_order(cat: &ModelCatalog, a: &Account) -> Vec<usize> {
     let mut order: Vec<usize> = (0..a.lines.len()).collect();
-    order.sort_by_key(|&i| a.line_id(a.lines[i].kind, a.lines[i].meter.as_deref()));
+    order.sort_by_key(|&i| {
+        let line = &a.lines[i];
+        (
+            LINE_KINDS.iter().position(|k| *k == line.kind),
+            line.meter
+                .as_deref()
+                .map_or(usize::MAX, |m| cat.meter_index(m)),
+            cat.credit_type_index(&line.credit_type),
+        )
+    });
     order
 }
 
@@ -580,8 +619,8 @@ enum Origin {
     /// Rollover: neither ledger nor revenue moves (value moves from the expiring grant).
     Rollover,
     /// Reversal grant: `returned` += amount; revenue `recognized` −= amount × basis, booked on
-    /// the lot that paid for the reversed event (`None` for the overage rest, basis 0).
-    Returned(Option<Draw>),
+    /// the new grant's own lot (`on_lot`; not for the overage rest, whose basis is 0).
+    Returned { on_lot: bool },
 }
 
 struct NewGrant {
@@ -595,11 +634,11 @@ struct NewGrant {
     scope: Option<Vec<String>>,
     cost_basis: Decimal,
     granted_at: i64,
-    plan_allowance: bool,
+    rollover_cap: Decimal,
 }
 
-/// Adds credits (§5.2): debt is paid first, the grant keeps the rest.
-fn add_grant(cx: &mut Cx, a: &mut Account, new: NewGrant, origin: Origin) {
+/// Adds credits (§5.2): debt is paid first, the grant keeps the rest. Returns its serial.
+fn add_grant(cx: &mut Cx, a: &mut Account, new: NewGrant, origin: Origin) -> u64 {
     let cat = cx.cat;
     let serial = a.next_serial;
     a.next_serial += 1;
@@ -619,7 +658,7 @@ fn add_grant(cx: &mut Cx, a: &mut Account, new: NewGrant, origin: Origin) {
         scope: new.scope,
         cost_basis: new.cost_basis,
         granted_at: new.granted_at,
-        plan_allowance: new.plan_allowance,
+        rollover_cap: new.rollover_cap,
         warned: false,
     };
     let key = grant.key();
@@ -638,18 +677,18 @@ fn add_grant(cx: &mut Cx, a: &mut Account, new: NewGrant, origin: Origin) {
             entry.revenue.granted += mul(amount, basis);
         }
         Origin::Rollover => {}
-        Origin::Returned(from) => {
+        Origin::Returned { on_lot } => {
             entry.ledger.returned += amount;
             entry.revenue.recognized -= mul(amount, basis);
-            if let Some(draw) = from {
-                let l = lot(
+            if *on_lot {
+                lot(
                     &mut entry.revenue,
-                    draw.serial,
-                    &draw.grant_id,
-                    draw.key.clone(),
-                    draw.cost_basis,
-                );
-                l.recognized_credits -= amount;
+                    serial,
+                    &new.grant_id,
+                    key.clone(),
+                    basis,
+                )
+                .recognized_credits -= amount;
             }
         }
     }
@@ -675,6 +714,7 @@ fn add_grant(cx: &mut Cx, a: &mut Account, new: NewGrant, origin: Origin) {
             -mul(repaid, overage_price),
         );
     }
+    serial
 }
 
 /// Removes a grant's claim from every hold (the grant expired or was voided).
@@ -688,49 +728,58 @@ fn drop_claims(a: &mut Account, serial: u64) {
 // Periods
 // ---------------------------------------------------------------------------------------------
 
-/// Grants the plan's allowance for the period `[a.period_start, a.period_end)` at `at`.
-fn open_period(cx: &mut Cx, a: &mut Account, at: i64) {
+/// Opens the period `[a.period_start, a.period_end)`: a new period number, counters reset, the
+/// plan's allowance granted (effective at the period start, §5.3) and its fee booked (§11).
+fn open_period(cx: &mut Cx, a: &mut Account) {
     let cat = cx.cat;
     let plan = a.plan(cat);
+    let start = a.period_start;
+    a.period_number += 1;
+    // The per-period cap resets; the cooldown runs from the last top-up, whatever its period.
     a.topups_in_period = 0;
-    a.last_topup_ts = None;
     for entry in &mut a.balances {
         entry.percent_base = Decimal::ZERO;
     }
-    let mut total = Decimal::ZERO;
-    let mut first_type: Option<String> = None;
-    for allowance in &plan.allowances {
-        total += allowance.amount;
-        first_type.get_or_insert_with(|| allowance.credit_type.clone());
+    for (n, allowance) in plan.allowances.iter().enumerate() {
         add_grant(
             cx,
             a,
             NewGrant {
-                grant_id: format!("allowance-{}-{}", a.period_start, allowance.credit_type),
+                grant_id: format!("allowance-{start}-{}", n + 1),
                 credit_type: allowance.credit_type.clone(),
                 source: "allowance",
                 amount: allowance.amount,
                 priority: allowance.priority,
-                effective_at: at,
+                effective_at: start,
                 expires_at: Some(a.period_end),
                 scope: allowance.scope.clone(),
                 cost_basis: Decimal::ZERO,
-                granted_at: at,
-                plan_allowance: true,
+                granted_at: start,
+                rollover_cap: allowance.rollover_cap,
             },
             Origin::Granted,
         );
-    }
-    if !plan.allowances.is_empty() || !plan.price.is_zero() {
-        let credit_type = first_type.unwrap_or_else(|| cat.credit_types[0].name.clone());
         touch_line(
             cx,
             a,
             "allowance",
             None,
-            &credit_type,
+            &allowance.credit_type,
             None,
-            total,
+            allowance.amount,
+            Decimal::ZERO,
+        );
+    }
+    if plan.price > Decimal::ZERO {
+        let first_type = cat.credit_types[0].name.clone();
+        touch_line(
+            cx,
+            a,
+            "plan_fee",
+            None,
+            &first_type,
+            None,
+            Decimal::ZERO,
             plan.price,
         );
     }
@@ -743,7 +792,7 @@ fn close_period(cx: &mut Cx, a: &mut Account, at: i64) {
         entry.ledger.settled += entry.debt;
         entry.debt = Decimal::ZERO;
     }
-    for index in lines_in_order(a) {
+    for index in lines_in_order(cx.cat, a) {
         emit_line(cx, a, index, true, at, at);
     }
     a.lines.clear();
@@ -767,7 +816,8 @@ fn close_period(cx: &mut Cx, a: &mut Account, at: i64) {
             rev.removed,
             closing,
         ];
-        if figures.iter().all(|f| f.is_zero()) && lots.is_empty() {
+        // Only a credit type with money to report (§10.3 step 3).
+        if figures.iter().all(|f| f.is_zero()) {
             continue;
         }
         let lots_json = lots
@@ -785,12 +835,7 @@ fn close_period(cx: &mut Cx, a: &mut Account, at: i64) {
             .collect();
         cx.emit(
             "revenue.period",
-            format!(
-                "revenue:{}:{}:{}",
-                a.id,
-                format_ts(a.period_start),
-                credit_type
-            ),
+            format!("revenue:{}:{}:{}", a.id, a.period_number, credit_type),
             &a.id.clone(),
             at,
             vec![
@@ -861,12 +906,14 @@ fn next_transition(cat: &ModelCatalog, a: &Account, limit: i64) -> Option<(i64, 
 }
 
 /// Advances the account to `target` (§3): every transition due at or before it, in order.
-/// Transitions already overdue (made by a backdated input) run first, at once (D11).
+/// A transition already due when it was made (before the account's clock) runs at the clock,
+/// with the clock as its time (§10.6).
 fn advance(cx: &mut Cx, a: &mut Account, target: i64) {
     while let Some((due, transition)) = next_transition(cx.cat, a, target) {
-        a.clock = a.clock.max(due);
-        run_transition(cx, a, due, transition);
-        evaluate_alerts(cx, a, due);
+        let at = due.max(a.clock);
+        a.clock = at;
+        run_transition(cx, a, at, transition);
+        evaluate_alerts(cx, a, at);
     }
     a.clock = a.clock.max(target);
 }
@@ -875,10 +922,16 @@ fn run_transition(cx: &mut Cx, a: &mut Account, due: i64, transition: Transition
     let cat = cx.cat;
     match transition {
         Transition::HoldExpiry(hold_id) => {
+            let serial = a
+                .holds
+                .iter()
+                .find(|h| h.hold_id == hold_id)
+                .expect("expiring holds exist")
+                .serial;
             let released = release_hold(a, &hold_id);
             cx.emit(
                 "hold.expired",
-                format!("hold:{}:{}:expired", a.id, hold_id),
+                format!("hold:{}:{}:{}:expired", a.id, hold_id, serial),
                 &a.id.clone(),
                 due,
                 vec![
@@ -893,10 +946,10 @@ fn run_transition(cx: &mut Cx, a: &mut Account, due: i64, transition: Transition
             let plan = a.plan(cat);
             a.period_start = due;
             a.period_end = period_containing(plan.period, due).1;
-            open_period(cx, a, due);
+            open_period(cx, a);
         }
         Transition::Flush => {
-            for index in lines_in_order(a) {
+            for index in lines_in_order(cx.cat, a) {
                 if a.lines[index].flush_due.is_some_and(|d| d <= due) {
                     let end = a.period_end;
                     emit_line(cx, a, index, false, due, end);
@@ -910,7 +963,7 @@ fn run_transition(cx: &mut Cx, a: &mut Account, due: i64, transition: Transition
             if grant.remaining > Decimal::ZERO {
                 cx.emit(
                     "grant.expiring",
-                    format!("expiring:{}:{}", a.id, grant.grant_id),
+                    format!("expiring:{}:{}:{}", a.id, grant.grant_id, grant.serial),
                     &a.id,
                     due,
                     vec![
@@ -938,16 +991,7 @@ fn expire_grant(cx: &mut Cx, a: &mut Account, serial: u64, at: i64) {
     grant.held = Decimal::ZERO;
     grant.status = Status::Expired;
     let grant = grant.clone();
-    let cap = if grant.plan_allowance {
-        a.plan(cat)
-            .allowances
-            .iter()
-            .find(|al| al.credit_type == grant.credit_type)
-            .map_or(Decimal::ZERO, |al| al.rollover_cap)
-    } else {
-        Decimal::ZERO
-    };
-    let rolled = remaining.min(cap);
+    let rolled = remaining.min(grant.rollover_cap);
     let expired = remaining - rolled;
     let entry = a.entry(cat, &grant.credit_type);
     entry.ledger.expired += expired;
@@ -968,7 +1012,7 @@ fn expire_grant(cx: &mut Cx, a: &mut Account, serial: u64, at: i64) {
             cx,
             a,
             NewGrant {
-                grant_id: format!("rollover-{}-{}", at, grant.credit_type),
+                grant_id: format!("rollover-{}", grant.grant_id),
                 credit_type: grant.credit_type.clone(),
                 source: "rollover",
                 amount: rolled,
@@ -978,7 +1022,7 @@ fn expire_grant(cx: &mut Cx, a: &mut Account, serial: u64, at: i64) {
                 scope: grant.scope.clone(),
                 cost_basis: grant.cost_basis,
                 granted_at: at,
-                plan_allowance: false,
+                rollover_cap: Decimal::ZERO,
             },
             Origin::Rollover,
         );
@@ -986,7 +1030,7 @@ fn expire_grant(cx: &mut Cx, a: &mut Account, serial: u64, at: i64) {
     if expired > Decimal::ZERO {
         cx.emit(
             "grant.expired",
-            format!("expired:{}:{}", a.id, grant.grant_id),
+            format!("expired:{}:{}:{}", a.id, grant.grant_id, serial),
             &a.id.clone(),
             at,
             vec![
@@ -1122,7 +1166,7 @@ enum Base {
     Overage { limit: Decimal, price: Decimal },
 }
 
-/// The policy's base rule and its top-up rule, for a charge in `credit_type` (D23: an
+/// The policy's base rule and its top-up rule, for a charge in `credit_type` (§7: an
 /// auto top-up rule of another credit type leaves only its fallback).
 fn policy_for(policy: &Policy, credit_type: &str) -> (Base, Option<TopupRule>) {
     match policy {
@@ -1171,7 +1215,7 @@ fn topup(cx: &mut Cx, a: &mut Account, rule: &TopupRule, cause_id: &str, ts: i64
     };
     a.topups_in_period += 1;
     a.last_topup_ts = Some(ts);
-    add_grant(
+    let serial = add_grant(
         cx,
         a,
         NewGrant {
@@ -1185,7 +1229,7 @@ fn topup(cx: &mut Cx, a: &mut Account, rule: &TopupRule, cause_id: &str, ts: i64
             scope: None,
             cost_basis: rule.price,
             granted_at: ts,
-            plan_allowance: false,
+            rollover_cap: Decimal::ZERO,
         },
         Origin::Granted,
     );
@@ -1203,7 +1247,7 @@ fn topup(cx: &mut Cx, a: &mut Account, rule: &TopupRule, cause_id: &str, ts: i64
     let rounded = cx.money(money);
     cx.emit(
         "topup.granted",
-        format!("topup:{}:{}", a.id, grant_id),
+        format!("topup:{}:{}:{}", a.id, grant_id, serial),
         &a.id.clone(),
         ts,
         vec![
@@ -1329,12 +1373,20 @@ fn charge(
         .credit_type
         .clone();
     let (base, rule) = policy_for(&a.policy(cat), &credit_type);
+    // Any charge, paid or refused, gives the account a balance entry of its credit type (§16),
+    // so its alerts are evaluated from then on.
+    a.entry(cat, &credit_type);
     let claims = req.commit_claims.clone().unwrap_or_default();
     let never_refuse = req.commit_claims.is_some();
     let mut s = available(a, &credit_type, req.meter, req.ts, &claims);
     if let Some(rule) = &rule {
         if req.cost > s && topup_allowed(a, rule, req.ts) {
+            let before = *nth_topup;
             topup(cx, a, rule, req.cause_id, req.ts, nth_topup);
+            if *nth_topup != before {
+                // §10.5: alerts are evaluated after a top-up before paying.
+                evaluate_alerts(cx, a, req.ts);
+            }
             s = available(a, &credit_type, req.meter, req.ts, &claims);
         }
     }
@@ -1359,12 +1411,12 @@ fn charge(
         Base::Overage { limit, price } => {
             overage_price = price;
             let shortfall = req.cost - taken;
-            // Only a shortfall can break the limit (D35).
+            // Only a shortfall can break the limit (§7).
             if shortfall > Decimal::ZERO && debt + shortfall > limit {
                 if !never_refuse {
                     let outcome = ChargeOutcome::Rejected {
                         reason: "overage_limit",
-                        available: s + limit - debt,
+                        available: s + pos(limit - debt),
                     };
                     return (outcome, rule);
                 }
@@ -1470,12 +1522,27 @@ impl Model {
         &self.catalog
     }
 
-    /// Applies one raw input message with its stream sequence; returns the compact JSON text
-    /// of every output it produced, in emission order.
+    /// Applies one raw input message with its stream sequence, from a log without receive
+    /// times (no future bound) on the subject `creditflow.in`; returns the compact JSON text of
+    /// every output it produced, in emission order.
     pub fn apply(&mut self, payload: &[u8], seq: u64) -> Vec<String> {
+        self.apply_envelope(payload, seq, "creditflow.in", None)
+    }
+
+    /// Applies one raw input message as the stream delivered it: its sequence, subject and the
+    /// instant the stream received it (`None`: no future bound, SEMANTICS §2.1 check 5).
+    pub fn apply_envelope(
+        &mut self,
+        payload: &[u8],
+        seq: u64,
+        subject: &str,
+        received: Option<i64>,
+    ) -> Vec<String> {
         let mut cx = Cx {
             cat: &self.catalog,
             seq,
+            subject: subject.to_string(),
+            received,
             out: Vec::new(),
         };
         if payload.len() > cx.cat.rules.payload_max {
@@ -1483,6 +1550,9 @@ impl Model {
         } else {
             match input::parse(payload, cx.cat) {
                 Err(Refusal { reason, detail }) => dead_letter(&mut cx, payload, reason, detail),
+                Ok(Message::Tick { ts }) if too_far_ahead(cx.cat, cx.received, ts) => {
+                    dead_letter(&mut cx, payload, "ts_too_far_ahead", None);
+                }
                 Ok(Message::Tick { ts }) => {
                     let clock = self.tick_clock.map_or(ts, |t| t.max(ts));
                     self.tick_clock = Some(clock);
@@ -1498,15 +1568,28 @@ impl Model {
                     ts,
                     body,
                 }) => {
-                    if let Err(reason) =
-                        verdict(cx.cat, &self.accounts, self.tick_clock, &account, ts, &body)
-                    {
+                    if let Err(reason) = verdict(
+                        cx.cat,
+                        &self.accounts,
+                        self.tick_clock,
+                        cx.received,
+                        &account,
+                        ts,
+                        &body,
+                    ) {
                         dead_letter(&mut cx, payload, reason, None);
                     } else {
                         let index = match self.accounts.iter().position(|a| a.id == account) {
                             Some(i) => i,
                             None => {
-                                let a = new_account(&mut cx, &account, ts);
+                                // §4: on the plan a `set_plan` names, else the default plan,
+                                // at the later of `ts` and the tick clock.
+                                let plan = match &body {
+                                    Body::SetPlan { plan } => plan.clone(),
+                                    _ => cx.cat.default_plan.clone(),
+                                };
+                                let at = self.tick_clock.map_or(ts, |t| t.max(ts));
+                                let a = new_account(&mut cx, &account, &plan, at);
                                 self.accounts.push(a);
                                 self.accounts.sort_by(|x, y| x.id.cmp(&y.id));
                                 self.accounts
@@ -1617,24 +1700,31 @@ impl Model {
     }
 }
 
+/// §2.1 check 5, the future bound: against the instant the stream received the message.
+fn too_far_ahead(cat: &ModelCatalog, received: Option<i64>, ts: i64) -> bool {
+    received.is_some_and(|r| ts > r + cat.rules.future_max_ms)
+}
+
 /// Steps 5–9 of §2.1, for a message that passed steps 1–4.
 fn verdict(
     cat: &ModelCatalog,
     accounts: &[Account],
     tick_clock: Option<i64>,
+    received: Option<i64>,
     account: &str,
     ts: i64,
     body: &Body,
 ) -> Result<(), &'static str> {
+    if too_far_ahead(cat, received, ts) {
+        return Err("ts_too_far_ahead");
+    }
     let existing = accounts.iter().find(|a| a.id == account);
+    // `ts_too_old` against the account's clock (which includes the tick clock, §3).
     let reference = match existing {
         Some(a) => Some(tick_clock.map_or(a.clock, |t| t.max(a.clock))),
         None => tick_clock,
     };
     if let Some(reference) = reference {
-        if ts > reference + cat.rules.future_max_ms {
-            return Err("ts_too_far_ahead");
-        }
         if ts < reference - cat.rules.backdate_max_ms {
             return Err("ts_too_old");
         }
@@ -1654,8 +1744,18 @@ fn verdict(
     }
 }
 
+/// How much of an oversized payload a dead letter carries (§14).
+const DEAD_PAYLOAD_MAX: usize = 1024;
+
 fn dead_letter(cx: &mut Cx, payload: &[u8], reason: &str, detail: Option<String>) {
-    let (account, ts) = input::readable_account_and_ts(payload);
+    // An oversized payload is not read (that is what the limit is for), and only its start is
+    // carried.
+    let (account, ts, payload) = if reason == "payload_too_large" {
+        (None, None, &payload[..payload.len().min(DEAD_PAYLOAD_MAX)])
+    } else {
+        let (account, ts) = input::readable_account_and_ts(payload);
+        (account, ts, payload)
+    };
     let mut o = obj(vec![
         ("type", J::s("dead_letter")),
         ("id", J::s(format!("dead:{}", cx.seq))),
@@ -1664,25 +1764,27 @@ fn dead_letter(cx: &mut Cx, payload: &[u8], reason: &str, detail: Option<String>
         ("ts", J::opt_s(ts.map(format_ts).as_deref())),
         ("reason", J::s(reason)),
         ("detail", J::opt_s(detail.as_deref())),
-        ("subject", J::Null),
+        ("subject", J::s(cx.subject.clone())),
     ]);
     match std::str::from_utf8(payload) {
         Ok(text) => o.push(("payload".into(), J::s(text))),
-        Err(_) => o.push(("payload_base64".into(), J::s(json::base64(payload)))),
+        Err(_) => {
+            o.push(("payload".into(), J::Null));
+            o.push(("payload_base64".into(), J::s(json::base64(payload))));
+        }
     }
     cx.out.push(o);
 }
 
-/// §4: a new account on the default plan, in the period containing `ts`, allowance granted at
-/// `ts`.
-fn new_account(cx: &mut Cx, id: &str, ts: i64) -> Account {
-    let plan = cx.cat.plan(&cx.cat.default_plan).expect("catalog is valid");
-    let (start, end) = period_containing(plan.period, ts);
+/// §4: a new account on `plan`, its clock at `at`, in the plan's period containing `at`.
+fn new_account(cx: &mut Cx, id: &str, plan: &str, at: i64) -> Account {
+    let plan = cx.cat.plan(plan).expect("plans are validated on input");
+    let (start, end) = period_containing(plan.period, at);
     let mut a = Account {
         id: id.to_string(),
         plan: plan.name.clone(),
         policy_override: None,
-        clock: ts,
+        clock: at,
         period_start: start,
         period_end: end,
         grants: Vec::new(),
@@ -1694,14 +1796,17 @@ fn new_account(cx: &mut Cx, id: &str, ts: i64) -> Account {
         topups_in_period: 0,
         last_topup_ts: None,
         next_serial: 1,
+        period_number: 0,
     };
-    open_period(cx, &mut a, ts);
+    open_period(cx, &mut a);
     a
 }
 
 /// A command's own result: its extra `command.result` fields, or the rejection reason.
 type Outcome<'j> = Result<Vec<(&'j str, J)>, &'static str>;
 
+/// Emits a command's `command.result`. `if_rejected` are the per-command fields a rejection
+/// shows (§14: the requested grant id; amounts `"0"`).
 fn command_result(
     cx: &mut Cx,
     a: &Account,
@@ -1709,7 +1814,7 @@ fn command_result(
     id: &str,
     ts: i64,
     outcome: Outcome,
-    extra_names: &[&str],
+    if_rejected: Vec<(&str, J)>,
 ) {
     let mut fields = vec![("command", J::s(command)), ("command_id", J::s(id))];
     match outcome {
@@ -1721,12 +1826,12 @@ fn command_result(
         Err(reason) => {
             fields.push(("status", J::s("rejected")));
             fields.push(("reason", J::s(reason)));
-            fields.extend(extra_names.iter().map(|name| (*name, J::Null)));
+            fields.extend(if_rejected);
         }
     }
     cx.emit(
         "command.result",
-        format!("result:{}:{}", a.id, id),
+        format!("result:{}:{}:{}", a.id, id, cx.seq),
         &a.id,
         ts,
         fields,
@@ -1742,12 +1847,13 @@ fn apply_account_message(
     body: Body,
 ) {
     let cat = cx.cat;
-    advance(cx, a, tick_clock.map_or(ts, |t| t.max(ts)));
+    // §6 step 1: a duplicate changes nothing, not even the clock.
     if a.seen_index(id, tick_clock, cat.rules.dedupe_window_ms)
         .is_some()
     {
         return;
     }
+    advance(cx, a, tick_clock.map_or(ts, |t| t.max(ts)));
     let mut nth_topup = 0u32;
     match body {
         Body::Usage { meter, quantity } => {
@@ -1771,7 +1877,7 @@ fn apply_account_message(
                 let credit_type = cat.meter(&meter).expect("validated").credit_type.clone();
                 cx.emit(
                     "usage.rejected",
-                    format!("rejected:{}:{}", a.id, id),
+                    format!("rejected:{}:{}:{}", a.id, id, cx.seq),
                     &a.id,
                     ts,
                     vec![
@@ -1789,11 +1895,16 @@ fn apply_account_message(
             topup_after(cx, a, rule, id, ts, &mut nth_topup);
         }
         Body::Commit { hold_id, quantity } => {
-            let names = ["credits_charged", "credits_unpaid"];
+            let zeros = || {
+                vec![
+                    ("credits_charged", J::d(Decimal::ZERO)),
+                    ("credits_unpaid", J::d(Decimal::ZERO)),
+                ]
+            };
             if !a.holds.iter().any(|h| h.hold_id == hold_id) {
                 remember(a, id, ts);
-                command_result(cx, a, "commit", id, ts, Err("unknown_hold"), &names);
                 evaluate_alerts(cx, a, ts);
+                command_result(cx, a, "commit", id, ts, Err("unknown_hold"), zeros());
             } else {
                 let hold = a
                     .holds
@@ -1817,6 +1928,9 @@ fn apply_account_message(
                 let ChargeOutcome::Charged { charged, unpaid } = outcome else {
                     unreachable!("a commit is never refused")
                 };
+                evaluate_alerts(cx, a, ts);
+                topup_after(cx, a, rule, id, ts, &mut nth_topup);
+                // §9: the result is the command's last output, after its top-ups and alerts.
                 command_result(
                     cx,
                     a,
@@ -1827,32 +1941,34 @@ fn apply_account_message(
                         ("credits_charged", J::d(charged)),
                         ("credits_unpaid", J::d(unpaid)),
                     ]),
-                    &names,
+                    zeros(),
                 );
-                evaluate_alerts(cx, a, ts);
-                topup_after(cx, a, rule, id, ts, &mut nth_topup);
             }
         }
         other => {
             let command = other.command_name().expect("commands have names");
             remember(a, id, ts);
-            let (outcome, names): (Outcome, &[&str]) = match other {
-                Body::Grant(g) => (command_grant(cx, a, ts, g), &["grant_id"]),
-                Body::VoidGrant { grant_id } => (command_void(cx, a, &grant_id), &[]),
-                Body::SetPlan { plan } => (command_set_plan(cx, a, &plan), &[]),
+            let zero = || J::d(Decimal::ZERO);
+            let (outcome, if_rejected): (Outcome, Vec<(&str, J)>) = match other {
+                Body::Grant(g) => {
+                    let grant_id = J::s(g.grant_id.clone());
+                    (command_grant(cx, a, ts, g), vec![("grant_id", grant_id)])
+                }
+                Body::VoidGrant { grant_id } => (command_void(cx, a, &grant_id), vec![]),
+                Body::SetPlan { plan } => (command_set_plan(cx, a, &plan), vec![]),
                 Body::SetPolicy { policy } => {
                     a.policy_override = policy;
-                    (Ok(vec![]), &[])
+                    (Ok(vec![]), vec![])
                 }
                 Body::Adjust {
                     credit_type,
                     amount,
                 } => (
                     command_adjust(cx, a, id, ts, &credit_type, amount),
-                    &["applied"],
+                    vec![("applied", zero())],
                 ),
                 Body::Reverse { event_id } => {
-                    (command_reverse(cx, a, tick_clock, ts, &event_id), &[])
+                    (command_reverse(cx, a, tick_clock, &event_id), vec![])
                 }
                 Body::Reserve {
                     meter,
@@ -1862,26 +1978,27 @@ fn apply_account_message(
                     hold_id,
                 } => (
                     command_reserve(cx, a, ts, &meter, quantity, quantity_scale, ttl_ms, hold_id),
-                    &["credits_requested", "credits_reserved", "quantity_reserved"],
+                    vec![
+                        ("credits_requested", zero()),
+                        ("credits_reserved", zero()),
+                        ("quantity_reserved", zero()),
+                    ],
                 ),
                 Body::Release { hold_id } => {
                     if a.holds.iter().any(|h| h.hold_id == hold_id) {
                         let released = release_hold(a, &hold_id);
-                        (
-                            Ok(vec![("credits_released", J::d(released))]),
-                            &["credits_released"],
-                        )
+                        (Ok(vec![("credits_released", J::d(released))]), vec![])
                     } else {
-                        (Err("unknown_hold"), &["credits_released"])
+                        (Err("unknown_hold"), vec![("credits_released", zero())])
                     }
                 }
                 Body::Usage { .. } | Body::Commit { .. } => unreachable!("handled above"),
             };
-            command_result(cx, a, command, id, ts, outcome, names);
             evaluate_alerts(cx, a, ts);
+            command_result(cx, a, command, id, ts, outcome, if_rejected);
         }
     }
-    // Catch up with anything this input made overdue (a backdated expiry or hold, D11).
+    // Transitions this input made already due run now, at the account's clock (§10.6).
     let clock = a.clock;
     advance(cx, a, clock);
 }
@@ -1924,7 +2041,7 @@ fn command_grant<'j>(cx: &mut Cx, a: &mut Account, ts: i64, g: GrantInput) -> Ou
             scope: g.scope,
             cost_basis: g.cost_basis,
             granted_at: ts,
-            plan_allowance: false,
+            rollover_cap: Decimal::ZERO,
         },
         Origin::Granted,
     );
@@ -1955,20 +2072,15 @@ fn command_set_plan<'j>(cx: &mut Cx, a: &mut Account, plan: &str) -> Outcome<'j>
     if a.plan == plan {
         return Ok(vec![]);
     }
-    // The switch happens at the account's clock (= the command's ts unless backdated, D21).
+    // The switch happens at the account's clock (= the command's ts unless backdated: closing
+    // a period in the past would rewrite issued lines), always with a close (§4).
     let at = a.clock;
     let new_plan = cx.cat.plan(plan).expect("validated");
-    if a.period_start == at && a.lines.is_empty() {
-        a.plan = plan.to_string();
-        a.period_end = period_containing(new_plan.period, at).1;
-        open_period(cx, a, at);
-        return Ok(vec![]);
-    }
     close_period(cx, a, at);
     a.plan = plan.to_string();
     a.period_start = at;
     a.period_end = period_containing(new_plan.period, at).1;
-    open_period(cx, a, at);
+    open_period(cx, a);
     Ok(vec![])
 }
 
@@ -1981,6 +2093,8 @@ fn command_adjust<'j>(
     amount: Decimal,
 ) -> Outcome<'j> {
     let cat = cx.cat;
+    // Any adjustment gives the account a balance entry of its credit type (§16).
+    a.entry(cat, credit_type);
     if amount > Decimal::ZERO {
         add_grant(
             cx,
@@ -1996,7 +2110,7 @@ fn command_adjust<'j>(
                 scope: None,
                 cost_basis: Decimal::ZERO,
                 granted_at: ts,
-                plan_allowance: false,
+                rollover_cap: Decimal::ZERO,
             },
             Origin::Adjusted,
         );
@@ -2048,7 +2162,6 @@ fn command_reverse<'j>(
     cx: &mut Cx,
     a: &mut Account,
     tick_clock: Option<i64>,
-    ts: i64,
     event_id: &str,
 ) -> Outcome<'j> {
     let cat = cx.cat;
@@ -2061,26 +2174,33 @@ fn command_reverse<'j>(
             c.reversed = true;
             c.clone()
         }
-        Record::Command | Record::RejectedUsage => return Err("not_charged"),
+        Record::RejectedUsage => return Err("not_charged"),
+        // The id of a command is no usage event (§9).
+        Record::Command => return Err("unknown_event"),
     };
     let same_period = charge.period_start == a.period_start;
     let credit_type = charge.credit_type.clone();
-    let reversal_grant = |n: usize, amount: Decimal, basis: Decimal, at: i64| NewGrant {
-        grant_id: format!("reversal-{event_id}-{n}"),
-        credit_type: credit_type.clone(),
-        source: "adjustment",
-        amount,
-        priority: 100,
-        effective_at: at,
-        expires_at: None,
-        scope: None,
-        cost_basis: basis,
-        granted_at: at,
-        plan_allowance: false,
+    // Credits come back now: new grants are made at the account's clock (§9).
+    let at = a.clock;
+    let mut made = 0usize;
+    let mut reversal_grant = |amount: Decimal, basis: Decimal| {
+        made += 1;
+        NewGrant {
+            grant_id: format!("reversal-{event_id}-{made}"),
+            credit_type: credit_type.clone(),
+            source: "adjustment",
+            amount,
+            priority: 100,
+            effective_at: at,
+            expires_at: None,
+            scope: None,
+            cost_basis: basis,
+            granted_at: at,
+            rollover_cap: Decimal::ZERO,
+        }
     };
-    let at = ts;
-    // The overage part first (D29): it cancels this event's own debt before any new grant
-    // could pay it as someone else's.
+    // The overage part first: it cancels this event's own debt before any returned credits
+    // could repay that debt as if it were someone else's (§9).
     if charge.overage > Decimal::ZERO && same_period {
         let entry = a.entry(cat, &credit_type);
         let cut = charge.overage.min(entry.debt);
@@ -2088,16 +2208,11 @@ fn command_reverse<'j>(
         entry.ledger.returned += cut;
         let rest = charge.overage - cut;
         if rest > Decimal::ZERO {
-            let n = charge.draws.len() + 1;
-            add_grant(
-                cx,
-                a,
-                reversal_grant(n, rest, Decimal::ZERO, at),
-                Origin::Returned(None),
-            );
+            let new = reversal_grant(rest, Decimal::ZERO);
+            add_grant(cx, a, new, Origin::Returned { on_lot: false });
         }
     }
-    for (i, d) in charge.draws.iter().enumerate() {
+    for d in &charge.draws {
         let live = a
             .grants
             .iter()
@@ -2116,12 +2231,8 @@ fn command_reverse<'j>(
             )
             .recognized_credits -= d.amount;
         } else {
-            add_grant(
-                cx,
-                a,
-                reversal_grant(i + 1, d.amount, d.cost_basis, at),
-                Origin::Returned(Some(d.clone())),
-            );
+            let new = reversal_grant(d.amount, d.cost_basis);
+            add_grant(cx, a, new, Origin::Returned { on_lot: true });
         }
     }
     if same_period {
@@ -2203,7 +2314,10 @@ fn command_reserve<'j>(
     } else {
         largest_quantity(cat, meter, ts, quantity, quantity_scale, reserved)
     };
+    let serial = a.next_serial;
+    a.next_serial += 1;
     a.holds.push(Hold {
+        serial,
         hold_id,
         meter: meter.to_string(),
         claims,
