@@ -77,7 +77,9 @@ impl RateShape {
         } else if let Some(rest) = text.strip_prefix("burst:") {
             let parts: Vec<&str> = rest.split(':').collect();
             if parts.len() != 4 {
-                return Err(format!("burst is burst:BASE:PEAK:EVERY:LENGTH, got {text:?}"));
+                return Err(format!(
+                    "burst is burst:BASE:PEAK:EVERY:LENGTH, got {text:?}"
+                ));
             }
             let every = parse_duration(parts[2])?;
             let length = parse_duration(parts[3])?;
@@ -301,7 +303,7 @@ impl Schedule {
     }
 
     /// The scheduled offset of the next slot (slot 0 is due at offset 0).
-    pub fn next(&mut self) -> Nanos {
+    pub fn next_offset(&mut self) -> Nanos {
         let slot = self.next_slot;
         self.next_slot += 1;
         if self.shape.is_max() {
@@ -332,7 +334,7 @@ pub struct Pacer {
 impl Pacer {
     pub fn new(shape: RateShape) -> Pacer {
         let mut schedule = Schedule::new(shape);
-        let upcoming = schedule.next();
+        let upcoming = schedule.next_offset();
         Pacer { schedule, upcoming }
     }
 
@@ -347,7 +349,7 @@ impl Pacer {
             return None;
         }
         let due = self.upcoming;
-        self.upcoming = self.schedule.next();
+        self.upcoming = self.schedule.next_offset();
         Some(due)
     }
 }
@@ -358,7 +360,7 @@ mod tests {
 
     fn offsets(shape: RateShape, n: usize) -> Vec<Nanos> {
         let mut s = Schedule::new(shape);
-        (0..n).map(|_| s.next()).collect()
+        (0..n).map(|_| s.next_offset()).collect()
     }
 
     #[test]
@@ -383,7 +385,11 @@ mod tests {
         // 0 → 2000/s over 1 s offers 1000 messages in the first second.
         let shape = RateShape::parse("ramp:0.001:2000:1s").unwrap();
         let o = offsets(shape, 1001);
-        assert!(o[999] < 1_000_000_000 && o[1000] >= 999_000_000, "{}", o[1000]);
+        assert!(
+            o[999] < 1_000_000_000 && o[1000] >= 999_000_000,
+            "{}",
+            o[1000]
+        );
         assert!(o.windows(2).all(|w| w[0] <= w[1]));
     }
 

@@ -292,7 +292,11 @@ pub struct Workload {
 
 #[derive(Clone, Debug)]
 enum Pending {
-    Usage { account: u32, meter: usize, late: bool },
+    Usage {
+        account: u32,
+        meter: usize,
+        late: bool,
+    },
 }
 
 /// Messages generated so far, by kind.
@@ -346,7 +350,7 @@ impl Workload {
         assert!(credit_types.len() <= CREDIT_TYPES_MAX);
         let zipf = (spec.zipf > 0.0).then(|| Zipf::new(spec.accounts, spec.zipf));
         let mut schedule = Schedule::new(spec.rate.clone());
-        let next_at = schedule.next();
+        let next_at = schedule.next_offset();
         Workload {
             rng: Rng::new(spec.seed),
             zipf,
@@ -651,7 +655,7 @@ impl Iterator for Workload {
         let at = self.next_at;
         let planned = self.next_workload(at);
         self.slots += 1;
-        self.next_at = self.schedule.next();
+        self.next_at = self.schedule.next_offset();
         Some(planned)
     }
 }
