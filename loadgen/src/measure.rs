@@ -119,7 +119,12 @@ impl Latency {
         }
         self.histogram
             .iter_quantiles(ticks_per_half)
-            .map(|v| (v.quantile_iterated_to(), v.value_iterated_to() as f64 / 1000.0))
+            .map(|v| {
+                (
+                    v.quantile_iterated_to(),
+                    v.value_iterated_to() as f64 / 1000.0,
+                )
+            })
             .collect()
     }
 }
