@@ -643,10 +643,30 @@ pub async fn fill_command(args: FillArgs, command_line: &str) -> anyhow::Result<
     Ok((report, result.publish.errors == 0))
 }
 
-/// Fences every partition at the end of the input stream, then times the processor from its
-/// first output to the last fence's result: messages in the stream over that time.
-pub async fn drain_command(args: DrainArgs) -> anyhow::Result<bool> {
-    let client = nats::connect(&args.nats_url).await?;
+/// What `drain` measured.
+#[derive(Clone, Debug)]
+pub struct Drained {
+    /// Messages in the input stream when the fences were published.
+    pub messages: u64,
+    /// From the first output seen to the last fence's result.
+    pub elapsed: Duration,
+    pub outputs_seen: u64,
+}
+
+impl Drained {
+    pub fn per_s(&self) -> f64 {
+        rate(self.messages, self.elapsed.as_nanos() as u64)
+    }
+}
+
+/// Fences every partition at the end of the input stream, calls `ready` (start the processor
+/// then), and times the processor from its first output to the last fence's result.
+pub async fn drain(
+    client: &async_nats::Client,
+    partitions: u32,
+    timeout: Duration,
+    ready: impl FnOnce(u64),
+) -> anyhow::Result<Drained> {
     let js = nats::jetstream(client.clone(), 64);
     let mut outputs = client
         .subscribe(format!("{OUTPUT_PREFIX}.>"))
@@ -656,9 +676,9 @@ pub async fn drain_command(args: DrainArgs) -> anyhow::Result<bool> {
     let mut input = js.get_stream(INPUT_STREAM).await?;
     let messages = input.info().await?.state.messages;
     let fence = fresh_run_id();
-    let accounts = workload::probe_accounts(args.partitions);
+    let accounts = workload::probe_accounts(partitions);
     let mut waiting = std::collections::HashSet::new();
-    for p in 0..args.partitions {
+    for p in 0..partitions {
         let id = format!("fence-{fence}d-{p}");
         let account = &accounts[p as usize];
         let mut headers = async_nats::HeaderMap::new();
@@ -672,29 +692,44 @@ pub async fn drain_command(args: DrainArgs) -> anyhow::Result<bool> {
         .await?;
         waiting.insert(format!("result:{account}:{id}"));
     }
-    eprintln!(
-        "loadgen drain: {messages} messages in {INPUT_STREAM}; fenced {} partitions; start the processor now",
-        args.partitions
-    );
-    let deadline = tokio::time::Instant::now() + duration_flag(&args.timeout, "--timeout")?;
+    ready(messages);
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut first: Option<std::time::Instant> = None;
-    let mut seen = 0u64;
+    let mut outputs_seen = 0u64;
     while !waiting.is_empty() {
         let message = match tokio::time::timeout_at(deadline, outputs.next()).await {
             Ok(Some(message)) => message,
             _ => bail!("timed out with {} partitions not drained", waiting.len()),
         };
         first.get_or_insert_with(std::time::Instant::now);
-        seen += 1;
+        outputs_seen += 1;
         if let Some(id) = run::output_id(&message.payload) {
             waiting.remove(id);
         }
     }
-    let elapsed = first.map_or(Duration::ZERO, |f| f.elapsed());
+    Ok(Drained {
+        messages,
+        elapsed: first.map_or(Duration::ZERO, |f| f.elapsed()),
+        outputs_seen,
+    })
+}
+
+pub async fn drain_command(args: DrainArgs) -> anyhow::Result<bool> {
+    let client = nats::connect(&args.nats_url).await?;
+    let timeout = duration_flag(&args.timeout, "--timeout")?;
+    let partitions = args.partitions;
+    let drained = drain(&client, partitions, timeout, |messages| {
+        eprintln!(
+            "loadgen drain: {messages} messages in {INPUT_STREAM}; fenced {partitions} partitions; start the processor now"
+        )
+    })
+    .await?;
     println!(
-        "drain: {messages} input messages in {:.3} s (first output to last fence) = {:.0} messages/s; {seen} outputs seen",
-        elapsed.as_secs_f64(),
-        rate(messages, elapsed.as_nanos() as u64)
+        "drain: {} input messages in {:.3} s (first output to last fence) = {:.0} messages/s; {} outputs seen",
+        drained.messages,
+        drained.elapsed.as_secs_f64(),
+        drained.per_s(),
+        drained.outputs_seen
     );
     Ok(true)
 }

@@ -3,61 +3,17 @@
 //! says. `run --verify` passes; a corrupted balance and a dropped output each fail it, with a
 //! diff that names the output.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
 use async_nats::jetstream;
 use clap::Parser;
-use creditflow::engine::{Engine, Envelope};
+use common::{catalog, fake_processor, CATALOG, PARTITIONS};
 use creditflow::testkit::NatsServer;
-use creditflow::time::Instant;
-use futures::StreamExt;
 use loadgen::cli::{Cli, Command};
 use loadgen::nats::{INPUT_PREFIX, INPUT_STREAM, OUTPUT_PREFIX, OUTPUT_STREAM};
-use loadgen::verify::{partition_of_subject, Difference, VerifyOptions};
-
-const CATALOG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/catalog.toml");
-const PARTITIONS: u32 = 4;
-
-fn catalog() -> Arc<creditflow::catalog::Catalog> {
-    Arc::new(creditflow::catalog::load::from_path(CATALOG.as_ref()).unwrap())
-}
-
-/// The processor as the contract describes it, built from the engine.
-async fn fake_processor(url: String) {
-    let client = async_nats::connect(&url).await.unwrap();
-    let js = jetstream::new(client);
-    let consumer = loadgen::nats::reader(&js, INPUT_STREAM, 1).await.unwrap();
-    let mut messages = consumer.messages().await.unwrap();
-    let mut engine = Engine::new(catalog(), PARTITIONS);
-    let mut outputs = Vec::new();
-    while let Some(Ok(message)) = messages.next().await {
-        let info = message.info().unwrap();
-        let envelope = Envelope {
-            payload: &message.payload,
-            seq: info.stream_sequence,
-            subject: message.subject.as_str(),
-            received: Some(Instant(loadgen::nats::received_ms(&info))),
-        };
-        outputs.clear();
-        engine.apply(&envelope, &mut outputs);
-        let p = partition_of_subject(message.subject.as_str(), INPUT_PREFIX).unwrap();
-        let mut acks = Vec::new();
-        for output in &outputs {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, output.id.as_str());
-            let subject = format!("{OUTPUT_PREFIX}.{p}.{}", output.body.type_name());
-            acks.push(
-                js.publish_with_headers(subject, headers, output.to_json().into())
-                    .await
-                    .unwrap(),
-            );
-        }
-        for ack in acks {
-            ack.await.unwrap();
-        }
-    }
-}
+use loadgen::verify::{Difference, VerifyOptions};
 
 fn verify_options(fence: &str) -> VerifyOptions {
     VerifyOptions {
@@ -224,4 +180,56 @@ async fn verify_passes_against_the_engine_and_catches_a_wrong_balance_and_a_lost
     );
     assert_eq!(outcome.differences.len(), 2, "{}", outcome.render());
     processor.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fill_then_drain_times_a_processor_started_after_the_fences() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let argv = [
+        "loadgen",
+        "fill",
+        "--quiet",
+        "--create-streams",
+        "--nats-url",
+        &url,
+        "--catalog",
+        CATALOG,
+        "--partitions",
+        "4",
+        "--events",
+        "3000",
+        "--accounts",
+        "100",
+    ];
+    let Command::Fill(args) = Cli::try_parse_from(argv).unwrap().command else {
+        panic!("not a fill")
+    };
+    let (report, passed) = loadgen::cli::fill_command(args, "fill").await.unwrap();
+    assert!(passed && report.acked == report.sent && report.sent >= 3000);
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = jetstream::new(client.clone());
+    loadgen::nats::ensure_stream(
+        &js,
+        OUTPUT_STREAM,
+        "creditflow.out.>",
+        true,
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+
+    let mut processor = None;
+    let drained = loadgen::cli::drain(&client, PARTITIONS, Duration::from_secs(60), |messages| {
+        assert_eq!(messages, report.stored);
+        processor = Some(tokio::spawn(fake_processor(url.clone())));
+    })
+    .await
+    .unwrap();
+    assert_eq!(drained.messages, report.stored);
+    assert!(
+        drained.outputs_seen > 3000 / 10 && drained.per_s() > 0.0,
+        "{drained:?}"
+    );
+    processor.unwrap().abort();
 }
