@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use creditflow::catalog::Catalog;
-use creditflow::engine::{Engine, Envelope};
+use creditflow::engine::{partition_of, Engine, Envelope};
 use creditflow::time::Instant;
 use futures::StreamExt;
 
@@ -258,14 +258,19 @@ pub async fn verify(
         };
         outputs.clear();
         engine.apply(&envelope, &mut outputs);
-        let partition = partition_of_subject(&m.subject, &input_prefix);
-        let Some(p) = partition.filter(|p| (*p as usize) < cut.len()) else {
-            return;
-        };
-        if m.sequence > cut[p as usize] {
-            return;
-        }
+        let partition =
+            partition_of_subject(&m.subject, &input_prefix).filter(|p| (*p as usize) < cut.len());
         for output in &outputs {
+            // A message on a partition subject is that partition's; a tick on a subject that
+            // names none reaches every partition, and each output belongs to its account's.
+            let p = match (partition, &output.account) {
+                (Some(p), _) => p,
+                (None, Some(account)) => partition_of(account, partitions),
+                (None, None) => 0,
+            };
+            if m.sequence > cut[p as usize] {
+                continue;
+            }
             let subject = format!("{}.{p}.{}", options.output_prefix, output.body.type_name());
             expected.insert(output.id.clone(), (subject, output.to_json()));
         }

@@ -100,6 +100,26 @@ async fn verify_passes_against_the_engine_and_catches_a_wrong_balance_and_a_lost
     assert!(report.e2e_latency.as_ref().unwrap().count >= 390);
     assert!(report.counts.malformed + report.counts.late_duplicates > 0);
 
+    // The processor writes ticks into the input stream itself (one per partition subject);
+    // verify replays what is in the stream, so they must not make a difference.
+    let tick_ts = creditflow::time::Instant(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+            + 240_000,
+    );
+    for p in 0..PARTITIONS {
+        js.publish(
+            format!("{INPUT_PREFIX}.{p}"),
+            format!(r#"{{"type":"tick","id":"tick-1","ts":"{tick_ts}"}}"#).into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+
     // Corrupt one balance: the same output id again with another balance (a new Nats-Msg-Id,
     // so the broker stores it).
     let mut corrupted = None;
