@@ -318,7 +318,9 @@ pub fn percentile_svg(title: &str, series: &[(&str, &Latency)]) -> String {
 }
 
 fn format_ms(ms: f64) -> String {
-    if ms >= 100.0 {
+    if ms == 0.0 {
+        "0".to_string()
+    } else if ms >= 100.0 {
         format!("{ms:.0}")
     } else if ms >= 1.0 {
         format!("{ms:.1}")

@@ -394,11 +394,12 @@ async fn live_line(live: LiveLine) {
         let now = clock.now();
         let elapsed = now - t_before;
         t_before = now;
-        let (sent, acked, last_sequence, ack) = {
+        let (sent, acked, stored, last_sequence, ack) = {
             let mut stats = stats.lock().expect("stats lock");
             let ack = stats.interval_ack_latency.percentiles();
             stats.interval_ack_latency.reset();
-            (stats.sent, stats.acked, stats.last_sequence, ack)
+            let stored = stats.acked - stats.broker_duplicates;
+            (stats.sent, stats.acked, stored, stats.last_sequence, ack)
         };
         let (e2e, lag_ms, lag_messages, consumed) = {
             let mut shared = shared.lock().expect("shared lock");
@@ -409,7 +410,7 @@ async fn live_line(live: LiveLine) {
                     let e2e = book.interval_latency.percentiles();
                     book.interval_latency.reset();
                     let lag_messages = if reader {
-                        acked.saturating_sub(consumed)
+                        stored.saturating_sub(consumed)
                     } else {
                         last_sequence.saturating_sub(result_sequence)
                     };
@@ -423,7 +424,7 @@ async fn live_line(live: LiveLine) {
                 None => (
                     None,
                     None,
-                    reader.then(|| acked.saturating_sub(consumed)),
+                    reader.then(|| stored.saturating_sub(consumed)),
                     consumed,
                 ),
             }
