@@ -431,7 +431,7 @@ async fn live_line(live: LiveLine) {
         };
         let second = Second {
             t_s: t,
-            offered_per_s: shape.rate_at(now).map(|r| r + probe_per_s),
+            offered_per_s: offered_over(&shape, now - elapsed, now).map(|r| r + probe_per_s),
             sent_per_s: rate(sent - sent_before, elapsed),
             acked_per_s: rate(acked - acked_before, elapsed),
             consumed_per_s: reader.then(|| rate(consumed - consumed_before, elapsed)),
@@ -448,6 +448,18 @@ async fn live_line(live: LiveLine) {
         }
         timeline.lock().expect("timeline lock").push(second);
     }
+}
+
+/// The mean offered rate of `shape` over `[from, to)` (sampled at 100 points: exact for
+/// constant rates, and steps and bursts are resolved to a hundredth of the interval).
+fn offered_over(shape: &crate::schedule::RateShape, from: Nanos, to: Nanos) -> Option<f64> {
+    const SAMPLES: u64 = 100;
+    let span = to.saturating_sub(from).max(1);
+    let mut sum = 0.0;
+    for k in 0..SAMPLES {
+        sum += shape.rate_at(from + span * k / SAMPLES + span / (2 * SAMPLES))?;
+    }
+    Some(sum / SAMPLES as f64)
 }
 
 /// The live line: `[ 3s] offered 20000/s sent 20000/s acked 19950/s | lag 1.2 ms 40 msgs |
