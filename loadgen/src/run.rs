@@ -105,6 +105,17 @@ impl RunResult {
     }
 }
 
+/// An observer connected and subscribed, not yet running (one per run, so its size is moot).
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    Nothing,
+    Results(async_nats::Client, async_nats::Subscriber),
+    Reader(
+        async_nats::jetstream::Context,
+        async_nats::jetstream::consumer::pull::Stream,
+    ),
+}
+
 struct Shared {
     book: Option<ProbeBook>,
     /// Highest input sequence named by a probe result seen.
@@ -166,18 +177,35 @@ pub async fn execute(options: RunOptions) -> anyhow::Result<RunResult> {
         consume: ConsumeStats::default(),
     }));
     let stats: SharedPublishStats = Arc::new(Mutex::new(PublishStats::default()));
-    let clock = RunClock::start();
-
-    // The observer starts before the first publish, so no answer can be missed.
-    let observer = match &options.observe {
-        Observe::Nothing => None,
+    // The observer subscribes before the first publish, so no answer can be missed. All
+    // network set-up happens before the clock starts: probe 0 is due at once.
+    let prepared = match &options.observe {
+        Observe::Nothing => Prepared::Nothing,
         Observe::ProcessorResults { output_prefix } => {
             let client = nats::connect(&options.nats_url).await?;
-            let mut subscription = client
+            let subscription = client
                 .subscribe(format!("{output_prefix}.*.command.result"))
                 .await
                 .context("subscribing to probe results")?;
             client.flush().await.context("flushing the subscription")?;
+            Prepared::Results(client, subscription)
+        }
+        Observe::StreamReader => {
+            let js = nats::jetstream(nats::connect(&options.nats_url).await?, 1);
+            let consumer = nats::reader(&js, &options.stream, start_sequence).await?;
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(500)
+                .messages()
+                .await
+                .context("starting the raw reader")?;
+            Prepared::Reader(js, messages)
+        }
+    };
+    let clock = RunClock::start();
+    let observer = match prepared {
+        Prepared::Nothing => None,
+        Prepared::Results(client, mut subscription) => {
             let shared = shared.clone();
             let run_id = run_id.clone();
             Some(tokio::spawn(async move {
@@ -202,15 +230,7 @@ pub async fn execute(options: RunOptions) -> anyhow::Result<RunResult> {
                 }
             }))
         }
-        Observe::StreamReader => {
-            let js = nats::jetstream(nats::connect(&options.nats_url).await?, 1);
-            let consumer = nats::reader(&js, &options.stream, start_sequence).await?;
-            let mut messages = consumer
-                .stream()
-                .max_messages_per_batch(500)
-                .messages()
-                .await
-                .context("starting the raw reader")?;
+        Prepared::Reader(js, mut messages) => {
             let shared = shared.clone();
             let run_id = run_id.clone();
             Some(tokio::spawn(async move {
