@@ -175,6 +175,10 @@ pub struct RunArgs {
     pub fence_timeout: String,
     #[arg(long, default_value_t = 20)]
     pub diff_max: usize,
+    /// First measure the broker's ceiling in this run (`raw --rate max` with this many events
+    /// on the scratch stream), and state the run's figures as ratios of it.
+    #[arg(long)]
+    pub raw_ceiling: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -462,7 +466,44 @@ pub async fn execute(cli: Cli, command_line: &str) -> anyhow::Result<bool> {
     }
 }
 
+/// The broker's ceilings measured now with the same workload flags (`raw --rate max`, quiet,
+/// no files): its report.
+pub async fn raw_ceiling(
+    workload: &WorkloadArgs,
+    nats: &NatsArgs,
+    events: u64,
+    command_line: &str,
+) -> anyhow::Result<Report> {
+    let mut workload = workload.clone();
+    workload.rate = "max".into();
+    workload.ramp = None;
+    workload.steps = None;
+    workload.burst = None;
+    workload.events = Some(events);
+    let args = RawArgs {
+        workload,
+        nats: nats.clone(),
+        output: OutputArgs {
+            report_json: None,
+            plot: None,
+            quiet: true,
+        },
+        stream: "LOADGEN_RAW".into(),
+        keep_stream: false,
+    };
+    let (report, passed) =
+        raw_command(args, &format!("{command_line} (raw ceiling first)")).await?;
+    if !passed {
+        bail!("measuring the raw ceiling failed");
+    }
+    Ok(report)
+}
+
 pub async fn run_command(args: RunArgs, command_line: &str) -> anyhow::Result<(Report, bool)> {
+    let ceiling = match args.raw_ceiling {
+        Some(events) => Some(raw_ceiling(&args.workload, &args.nats, events, command_line).await?),
+        None => None,
+    };
     let catalog = load_catalog(&args.workload.catalog)?;
     let spec = args.workload.spec(&catalog, INPUT_PREFIX)?;
     let server = server_version(&args.nats.nats_url).await?;
@@ -501,6 +542,15 @@ pub async fn run_command(args: RunArgs, command_line: &str) -> anyhow::Result<(R
         &server,
     )
     .from_run(&result, spec.rate.is_max());
+    if let Some(ceiling) = &ceiling {
+        report.ratios.push(Ratio {
+            name: format!(
+                "achieved / raw publish ceiling ({:.0}/s, same run)",
+                ceiling.publish_per_s
+            ),
+            value: report.publish_per_s / ceiling.publish_per_s.max(1e-9),
+        });
+    }
     let mut passed = result.publish.errors == 0;
     if report.probes_sent > 0 && report.probes_answered == 0 {
         eprintln!(

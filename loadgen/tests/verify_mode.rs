@@ -67,6 +67,8 @@ async fn verify_passes_against_the_engine_and_catches_a_wrong_balance_and_a_lost
         "60s",
         "--fence-timeout",
         "60s",
+        "--raw-ceiling",
+        "3000",
     ];
     let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
         panic!("not a run")
@@ -90,6 +92,8 @@ async fn verify_passes_against_the_engine_and_catches_a_wrong_balance_and_a_lost
     assert!(passed, "{}", report.to_text());
     assert_eq!(report.verify_passed, Some(true), "{}", report.to_text());
     assert_eq!(report.probes_unanswered, 0);
+    let ratio = &report.ratios[0];
+    assert!(ratio.name.starts_with("achieved / raw publish ceiling") && ratio.value > 0.0);
     let summary = report.verify.clone().unwrap();
     let expected: u64 = summary
         .split(", ")
