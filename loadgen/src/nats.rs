@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::measure::Latency;
 use crate::schedule::Nanos;
-use crate::workload::{Kind, Planned};
+use crate::workload::Planned;
 
 /// The processor's input stream and its partition subjects `creditflow.in.<p>`.
 pub const INPUT_STREAM: &str = "CREDITFLOW_IN";
@@ -124,8 +124,6 @@ pub struct PublishStats {
     pub ack_latency: Latency,
     /// The same, reset every second by the live line.
     pub interval_ack_latency: Latency,
-    /// Acked stream sequences of probes and fences by probe number (for lag in messages).
-    pub probe_sequences: Vec<(u64, u64)>,
 }
 
 pub type SharedPublishStats = Arc<Mutex<PublishStats>>;
@@ -153,8 +151,8 @@ pub async fn publish_loop(
     while open || !inflight.is_empty() {
         tokio::select! {
             biased;
-            Some((start, kind, result)) = inflight.next(), if !inflight.is_empty() => {
-                record_ack(&stats, clock, start, kind, result);
+            Some((start, result)) = inflight.next(), if !inflight.is_empty() => {
+                record_ack(&stats, clock, start, result);
             }
             next = rx.recv(), if open && inflight.len() < window => {
                 let Some(outgoing) = next else {
@@ -165,10 +163,9 @@ pub async fn publish_loop(
                 let mut headers = HeaderMap::new();
                 headers.insert(async_nats::header::NATS_MESSAGE_ID, planned.msg_id.as_str());
                 let subject = subjects[planned.partition as usize].clone();
-                let kind = planned.kind;
                 match js.publish_with_headers(subject, headers, planned.payload).await {
-                    Ok(ack) => inflight.push(async move { (start, kind, ack.await) }),
-                    Err(err) => record_ack(&stats, clock, start, kind, Err(err)),
+                    Ok(ack) => inflight.push(async move { (start, ack.await) }),
+                    Err(err) => record_ack(&stats, clock, start, Err(err)),
                 }
             }
         }
@@ -179,7 +176,6 @@ fn record_ack(
     stats: &SharedPublishStats,
     clock: RunClock,
     start: Nanos,
-    kind: Kind,
     result: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
 ) {
     let now = clock.now();
@@ -193,9 +189,6 @@ fn record_ack(
             stats.last_sequence = stats.last_sequence.max(ack.sequence);
             stats.ack_latency.record_scheduled(start, now);
             stats.interval_ack_latency.record_scheduled(start, now);
-            if let Kind::Probe(n) = kind {
-                stats.probe_sequences.push((n, ack.sequence));
-            }
         }
         Err(err) => {
             stats.errors += 1;
