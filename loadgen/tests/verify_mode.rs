@@ -251,8 +251,9 @@ async fn fill_then_drain_times_a_processor_started_after_the_fences() {
     .await
     .unwrap();
     assert_eq!(drained.messages, report.stored);
+    // At least every fence's result (how many other outputs depends on the time-of-day prices).
     assert!(
-        drained.outputs_seen > 3000 / 10 && drained.per_s() > 0.0,
+        drained.outputs_seen >= u64::from(PARTITIONS) && drained.per_s() > 0.0,
         "{drained:?}"
     );
     processor.unwrap().abort();
