@@ -255,6 +255,10 @@ impl Store for MemoryStore {
     }
 }
 
+/// Removes the PostgreSQL baseline's tables.
+pub const POSTGRES_DROP: &str = "
+DROP TABLE IF EXISTS loadgen_events;
+DROP TABLE IF EXISTS loadgen_balances;";
 /// Tables of the PostgreSQL baseline (dropped and created by [`PostgresStore::prepare`]).
 pub const POSTGRES_SCHEMA: &str = "
 DROP TABLE IF EXISTS loadgen_events;
@@ -305,14 +309,23 @@ impl PostgresStore {
 
     /// Creates the baseline's tables afresh.
     pub async fn prepare(config: &str) -> anyhow::Result<()> {
+        PostgresStore::batch(config, POSTGRES_SCHEMA).await
+    }
+
+    /// Drops the baseline's tables (outside the timed part).
+    pub async fn cleanup(config: &str) -> anyhow::Result<()> {
+        PostgresStore::batch(config, POSTGRES_DROP).await
+    }
+
+    async fn batch(config: &str, statements: &str) -> anyhow::Result<()> {
         let (client, connection) = tokio_postgres::connect(config, tokio_postgres::NoTls)
             .await
             .with_context(|| format!("connecting to PostgreSQL ({config})"))?;
         let handle = tokio::spawn(connection);
         client
-            .batch_execute(POSTGRES_SCHEMA)
+            .batch_execute(statements)
             .await
-            .context("creating the baseline tables")?;
+            .context("creating or dropping the baseline tables")?;
         drop(client);
         let _ = handle.await;
         Ok(())

@@ -822,7 +822,10 @@ pub async fn baseline_command(
             for _ in 0..connections {
                 stores.push(baseline::PostgresStore::connect(&args.postgres).await?);
             }
-            baseline::drive("postgres", stores, &plan).await?.0
+            let (result, stores) = baseline::drive("postgres", stores, &plan).await?;
+            drop(stores);
+            baseline::PostgresStore::cleanup(&args.postgres).await?;
+            result
         }
         StoreKind::Redis => {
             let namespace = format!("loadgen:{}", spec.run_id);
