@@ -754,7 +754,7 @@ pub async fn drain(
         first.get_or_insert_with(std::time::Instant::now);
         outputs_seen += 1;
         if let Some(id) = run::output_id(&message.payload) {
-            waiting.remove(id);
+            waiting.remove(run::result_key(id));
         }
     }
     Ok(Drained {

@@ -123,11 +123,24 @@ struct Shared {
     consume: ConsumeStats,
 }
 
-/// The probe number in an id like `result:probe_3:probe-<run>-<n>` or `probe-<run>-<n>`.
+/// A `command.result` output id without the trailing `:<seq>` of its cause (SEMANTICS §14:
+/// `result:<account>:<command id>:<seq>`): what loadgen can predict before publishing.
+pub fn result_key(output_id: &str) -> &str {
+    match output_id.rsplit_once(':') {
+        Some((key, seq)) if !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()) => key,
+        _ => output_id,
+    }
+}
+
+/// The probe number in an id like `result:probe_3:probe-<run>-<n>:<seq>` or `probe-<run>-<n>`.
 pub fn probe_number(id: &str, run_id: &str) -> Option<u64> {
     let marker = format!("probe-{run_id}-");
     let at = id.rfind(&marker)?;
-    id[at + marker.len()..].parse().ok()
+    let rest = &id[at + marker.len()..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 /// The `"seq":N` field of an output's JSON.

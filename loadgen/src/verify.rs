@@ -225,7 +225,7 @@ pub async fn verify(
             }
         };
         if let Some(id) = output_id(&message.payload) {
-            waiting.remove(id);
+            waiting.remove(crate::run::result_key(id));
         }
     }
     drop(results);
@@ -331,7 +331,10 @@ pub async fn verify(
         })
         .await
         .context("reading the output stream")?;
-        if fence_ids.iter().all(|id| actual.contains_key(id)) {
+        if fence_ids
+            .iter()
+            .all(|key| actual.keys().any(|id| crate::run::result_key(id) == key))
+        {
             break;
         }
         if tokio::time::Instant::now() >= read_deadline {
