@@ -183,7 +183,7 @@ fn bench(c: &mut Criterion) {
                         quantity: Fixed(3_000_000_000),
                         // 1 ms of event time per event: hourly invoice flushes happen in the run.
                         ts: Instant(T0.0 + seq as i64),
-                        dims: dims.clone(),
+                        dims: Cow::Borrowed(dims.as_slice()),
                     });
                     let envelope = Envelope {
                         payload: b"",

@@ -194,6 +194,12 @@ impl Dec {
 
     /// Both operands at one common scale, using the smallest scale that holds both exactly.
     fn aligned(self, other: Dec) -> Option<(i128, i128, u8)> {
+        // Fast path: scale the coarser one up (one multiplication). Normalizing first costs an
+        // i128 division per trailing zero, so it is only the fallback when scaling overflows.
+        let scale = self.scale.max(other.scale);
+        if let (Some(a), Some(b)) = (self.rescale_up(scale), other.rescale_up(scale)) {
+            return Some((a.mantissa, b.mantissa, scale));
+        }
         let a = self.normalized();
         let b = other.normalized();
         let scale = a.scale.max(b.scale);

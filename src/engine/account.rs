@@ -371,6 +371,8 @@ impl Account {
         {
             Ok(index) => index,
             Err(index) => {
+                // Per-account vectors are small: grow by one, not to the default 4.
+                self.types.reserve_exact(1);
                 self.types.insert(
                     index,
                     TypeState {
@@ -467,6 +469,7 @@ impl Account {
         let index = match position {
             Some(index) => index,
             None => {
+                self.lines.reserve_exact(1);
                 self.lines.push(Line {
                     kind,
                     meter,
@@ -647,6 +650,7 @@ impl Account {
         let position = self
             .grants
             .partition_point(|g| g.burn_order(&grant) == Ordering::Less);
+        self.grants.reserve_exact(1);
         self.grants.insert(position, grant);
         if paid.is_positive() {
             let price = self.overage_price(ctx.catalog);
@@ -1050,88 +1054,124 @@ impl Account {
 
     // ---------------------------------------------------------------- alerts
 
+    /// Evaluates every threshold of every credit type (SEMANTICS §10.5). Runs after every
+    /// charge, so it allocates nothing unless an alert fires, and compares in fixed point.
     pub fn evaluate_alerts(&mut self, ctx: &mut Context<'_>, at: Instant) {
         let catalog = ctx.catalog;
+        let plan = catalog.plan(self.plan);
         for index in 0..self.types.len() {
             let credit_type = self.types[index].credit_type;
             let balance = self.balance(credit_type);
             let base = self.types[index].period_base;
-            let plan = catalog.plan(self.plan);
-            let credit_name = &catalog.credit_type(credit_type).name;
-            let mut thresholds: Vec<(&str, Option<Dec>)> = plan
-                .alerts
-                .iter()
-                .filter(|a| a.credit_type == credit_type)
-                .map(|a| {
-                    let value = match a.threshold {
+            for rule in plan.alerts.iter().filter(|a| a.credit_type == credit_type) {
+                let below = match rule.threshold {
+                    Threshold::Amount(amount) => balance < amount,
+                    // balance < base × percent / 100, exactly: compare balance × 100.
+                    Threshold::Percent(percent) => match base.to_dec().checked_mul(percent) {
+                        Some(limit) => Dec::from_int(balance.0 * 100)
+                            .checked_mul(Dec::new(1, Credits::SCALE).unwrap_or(Dec::ONE))
+                            .is_some_and(|b| b < limit),
+                        None => false,
+                    },
+                };
+                self.alert_step(
+                    ctx,
+                    index,
+                    &rule.name,
+                    Some(rule.threshold),
+                    below,
+                    balance,
+                    base,
+                    at,
+                );
+            }
+            let depleted = !balance.is_positive();
+            self.alert_step(ctx, index, "depleted", None, depleted, balance, base, at);
+        }
+    }
+
+    /// Records a threshold's state and emits `low`/`depleted` or `recovered` on a crossing.
+    #[allow(clippy::too_many_arguments)]
+    fn alert_step(
+        &mut self,
+        ctx: &mut Context<'_>,
+        index: usize,
+        name: &str,
+        threshold: Option<Threshold>,
+        below: bool,
+        balance: Credits,
+        base: Credits,
+        at: Instant,
+    ) {
+        let states = &mut self.types[index].alerts;
+        let state = match states.iter().position(|s| &*s.name == name) {
+            Some(position) => &mut states[position],
+            None => {
+                states.reserve_exact(1);
+                states.push(AlertState {
+                    name: name.into(),
+                    below: false,
+                    lows: 0,
+                    recoveries: 0,
+                });
+                states.last_mut().expect("just pushed")
+            }
+        };
+        if below == state.below {
+            return;
+        }
+        state.below = below;
+        let credit_name = ctx
+            .catalog
+            .credit_type(self.types[index].credit_type)
+            .name
+            .clone();
+        let state = self.types[index]
+            .alerts
+            .iter_mut()
+            .find(|s| &*s.name == name)
+            .expect("just found");
+        let (id, body) = if below {
+            state.lows += 1;
+            let id = format!(
+                "alert:{}:{}:{}:low:{}",
+                self.id, credit_name, name, state.lows
+            );
+            let body = match threshold {
+                Some(threshold) => Body::BalanceLow {
+                    credit_type: credit_name,
+                    threshold: name.to_string(),
+                    threshold_amount: match threshold {
                         Threshold::Amount(amount) => amount.to_dec(),
                         Threshold::Percent(percent) => base
                             .to_dec()
                             .checked_mul(percent)
                             .and_then(|v| v.checked_mul(Dec::new(1, 2).unwrap_or(Dec::ONE)))
-                            .unwrap_or(Dec::ZERO),
-                    };
-                    (a.name.as_str(), Some(value))
-                })
-                .collect();
-            thresholds.push(("depleted", None));
-            for (name, value) in thresholds {
-                let below = match value {
-                    Some(value) => balance.to_dec() < value,
-                    None => !balance.is_positive(),
-                };
-                let states = &mut self.types[index].alerts;
-                let state = match states.iter().position(|s| &*s.name == name) {
-                    Some(position) => &mut states[position],
-                    None => {
-                        states.push(AlertState {
-                            name: name.into(),
-                            below: false,
-                            lows: 0,
-                            recoveries: 0,
-                        });
-                        states.last_mut().expect("just pushed")
-                    }
-                };
-                if below == state.below {
-                    continue;
-                }
-                state.below = below;
-                let (id, body) = if below {
-                    state.lows += 1;
-                    let id = format!(
-                        "alert:{}:{}:{}:low:{}",
-                        self.id, credit_name, name, state.lows
-                    );
-                    let body = match value {
-                        Some(value) => Body::BalanceLow {
-                            credit_type: credit_name.clone(),
-                            threshold: name.to_string(),
-                            threshold_amount: value.normalized(),
-                            balance,
-                        },
-                        None => Body::BalanceDepleted {
-                            credit_type: credit_name.clone(),
-                            balance,
-                        },
-                    };
-                    (id, body)
-                } else {
-                    state.recoveries += 1;
-                    let id = format!(
-                        "alert:{}:{}:{}:recovered:{}",
-                        self.id, credit_name, name, state.recoveries
-                    );
-                    let body = Body::BalanceRecovered {
-                        credit_type: credit_name.clone(),
-                        threshold: name.to_string(),
-                        balance,
-                    };
-                    (id, body)
-                };
-                self.emit(ctx, id, at, body);
-            }
-        }
+                            .unwrap_or(Dec::ZERO)
+                            .normalized(),
+                    },
+                    balance,
+                },
+                None => Body::BalanceDepleted {
+                    credit_type: credit_name,
+                    balance,
+                },
+            };
+            (id, body)
+        } else {
+            state.recoveries += 1;
+            let id = format!(
+                "alert:{}:{}:{}:recovered:{}",
+                self.id, credit_name, name, state.recoveries
+            );
+            let body = Body::BalanceRecovered {
+                credit_type: credit_name,
+                threshold: name.to_string(),
+                balance,
+            };
+            (id, body)
+        };
+        self.emit(ctx, id, at, body);
     }
 
     // ---------------------------------------------------------------- charging
@@ -1782,6 +1822,7 @@ impl Account {
             claims,
         };
         let position = self.holds.partition_point(|h| h.id < hold.id);
+        self.holds.reserve_exact(1);
         self.holds.insert(position, hold);
         (
             None,

@@ -154,8 +154,8 @@ pub struct Usage<'a> {
     pub meter: MeterId,
     pub quantity: Quantity,
     pub ts: Instant,
-    /// Sorted by key, keys unique.
-    pub dims: Vec<(String, String)>,
+    /// Sorted by key, keys unique. Borrowed when the caller already holds them.
+    pub dims: Cow<'a, [(String, String)]>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -652,7 +652,7 @@ impl<'c> Checker<'c> {
                 meter,
                 quantity,
                 ts,
-                dims,
+                dims: dims.into(),
             }));
         }
         let kind = match kind {
