@@ -49,6 +49,9 @@ pub enum Command {
     Fill(FillArgs),
     /// Measure how fast the processor drains the input stream: start this, then the processor.
     Drain(DrainArgs),
+    /// Read the input stream from its first message with a bare consumer that does nothing:
+    /// the broker's delivery ceiling for that very stream, to compare a drain with.
+    Consume(ConsumeArgs),
     /// Compare the processor's outputs with the engine replaying the input stream.
     Verify(VerifyArgs),
     /// The same debits done without creditflow: PostgreSQL transactions or Redis Lua.
@@ -216,6 +219,15 @@ pub struct DrainArgs {
     /// Give up after this long.
     #[arg(long, default_value = "300s")]
     pub timeout: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConsumeArgs {
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// The stream to read (the processor's input stream by default).
+    #[arg(long, default_value = INPUT_STREAM)]
+    pub stream: String,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -461,6 +473,7 @@ pub async fn execute(cli: Cli, command_line: &str) -> anyhow::Result<bool> {
         Command::Raw(args) => raw_command(args, command_line).await.map(|r| r.1),
         Command::Fill(args) => fill_command(args, command_line).await.map(|r| r.1),
         Command::Drain(args) => drain_command(args).await,
+        Command::Consume(args) => consume_command(args).await,
         Command::Verify(args) => verify_command(args).await,
         Command::Baseline(args) => baseline_command(args, command_line).await.map(|_| true),
     }
@@ -782,6 +795,25 @@ pub async fn drain_command(args: DrainArgs) -> anyhow::Result<bool> {
         drained.outputs_seen
     );
     Ok(true)
+}
+
+pub async fn consume_command(args: ConsumeArgs) -> anyhow::Result<bool> {
+    let client = nats::connect(&args.nats_url).await?;
+    let js = nats::jetstream(client, 1);
+    let last = nats::last_sequence(&js, &args.stream).await?;
+    let started = std::time::Instant::now();
+    let mut bytes = 0u64;
+    let count = nats::read_stream(&js, &args.stream, last, |stored| {
+        bytes += stored.payload.len() as u64;
+    })
+    .await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "consume: {count} messages ({bytes} payload bytes) of {} read by a bare consumer in {elapsed:.3} s = {:.0} messages/s",
+        args.stream,
+        count as f64 / elapsed.max(1e-9)
+    );
+    Ok(count == last)
 }
 
 pub async fn verify_command(args: VerifyArgs) -> anyhow::Result<bool> {

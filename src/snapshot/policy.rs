@@ -29,6 +29,8 @@ pub struct SnapshotJob {
     pub header: Header,
     pub payload: Vec<u8>,
     pub watermark: Receiver<WatermarkReached>,
+    /// How long the shard stopped to encode it (the ingest pause this snapshot caused).
+    pub pause: Duration,
 }
 
 /// Reports for metrics.
@@ -95,12 +97,14 @@ impl<O: SnapshotObserver> Policy<O> {
             clock,
             fingerprints,
         };
-        self.observer.paused(partition.number, started.elapsed());
+        let pause = started.elapsed();
+        self.observer.paused(partition.number, pause);
         let (done, watermark) = crossbeam::channel::bounded(1);
         let job = SnapshotJob {
             header,
             payload,
             watermark,
+            pause,
         };
         let sent = if blocking {
             self.jobs.send(job).is_ok()
@@ -190,7 +194,16 @@ pub fn run_writer(
         let started = WallInstant::now();
         match store.write(&job.header, &job.payload) {
             Ok(bytes) => {
-                observer.written(job.header.partition, bytes, started.elapsed());
+                let elapsed = started.elapsed();
+                tracing::info!(
+                    partition = job.header.partition,
+                    applied_through = job.header.applied_through,
+                    bytes,
+                    pause_ms = job.pause.as_secs_f64() * 1e3,
+                    write_ms = elapsed.as_secs_f64() * 1e3,
+                    "snapshot written"
+                );
+                observer.written(job.header.partition, bytes, elapsed);
                 written.push(store.dir().join(super::file_name(
                     job.header.partition,
                     job.header.applied_through,
