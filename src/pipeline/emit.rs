@@ -117,7 +117,7 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
                 }
             }
             self.observer.in_flight(publishes as u64);
-            let Some(front) = slots.front_mut() else {
+            if slots.is_empty() {
                 if closed || stopped >= self.shards {
                     return report;
                 }
@@ -137,41 +137,56 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
                     Err(RecvTimeoutError::Disconnected) => closed = true,
                 }
                 continue;
-            };
-            match front {
-                Slot::Watermark { .. } => {
-                    if let Some(Slot::Watermark {
+            }
+            self.settle_front(&mut slots, &mut publishes, &mut report)
+                .await;
+        }
+    }
+
+    /// Settles the oldest slot: a watermark is reported reached; a publish has its ack awaited
+    /// (on failure it and everything after it is republished in order, then awaited again).
+    async fn settle_front(
+        &mut self,
+        slots: &mut VecDeque<Slot<P::Ack>>,
+        publishes: &mut usize,
+        report: &mut EmitReport,
+    ) {
+        let Some(front) = slots.front_mut() else {
+            return;
+        };
+        match front {
+            Slot::Watermark { .. } => {
+                if let Some(Slot::Watermark {
+                    partition,
+                    seq,
+                    floor,
+                    done,
+                }) = slots.pop_front()
+                {
+                    // The receiver may be gone (the process is stopping); nothing to do then.
+                    let _ = done.send(WatermarkReached {
                         partition,
                         seq,
-                        floor,
-                        done,
-                    }) = slots.pop_front()
-                    {
-                        // The receiver may be gone (the process is stopping); nothing to do then.
-                        let _ = done.send(WatermarkReached {
-                            partition,
-                            seq,
-                            output_seq_floor: floor,
-                        });
-                    }
+                        output_seq_floor: floor,
+                    });
                 }
-                Slot::Publish { ack, .. } => {
-                    let result = match ack.take() {
-                        Some(ack) => ack.await,
-                        None => Err(PublishFailure("not sent".into())),
-                    };
-                    match result {
-                        Ok(sequence) => {
-                            report.last_output_seq = report.last_output_seq.max(sequence);
-                            report.published += 1;
-                            self.observer.published(1);
-                            slots.pop_front();
-                            publishes -= 1;
-                        }
-                        Err(failure) => {
-                            tracing::warn!(error = %failure, "output publish failed; republishing in order");
-                            self.republish(&mut slots, &mut report).await;
-                        }
+            }
+            Slot::Publish { ack, .. } => {
+                let result = match ack.take() {
+                    Some(ack) => ack.await,
+                    None => Err(PublishFailure("not sent".into())),
+                };
+                match result {
+                    Ok(sequence) => {
+                        report.last_output_seq = report.last_output_seq.max(sequence);
+                        report.published += 1;
+                        self.observer.published(1);
+                        slots.pop_front();
+                        *publishes -= 1;
+                    }
+                    Err(failure) => {
+                        tracing::warn!(error = %failure, "output publish failed; republishing in order");
+                        self.republish(slots, report).await;
                     }
                 }
             }
@@ -189,6 +204,12 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
         match message {
             SinkMessage::Outputs(outputs) => {
                 for output in outputs {
+                    // The window bounds the acks awaited, also within one large batch (a
+                    // backlog can make thousands of outputs at once): the client holds a
+                    // permit per unawaited ack and would wait forever for one more.
+                    while *publishes >= self.window {
+                        self.settle_front(slots, publishes, report).await;
+                    }
                     let epoch = self.epoch();
                     let stale = slots.iter().any(
                         |slot| matches!(slot, Slot::Publish { epoch: sent, .. } if *sent < epoch),
@@ -389,6 +410,80 @@ mod tests {
         stored.sort();
         assert_eq!(stored, ["o1", "o2", "o3", "o4", "o5"]);
         assert_eq!(report.published, 5);
+    }
+
+    /// Like the NATS client: a publish needs a permit, and an ack holds its permit until it is
+    /// awaited; with no permit left a publish would wait forever (here: the test fails).
+    #[derive(Clone)]
+    struct Permits {
+        inner: FakeStream,
+        outstanding: Arc<std::sync::atomic::AtomicUsize>,
+        capacity: usize,
+    }
+
+    struct PermitAck {
+        result: Option<Result<u64, PublishFailure>>,
+        outstanding: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Future for PermitAck {
+        type Output = Result<u64, PublishFailure>;
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Self::Output> {
+            self.outstanding
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            std::task::Poll::Ready(self.result.take().expect("polled once"))
+        }
+    }
+
+    impl Publisher for Permits {
+        type Ack = PermitAck;
+        async fn publish(&self, output: &Outbound) -> Result<Self::Ack, PublishFailure> {
+            let held = self
+                .outstanding
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            assert!(
+                held < self.capacity,
+                "publish with {held} unawaited acks: the client would wait forever"
+            );
+            let result = self.inner.publish(output).await?.await;
+            Ok(PermitAck {
+                result: Some(result),
+                outstanding: self.outstanding.clone(),
+            })
+        }
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_window_waits_for_acks_between_publishes() {
+        let stream = FakeStream::default();
+        let permits = Permits {
+            inner: stream.clone(),
+            outstanding: Arc::default(),
+            capacity: 3,
+        };
+        let (sender, receiver) = crossbeam::channel::unbounded();
+        sender
+            .send(SinkMessage::Outputs((1..=50).map(outbound).collect()))
+            .unwrap();
+        sender.send(SinkMessage::ShardStopped(0)).unwrap();
+        let emitter = Emitter {
+            publisher: permits,
+            observer: NoEmitObserver,
+            window: 3,
+            retry_backoff_max: Duration::from_millis(10),
+            shards: 1,
+            connection_epoch: Arc::default(),
+        };
+        let report = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(emitter.run(receiver));
+        assert_eq!(report.published, 50);
+        assert_eq!(stream.stored.lock().unwrap().len(), 50);
     }
 
     #[test]
