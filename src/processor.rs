@@ -33,7 +33,7 @@ use crate::pipeline::shard::{Shard, ShardObserver};
 use crate::pipeline::streams::{ensure_stream, StreamSettings};
 use crate::pipeline::{Outbound, SinkMessage};
 use crate::recovery::{recover, RecoveryReport, Streams};
-use crate::snapshot::policy::{run_writer, Policy, SnapshotObserver, WriterObserver};
+use crate::snapshot::policy::{run_encoder, run_writer, Policy, SnapshotObserver, WriterObserver};
 use crate::snapshot::Store;
 
 /// How long a graceful stop may take to drain the shards and publish every pending output.
@@ -222,11 +222,11 @@ impl ShardObserver for ShardMetrics {
         shard: usize,
         messages: usize,
         elapsed: Duration,
-        partitions: &[Partition],
+        partitions: &[Option<Partition>],
     ) {
         self.metrics
             .observe_apply_batch(shard, elapsed.as_secs_f64(), messages);
-        for partition in partitions {
+        for partition in partitions.iter().flatten() {
             let seen = self.seen.entry(partition.number).or_default();
             let now = &partition.stats;
             if now.messages > seen.messages {
@@ -370,7 +370,11 @@ pub async fn run(
     let (shard_senders, shard_receivers) = shard_queues(shards, config.engine.queue_batches_max);
     let sink_capacity = shards * config.engine.queue_batches_max.max(1) + 16;
     let (sink_sender, sink_receiver) = crossbeam::channel::bounded::<SinkMessage>(sink_capacity);
-    let (job_sender, job_receiver) = crossbeam::channel::bounded(shards * 2);
+    // Encoded snapshots wait for their watermark at the writer; unbounded, since at most one
+    // per partition per interval is ever queued (while outputs cannot be acked, the shards
+    // block on the sink and take no more).
+    let (job_sender, job_receiver) = crossbeam::channel::unbounded();
+    let (loan_sender, loan_receiver) = crossbeam::channel::bounded(shards * 2);
     let written_at: Arc<Mutex<HashMap<u32, WallInstant>>> = Arc::default();
 
     let writer = {
@@ -382,6 +386,13 @@ pub async fn run(
             .name("snapshot-writer".into())
             .spawn(move || run_writer(store, job_receiver, observer))
             .map_err(|e| ProcessorError::Other(format!("spawning the snapshot writer: {e}")))?
+    };
+    let encoder = {
+        let jobs = job_sender.clone();
+        std::thread::Builder::new()
+            .name("snapshot-encoder".into())
+            .spawn(move || run_encoder(loan_receiver, jobs))
+            .map_err(|e| ProcessorError::Other(format!("spawning the snapshot encoder: {e}")))?
     };
 
     let mut by_shard: Vec<Vec<Partition>> = (0..shards).map(|_| Vec::new()).collect();
@@ -403,6 +414,7 @@ pub async fn run(
                 catalog.clone(),
                 config.snapshot.interval_events,
                 config.snapshot.interval,
+                loan_sender.clone(),
                 job_sender.clone(),
                 PauseMetrics(metrics.clone()),
             ),
@@ -421,6 +433,7 @@ pub async fn run(
     }
     drop(sink_sender);
     drop(job_sender);
+    drop(loan_sender);
 
     let skipped = Arc::new(AtomicU64::new(0));
     let emitter = {
@@ -547,7 +560,9 @@ pub async fn run(
             for handle in shard_handles {
                 partitions.push(handle.join());
             }
-            (reader, partitions, emitter.join(), writer.join())
+            // The encoder ends when the shards have (their loan senders are gone).
+            let encoded = encoder.join();
+            (reader, partitions, emitter.join(), writer.join(), encoded)
         }),
     )
     .await
@@ -559,7 +574,8 @@ pub async fn run(
         ))
     })?
     .map_err(|e| ProcessorError::Other(e.to_string()))?;
-    let (reader_result, shard_results, emitter_result, writer_result) = joined;
+    let (reader_result, shard_results, emitter_result, writer_result, encoder_result) = joined;
+    encoder_result.map_err(|_| ProcessorError::Other("the snapshot encoder panicked".into()))?;
     let reader_result =
         reader_result.map_err(|_| ProcessorError::Other("the reader thread panicked".into()))?;
     let mut last_applied_seq = 0;

@@ -8,10 +8,12 @@
 //! a message at or before a partition's `applied_through` is skipped.
 //!
 //! Invariants: messages are applied in the order they arrive, which is stream order per
-//! partition; after a batch every partition of the shard has `applied_through` = the batch's last
-//! sequence (all of the shard's messages up to there are applied); outputs leave in the order
-//! they were produced.
+//! partition; a partition lent to the snapshot encoder has its messages queued meanwhile and
+//! applies them, in order, before anything newer when it is back; after a batch every partition
+//! at home has `applied_through` = the batch's last sequence (all of the shard's messages up to
+//! there are applied); outputs of one partition leave in the order they were produced.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant as WallInstant;
 
@@ -24,12 +26,25 @@ use crate::catalog::Catalog;
 use crate::engine::{Envelope, Partition};
 use crate::wire::output::Output;
 
-/// Called with every partition a snapshot policy picks, after the batch that made it due.
+/// Decides when a shard's partitions are snapshotted, and takes the snapshots.
+///
+/// A due partition is *lent*: the hook takes it (to be encoded on another thread) and gives it
+/// back through `returns`. While it is away the shard keeps applying its other partitions and
+/// queues the lent one's messages, which it applies, in order, as soon as the partition is
+/// back. So a snapshot never stops the shard; it delays one partition's messages by its encode
+/// time.
 pub trait SnapshotHook: Send {
-    /// Decides whether `partition` (which has applied everything through `seq`) is due, and if
-    /// so takes its snapshot (encoding happens here, on the shard thread; writing elsewhere).
-    fn after_batch(&mut self, partition: &Partition, seq: u64, sink: &Sender<SinkMessage>);
-    /// The shard is stopping: take a final snapshot of every partition.
+    /// After a batch, with every partition that is at home (which has applied everything
+    /// through `seq`): returns it if it stays, or `None` when the hook has taken it.
+    fn after_batch(
+        &mut self,
+        partition: Partition,
+        seq: u64,
+        sink: &Sender<SinkMessage>,
+    ) -> Option<Partition>;
+    /// Where lent partitions come back.
+    fn returns(&self) -> Receiver<Partition>;
+    /// The shard is stopping (every partition is home): take a final snapshot of each.
     fn at_stop(&mut self, partition: &Partition, seq: u64, sink: &Sender<SinkMessage>);
 }
 
@@ -37,7 +52,17 @@ pub trait SnapshotHook: Send {
 pub struct NoSnapshots;
 
 impl SnapshotHook for NoSnapshots {
-    fn after_batch(&mut self, _: &Partition, _: u64, _: &Sender<SinkMessage>) {}
+    fn after_batch(
+        &mut self,
+        partition: Partition,
+        _: u64,
+        _: &Sender<SinkMessage>,
+    ) -> Option<Partition> {
+        Some(partition)
+    }
+    fn returns(&self) -> Receiver<Partition> {
+        crossbeam::channel::never()
+    }
     fn at_stop(&mut self, _: &Partition, _: u64, _: &Sender<SinkMessage>) {}
 }
 
@@ -48,14 +73,21 @@ pub trait ShardObserver: Send {
         shard: usize,
         messages: usize,
         elapsed: std::time::Duration,
-        partitions: &[Partition],
+        partitions: &[Option<Partition>],
     );
 }
 
 pub struct NoObserver;
 
 impl ShardObserver for NoObserver {
-    fn batch_applied(&mut self, _: usize, _: usize, _: std::time::Duration, _: &[Partition]) {}
+    fn batch_applied(
+        &mut self,
+        _: usize,
+        _: usize,
+        _: std::time::Duration,
+        _: &[Option<Partition>],
+    ) {
+    }
 }
 
 pub struct Shard<S: SnapshotHook, O: ShardObserver> {
@@ -70,6 +102,17 @@ pub struct Shard<S: SnapshotHook, O: ShardObserver> {
     pub observer: O,
 }
 
+/// What a shard works with while it runs: its partitions (`None` while lent to the snapshot
+/// encoder) and the messages of lent partitions, waiting for them in stream order.
+struct Home {
+    partitions: Vec<Option<Partition>>,
+    waiting: Vec<VecDeque<Inbound>>,
+    lent: usize,
+    /// The last sequence the shard has seen (all of its messages up to there are applied or
+    /// waiting for their lent partition).
+    last_seq: u64,
+}
+
 impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
     /// Runs until `Stop` or until the input queue closes; returns the partitions.
     pub fn run(mut self, input: Receiver<ShardInput>, sink: Sender<SinkMessage>) -> Vec<Partition> {
@@ -78,56 +121,151 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
             .iter()
             .map(|p| input_subject(&self.input_prefix, p.number))
             .collect();
+        let count = self.partitions.len();
+        let mut home = Home {
+            partitions: std::mem::take(&mut self.partitions)
+                .into_iter()
+                .map(Some)
+                .collect(),
+            waiting: (0..count).map(|_| VecDeque::new()).collect(),
+            lent: 0,
+            last_seq: 0,
+        };
+        let returns = self.snapshots.returns();
         let mut outputs: Vec<Output> = Vec::new();
-        let mut last_seq = 0u64;
-        while let Ok(message) = input.recv() {
-            let batch = match message {
-                ShardInput::Batch(batch) => batch,
-                ShardInput::Stop => break,
-            };
-            let started = WallInstant::now();
-            let mut outbound = Vec::new();
-            for inbound in &batch {
-                let partition = self.apply(inbound, &subjects, &mut outputs);
-                for output in outputs.drain(..) {
-                    outbound.push(self.outbound(partition, output));
+        let mut failed = false;
+        loop {
+            crossbeam::channel::select! {
+                recv(input) -> message => {
+                    let batch = match message {
+                        Ok(ShardInput::Batch(batch)) => batch,
+                        Ok(ShardInput::Stop) | Err(_) => break,
+                    };
+                    if !self.batch(batch, &mut home, &subjects, &mut outputs, &sink) {
+                        failed = true;
+                        break;
+                    }
                 }
-            }
-            if let Some(last) = batch.last() {
-                last_seq = last.seq;
-                for partition in &mut self.partitions {
-                    partition.applied_through = partition.applied_through.max(last.seq);
+                recv(returns) -> partition => {
+                    if let Ok(partition) = partition {
+                        if !self.welcome(partition, &mut home, &subjects, &mut outputs, &sink) {
+                            failed = true;
+                            break;
+                        }
+                    }
                 }
-            }
-            if !outbound.is_empty() && sink.send(SinkMessage::Outputs(outbound)).is_err() {
-                // The sink is gone: the process is failing; stop without applying more.
-                break;
-            }
-            self.observer.batch_applied(
-                self.number,
-                batch.len(),
-                started.elapsed(),
-                &self.partitions,
-            );
-            for partition in &self.partitions {
-                self.snapshots.after_batch(partition, last_seq, &sink);
             }
         }
-        for partition in &self.partitions {
-            self.snapshots
-                .at_stop(partition, partition.applied_through, &sink);
+        // Every lent partition comes home before the final snapshots (the encoder never
+        // keeps one: it gives each back right after encoding it).
+        while home.lent > 0 && !failed {
+            let Ok(partition) = returns.recv() else { break };
+            if !self.welcome(partition, &mut home, &subjects, &mut outputs, &sink) {
+                failed = true;
+            }
+        }
+        let partitions: Vec<Partition> = home.partitions.into_iter().flatten().collect();
+        if !failed {
+            for partition in &partitions {
+                self.snapshots
+                    .at_stop(partition, partition.applied_through, &sink);
+            }
         }
         let _ = sink.send(SinkMessage::ShardStopped(self.number));
-        self.partitions
+        partitions
     }
 
-    /// Applies one message; returns the partition that handled it (its outputs go to that
-    /// partition's output subjects).
-    fn apply(&mut self, inbound: &Inbound, subjects: &[String], outputs: &mut Vec<Output>) -> u32 {
-        let catalog = &*self.catalog;
+    /// Applies a batch (queueing the messages of lent partitions), sends its outputs, and
+    /// offers each partition at home to the snapshot hook. False when the sink is gone.
+    fn batch(
+        &mut self,
+        batch: Vec<Inbound>,
+        home: &mut Home,
+        subjects: &[String],
+        outputs: &mut Vec<Output>,
+        sink: &Sender<SinkMessage>,
+    ) -> bool {
+        let started = WallInstant::now();
+        let messages = batch.len();
+        let Some(last_seq) = batch.last().map(|last| last.seq) else {
+            return true;
+        };
+        let mut outbound = Vec::new();
+        for inbound in batch {
+            let index = self.index_of(&inbound);
+            match &mut home.partitions[index] {
+                Some(partition) => {
+                    self.apply(partition, &inbound, &subjects[index], outputs);
+                    let number = partition.number;
+                    for output in outputs.drain(..) {
+                        outbound.push(self.outbound(number, output));
+                    }
+                }
+                None => home.waiting[index].push_back(inbound),
+            }
+        }
+        home.last_seq = last_seq;
+        for partition in home.partitions.iter_mut().flatten() {
+            partition.applied_through = partition.applied_through.max(last_seq);
+        }
+        if !outbound.is_empty() && sink.send(SinkMessage::Outputs(outbound)).is_err() {
+            // The sink is gone: the process is failing; stop without applying more.
+            return false;
+        }
+        self.observer
+            .batch_applied(self.number, messages, started.elapsed(), &home.partitions);
+        for slot in home.partitions.iter_mut() {
+            if let Some(partition) = slot.take() {
+                *slot = self.snapshots.after_batch(partition, last_seq, sink);
+                if slot.is_none() {
+                    home.lent += 1;
+                }
+            }
+        }
+        true
+    }
+
+    /// A lent partition is back: applies the messages that waited for it, in order.
+    fn welcome(
+        &mut self,
+        mut partition: Partition,
+        home: &mut Home,
+        subjects: &[String],
+        outputs: &mut Vec<Output>,
+        sink: &Sender<SinkMessage>,
+    ) -> bool {
+        let index = partition.number as usize / self.shards;
+        let mut outbound = Vec::new();
+        for inbound in home.waiting[index].drain(..) {
+            self.apply(&mut partition, &inbound, &subjects[index], outputs);
+            for output in outputs.drain(..) {
+                outbound.push(self.outbound(partition.number, output));
+            }
+        }
+        partition.applied_through = partition.applied_through.max(home.last_seq);
+        home.partitions[index] = Some(partition);
+        home.lent -= 1;
+        outbound.is_empty() || sink.send(SinkMessage::Outputs(outbound)).is_ok()
+    }
+
+    /// The index (in this shard) of the partition that handles `inbound`. Subjects that name no
+    /// partition are dead-lettered by partition 0 (this shard owns it, or the dispatcher would
+    /// not have sent it here).
+    fn index_of(&self, inbound: &Inbound) -> usize {
+        inbound
+            .partition
+            .map_or(0, |number| number as usize / self.shards)
+    }
+
+    /// Applies one message to the partition that handles it.
+    fn apply(
+        &self,
+        partition: &mut Partition,
+        inbound: &Inbound,
+        subject: &str,
+        outputs: &mut Vec<Output>,
+    ) {
         let Some(number) = inbound.partition else {
-            // Subjects that name no partition are dead-lettered by partition 0 (this shard
-            // owns it, or the dispatcher would not have sent it here).
             let subject = format!("{}.?", self.input_prefix);
             let envelope = Envelope {
                 payload: &inbound.payload,
@@ -135,29 +273,25 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                 subject: &subject,
                 received: inbound.received,
             };
-            let partition = &mut self.partitions[0];
             partition.dead_letter_unrouted(&envelope, outputs);
-            return partition.number;
+            return;
         };
-        let index = number as usize / self.shards;
-        let partition = &mut self.partitions[index];
         debug_assert_eq!(
             partition.number, number,
             "partition routed to the wrong shard"
         );
         if inbound.seq <= partition.applied_through {
             // Already in the partition's snapshot: a replay after a restart.
-            return number;
+            return;
         }
         let envelope = Envelope {
             payload: &inbound.payload,
             seq: inbound.seq,
-            subject: &subjects[index],
+            subject,
             received: inbound.received,
         };
-        partition.apply(catalog, &envelope, Some(number), outputs);
+        partition.apply(&self.catalog, &envelope, Some(number), outputs);
         partition.applied_through = inbound.seq;
-        number
     }
 
     fn outbound(&self, partition: u32, output: Output) -> Outbound {

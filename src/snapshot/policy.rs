@@ -1,15 +1,19 @@
-//! When and how a shard snapshots its partitions, and the thread that writes them.
+//! When and how a shard snapshots its partitions, and the threads that encode and write them.
 //!
-//! Owns: the "every N messages or T time" decision per partition, the encoding on the shard
-//! thread (the only ingest pause a snapshot causes: one partition's encode), and the writer
-//! thread that commits a snapshot once the emitter says its outputs are durable.
+//! Owns: the "every N messages or T time" decision per partition, lending a due partition to
+//! the encoder thread (which encodes it and gives it straight back to its shard: the shard
+//! never stops; only that partition's messages wait, queued in the shard, for the encode), and
+//! the writer thread that commits a snapshot once the emitter says its outputs are durable.
 //!
-//! Must never: block ingest on disk (jobs go to the writer through a bounded queue; when it is
-//! full, the snapshot is simply taken at a later batch), snapshot more than one partition per
-//! shard per batch (so pauses stay one partition long), or commit before the watermark.
+//! Must never: block ingest on encoding or disk (loans go to the encoder through a bounded
+//! queue; when it is full the partition stays and is snapshotted at a later batch), lend more
+//! than one partition per shard per batch, keep a lent partition any longer than its encode
+//! (the encoder hands the job on and the partition back before anything else), or commit before
+//! the watermark.
 //!
 //! Invariants: a job's payload is the partition exactly as of `applied_through`; the header's
-//! `output_seq_floor` comes from the emitter's watermark for that same position.
+//! `output_seq_floor` comes from the emitter's watermark for that same position. The final
+//! snapshots at a graceful stop are encoded on the shard (nothing is left to keep flowing).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,12 +28,24 @@ use crate::engine::Partition;
 use crate::pipeline::shard::SnapshotHook;
 use crate::pipeline::{SinkMessage, WatermarkReached};
 
-/// A snapshot encoded by a shard, waiting for its watermark and its write.
+/// A snapshot encoded, waiting for its watermark and its write.
 pub struct SnapshotJob {
     pub header: Header,
     pub payload: Vec<u8>,
     pub watermark: Receiver<WatermarkReached>,
-    /// How long the shard stopped to encode it (the ingest pause this snapshot caused).
+    /// How long the shard stopped for it (the ingest pause this snapshot caused).
+    pub pause: Duration,
+    /// How long the partition was away from its shard (its messages waited that long).
+    pub held: Duration,
+}
+
+/// A partition lent by its shard to the encoder, to come back through `back`.
+pub struct Loan {
+    pub partition: Partition,
+    pub header: Header,
+    pub watermark: Receiver<WatermarkReached>,
+    pub back: Sender<Partition>,
+    pub lent_at: WallInstant,
     pub pause: Duration,
 }
 
@@ -49,8 +65,13 @@ pub struct Policy<O: SnapshotObserver> {
     pub catalog: Arc<Catalog>,
     pub interval_messages: u64,
     pub interval: Duration,
+    /// To the encoder (due partitions).
+    pub loans: Sender<Loan>,
+    /// To the writer (the final snapshots, encoded here).
     pub jobs: Sender<SnapshotJob>,
     pub observer: O,
+    /// Lent partitions come back here (the shard selects on the receiver).
+    returns: (Sender<Partition>, Receiver<Partition>),
     /// Per partition: its message count and the time at its last snapshot.
     last: HashMap<u32, (u64, WallInstant)>,
     /// The batch (by its last sequence) in which this shard already took a snapshot.
@@ -62,6 +83,7 @@ impl<O: SnapshotObserver> Policy<O> {
         catalog: Arc<Catalog>,
         interval_messages: u64,
         interval: Duration,
+        loans: Sender<Loan>,
         jobs: Sender<SnapshotJob>,
         observer: O,
     ) -> Self {
@@ -69,25 +91,19 @@ impl<O: SnapshotObserver> Policy<O> {
             catalog,
             interval_messages: interval_messages.max(1),
             interval,
+            loans,
             jobs,
             observer,
+            returns: crossbeam::channel::unbounded(),
             last: HashMap::new(),
             taken_in_batch: None,
         }
     }
 
-    fn take(&mut self, partition: &Partition, sink: &Sender<SinkMessage>, blocking: bool) {
-        let started = WallInstant::now();
-        let payload = match crate::codec::encode(partition) {
-            Ok(payload) => payload,
-            Err(error) => {
-                tracing::error!(%error, partition = partition.number, "encoding a snapshot failed");
-                return;
-            }
-        };
+    fn header(&self, partition: &Partition) -> Header {
         let clock = partition.clock();
         let fingerprints = clock.map_or_else(Vec::new, |c| self.catalog.fingerprints_in_force(c));
-        let header = Header {
+        Header {
             partition: partition.number,
             partition_count: partition.partition_count,
             applied_through: partition.applied_through,
@@ -96,7 +112,73 @@ impl<O: SnapshotObserver> Policy<O> {
             output_seq_floor: 0,
             clock,
             fingerprints,
+        }
+    }
+
+    /// After the batch's outputs (already sent), so the watermark covers them.
+    fn mark(
+        &mut self,
+        partition: &Partition,
+        sink: &Sender<SinkMessage>,
+        done: Sender<WatermarkReached>,
+    ) {
+        let _ = sink.send(SinkMessage::Watermark {
+            partition: partition.number,
+            seq: partition.applied_through,
+            done,
+        });
+        self.last.insert(
+            partition.number,
+            (partition.stats.messages, WallInstant::now()),
+        );
+    }
+
+    /// Lends `partition` to the encoder; gives it back when the encoder's queue is full.
+    fn lend(&mut self, partition: Partition, sink: &Sender<SinkMessage>) -> Option<Partition> {
+        let started = WallInstant::now();
+        let header = self.header(&partition);
+        let (done, watermark) = crossbeam::channel::bounded(1);
+        let number = partition.number;
+        let applied_through = partition.applied_through;
+        let stats = partition.stats.messages;
+        let loan = Loan {
+            partition,
+            header,
+            watermark,
+            back: self.returns.0.clone(),
+            lent_at: started,
+            pause: Duration::ZERO,
         };
+        match self.loans.try_send(loan) {
+            Ok(()) => {
+                // The partition is away; the watermark goes after the batch's outputs.
+                let _ = sink.send(SinkMessage::Watermark {
+                    partition: number,
+                    seq: applied_through,
+                    done,
+                });
+                self.last.insert(number, (stats, WallInstant::now()));
+                self.observer.paused(number, started.elapsed());
+                None
+            }
+            // The encoder is behind: try again at a later batch.
+            Err(TrySendError::Full(loan)) | Err(TrySendError::Disconnected(loan)) => {
+                Some(loan.partition)
+            }
+        }
+    }
+
+    /// Encodes `partition` here and queues it for the writer (the final snapshots).
+    fn take(&mut self, partition: &Partition, sink: &Sender<SinkMessage>) {
+        let started = WallInstant::now();
+        let payload = match crate::codec::encode(partition) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::error!(%error, partition = partition.number, "encoding a snapshot failed");
+                return;
+            }
+        };
+        let header = self.header(partition);
         let pause = started.elapsed();
         self.observer.paused(partition.number, pause);
         let (done, watermark) = crossbeam::channel::bounded(1);
@@ -105,35 +187,23 @@ impl<O: SnapshotObserver> Policy<O> {
             payload,
             watermark,
             pause,
+            held: pause,
         };
-        let sent = if blocking {
-            self.jobs.send(job).is_ok()
-        } else {
-            match self.jobs.try_send(job) {
-                Ok(()) => true,
-                // The writer is behind: try again at a later batch.
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
-            }
-        };
-        if sent {
-            // After the batch's outputs (already sent), so the watermark covers them.
-            let _ = sink.send(SinkMessage::Watermark {
-                partition: partition.number,
-                seq: partition.applied_through,
-                done,
-            });
-            self.last.insert(
-                partition.number,
-                (partition.stats.messages, WallInstant::now()),
-            );
+        if self.jobs.send(job).is_ok() {
+            self.mark(partition, sink, done);
         }
     }
 }
 
 impl<O: SnapshotObserver> SnapshotHook for Policy<O> {
-    fn after_batch(&mut self, partition: &Partition, seq: u64, sink: &Sender<SinkMessage>) {
+    fn after_batch(
+        &mut self,
+        partition: Partition,
+        seq: u64,
+        sink: &Sender<SinkMessage>,
+    ) -> Option<Partition> {
         if self.taken_in_batch == Some(seq) {
-            return;
+            return Some(partition);
         }
         let (messages_then, at) = *self
             .last
@@ -142,10 +212,18 @@ impl<O: SnapshotObserver> SnapshotHook for Policy<O> {
         let new_messages = partition.stats.messages.saturating_sub(messages_then);
         let due = new_messages >= self.interval_messages
             || (new_messages > 0 && at.elapsed() >= self.interval);
-        if due && !self.jobs.is_full() {
-            self.take(partition, sink, false);
+        if !due || self.loans.is_full() {
+            return Some(partition);
+        }
+        let kept = self.lend(partition, sink);
+        if kept.is_none() {
             self.taken_in_batch = Some(seq);
         }
+        kept
+    }
+
+    fn returns(&self) -> Receiver<Partition> {
+        self.returns.1.clone()
     }
 
     fn at_stop(&mut self, partition: &Partition, _seq: u64, sink: &Sender<SinkMessage>) {
@@ -154,8 +232,51 @@ impl<O: SnapshotObserver> SnapshotHook for Policy<O> {
             .get(&partition.number)
             .is_none_or(|(messages, _)| partition.stats.messages > *messages);
         if changed && partition.stats.messages > 0 {
-            self.take(partition, sink, true);
+            self.take(partition, sink);
         }
+    }
+}
+
+/// Encodes lent partitions until the loan queue closes: each job goes on to the writer and the
+/// partition straight back to its shard.
+pub fn run_encoder(loans: Receiver<Loan>, jobs: Sender<SnapshotJob>) {
+    while let Ok(loan) = loans.recv() {
+        let Loan {
+            partition,
+            header,
+            watermark,
+            back,
+            lent_at,
+            pause,
+        } = loan;
+        // Whatever happens, the partition goes back: its shard is waiting for it.
+        let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::codec::encode(&partition)
+        }))
+        .unwrap_or_else(|_| {
+            Err(crate::codec::CodecError::Encode(
+                "the encoder panicked".into(),
+            ))
+        });
+        let held = lent_at.elapsed();
+        match encoded {
+            Ok(payload) => {
+                // The job first, then the partition: a later snapshot of it (taken once it is
+                // back) must reach the writer after this one.
+                let _ = jobs.send(SnapshotJob {
+                    header,
+                    payload,
+                    watermark,
+                    pause,
+                    held,
+                });
+            }
+            Err(error) => {
+                tracing::error!(%error, partition = partition.number, "encoding a snapshot failed");
+            }
+        }
+        // The shard may be gone (the process is failing); the partition is dropped then.
+        let _ = back.send(partition);
     }
 }
 
@@ -200,6 +321,7 @@ pub fn run_writer(
                     applied_through = job.header.applied_through,
                     bytes,
                     pause_ms = job.pause.as_secs_f64() * 1e3,
+                    held_ms = job.held.as_secs_f64() * 1e3,
                     write_ms = elapsed.as_secs_f64() * 1e3,
                     "snapshot written"
                 );
