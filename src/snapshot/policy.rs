@@ -147,7 +147,8 @@ impl<O: SnapshotObserver> Policy<O> {
             watermark,
             back: self.returns.0.clone(),
             lent_at: started,
-            pause: Duration::ZERO,
+            // The shard's whole stop for this snapshot: the header (the queue send is a move).
+            pause: started.elapsed(),
         };
         match self.loans.try_send(loan) {
             Ok(()) => {
