@@ -25,6 +25,9 @@ use crossbeam::channel::{Receiver, RecvTimeoutError, TryRecvError};
 
 use super::{Outbound, SinkMessage, WatermarkReached};
 
+/// How long the emitter waits for the oldest ack before looking for new outputs to send.
+const ACK_POLL: Duration = Duration::from_millis(1);
+
 /// Why a publish failed; every failure is retried.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -33,7 +36,7 @@ pub struct PublishFailure(pub String);
 /// Where outputs go. `publish` may wait (the client's own backpressure); the returned future
 /// resolves to the stream sequence the output was stored at.
 pub trait Publisher {
-    type Ack: Future<Output = Result<u64, PublishFailure>>;
+    type Ack: Future<Output = Result<u64, PublishFailure>> + Unpin;
     fn publish(&self, output: &Outbound)
         -> impl Future<Output = Result<Self::Ack, PublishFailure>>;
 }
@@ -138,18 +141,23 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
                 }
                 continue;
             }
-            self.settle_front(&mut slots, &mut publishes, &mut report)
+            // With room in the window, wait for an ack only briefly: outputs arriving meanwhile
+            // are sent at once instead of queueing behind an ack round trip.
+            let wait = (publishes < self.window).then_some(ACK_POLL);
+            self.settle_front(&mut slots, &mut publishes, &mut report, wait)
                 .await;
         }
     }
 
     /// Settles the oldest slot: a watermark is reported reached; a publish has its ack awaited
     /// (on failure it and everything after it is republished in order, then awaited again).
+    /// With `wait`, an ack that has not come within it is left pending.
     async fn settle_front(
         &mut self,
         slots: &mut VecDeque<Slot<P::Ack>>,
         publishes: &mut usize,
         report: &mut EmitReport,
+        wait: Option<Duration>,
     ) {
         let Some(front) = slots.front_mut() else {
             return;
@@ -172,10 +180,18 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
                 }
             }
             Slot::Publish { ack, .. } => {
-                let result = match ack.take() {
-                    Some(ack) => ack.await,
-                    None => Err(PublishFailure("not sent".into())),
+                let result = match (ack.as_mut(), wait) {
+                    (Some(pending), None) => pending.await,
+                    (Some(pending), Some(wait)) => {
+                        match tokio::time::timeout(wait, pending).await {
+                            Ok(result) => result,
+                            Err(_) => return,
+                        }
+                    }
+                    (None, _) => Err(PublishFailure("not sent".into())),
                 };
+                // Completed: never poll it again.
+                *ack = None;
                 match result {
                     Ok(sequence) => {
                         report.last_output_seq = report.last_output_seq.max(sequence);
@@ -208,7 +224,7 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
                     // backlog can make thousands of outputs at once): the client holds a
                     // permit per unawaited ack and would wait forever for one more.
                     while *publishes >= self.window {
-                        self.settle_front(slots, publishes, report).await;
+                        self.settle_front(slots, publishes, report, None).await;
                     }
                     let epoch = self.epoch();
                     let stale = slots.iter().any(
