@@ -365,6 +365,12 @@ impl Account {
     }
 
     pub fn type_index(&mut self, credit_type: CreditTypeId) -> usize {
+        // Most accounts use one credit type.
+        if let Some(first) = self.types.first() {
+            if first.credit_type == credit_type {
+                return 0;
+            }
+        }
         match self
             .types
             .binary_search_by_key(&credit_type, |t| t.credit_type)
@@ -1106,6 +1112,9 @@ impl Account {
         let states = &mut self.types[index].alerts;
         let state = match states.iter().position(|s| &*s.name == name) {
             Some(position) => &mut states[position],
+            // A threshold without a state has never been crossed: not below, no counts. Its state
+            // is created at its first crossing, so an account that never runs low stores none.
+            None if !below => return,
             None => {
                 states.reserve_exact(1);
                 states.push(AlertState {
