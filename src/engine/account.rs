@@ -21,6 +21,7 @@ use crate::catalog::{
     TopupAmount, TopupRule,
 };
 use crate::decimal::{Credits, Dec, Fixed, Price, Quantity, Revenue};
+use crate::engine::compact::{Draws, ShortStr};
 use crate::engine::dedupe::{Charge, Remembered};
 use crate::time::Instant;
 use crate::wire::input::{CommandKind, GrantCommand, ReserveCommand, Source};
@@ -257,7 +258,8 @@ impl Due {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Account {
-    pub id: Box<str>,
+    /// Inline when short (account ids usually are): compared in place by the partition index.
+    pub id: ShortStr,
     pub plan: PlanId,
     /// The `set_policy` override: its canonical JSON and its compiled form.
     pub policy_override: Option<Box<(String, Policy)>>,
@@ -682,7 +684,7 @@ impl Account {
         ts: Instant,
         needed: Credits,
         only: Option<&[(u32, Credits)]>,
-        draws: &mut Vec<(u32, Credits, Price)>,
+        draws: &mut Draws,
     ) -> Credits {
         let mut rest = needed;
         for grant in self.grants.iter_mut() {
@@ -1329,7 +1331,7 @@ impl Account {
                 }
             }
         };
-        let mut draws = Vec::new();
+        let mut draws = Draws::new();
         let from_grants = cost - overage - unpaid;
         let mut drawn = Credits::ZERO;
         if let Some(claims) = claims {
@@ -1612,7 +1614,7 @@ impl Account {
             );
             amount
         } else {
-            let mut draws = Vec::new();
+            let mut draws = Draws::new();
             let taken = self.draw(credit_type, None, ts, -amount, None, &mut draws);
             let t = self.type_index(credit_type);
             for &(serial, take, basis) in &draws {
