@@ -785,10 +785,13 @@ impl Account {
     }
 
     /// Performs every transition due at or before `target`, in order, and moves the clock to
-    /// `target` if it is later (SEMANTICS §3, §10).
-    pub fn advance(&mut self, ctx: &mut Context<'_>, target: Instant) {
+    /// `target` if it is later (SEMANTICS §3, §10). Returns the next transition's time after
+    /// that ([`Account::next_due_time`], found on the way: callers need not compute it again).
+    pub fn advance(&mut self, ctx: &mut Context<'_>, target: Instant) -> Instant {
+        let mut next = NO_TIMER;
         while let Some((due_at, due)) = self.next_due(ctx.catalog) {
             if due_at > target {
+                next = due_at;
                 break;
             }
             let at = due_at.max(self.clock);
@@ -808,9 +811,11 @@ impl Account {
             }
             self.evaluate_alerts(ctx, at);
         }
+        // Moving the clock changes no transition's time.
         if target > self.clock {
             self.clock = target;
         }
+        next
     }
 
     fn expire_hold(&mut self, ctx: &mut Context<'_>, index: usize, at: Instant) {

@@ -334,21 +334,29 @@ impl Partition {
             // A timer entry can be stale (its transition already ran when a message advanced the
             // account): only an account with a transition due is advanced, so its clock stays its
             // own (SEMANTICS §3, §16).
-            if account.next_due_time(catalog) <= clock {
-                account.advance(&mut ctx, clock);
+            let mut next = account.next_due_time(catalog);
+            if next <= clock {
+                next = account.advance(&mut ctx, clock);
             }
-            Self::schedule(&mut self.timers, catalog, account, slot);
+            Self::schedule(&mut self.timers, catalog, account, slot, next);
             debug_check(account);
         }
     }
 
+    /// Makes sure the account has a timer entry at or before `next`, its next transition's time
+    /// ([`Account::next_due_time`], as computed by the caller).
     fn schedule(
         timers: &mut BinaryHeap<Reverse<(Instant, u32)>>,
         catalog: &Catalog,
         account: &mut Account,
         slot: u32,
+        next: Instant,
     ) {
-        let next = account.next_due_time(catalog);
+        debug_assert_eq!(
+            next,
+            account.next_due_time(catalog),
+            "stale next transition"
+        );
         if next < account.timer {
             account.timer = next;
             timers.push(Reverse((next, slot)));
@@ -564,8 +572,8 @@ impl Partition {
             rules.dedupe_entries_max,
         );
         let clock = account.clock;
-        account.advance(&mut ctx, clock);
-        Self::schedule(&mut self.timers, catalog, account, slot);
+        let next = account.advance(&mut ctx, clock);
+        Self::schedule(&mut self.timers, catalog, account, slot, next);
         debug_check(account);
         Ok(())
     }
