@@ -21,6 +21,7 @@ use crate::catalog::{
     TopupAmount, TopupRule,
 };
 use crate::decimal::{Credits, Dec, Fixed, Price, Quantity, Revenue};
+use crate::engine::compact::{Draws, ShortStr};
 use crate::engine::dedupe::{Charge, Remembered};
 use crate::time::Instant;
 use crate::wire::input::{CommandKind, GrantCommand, ReserveCommand, Source};
@@ -257,7 +258,8 @@ impl Due {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Account {
-    pub id: Box<str>,
+    /// Inline when short (account ids usually are): compared in place by the partition index.
+    pub id: ShortStr,
     pub plan: PlanId,
     /// The `set_policy` override: its canonical JSON and its compiled form.
     pub policy_override: Option<Box<(String, Policy)>>,
@@ -365,6 +367,12 @@ impl Account {
     }
 
     pub fn type_index(&mut self, credit_type: CreditTypeId) -> usize {
+        // Most accounts use one credit type.
+        if let Some(first) = self.types.first() {
+            if first.credit_type == credit_type {
+                return 0;
+            }
+        }
         match self
             .types
             .binary_search_by_key(&credit_type, |t| t.credit_type)
@@ -676,7 +684,7 @@ impl Account {
         ts: Instant,
         needed: Credits,
         only: Option<&[(u32, Credits)]>,
-        draws: &mut Vec<(u32, Credits, Price)>,
+        draws: &mut Draws,
     ) -> Credits {
         let mut rest = needed;
         for grant in self.grants.iter_mut() {
@@ -777,10 +785,13 @@ impl Account {
     }
 
     /// Performs every transition due at or before `target`, in order, and moves the clock to
-    /// `target` if it is later (SEMANTICS §3, §10).
-    pub fn advance(&mut self, ctx: &mut Context<'_>, target: Instant) {
+    /// `target` if it is later (SEMANTICS §3, §10). Returns the next transition's time after
+    /// that ([`Account::next_due_time`], found on the way: callers need not compute it again).
+    pub fn advance(&mut self, ctx: &mut Context<'_>, target: Instant) -> Instant {
+        let mut next = NO_TIMER;
         while let Some((due_at, due)) = self.next_due(ctx.catalog) {
             if due_at > target {
+                next = due_at;
                 break;
             }
             let at = due_at.max(self.clock);
@@ -800,9 +811,11 @@ impl Account {
             }
             self.evaluate_alerts(ctx, at);
         }
+        // Moving the clock changes no transition's time.
         if target > self.clock {
             self.clock = target;
         }
+        next
     }
 
     fn expire_hold(&mut self, ctx: &mut Context<'_>, index: usize, at: Instant) {
@@ -1106,6 +1119,9 @@ impl Account {
         let states = &mut self.types[index].alerts;
         let state = match states.iter().position(|s| &*s.name == name) {
             Some(position) => &mut states[position],
+            // A threshold without a state has never been crossed: not below, no counts. Its state
+            // is created at its first crossing, so an account that never runs low stores none.
+            None if !below => return,
             None => {
                 states.reserve_exact(1);
                 states.push(AlertState {
@@ -1320,7 +1336,7 @@ impl Account {
                 }
             }
         };
-        let mut draws = Vec::new();
+        let mut draws = Draws::new();
         let from_grants = cost - overage - unpaid;
         let mut drawn = Credits::ZERO;
         if let Some(claims) = claims {
@@ -1603,7 +1619,7 @@ impl Account {
             );
             amount
         } else {
-            let mut draws = Vec::new();
+            let mut draws = Draws::new();
             let taken = self.draw(credit_type, None, ts, -amount, None, &mut draws);
             let t = self.type_index(credit_type);
             for &(serial, take, basis) in &draws {

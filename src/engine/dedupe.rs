@@ -16,7 +16,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{CreditTypeId, MeterId};
-use crate::decimal::{Credits, Price, Quantity, Revenue};
+use crate::decimal::{Credits, Quantity, Revenue};
+use crate::engine::compact::Draws;
 use crate::time::{Instant, Span};
 
 /// xxh3-128 of the account id, a 0xFF separator (never valid in either id) and the id.
@@ -58,7 +59,7 @@ pub struct Charge {
     /// Credits charged (drawn + overage; excludes a commit's unpaid part).
     pub cost: Credits,
     /// (grant serial, credits drawn, that grant's cost basis).
-    pub draws: Vec<(u32, Credits, Price)>,
+    pub draws: Draws,
     /// Credits that went into overage debt.
     pub overage: Credits,
     /// Exact money billed for the overage part.

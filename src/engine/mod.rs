@@ -14,12 +14,12 @@
 //! account touched passes [`Account::check`].
 
 pub mod account;
+pub mod compact;
 pub mod dedupe;
 pub mod view;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,7 @@ use crate::time::Instant;
 use crate::wire::input::{self, CommandKind, DeadLetter, DeadReason, Message};
 use crate::wire::output::{Body, Output};
 use account::{Account, Context, NO_TIMER};
+use compact::AccountIndex;
 use dedupe::{dedupe_key, Dedupe, Entry};
 
 /// The partition of an account: FNV-1a (64-bit) of its id's bytes, modulo the partition count.
@@ -43,22 +44,6 @@ pub fn partition_of(account: &str, partition_count: u32) -> u32 {
     (hash % u64::from(partition_count.max(1))) as u32
 }
 
-/// Hashes account ids for the partition's index with xxh3 (fast on short keys, and stable).
-#[derive(Default)]
-pub struct AccountHasher(u64);
-
-impl Hasher for AccountHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
-    }
-    fn write_u8(&mut self, byte: u8) {
-        self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-    }
-}
-
 /// One message as it came off the log: its bytes and where and when the stream had it.
 #[derive(Clone, Copy, Debug)]
 pub struct Envelope<'a> {
@@ -69,8 +54,6 @@ pub struct Envelope<'a> {
     /// When the stream received it (JetStream's timestamp); `None` for logs without one.
     pub received: Option<Instant>,
 }
-
-type AccountIndex = HashMap<Box<str>, u32, BuildHasherDefault<AccountHasher>>;
 
 /// Counters a partition keeps for metrics; part of its state, so they survive restarts.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -186,9 +169,13 @@ impl Partition {
     }
 
     pub fn account(&self, id: &str) -> Option<&Account> {
+        self.slot(id).map(|slot| &self.accounts[slot as usize])
+    }
+
+    fn slot(&self, id: &str) -> Option<u32> {
+        let accounts = &self.accounts;
         self.index
-            .get(id)
-            .map(|&slot| &self.accounts[slot as usize])
+            .get(id.as_bytes(), |slot| accounts[slot as usize].id.as_bytes())
     }
 
     pub fn tick_clock(&self) -> Option<Instant> {
@@ -347,21 +334,29 @@ impl Partition {
             // A timer entry can be stale (its transition already ran when a message advanced the
             // account): only an account with a transition due is advanced, so its clock stays its
             // own (SEMANTICS §3, §16).
-            if account.next_due_time(catalog) <= clock {
-                account.advance(&mut ctx, clock);
+            let mut next = account.next_due_time(catalog);
+            if next <= clock {
+                next = account.advance(&mut ctx, clock);
             }
-            Self::schedule(&mut self.timers, catalog, account, slot);
+            Self::schedule(&mut self.timers, catalog, account, slot, next);
             debug_check(account);
         }
     }
 
+    /// Makes sure the account has a timer entry at or before `next`, its next transition's time
+    /// ([`Account::next_due_time`], as computed by the caller).
     fn schedule(
         timers: &mut BinaryHeap<Reverse<(Instant, u32)>>,
         catalog: &Catalog,
         account: &mut Account,
         slot: u32,
+        next: Instant,
     ) {
-        let next = account.next_due_time(catalog);
+        debug_assert_eq!(
+            next,
+            account.next_due_time(catalog),
+            "stale next transition"
+        );
         if next < account.timer {
             account.timer = next;
             timers.push(Reverse((next, slot)));
@@ -434,7 +429,7 @@ impl Partition {
     ) -> Result<(), DeadLetter> {
         let rules = &catalog.rules;
         let ts = message.ts();
-        let slot = self.index.get(account_id).copied();
+        let slot = self.slot(account_id);
         let account_clock = slot.map(|s| self.accounts[s as usize].clock);
         let clock = match (account_clock, self.tick_clock) {
             (Some(a), Some(t)) => Some(a.max(t)),
@@ -489,7 +484,10 @@ impl Partition {
                 let account = Account::new(&mut ctx, account_id, plan, start);
                 let slot = self.accounts.len() as u32;
                 self.accounts.push(account);
-                self.index.insert(account_id.into(), slot);
+                let accounts = &self.accounts;
+                self.index.insert(account_id.as_bytes(), slot, |slot| {
+                    accounts[slot as usize].id.as_bytes()
+                });
                 slot
             }
         };
@@ -574,8 +572,8 @@ impl Partition {
             rules.dedupe_entries_max,
         );
         let clock = account.clock;
-        account.advance(&mut ctx, clock);
-        Self::schedule(&mut self.timers, catalog, account, slot);
+        let next = account.advance(&mut ctx, clock);
+        Self::schedule(&mut self.timers, catalog, account, slot, next);
         debug_check(account);
         Ok(())
     }
