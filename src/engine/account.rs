@@ -1892,6 +1892,9 @@ impl Account {
             .iter()
             .find(|l| l.kind == LineKind::Usage && l.meter == Some(meter))
             .map_or(Quantity::ZERO, |l| l.quantity)
+            // A reversal of an event billed before a period restart can take the line below
+            // zero; tiers are priced from zero then (never from a negative base).
+            .max(Quantity::ZERO)
     }
 
     /// The cumulative quantity the account will have for `meter` at `ts`, after advancing.
