@@ -116,21 +116,19 @@ impl<O: SnapshotObserver> Policy<O> {
     }
 
     /// After the batch's outputs (already sent), so the watermark covers them.
+    /// `(number, applied_through, messages)` are the snapshotted partition's.
     fn mark(
         &mut self,
-        partition: &Partition,
+        (number, applied_through, messages): (u32, u64, u64),
         sink: &Sender<SinkMessage>,
         done: Sender<WatermarkReached>,
     ) {
         let _ = sink.send(SinkMessage::Watermark {
-            partition: partition.number,
-            seq: partition.applied_through,
+            partition: number,
+            seq: applied_through,
             done,
         });
-        self.last.insert(
-            partition.number,
-            (partition.stats.messages, WallInstant::now()),
-        );
+        self.last.insert(number, (messages, WallInstant::now()));
     }
 
     /// Lends `partition` to the encoder; gives it back when the encoder's queue is full.
@@ -138,9 +136,11 @@ impl<O: SnapshotObserver> Policy<O> {
         let started = WallInstant::now();
         let header = self.header(&partition);
         let (done, watermark) = crossbeam::channel::bounded(1);
-        let number = partition.number;
-        let applied_through = partition.applied_through;
-        let stats = partition.stats.messages;
+        let position = (
+            partition.number,
+            partition.applied_through,
+            partition.stats.messages,
+        );
         let loan = Loan {
             partition,
             header,
@@ -153,13 +153,8 @@ impl<O: SnapshotObserver> Policy<O> {
         match self.loans.try_send(loan) {
             Ok(()) => {
                 // The partition is away; the watermark goes after the batch's outputs.
-                let _ = sink.send(SinkMessage::Watermark {
-                    partition: number,
-                    seq: applied_through,
-                    done,
-                });
-                self.last.insert(number, (stats, WallInstant::now()));
-                self.observer.paused(number, started.elapsed());
+                self.mark(position, sink, done);
+                self.observer.paused(position.0, started.elapsed());
                 None
             }
             // The encoder is behind: try again at a later batch.
@@ -191,7 +186,12 @@ impl<O: SnapshotObserver> Policy<O> {
             held: pause,
         };
         if self.jobs.send(job).is_ok() {
-            self.mark(partition, sink, done);
+            let position = (
+                partition.number,
+                partition.applied_through,
+                partition.stats.messages,
+            );
+            self.mark(position, sink, done);
         }
     }
 }
