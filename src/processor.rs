@@ -30,9 +30,9 @@ use crate::pipeline::dispatch::{shard_queues, Dispatcher};
 use crate::pipeline::emit::{EmitObserver, Emitter, JetStreamPublisher, PublishFailure, Publisher};
 use crate::pipeline::ingest::{IngestObserver, Reader, ReaderSettings};
 use crate::pipeline::shard::{Shard, ShardObserver};
-use crate::pipeline::streams::{ensure_stream, StreamSettings};
+use crate::pipeline::streams::{ensure_stream, Ensured, StreamSettings};
 use crate::pipeline::{Outbound, SinkMessage};
-use crate::recovery::{recover, RecoveryReport, Streams};
+use crate::recovery::{recover, write_empty_snapshots, RecoveryReport, Streams};
 use crate::snapshot::policy::{run_encoder, run_writer, Policy, SnapshotObserver, WriterObserver};
 use crate::snapshot::Store;
 
@@ -348,10 +348,13 @@ pub async fn run(
         .max_ack_inflight(config.output.publish_window.max(1) + partitions as usize)
         .backpressure_on_inflight(true)
         .build(client.clone());
-    ensure_stream(&context, &input_stream(&config)).await?;
+    let (_, input_ensured) = ensure_stream(&context, &input_stream(&config)).await?;
     ensure_stream(&context, &output_stream(&config)).await?;
 
     let store = Store::open(&config.snapshot.dir, config.snapshot.keep)?;
+    if input_ensured == Ensured::Created {
+        write_empty_snapshots(&store, partitions)?;
+    }
     let recovered = recover(
         &Streams {
             context: &context,

@@ -84,8 +84,42 @@ pub enum RecoveryError {
     },
     #[error("--rebuild needs the whole history, but the input stream {stream} begins at sequence {first}")]
     RebuildImpossible { stream: String, first: u64 },
+    #[error("writing the empty snapshots of a new input stream: {0}")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error("encoding the empty snapshots of a new input stream: {0}")]
+    Codec(#[from] crate::codec::CodecError),
     #[error("{0}")]
     Nats(String),
+}
+
+/// Records, for an input stream this process has just created, that every partition's state
+/// before its first message is empty: one snapshot per partition at sequence 0.
+///
+/// Producers may publish the moment the stream exists, before recovery looks at it; without
+/// these files a new deployment would see "history and no snapshot" and refuse to start, and so
+/// would any restart after a crash that came before the first real snapshot. Written only into
+/// an empty store: existing snapshots for a stream that had to be created again are left to
+/// recovery, which refuses them (the new stream does not hold their history).
+pub fn write_empty_snapshots(store: &Store, partitions: u32) -> Result<(), RecoveryError> {
+    if !store.is_empty() {
+        return Ok(());
+    }
+    for number in 0..partitions {
+        let partition = Partition::new(number, partitions);
+        let payload = crate::codec::encode(&partition)?;
+        let header = crate::snapshot::Header {
+            partition: number,
+            partition_count: partitions,
+            applied_through: 0,
+            last_seq: 0,
+            last_payload_hash: 0,
+            output_seq_floor: 0,
+            clock: None,
+            fingerprints: Vec::new(),
+        };
+        store.write(&header, &payload)?;
+    }
+    Ok(())
 }
 
 /// What recovery found, for the log and the tests.

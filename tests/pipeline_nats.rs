@@ -31,9 +31,22 @@ fn run_and_compare(partitions: u32, shards: usize, lines: &[String]) {
     runtime.block_on(publish(&url, lines, partitions));
     let (engine, expected) = runtime.block_on(oracle(&url, partitions));
     let expected_count = expected.len() as u64;
-    wait_until("every output", Duration::from_secs(120), || {
-        runtime.block_on(stream_len(&url, "CREDITFLOW_OUT")) >= expected_count
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let have = runtime.block_on(stream_len(&url, "CREDITFLOW_OUT"));
+        if have >= expected_count {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let input = runtime.block_on(stream_len(&url, "CREDITFLOW_IN"));
+            panic!(
+                "timed out waiting for every output: {have} of {expected_count} outputs, \
+                 {input} input messages; processor log:\n{}",
+                setup.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let status = terminate(&mut processor);
     assert!(status.success(), "exit {status}; log:\n{}", setup.log());
     let actual = runtime.block_on(outputs(&url));

@@ -114,11 +114,19 @@ impl StreamSettings {
     }
 }
 
-/// Returns the stream, creating it when missing; refuses an existing unsafe one.
+/// Whether [`ensure_stream`] found the stream or made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ensured {
+    Existing,
+    Created,
+}
+
+/// Returns the stream, creating it when missing (and saying so); refuses an existing unsafe
+/// one.
 pub async fn ensure_stream(
     context: &jetstream::Context,
     settings: &StreamSettings,
-) -> Result<stream::Stream, StreamError> {
+) -> Result<(stream::Stream, Ensured), StreamError> {
     let nats = |e: Box<dyn std::error::Error + Send + Sync>| StreamError::Nats {
         name: settings.name.clone(),
         source: e,
@@ -133,7 +141,7 @@ pub async fn ensure_stream(
                     problems,
                 });
             }
-            Ok(existing)
+            Ok((existing, Ensured::Existing))
         }
         Err(error)
             if matches!(
@@ -146,6 +154,7 @@ pub async fn ensure_stream(
             context
                 .create_stream(settings.to_config())
                 .await
+                .map(|stream| (stream, Ensured::Created))
                 .map_err(|e| nats(Box::new(e)))
         }
         Err(error) => Err(nats(Box::new(error))),
