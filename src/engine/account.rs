@@ -310,6 +310,14 @@ enum Payment {
 
 pub const NO_TIMER: Instant = Instant(i64::MAX);
 
+/// Prefetches every 64-byte line of `bytes` bytes from `start` (at most 8 lines).
+fn prefetch_bytes<T>(start: *const T, bytes: usize) {
+    let start = start.cast::<u8>();
+    for offset in (0..bytes.min(512)).step_by(64) {
+        crate::engine::compact::prefetch(start.wrapping_add(offset));
+    }
+}
+
 fn money(credits: Credits, price: Price) -> Revenue {
     credits
         .times_price(price)
@@ -341,6 +349,23 @@ impl Account {
         };
         account.open_period(ctx, start, end, ts);
         account
+    }
+
+    /// Starts loading this record's cache lines (see `Partition::prefetch_buckets`).
+    pub fn prefetch(&self) {
+        prefetch_bytes(self as *const Account, std::mem::size_of::<Account>());
+    }
+
+    /// Starts loading the first per-type state, the first two grants and the open lines: what a
+    /// usage event reads and writes.
+    pub fn prefetch_data(&self) {
+        if let Some(first) = self.types.first() {
+            prefetch_bytes(first as *const TypeState, std::mem::size_of::<TypeState>());
+        }
+        if let Some(grants) = self.grants.get(..self.grants.len().min(1)) {
+            prefetch_bytes(grants.as_ptr(), std::mem::size_of_val(grants));
+        }
+        prefetch_bytes(self.lines.as_ptr(), std::mem::size_of_val(&self.lines[..]));
     }
 
     fn plan<'c>(&self, catalog: &'c Catalog) -> &'c Plan {
@@ -1454,7 +1479,7 @@ impl Account {
                 self.emit(ctx, id, ts, body);
                 Remembered::Rejected
             }
-            Payment::Paid { charge, .. } => Remembered::Charged(Box::new(charge)),
+            Payment::Paid { charge, .. } => Remembered::Charged(charge),
         };
         self.after_payment(ctx, post, event_id, ts);
         remembered
@@ -1674,7 +1699,7 @@ impl Account {
             );
         }
         charge.reversed = true;
-        let charge = (**charge).clone();
+        let charge = charge.clone();
         let catalog = ctx.catalog;
         let ts = self.clock;
         let credit_type = charge.credit_type;
@@ -1945,7 +1970,7 @@ impl Account {
             credits_charged: charge.cost,
             credits_unpaid: unpaid,
         };
-        (None, detail, Remembered::Charged(Box::new(charge)))
+        (None, detail, Remembered::Charged(charge))
     }
 
     fn release(&mut self, hold_id: &str) -> (Option<&'static str>, ResultDetail, Remembered) {

@@ -19,6 +19,21 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::decimal::{Credits, Price};
 
+/// Asks the CPU to start loading the cache line at `address`, so a miss overlaps other work.
+/// Changes nothing: a prefetch is a hint, and never faults, whatever the address.
+#[inline(always)]
+pub fn prefetch<T>(address: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` only hints the cache; it reads nothing the program can observe and
+    // cannot fault on any address. SSE is part of the x86_64 baseline.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(address.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
+}
+
 /// A string stored inline (no allocation) when at most 22 bytes long, else boxed.
 #[derive(Clone)]
 pub enum ShortStr {
@@ -265,6 +280,36 @@ impl AccountIndex {
                 if id_of(slot) == id {
                     return Some(slot);
                 }
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Starts loading the bucket where the search for `id` begins.
+    pub fn prefetch(&self, id: &[u8]) {
+        if !self.buckets.is_empty() {
+            let at = Self::hash(id) as usize & (self.buckets.len() - 1);
+            prefetch(&self.buckets[at]);
+        }
+    }
+
+    /// The slot of the first bucket on `id`'s probe path whose tag matches, without comparing
+    /// ids: almost always `id`'s slot, for fetching ahead only.
+    pub fn first_candidate(&self, id: &[u8]) -> Option<u32> {
+        if self.buckets.is_empty() {
+            return None;
+        }
+        let hash = Self::hash(id);
+        let tag = hash >> 32;
+        let mask = self.buckets.len() - 1;
+        let mut at = hash as usize & mask;
+        loop {
+            let bucket = self.buckets[at];
+            if bucket == 0 {
+                return None;
+            }
+            if bucket >> 32 == tag {
+                return Some((bucket as u32) - 1);
             }
             at = (at + 1) & mask;
         }
