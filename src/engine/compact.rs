@@ -263,6 +263,11 @@ impl AccountIndex {
 
     /// The slot of the account `id`; `id_of` gives a slot's account id.
     pub fn get<'s>(&self, id: &[u8], id_of: impl Fn(u32) -> &'s [u8]) -> Option<u32> {
+        self.probe(id, |slot| id_of(slot) == id)
+    }
+
+    /// The first slot on `id`'s probe path whose tag matches and that `accept` takes.
+    fn probe(&self, id: &[u8], accept: impl Fn(u32) -> bool) -> Option<u32> {
         if self.buckets.is_empty() {
             return None;
         }
@@ -277,7 +282,7 @@ impl AccountIndex {
             }
             if bucket >> 32 == tag {
                 let slot = (bucket as u32) - 1;
-                if id_of(slot) == id {
+                if accept(slot) {
                     return Some(slot);
                 }
             }
@@ -296,23 +301,7 @@ impl AccountIndex {
     /// The slot of the first bucket on `id`'s probe path whose tag matches, without comparing
     /// ids: almost always `id`'s slot, for fetching ahead only.
     pub fn first_candidate(&self, id: &[u8]) -> Option<u32> {
-        if self.buckets.is_empty() {
-            return None;
-        }
-        let hash = Self::hash(id);
-        let tag = hash >> 32;
-        let mask = self.buckets.len() - 1;
-        let mut at = hash as usize & mask;
-        loop {
-            let bucket = self.buckets[at];
-            if bucket == 0 {
-                return None;
-            }
-            if bucket >> 32 == tag {
-                return Some((bucket as u32) - 1);
-            }
-            at = (at + 1) & mask;
-        }
+        self.probe(id, |_| true)
     }
 
     /// Adds `id` (not yet present) at `slot`; `id_of` gives every indexed slot's id (to rehash
