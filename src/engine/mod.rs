@@ -242,7 +242,7 @@ impl Partition {
     /// bucket are cache misses, several hundred ns each on a virtual machine, and each depends on
     /// the one before (bucket → record → the record's vectors). A caller with several inputs in
     /// hand applies input i while running stage 3 for i+1, stage 2 for i+2 and stage 1 for
-    /// i+3 ([`apply_batch`]), so the misses of one input overlap the work of another.
+    /// i+3 ([`apply_ahead`]), so the misses of one input overlap the work of another.
     pub fn prefetch_buckets(&self, message: &Message<'_>) {
         if let Some(account) = message.account() {
             self.index.prefetch(account.as_bytes());
@@ -848,7 +848,6 @@ impl Engine {
     /// outputs as applying each with [`Engine::apply`].
     pub fn apply_batch(&mut self, envelopes: &[Envelope<'_>], out: &mut Vec<Output>) {
         let catalog = Arc::clone(&self.catalog);
-        let count = self.partitions.len() as u32;
         let mut inputs: Vec<(
             SubjectRoute,
             Option<Result<Message<'_>, DeadLetter>>,
@@ -861,13 +860,11 @@ impl Engine {
                     SubjectRoute::Unroutable => None,
                     _ => Some(input::decode(envelope.payload, &catalog)),
                 };
-                let target = match (&route, &decoded) {
-                    (SubjectRoute::Partition(n), _) => Some(*n),
-                    (SubjectRoute::ByAccount, Some(Ok(message))) => message
-                        .account()
-                        .map(|account| partition_of(account, count)),
+                let message = match &decoded {
+                    Some(Ok(message)) => Some(message),
                     _ => None,
                 };
+                let target = self.target(route, message);
                 (route, decoded, target)
             })
             .collect();
@@ -894,23 +891,30 @@ impl Engine {
         out: &mut Vec<Output>,
     ) {
         assert_eq!(messages.len(), envelopes.len(), "one envelope per message");
-        let count = self.partitions.len() as u32;
         let targets: Vec<Option<u32>> = messages
             .iter()
             .zip(envelopes)
-            .map(
-                |(message, envelope)| match self.subject_route(envelope.subject) {
-                    SubjectRoute::Partition(n) => Some(n),
-                    SubjectRoute::ByAccount => message.account().map(|a| partition_of(a, count)),
-                    SubjectRoute::Unroutable => None,
-                },
-            )
+            .map(|(message, envelope)| {
+                self.target(self.subject_route(envelope.subject), Some(message))
+            })
             .collect();
         apply_ahead(messages.len(), |i, stage| match (stage, targets[i]) {
             (Some(stage), Some(n)) => self.partitions[n as usize].prefetch(stage, &messages[i]),
             (Some(_), None) => {}
             (None, _) => self.apply_message(&messages[i], &envelopes[i], out),
         });
+    }
+
+    /// The partition that will apply `message` (when it decoded) arriving by `route`, if one
+    /// does: what fetching ahead needs to know before applying.
+    fn target(&self, route: SubjectRoute, message: Option<&Message<'_>>) -> Option<u32> {
+        match route {
+            SubjectRoute::Partition(n) => Some(n),
+            SubjectRoute::ByAccount => message?
+                .account()
+                .map(|account| partition_of(account, self.partitions.len() as u32)),
+            SubjectRoute::Unroutable => None,
+        }
     }
 
     /// Applies a routed message; `decoded` is `None` only for an unroutable subject.

@@ -25,10 +25,10 @@ use super::{input_subject, output_subject, Inbound, Outbound, SinkMessage};
 use crate::catalog::Catalog;
 use crate::engine::{apply_ahead, Envelope, Partition};
 use crate::wire::input::{self, DeadLetter, Message};
+use crate::wire::output::Output;
 
 /// A message's decoding: the message, or its dead letter.
 type Decoded<'a> = Result<Message<'a>, DeadLetter>;
-use crate::wire::output::Output;
 
 /// Decides when a shard's partitions are snapshotted, and takes the snapshots.
 ///
