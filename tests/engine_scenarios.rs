@@ -160,7 +160,7 @@ fn types(outputs: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn find<'a>(outputs: &'a [String], kind: &str) -> Vec<serde_json::Value> {
+fn find(outputs: &[String], kind: &str) -> Vec<serde_json::Value> {
     outputs
         .iter()
         .map(|o| serde_json::from_str::<serde_json::Value>(o).unwrap())

@@ -340,8 +340,7 @@ fn an_outage_longer_than_the_duplicate_window_emits_nothing_twice() {
     let log = setup.log();
     let line = log
         .lines()
-        .filter(|l| l.contains("already_emitted"))
-        .last()
+        .rfind(|l| l.contains("already_emitted"))
         .unwrap_or_default();
     assert!(
         !line.contains("already_emitted: 0,"),

@@ -132,7 +132,7 @@ pub fn encode(header: &Header, payload: &[u8]) -> Result<Vec<u8>, crate::codec::
 pub fn decode<'a>(path: &Path, bytes: &'a [u8]) -> Result<(Header, &'a [u8]), SnapshotError> {
     let take = |from: usize, len: usize| -> Result<&'a [u8], SnapshotError> {
         bytes
-            .get(from..from.checked_add(len).unwrap_or(usize::MAX))
+            .get(from..from.saturating_add(len))
             .ok_or_else(|| SnapshotError::corrupt(path, "truncated"))
     };
     if take(0, 8)? != MAGIC {
@@ -287,7 +287,7 @@ impl Store {
                 (p == partition).then(|| (position, entry.path()))
             })
             .collect();
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|b| std::cmp::Reverse(b.0));
         found.into_iter().map(|(_, path)| path).collect()
     }
 

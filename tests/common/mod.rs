@@ -131,10 +131,7 @@ max_bytes = "1GiB"
     /// The metrics port of the most recently started processor (from its log).
     pub fn metrics_port(&self) -> Option<u16> {
         let log = self.log();
-        let line = log
-            .lines()
-            .filter(|l| l.contains("metrics listening"))
-            .last()?;
+        let line = log.lines().rfind(|l| l.contains("metrics listening"))?;
         let start = line.find("127.0.0.1:")? + "127.0.0.1:".len();
         let digits: String = line[start..]
             .chars()
