@@ -182,3 +182,26 @@ fn batches_with_fetching_ahead_change_nothing() {
         }
     }
 }
+
+/// The snapshot bytes of a fixed state are pinned. A change in how any state type serializes
+/// shows here first, and must come with a new `snapshot::FORMAT_VERSION` (a snapshot of the
+/// old layout would otherwise be misread, or refused only by luck) and then a new hash here. A
+/// change of state (a semantics fix, a catalog edit) changes the hash too: check that it is
+/// only that before updating it.
+#[test]
+fn snapshot_bytes_are_pinned_to_the_format_version() {
+    let log = sample_log();
+    let mut outputs = Vec::new();
+    let mut engine = Engine::new(catalog(), 4);
+    run(&mut engine, &log, &mut outputs);
+    let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+    for partition in engine.partitions() {
+        hasher.update(&creditflow::codec::encode(partition).expect("encode"));
+    }
+    let pinned = (creditflow::snapshot::FORMAT_VERSION, hasher.digest());
+    assert_eq!(
+        pinned,
+        (3, 7_742_672_346_527_902_985),
+        "snapshot bytes changed: bump snapshot::FORMAT_VERSION if the layout changed, then pin the new pair"
+    );
+}

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{CreditTypeId, MeterId};
-use crate::decimal::{Credits, Quantity, Revenue};
+use crate::decimal::{Credits, Fixed, Quantity, Revenue};
 use crate::engine::compact::Draws;
 use crate::time::{Instant, Span};
 
@@ -66,14 +66,172 @@ pub struct Entry {
     pub what: Remembered,
 }
 
-/// One remembered pair, at its place in insertion order.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// One remembered pair, at its place in insertion order, as the ring stores it (88 bytes; see
+/// [`Stored`]). Serialized as [`SlotForm`], exactly the bytes of `(key, Entry, replaced)`.
+#[derive(Clone, Debug)]
 struct Slot {
-    key: u128,
-    entry: Entry,
+    /// The key's low and high 64 bits (two halves, so the slot is 8-aligned, not 16).
+    key_low: u64,
+    key_high: u64,
+    ts: Instant,
+    what: Stored,
     /// The same key was remembered again later (its window had passed): this slot only holds
     /// its place in the order, and no bucket points at it.
     replaced: bool,
+}
+
+impl Slot {
+    fn new(key: u128, entry: Entry) -> Slot {
+        Slot {
+            key_low: key as u64,
+            key_high: (key >> 64) as u64,
+            ts: entry.ts,
+            what: Stored::from(entry.what),
+            replaced: false,
+        }
+    }
+
+    fn key(&self) -> u128 {
+        u128::from(self.key_high) << 64 | u128::from(self.key_low)
+    }
+
+    fn entry(&self) -> Entry {
+        Entry {
+            ts: self.ts,
+            what: self.what.remembered(),
+        }
+    }
+}
+
+/// What a slot remembers. Nearly every charge is drawn from one grant, with no overage and
+/// amounts that fit in 64 bits: that case is kept inline in 56 bytes ([`SmallCharge`]); any
+/// other charge is boxed (a full [`Charge`] inline made a slot 208 bytes).
+#[derive(Clone, Debug)]
+enum Stored {
+    Applied,
+    Rejected,
+    Small(SmallCharge),
+    Large(Box<Charge>),
+}
+
+/// A charge with no overage, at most one draw, and its quantity, cost, drawn credits and the
+/// grant's cost basis in `i64` units of `10^-9` (the same units as `Fixed<9>`, narrowed).
+#[derive(Clone, Copy, Debug)]
+struct SmallCharge {
+    quantity: i64,
+    cost: i64,
+    draw_credits: i64,
+    draw_cost_basis: i64,
+    period_start: Instant,
+    draw_serial: u32,
+    meter: MeterId,
+    credit_type: CreditTypeId,
+    has_draw: bool,
+    reversed: bool,
+}
+
+impl From<Remembered> for Stored {
+    fn from(what: Remembered) -> Stored {
+        match what {
+            Remembered::Applied => Stored::Applied,
+            Remembered::Rejected => Stored::Rejected,
+            Remembered::Charged(charge) => match SmallCharge::narrow(&charge) {
+                Some(small) => Stored::Small(small),
+                None => Stored::Large(Box::new(charge)),
+            },
+        }
+    }
+}
+
+impl Stored {
+    fn remembered(&self) -> Remembered {
+        match self {
+            Stored::Applied => Remembered::Applied,
+            Stored::Rejected => Remembered::Rejected,
+            Stored::Small(small) => Remembered::Charged(small.widen()),
+            Stored::Large(charge) => Remembered::Charged((**charge).clone()),
+        }
+    }
+}
+
+impl SmallCharge {
+    /// `None` unless `charge` is exactly representable.
+    fn narrow(charge: &Charge) -> Option<SmallCharge> {
+        let narrow = |value: i128| i64::try_from(value).ok();
+        if !charge.overage.is_zero() || !charge.overage_money.is_zero() || charge.draws.len() > 1 {
+            return None;
+        }
+        let (draw_serial, draw_credits, draw_cost_basis, has_draw) = match charge.draws.first() {
+            Some(&(serial, credits, cost_basis)) => {
+                (serial, narrow(credits.0)?, narrow(cost_basis.0)?, true)
+            }
+            None => (0, 0, 0, false),
+        };
+        Some(SmallCharge {
+            quantity: narrow(charge.quantity.0)?,
+            cost: narrow(charge.cost.0)?,
+            draw_credits,
+            draw_cost_basis,
+            period_start: charge.period_start,
+            draw_serial,
+            meter: charge.meter,
+            credit_type: charge.credit_type,
+            has_draw,
+            reversed: charge.reversed,
+        })
+    }
+
+    fn widen(&self) -> Charge {
+        let mut draws = Draws::new();
+        if self.has_draw {
+            draws.push((
+                self.draw_serial,
+                Fixed(i128::from(self.draw_credits)),
+                Fixed(i128::from(self.draw_cost_basis)),
+            ));
+        }
+        Charge {
+            meter: self.meter,
+            credit_type: self.credit_type,
+            quantity: Fixed(i128::from(self.quantity)),
+            cost: Fixed(i128::from(self.cost)),
+            draws,
+            overage: Credits::ZERO,
+            overage_money: Revenue::ZERO,
+            period_start: self.period_start,
+            reversed: self.reversed,
+        }
+    }
+}
+
+/// A slot's serialized form (the layout of format version 3: the key, the entry with its
+/// charge record in full, the replaced flag).
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "Slot")]
+struct SlotForm {
+    key: u128,
+    entry: Entry,
+    replaced: bool,
+}
+
+impl Serialize for Slot {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        SlotForm {
+            key: self.key(),
+            entry: self.entry(),
+            replaced: self.replaced,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Slot {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Slot, D::Error> {
+        let form = SlotForm::deserialize(deserializer)?;
+        let mut slot = Slot::new(form.key, form.entry);
+        slot.replaced = form.replaced;
+        Ok(slot)
+    }
 }
 
 /// A table bucket: the low 64 bits of a key (its home bucket is their low bits) and
@@ -93,8 +251,9 @@ struct Bucket {
 /// forgotten can be prefetched ([`Dedupe::prefetch`]), so at scale the index costs overlapped
 /// cache misses rather than a chain of them.
 ///
-/// Memory: a slot is about 190 bytes (a charge record inline), a bucket 16 bytes at load
-/// between 1/4 and 1/2: about 240 bytes per remembered pair, at most `dedupe_entries_max` of
+/// Memory: a slot is 88 bytes (the usual charge record inline, narrowed: [`Stored`]), a bucket
+/// 16 bytes at load between 1/4 and 1/2: about 125 bytes per remembered pair (plus a 160-byte
+/// boxed record for a charge with overage or several draws), at most `dedupe_entries_max` of
 /// them (the ring and table keep their high-water capacity).
 ///
 /// Serialized as the ring only (front position, every slot in order, the early-eviction
@@ -131,9 +290,9 @@ impl Dedupe {
             + self.table.capacity() * std::mem::size_of::<Bucket>()
     }
 
-    fn live_at(entry: &Entry, tick_clock: Option<Instant>, window: Span) -> bool {
+    fn live_at(ts: Instant, tick_clock: Option<Instant>, window: Span) -> bool {
         match tick_clock {
-            Some(clock) => entry.ts.saturating_add(window) >= clock,
+            Some(clock) => ts.saturating_add(window) >= clock,
             None => true,
         }
     }
@@ -168,7 +327,7 @@ impl Dedupe {
             }
             if bucket.key == low {
                 let index = (bucket.position - 1 - self.front) as usize;
-                if self.ring[index].key == key {
+                if self.ring[index].key() == key {
                     return Some(index);
                 }
             }
@@ -176,21 +335,39 @@ impl Dedupe {
         }
     }
 
-    pub fn get(&self, key: u128, tick_clock: Option<Instant>, window: Span) -> Option<&Entry> {
+    /// The ring index of `key`'s slot if it is remembered and live.
+    fn find_live(&self, key: u128, tick_clock: Option<Instant>, window: Span) -> Option<usize> {
         let index = self.find(key)?;
-        let entry = &self.ring[index].entry;
-        Self::live_at(entry, tick_clock, window).then_some(entry)
+        Self::live_at(self.ring[index].ts, tick_clock, window).then_some(index)
     }
 
-    pub fn get_mut(
+    /// `key` is remembered and live: the input is a duplicate.
+    pub fn contains(&self, key: u128, tick_clock: Option<Instant>, window: Span) -> bool {
+        self.find_live(key, tick_clock, window).is_some()
+    }
+
+    /// A copy of `key`'s live entry (its charge record widened back to a [`Charge`]).
+    pub fn get(&self, key: u128, tick_clock: Option<Instant>, window: Span) -> Option<Entry> {
+        let index = self.find_live(key, tick_clock, window)?;
+        Some(self.ring[index].entry())
+    }
+
+    /// Replaces what `key`'s live entry remembers (a charge marked reversed), keeping its `ts`
+    /// and place in the order; false if there is no such entry.
+    pub fn update(
         &mut self,
         key: u128,
         tick_clock: Option<Instant>,
         window: Span,
-    ) -> Option<&mut Entry> {
-        let index = self.find(key)?;
-        let entry = &mut self.ring[index].entry;
-        Self::live_at(entry, tick_clock, window).then_some(entry)
+        what: Remembered,
+    ) -> bool {
+        match self.find_live(key, tick_clock, window) {
+            Some(index) => {
+                self.ring[index].what = Stored::from(what);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Remembers `key`. A stale entry under the same key (window passed, not yet forgotten) is
@@ -208,18 +385,14 @@ impl Dedupe {
             }
             // The bucket of the entry forgotten a few inserts from now.
             if let Some(ahead) = self.ring.get(EVICTION_PREFETCH_DISTANCE) {
-                crate::engine::compact::prefetch(&self.table[self.home(ahead.key as u64)]);
+                crate::engine::compact::prefetch(&self.table[self.home(ahead.key_low)]);
             }
         }
         if (self.live + 1) * 2 > self.table.len() {
             self.grow();
         }
         let position = self.front + self.ring.len() as u64;
-        self.ring.push_back(Slot {
-            key,
-            entry,
-            replaced: false,
-        });
+        self.ring.push_back(Slot::new(key, entry));
         self.live += 1;
         self.link(key as u64, position);
     }
@@ -229,7 +402,7 @@ impl Dedupe {
     /// that changes memory only, never a verdict (see `get`).
     pub fn forget_expired(&mut self, tick_clock: Instant, window: Span) {
         while let Some(front) = self.ring.front() {
-            if !front.replaced && Self::live_at(&front.entry, Some(tick_clock), window) {
+            if !front.replaced && Self::live_at(front.ts, Some(tick_clock), window) {
                 break;
             }
             self.pop_front();
@@ -247,7 +420,7 @@ impl Dedupe {
             return false;
         }
         self.live -= 1;
-        self.unlink(slot.key, position);
+        self.unlink(slot.key(), position);
         true
     }
 
@@ -300,7 +473,7 @@ impl Dedupe {
         for index in 0..self.ring.len() {
             let slot = &self.ring[index];
             if !slot.replaced {
-                let (key, position) = (slot.key as u64, self.front + index as u64);
+                let (key, position) = (slot.key_low, self.front + index as u64);
                 self.link(key, position);
             }
         }
@@ -502,35 +675,109 @@ mod tests {
         }
     }
 
+    fn charge(draws: &[(u32, i128, i128)], overage: i128, quantity: i128) -> Charge {
+        let drawn: i128 = draws.iter().map(|d| d.1).sum();
+        Charge {
+            meter: MeterId(1),
+            credit_type: CreditTypeId(2),
+            quantity: Fixed(quantity),
+            cost: Fixed(drawn + overage),
+            draws: draws
+                .iter()
+                .map(|&(serial, credits, basis)| (serial, Fixed(credits), Fixed(basis)))
+                .collect::<Vec<_>>()
+                .into(),
+            overage: Fixed(overage),
+            overage_money: Fixed(overage * 1_000_000_000 / 2),
+            period_start: Instant(1_700_000_000_000),
+            reversed: false,
+        }
+    }
+
+    /// Every shape of charge comes back exactly as it went in, whether kept small or boxed, and
+    /// serializes as the full record would (format version 3).
+    #[test]
+    fn charges_small_and_large_come_back_exactly_and_serialize_in_full() {
+        let big = i128::from(i64::MAX) + 1;
+        let cases = [
+            (charge(&[], 0, 0), true),
+            (
+                charge(&[(3, 1_500_000_000, 250_000_000)], 0, 3_000_000_000),
+                true,
+            ),
+            (charge(&[(3, -7, -1)], 0, -7), true),
+            (charge(&[(3, 1, 1), (4, 2, 2)], 0, 3), false),
+            (charge(&[(3, 1, 1)], 5, 3), false),
+            (charge(&[(3, big, 1)], 0, 3), false),
+            (charge(&[(3, 1, big)], 0, 3), false),
+            (charge(&[(3, 1, 1)], 0, big), false),
+            (charge(&[(3, i128::from(i64::MIN), 1)], 0, 1), true),
+        ];
+        for (case, (charge, small)) in cases.into_iter().enumerate() {
+            for reversed in [false, true] {
+                let charge = Charge {
+                    reversed,
+                    ..charge.clone()
+                };
+                let entry = Entry {
+                    ts: Instant(-5),
+                    what: Remembered::Charged(charge.clone()),
+                };
+                let slot = Slot::new(u128::MAX - 3, entry.clone());
+                assert_eq!(matches!(slot.what, Stored::Small(_)), small, "case {case}");
+                assert_eq!(slot.entry().what, entry.what, "case {case}");
+                assert_eq!(slot.key(), u128::MAX - 3);
+                let full = SlotForm {
+                    key: u128::MAX - 3,
+                    entry,
+                    replaced: false,
+                };
+                let bytes = crate::codec::encode(&slot).unwrap();
+                assert_eq!(bytes, crate::codec::encode(&full).unwrap(), "case {case}");
+                let back: Slot = crate::codec::decode(&bytes).unwrap();
+                assert_eq!(back.entry().what, Remembered::Charged(charge.clone()));
+            }
+        }
+        for what in [Remembered::Applied, Remembered::Rejected] {
+            let slot = Slot::new(
+                9,
+                Entry {
+                    ts: Instant(1),
+                    what: what.clone(),
+                },
+            );
+            assert_eq!(slot.entry().what, what);
+        }
+    }
+
+    #[test]
+    fn a_slot_is_88_bytes() {
+        assert_eq!(std::mem::size_of::<SmallCharge>(), 56);
+        assert_eq!(std::mem::size_of::<Slot>(), 88);
+    }
+
     #[test]
     fn a_charge_survives_a_round_trip_and_can_be_marked_reversed() {
         let mut dedupe = Dedupe::default();
-        let charge = Charge {
-            meter: MeterId(1),
-            credit_type: CreditTypeId(0),
-            quantity: Quantity::ZERO,
-            cost: Credits::ZERO,
-            draws: Draws::new(),
-            overage: Credits::ZERO,
-            overage_money: Revenue::ZERO,
-            period_start: Instant(0),
-            reversed: false,
-        };
         let key = dedupe_key("acct", "evt");
         let entry = Entry {
             ts: Instant(5),
-            what: Remembered::Charged(charge),
+            what: Remembered::Charged(charge(&[(1, 10, 2)], 0, 10)),
         };
         dedupe.insert(key, entry, 10);
         let mut dedupe: Dedupe =
             crate::codec::decode(&crate::codec::encode(&dedupe).unwrap()).unwrap();
-        match &mut dedupe.get_mut(key, None, Span(1)).unwrap().what {
+        let mut what = dedupe.get(key, None, Span(1)).unwrap().what;
+        match &mut what {
             Remembered::Charged(charge) => charge.reversed = true,
             other => panic!("{other:?}"),
         }
+        assert!(dedupe.update(key, None, Span(1), what));
+        assert!(!dedupe.update(key + 1, None, Span(1), Remembered::Applied));
         assert!(matches!(
-            &dedupe.get(key, None, Span(1)).unwrap().what,
+            dedupe.get(key, None, Span(1)).unwrap().what,
             Remembered::Charged(c) if c.reversed
         ));
+        assert_eq!(dedupe.get(key, None, Span(1)).unwrap().ts, Instant(5));
     }
 }

@@ -546,8 +546,7 @@ impl Partition {
         let key = dedupe_key(account_id, message.id());
         if self
             .dedupe
-            .get(key, self.tick_clock, rules.dedupe_window)
-            .is_some()
+            .contains(key, self.tick_clock, rules.dedupe_window)
         {
             self.stats.duplicates += 1;
             return Ok(());
@@ -597,14 +596,15 @@ impl Partition {
             }
             Message::Command(command) => {
                 self.stats.commands_applied += 1;
-                let mut reversed_event = match &command.kind {
-                    CommandKind::Reverse { event_id, .. } => self
-                        .dedupe
-                        .get_mut(dedupe_key(account_id, event_id), tick_clock, window)
-                        .map(|entry| &mut entry.what),
+                // The reversed event's record, copied out and written back after the command.
+                let reversed_key = match &command.kind {
+                    CommandKind::Reverse { event_id, .. } => Some(dedupe_key(account_id, event_id)),
                     _ => None,
                 };
-                let reversible = match reversed_event.as_deref() {
+                let mut reversed_event = reversed_key
+                    .and_then(|key| self.dedupe.get(key, tick_clock, window))
+                    .map(|entry| entry.what);
+                let reversible = match &reversed_event {
                     Some(dedupe::Remembered::Charged(charge)) if !charge.reversed => {
                         Some(charge.clone())
                     }
@@ -616,12 +616,15 @@ impl Partition {
                     ts,
                     &command.kind,
                     priced.as_ref(),
-                    reversed_event.as_deref_mut(),
+                    reversed_event.as_mut(),
                 );
                 let reversed_now = matches!(
-                    reversed_event.as_deref(),
+                    &reversed_event,
                     Some(dedupe::Remembered::Charged(charge)) if charge.reversed
                 );
+                if let (Some(key), Some(what)) = (reversed_key, reversed_event) {
+                    self.dedupe.update(key, tick_clock, window, what);
+                }
                 if let (Some(tally), Some(charge), true) =
                     (&mut self.tally, reversible, reversed_now)
                 {
@@ -785,6 +788,14 @@ pub struct Engine {
     subject_prefix: String,
 }
 
+/// One input of [`Engine::apply_batch`]: its route, its decoded message (none for a tick) and
+/// its partition's account slot once fetched ahead.
+type BatchInput<'a> = (
+    SubjectRoute,
+    Option<Result<Message<'a>, DeadLetter>>,
+    Option<u32>,
+);
+
 impl Engine {
     pub fn new(catalog: Arc<Catalog>, partition_count: u32) -> Engine {
         let count = partition_count.max(1);
@@ -848,11 +859,7 @@ impl Engine {
     /// outputs as applying each with [`Engine::apply`].
     pub fn apply_batch(&mut self, envelopes: &[Envelope<'_>], out: &mut Vec<Output>) {
         let catalog = Arc::clone(&self.catalog);
-        let mut inputs: Vec<(
-            SubjectRoute,
-            Option<Result<Message<'_>, DeadLetter>>,
-            Option<u32>,
-        )> = envelopes
+        let mut inputs: Vec<BatchInput<'_>> = envelopes
             .iter()
             .map(|envelope| {
                 let route = self.subject_route(envelope.subject);
