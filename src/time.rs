@@ -69,14 +69,103 @@ impl FromStr for Instant {
         if text.len() < 20 || text.as_bytes().get(10) != Some(&b'T') {
             return Err(TimeParseError::Syntax);
         }
-        let ts: jiff::Timestamp = text.parse().map_err(|_| TimeParseError::Syntax)?;
-        let millis = ts.as_millisecond();
-        let instant = Instant(millis);
-        if instant < INSTANT_MIN || instant > INSTANT_MAX {
-            return Err(TimeParseError::Range);
+        if let Some(instant) = parse_utc_millis(text.as_bytes()) {
+            return Ok(instant);
         }
-        Ok(instant)
+        parse_general(text)
     }
+}
+
+/// Any RFC 3339 timestamp with an offset, through jiff.
+fn parse_general(text: &str) -> Result<Instant, TimeParseError> {
+    let ts: jiff::Timestamp = text.parse().map_err(|_| TimeParseError::Syntax)?;
+    let instant = Instant(ts.as_millisecond());
+    if instant < INSTANT_MIN || instant > INSTANT_MAX {
+        return Err(TimeParseError::Range);
+    }
+    Ok(instant)
+}
+
+/// The common form, `YYYY-MM-DDTHH:MM:SS[.f{1,3}]Z` in 1970..=9998, read directly; `None` for
+/// anything else (other offsets, finer fractions, leap seconds, invalid dates), which goes to
+/// jiff's parser. Gives exactly what jiff would: a test compares the two.
+fn parse_utc_millis(text: &[u8]) -> Option<Instant> {
+    fn digits(text: &[u8], from: usize, count: usize) -> Option<i64> {
+        let mut value = 0i64;
+        for &byte in text.get(from..from + count)? {
+            if !byte.is_ascii_digit() {
+                return None;
+            }
+            value = value * 10 + i64::from(byte - b'0');
+        }
+        Some(value)
+    }
+    let millis = match text.len() {
+        20 => 0,
+        22..=24 if text[19] == b'.' => {
+            let count = text.len() - 21;
+            digits(text, 20, count)? * [100, 10, 1][count - 1]
+        }
+        _ => return None,
+    };
+    if text[4] != b'-'
+        || text[7] != b'-'
+        || text[13] != b':'
+        || text[16] != b':'
+        || text[text.len() - 1] != b'Z'
+    {
+        return None;
+    }
+    let (year, month, day) = (
+        digits(text, 0, 4)?,
+        digits(text, 5, 2)?,
+        digits(text, 8, 2)?,
+    );
+    let (hour, minute, second) = (
+        digits(text, 11, 2)?,
+        digits(text, 14, 2)?,
+        digits(text, 17, 2)?,
+    );
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    // Year 9999 goes to jiff, whose range ends within it (it refuses 9999-12-31).
+    if !(1970..9999).contains(&year)
+        || !(1..=12).contains(&month)
+        || day < 1
+        || day > month_days[(month - 1) as usize]
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    // Days from 1970-01-01 to the date (the days-from-civil algorithm, proleptic Gregorian).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * m + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    Some(Instant(
+        ((days * 24 + hour) * 60 + minute) * 60_000 + second * 1000 + millis,
+    ))
 }
 
 impl fmt::Display for Instant {
@@ -325,6 +414,60 @@ mod tests {
 
     fn at(text: &str) -> Instant {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_direct_reading_of_utc_timestamps_agrees_with_jiff() {
+        let mut rng = crate::sample::Rng::new(3);
+        let mut direct = 0;
+        for _ in 0..200_000 {
+            let year = match rng.below(10) {
+                0 => 1960 + rng.below(20),
+                1 => 9990 + rng.below(10),
+                _ => 1970 + rng.below(140),
+            };
+            let fraction = match rng.below(5) {
+                0 => String::new(),
+                n => format!(".{:0width$}", rng.below(10_000), width = n as usize)
+                    [..n as usize + 1]
+                    .to_string(),
+            };
+            let offset = ["Z", "Z", "Z", "z", "+00:00", "-01:30"][rng.below(6) as usize];
+            let text = format!(
+                "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}{fraction}{offset}",
+                rng.below(14),
+                rng.below(33),
+                rng.below(25),
+                rng.below(61),
+                rng.below(61)
+            );
+            if let Some(instant) = parse_utc_millis(text.as_bytes()) {
+                direct += 1;
+                assert_eq!(parse_general(&text), Ok(instant), "{text}");
+            }
+            // Whichever way it is read, the public parser agrees with jiff.
+            assert_eq!(text.parse::<Instant>(), parse_general(&text), "{text}");
+        }
+        assert!(direct > 50_000, "only {direct} read directly");
+        for (text, millis) in [
+            ("1970-01-01T00:00:00Z", 0),
+            ("2000-02-29T23:59:59.999Z", 951_868_799_999),
+            ("9998-12-31T23:59:59.999Z", 253_370_764_799_999),
+            ("2026-11-24T10:00:00.1Z", 1_795_514_400_100),
+        ] {
+            assert_eq!(
+                parse_utc_millis(text.as_bytes()),
+                Some(Instant(millis)),
+                "{text}"
+            );
+        }
+        for text in [
+            "2026-02-29T00:00:00Z",
+            "2026-11-24T24:00:00Z",
+            "2026-11-24T10:00:60Z",
+        ] {
+            assert_eq!(parse_utc_millis(text.as_bytes()), None, "{text}");
+        }
     }
 
     #[test]
