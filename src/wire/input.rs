@@ -399,6 +399,162 @@ fn explicit_null<'de, D: serde::Deserializer<'de>>(
     Ok(Some(Option::deserialize(deserializer)?))
 }
 
+/// A direct reader for the common usage event, beside serde (SEMANTICS §2.1 is unchanged).
+///
+/// [`usage`] reads a JSON object whose keys are only usage fields, each at most once, with
+/// `type` absent or `"usage"`, every value a string without escapes or control characters
+/// (`dims` an object of such strings), and nothing after it but whitespace. It returns exactly
+/// the fields serde would have read into `Raw`; for anything else (escapes, numbers, `null`,
+/// unknown or repeated keys, other types, malformed JSON) it returns `None` and the message
+/// goes through serde, so every refusal and its detail come from one place. A test compares
+/// the two readers on generated and mutated payloads.
+mod fast {
+    use std::borrow::Cow;
+
+    use super::{NumberText, DIMS_MAX};
+
+    /// What a usage event carries, as read (not yet checked).
+    pub(super) struct UsageFields<'a> {
+        pub id: Option<Cow<'a, str>>,
+        pub account: Option<Cow<'a, str>>,
+        pub ts: Option<Cow<'a, str>>,
+        pub meter: Option<Cow<'a, str>>,
+        pub quantity: Option<NumberText<'a>>,
+        pub dims: Option<Vec<(String, String)>>,
+    }
+
+    struct Reader<'a> {
+        bytes: &'a [u8],
+        at: usize,
+    }
+
+    impl<'a> Reader<'a> {
+        fn skip_whitespace(&mut self) {
+            while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
+                self.at += 1;
+            }
+        }
+
+        /// The next non-whitespace byte, consumed.
+        fn next(&mut self) -> Option<u8> {
+            self.skip_whitespace();
+            let byte = *self.bytes.get(self.at)?;
+            self.at += 1;
+            Some(byte)
+        }
+
+        /// A string without escapes or control characters, the opening quote already read.
+        fn string_body(&mut self) -> Option<&'a str> {
+            let start = self.at;
+            loop {
+                match *self.bytes.get(self.at)? {
+                    b'"' => break,
+                    b'\\' | 0..=0x1F => return None,
+                    _ => self.at += 1,
+                }
+            }
+            let text = std::str::from_utf8(&self.bytes[start..self.at]).ok()?;
+            self.at += 1;
+            Some(text)
+        }
+
+        fn string(&mut self) -> Option<&'a str> {
+            match self.next()? {
+                b'"' => self.string_body(),
+                _ => None,
+            }
+        }
+
+        fn dims(&mut self) -> Option<Vec<(String, String)>> {
+            if self.next()? != b'{' {
+                return None;
+            }
+            let mut pairs = Vec::new();
+            let mut byte = self.next()?;
+            if byte == b'}' {
+                return Some(pairs);
+            }
+            loop {
+                if byte != b'"' || pairs.len() >= DIMS_MAX * 4 {
+                    return None;
+                }
+                let key = self.string_body()?;
+                if self.next()? != b':' {
+                    return None;
+                }
+                let value = self.string()?;
+                pairs.push((key.to_string(), value.to_string()));
+                match self.next()? {
+                    b',' => byte = self.next()?,
+                    b'}' => return Some(pairs),
+                    _ => return None,
+                }
+            }
+        }
+    }
+
+    pub(super) fn usage(payload: &[u8]) -> Option<UsageFields<'_>> {
+        let mut reader = Reader {
+            bytes: payload,
+            at: 0,
+        };
+        let mut fields = UsageFields {
+            id: None,
+            account: None,
+            ts: None,
+            meter: None,
+            quantity: None,
+            dims: None,
+        };
+        let mut typed = false;
+        if reader.next()? != b'{' {
+            return None;
+        }
+        let mut byte = reader.next()?;
+        if byte != b'}' {
+            loop {
+                if byte != b'"' {
+                    return None;
+                }
+                let key = reader.string_body()?;
+                if reader.next()? != b':' {
+                    return None;
+                }
+                // A repeated key is refused by serde: leave it to serde.
+                fn set<T>(slot: &mut Option<T>, value: T) -> Option<()> {
+                    match slot {
+                        Some(_) => None,
+                        None => {
+                            *slot = Some(value);
+                            Some(())
+                        }
+                    }
+                }
+                match key {
+                    "id" => set(&mut fields.id, Cow::Borrowed(reader.string()?))?,
+                    "account" => set(&mut fields.account, Cow::Borrowed(reader.string()?))?,
+                    "ts" => set(&mut fields.ts, Cow::Borrowed(reader.string()?))?,
+                    "meter" => set(&mut fields.meter, Cow::Borrowed(reader.string()?))?,
+                    "quantity" => set(
+                        &mut fields.quantity,
+                        NumberText(Cow::Borrowed(reader.string()?)),
+                    )?,
+                    "dims" => set(&mut fields.dims, reader.dims()?)?,
+                    "type" if !typed && reader.string()? == "usage" => typed = true,
+                    _ => return None,
+                }
+                match reader.next()? {
+                    b',' => byte = reader.next()?,
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+        }
+        reader.skip_whitespace();
+        (reader.at == payload.len()).then_some(fields)
+    }
+}
+
 /// Field names per message type, in the order their presence is checked.
 const USAGE_FIELDS: &[&str] = &["type", "id", "account", "meter", "quantity", "ts", "dims"];
 const GRANT_FIELDS: &[&str] = &[
@@ -523,6 +679,23 @@ fn decode_checked<'a>(payload: &'a [u8], catalog: &Catalog) -> Result<Message<'a
             ),
         ));
     }
+    if let Some(fast) = fast::usage(payload) {
+        let mut checker = Checker {
+            catalog,
+            account: None,
+            ts: None,
+        };
+        return checker.usage(fast).map_err(|mut dead| {
+            dead.account = checker.account.take();
+            dead.ts = checker.ts;
+            dead
+        });
+    }
+    decode_serde(payload, catalog)
+}
+
+/// Any message, read by serde (the size limit already checked).
+fn decode_serde<'a>(payload: &'a [u8], catalog: &Catalog) -> Result<Message<'a>, DeadLetter> {
     let raw: Raw<'a> = match serde_json::from_slice(payload) {
         Ok(raw) => raw,
         Err(error) => return Err(classify_parse_error(payload, &error)),
@@ -639,22 +812,19 @@ impl<'c> Checker<'c> {
             let ts = self.ts(raw.ts)?;
             return Ok(Message::Tick { id, ts });
         }
+        if kind == "usage" {
+            return self.usage(fast::UsageFields {
+                id: raw.id,
+                account: raw.account,
+                ts: raw.ts,
+                meter: raw.meter,
+                quantity: raw.quantity,
+                dims: raw.dims,
+            });
+        }
         let id = self.id(raw.id.take())?;
         let account = self.account(raw.account.take())?;
         let ts = self.ts(raw.ts.take())?;
-        if kind == "usage" {
-            let meter = self.meter(raw.meter.as_deref())?;
-            let quantity = self.quantity(raw.quantity, false)?;
-            let dims = self.dims(raw.dims)?;
-            return Ok(Message::Usage(Usage {
-                id,
-                account,
-                meter,
-                quantity,
-                ts,
-                dims: dims.into(),
-            }));
-        }
         let kind = match kind {
             "grant" => self.grant(&id, ts, raw)?,
             "void_grant" => CommandKind::VoidGrant {
@@ -742,6 +912,24 @@ impl<'c> Checker<'c> {
             account,
             ts,
             kind,
+        }))
+    }
+
+    /// A usage event's fields, checked in SEMANTICS' order.
+    fn usage<'a>(&mut self, fields: fast::UsageFields<'a>) -> Checked<Message<'a>> {
+        let id = self.id(fields.id)?;
+        let account = self.account(fields.account)?;
+        let ts = self.ts(fields.ts)?;
+        let meter = self.meter(fields.meter.as_deref())?;
+        let quantity = self.quantity(fields.quantity, false)?;
+        let dims = self.dims(fields.dims)?;
+        Ok(Message::Usage(Usage {
+            id,
+            account,
+            meter,
+            quantity,
+            ts,
+            dims: dims.into(),
         }))
     }
 
@@ -1004,5 +1192,159 @@ impl<'c> Checker<'c> {
             source,
             cost_basis,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The direct usage reader and serde agree, message or dead letter, on generated payloads:
+    /// well-formed usage events in any key order and spacing, and the shapes the direct reader
+    /// must hand over (escapes, numbers, null, repeated and unknown keys, other types, broken
+    /// JSON, invalid UTF-8, truncations and flipped bytes).
+    #[test]
+    fn the_direct_usage_reader_agrees_with_serde() {
+        let catalog =
+            crate::catalog::load::from_path(std::path::Path::new("config/catalog.toml")).unwrap();
+        let mut rng = crate::sample::Rng::new(17);
+        let mut direct = 0;
+        let cases = 100_000;
+        for case in 0..cases {
+            // The first option (well-formed) two times in three, else any.
+            let mut pick = |options: &[&str]| match rng.below(3) {
+                0 => options[rng.below(options.len() as u64) as usize].to_string(),
+                _ => options[0].to_string(),
+            };
+            let mut fields: Vec<(String, String)> = vec![
+                (
+                    "id".into(),
+                    pick(&[
+                        r#""e1""#,
+                        r#""e\"1""#,
+                        r#""e\u0031""#,
+                        r#""""#,
+                        "7",
+                        "null",
+                        r#""é""#,
+                    ]),
+                ),
+                (
+                    "account".into(),
+                    pick(&[
+                        r#""acct_1""#,
+                        r#""acct 1""#,
+                        r#""a\\b""#,
+                        "[]",
+                        r#""acct-2""#,
+                    ]),
+                ),
+                (
+                    "meter".into(),
+                    pick(&[
+                        r#""api_call""#,
+                        r#""llm_token""#,
+                        r#""nope""#,
+                        "{}",
+                        r#""api_call ""#,
+                    ]),
+                ),
+                (
+                    "quantity".into(),
+                    pick(&[
+                        r#""3""#,
+                        r#""12.5""#,
+                        "3",
+                        "1.5",
+                        r#""-1""#,
+                        r#""1e3""#,
+                        "null",
+                        r#""""#,
+                    ]),
+                ),
+                (
+                    "ts".into(),
+                    pick(&[
+                        r#""2026-09-01T00:00:00.000Z""#,
+                        r#""2026-09-01T00:00:00+01:00""#,
+                        r#""2026-02-30T00:00:00Z""#,
+                        r#""yesterday""#,
+                        "0",
+                    ]),
+                ),
+                (
+                    "dims".into(),
+                    pick(&[
+                        "{}",
+                        r#"{"model":"small","region":"us"}"#,
+                        r#"{"model":"small","model":"large"}"#,
+                        r#"{"model":1}"#,
+                        "null",
+                        r#"["model"]"#,
+                        r#"{"model":"sm\u0061ll"}"#,
+                        r#"{ "region" : "eu" , "model":"large" }"#,
+                    ]),
+                ),
+                (
+                    "type".into(),
+                    pick(&[r#""usage""#, r#""grant""#, r#""tick""#, "5", r#""Usage""#]),
+                ),
+                ("unknown".into(), pick(&[r#""x""#, "1"])),
+                ("amount".into(), pick(&[r#""5""#])),
+            ];
+            // Which fields appear: usually the usage fields; sometimes others, or repeats.
+            fields.retain(|(key, _)| match key.as_str() {
+                "unknown" | "amount" => rng.below(20) == 0,
+                "type" | "dims" => rng.below(2) == 0,
+                _ => rng.below(25) != 0,
+            });
+            if rng.below(20) == 0 && !fields.is_empty() {
+                let repeat = fields[rng.below(fields.len() as u64) as usize].clone();
+                fields.push(repeat);
+            }
+            for i in (1..fields.len()).rev() {
+                fields.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            let space = |rng: &mut crate::sample::Rng| {
+                [" ", "", "", "", "\n", "\t", "\r\n "][rng.below(7) as usize].to_string()
+            };
+            let mut text = space(&mut rng) + "{";
+            for (index, (key, value)) in fields.iter().enumerate() {
+                if index > 0 {
+                    text += &(space(&mut rng) + ",");
+                }
+                text += &format!(
+                    "{}\"{key}\"{}:{}{value}",
+                    space(&mut rng),
+                    space(&mut rng),
+                    space(&mut rng)
+                );
+            }
+            text += &(space(&mut rng) + "}" + &space(&mut rng));
+            let mut payload = text.into_bytes();
+            match rng.below(12) {
+                0 => payload.truncate(rng.below(payload.len() as u64) as usize),
+                1 => {
+                    let at = rng.below(payload.len() as u64) as usize;
+                    payload[at] = [b'"', b'\\', b',', b':', b'}', b'{', 0xFF, 0x01, b' ']
+                        [rng.below(9) as usize];
+                }
+                2 => payload
+                    .extend_from_slice([&b"x"[..], b"{}", b",", b"\0"][rng.below(4) as usize]),
+                _ => {}
+            }
+            if fast::usage(&payload).is_some() {
+                direct += 1;
+            }
+            let expected =
+                decode_serde(&payload, &catalog).map_err(|dead| with_readable(dead, &payload));
+            assert_eq!(
+                decode(&payload, &catalog),
+                expected,
+                "case {case}: {}",
+                String::from_utf8_lossy(&payload)
+            );
+        }
+        assert!(direct > cases / 5, "only {direct} of {cases} read directly");
     }
 }
