@@ -308,8 +308,17 @@ impl Dedupe {
     /// Starts loading the bucket `key` would be found in; changes nothing.
     pub fn prefetch(&self, key: u128) {
         if !self.table.is_empty() {
-            crate::engine::compact::prefetch(&self.table[self.home(key as u64)]);
+            self.prefetch_cluster(self.home(key as u64));
         }
+    }
+
+    /// Starts loading the cache line of bucket `at` and the line after it: probing and
+    /// backward shifts run past the end of a line about a quarter of the time (4 buckets a
+    /// line), and that miss was most of the cost of forgetting at scale.
+    fn prefetch_cluster(&self, at: usize) {
+        let bucket: *const Bucket = &self.table[at];
+        crate::engine::compact::prefetch(bucket);
+        crate::engine::compact::prefetch(bucket.cast::<u8>().wrapping_add(64));
     }
 
     /// The ring index of `key`'s slot, if remembered (in memory, live or not).
@@ -385,7 +394,7 @@ impl Dedupe {
             }
             // The bucket of the entry forgotten a few inserts from now.
             if let Some(ahead) = self.ring.get(EVICTION_PREFETCH_DISTANCE) {
-                crate::engine::compact::prefetch(&self.table[self.home(ahead.key_low)]);
+                self.prefetch_cluster(self.home(ahead.key_low));
             }
         }
         if (self.live + 1) * 2 > self.table.len() {
