@@ -424,6 +424,9 @@ mod fast {
     }
 
     struct Reader<'a> {
+        /// The whole payload, checked to be UTF-8 once; strings are slices of it between
+        /// quotes (always char boundaries).
+        text: &'a str,
         bytes: &'a [u8],
         at: usize,
     }
@@ -453,7 +456,7 @@ mod fast {
                     _ => self.at += 1,
                 }
             }
-            let text = std::str::from_utf8(&self.bytes[start..self.at]).ok()?;
+            let text = self.text.get(start..self.at)?;
             self.at += 1;
             Some(text)
         }
@@ -494,7 +497,9 @@ mod fast {
     }
 
     pub(super) fn usage(payload: &[u8]) -> Option<UsageFields<'_>> {
+        let text = std::str::from_utf8(payload).ok()?;
         let mut reader = Reader {
+            text,
             bytes: payload,
             at: 0,
         };
