@@ -12,10 +12,18 @@ fn sample(seed: u64, accounts: usize, messages: usize) -> Vec<String> {
     creditflow::sample::scenario(seed, accounts, messages)
 }
 
-fn run_and_compare(partitions: u32, shards: usize, lines: &[String]) {
+/// Runs the processor over `lines` on a fresh server, checks its outputs and final state against
+/// the oracle, and returns the output ids (sorted), that state, and how many snapshots the
+/// processor wrote (its run summary's `snapshots_written`).
+fn run_and_compare(
+    partitions: u32,
+    shards: usize,
+    extra_config: &str,
+    lines: &[String],
+) -> (Vec<String>, Vec<String>, u64) {
     let server = creditflow::testkit::NatsServer::start();
     let url = server.url();
-    let setup = Setup::new(&url, partitions, shards, "");
+    let setup = Setup::new(&url, partitions, shards, extra_config);
     let runtime = runtime();
     let mut processor = setup.start(&[]);
     // The processor creates the streams; publish once the input stream exists.
@@ -51,26 +59,62 @@ fn run_and_compare(partitions: u32, shards: usize, lines: &[String]) {
     assert!(status.success(), "exit {status}; log:\n{}", setup.log());
     let actual = runtime.block_on(outputs(&url));
     assert_outputs_match(&actual, &expected);
-    assert_eq!(
-        snapshot_state(&setup.snapshots(), partitions),
-        engine.state_view(),
-        "final state"
-    );
+    let state = snapshot_state(&setup.snapshots(), partitions);
+    assert_eq!(state, engine.state_view(), "final state");
+    let mut ids: Vec<String> = actual.into_iter().map(|(id, _)| id).collect();
+    ids.sort();
+    let log = setup.log();
+    let written = log
+        .rsplit("snapshots_written: ")
+        .next()
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse().ok())
+        .unwrap_or_else(|| panic!("no run summary in the log:\n{log}"));
+    (ids, state, written)
 }
 
 #[test]
 fn one_shard_one_partition_matches_replay() {
-    run_and_compare(1, 1, &sample(21, 12, 1500));
+    run_and_compare(1, 1, "", &sample(21, 12, 1500));
 }
 
 #[test]
 fn two_shards_eight_partitions_match_replay() {
-    run_and_compare(8, 2, &sample(22, 20, 3000));
+    run_and_compare(8, 2, "", &sample(22, 20, 3000));
 }
 
 #[test]
 fn four_shards_sixteen_partitions_match_replay() {
-    run_and_compare(16, 4, &sample(23, 30, 3000));
+    run_and_compare(16, 4, "", &sample(23, 30, 3000));
+}
+
+/// One log through 1, 2 and 4 shards with snapshots never, every 200 events and every 20 ms:
+/// the same output ids and the same final state each time (ticks off, so the input stream is
+/// the published log alone in every run).
+#[test]
+fn shard_counts_and_snapshot_intervals_change_nothing() {
+    let lines = sample(24, 24, 3000);
+    let runs = [
+        (1, "[engine]\ntick_interval = \"0\"\n[snapshot]\ninterval_events = 100000000\ninterval = \"1h\"\n"),
+        (2, "[engine]\ntick_interval = \"0\"\n[snapshot]\ninterval_events = 200\n"),
+        (4, "[engine]\ntick_interval = \"0\"\n[snapshot]\ninterval = \"20ms\"\n"),
+    ];
+    let results: Vec<_> = runs
+        .iter()
+        .map(|(shards, config)| run_and_compare(8, *shards, config, &lines))
+        .collect();
+    for (run, result) in results.iter().enumerate().skip(1) {
+        assert_eq!(result.0, results[0].0, "output ids, run {run}");
+        assert_eq!(result.1, results[0].1, "final state, run {run}");
+    }
+    assert!(!results[0].0.is_empty());
+    // Only the final snapshots without intervals; more with them.
+    assert_eq!(results[0].2, 8);
+    let written: Vec<u64> = results.iter().map(|r| r.2).collect();
+    assert!(
+        written[1] > 8 && written[2] > 8,
+        "snapshots written: {written:?}"
+    );
 }
 
 /// 1,000 malformed messages of many kinds among 100,000 valid ones: exactly 1,000 dead letters,
