@@ -684,17 +684,8 @@ fn decode_checked<'a>(payload: &'a [u8], catalog: &Catalog) -> Result<Message<'a
             ),
         ));
     }
-    if let Some(fast) = fast::usage(payload) {
-        let mut checker = Checker {
-            catalog,
-            account: None,
-            ts: None,
-        };
-        return checker.usage(fast).map_err(|mut dead| {
-            dead.account = checker.account.take();
-            dead.ts = checker.ts;
-            dead
-        });
+    if let Some(fields) = fast::usage(payload) {
+        return Checker::run(catalog, |checker| checker.usage(fields));
     }
     decode_serde(payload, catalog)
 }
@@ -721,16 +712,7 @@ fn decode_serde<'a>(payload: &'a [u8], catalog: &Catalog) -> Result<Message<'a>,
             format!("{field}: not a field of a {kind} message"),
         ));
     }
-    let mut checker = Checker {
-        catalog,
-        account: None,
-        ts: None,
-    };
-    checker.message(kind, raw).map_err(|mut dead| {
-        dead.account = checker.account.take();
-        dead.ts = checker.ts;
-        dead
-    })
+    Checker::run(catalog, |checker| checker.message(kind, raw))
 }
 
 /// A parse error: syntax (malformed JSON) or data (a field of the wrong type, an unknown or
@@ -811,6 +793,20 @@ fn invalid(field: &str, what: impl std::fmt::Display) -> DeadLetter {
 }
 
 impl<'c> Checker<'c> {
+    /// Runs `check` with a fresh checker; a dead letter carries the account and `ts` it read.
+    fn run<T>(catalog: &'c Catalog, check: impl FnOnce(&mut Self) -> Checked<T>) -> Checked<T> {
+        let mut checker = Checker {
+            catalog,
+            account: None,
+            ts: None,
+        };
+        check(&mut checker).map_err(|mut dead| {
+            dead.account = checker.account.take();
+            dead.ts = checker.ts;
+            dead
+        })
+    }
+
     fn message<'a>(&mut self, kind: &str, mut raw: Raw<'a>) -> Checked<Message<'a>> {
         if kind == "tick" {
             let id = self.id(raw.id)?;
