@@ -788,8 +788,8 @@ pub struct Engine {
     subject_prefix: String,
 }
 
-/// One input of [`Engine::apply_batch`]: its route, its decoded message (none for a tick) and
-/// its partition's account slot once fetched ahead.
+/// One input of [`Engine::apply_batch`]: its route, its decoded message (`None` for an
+/// unroutable subject) and the partition that will apply it, when known before applying.
 type BatchInput<'a> = (
     SubjectRoute,
     Option<Result<Message<'a>, DeadLetter>>,
