@@ -852,14 +852,14 @@ impl Engine {
             SubjectRoute::Unroutable => None,
             _ => Some(input::decode(envelope.payload, &self.catalog)),
         };
-        self.apply_routed(route, decoded, envelope, out);
+        self.apply_routed(route, decoded.as_ref(), envelope, out);
     }
 
     /// Applies raw messages in order, fetching ahead ([`apply_ahead`]): the same state and
     /// outputs as applying each with [`Engine::apply`].
     pub fn apply_batch(&mut self, envelopes: &[Envelope<'_>], out: &mut Vec<Output>) {
         let catalog = Arc::clone(&self.catalog);
-        let mut inputs: Vec<BatchInput<'_>> = envelopes
+        let inputs: Vec<BatchInput<'_>> = envelopes
             .iter()
             .map(|envelope| {
                 let route = self.subject_route(envelope.subject);
@@ -882,9 +882,8 @@ impl Engine {
                 }
             }
             None => {
-                let (route, decoded, _) = &mut inputs[i];
-                let decoded = decoded.take();
-                self.apply_routed(*route, decoded, &envelopes[i], out);
+                let (route, decoded, _) = &inputs[i];
+                self.apply_routed(*route, decoded.as_ref(), &envelopes[i], out);
             }
         });
     }
@@ -928,7 +927,7 @@ impl Engine {
     fn apply_routed(
         &mut self,
         route: SubjectRoute,
-        decoded: Option<Result<Message<'_>, DeadLetter>>,
+        decoded: Option<&Result<Message<'_>, DeadLetter>>,
         envelope: &Envelope<'_>,
         out: &mut Vec<Output>,
     ) {
@@ -949,9 +948,9 @@ impl Engine {
                 });
                 let partition = &mut self.partitions[n as usize];
                 partition.record(envelope);
-                partition.dead_letter(dead, envelope, out);
+                partition.dead_letter(dead.clone(), envelope, out);
             }
-            Ok(message) => self.route(&message, envelope, subject_partition, out),
+            Ok(message) => self.route(message, envelope, subject_partition, out),
         }
     }
 
