@@ -281,7 +281,7 @@ impl Partition {
         out: &mut Vec<Output>,
     ) {
         let decoded = input::decode(envelope.payload, catalog);
-        self.apply_decoded(catalog, decoded, envelope, subject_partition, out);
+        self.apply_decoded(catalog, &decoded, envelope, subject_partition, out);
     }
 
     /// Applies a message already decoded from `envelope` (by [`input::decode`]), or its dead
@@ -289,16 +289,16 @@ impl Partition {
     pub fn apply_decoded(
         &mut self,
         catalog: &Catalog,
-        decoded: Result<Message<'_>, DeadLetter>,
+        decoded: &Result<Message<'_>, DeadLetter>,
         envelope: &Envelope<'_>,
         subject_partition: Option<u32>,
         out: &mut Vec<Output>,
     ) {
         match decoded {
-            Ok(message) => self.apply_message(catalog, &message, envelope, subject_partition, out),
+            Ok(message) => self.apply_message(catalog, message, envelope, subject_partition, out),
             Err(dead) => {
                 self.record(envelope);
-                self.dead_letter(dead, envelope, out);
+                self.dead_letter(dead.clone(), envelope, out);
             }
         }
     }

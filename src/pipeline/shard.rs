@@ -225,7 +225,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                 self.apply(
                     partition,
                     inbound,
-                    decoded.take(),
+                    decoded.as_ref(),
                     &subjects[*index],
                     outputs,
                 );
@@ -294,7 +294,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
         &self,
         partition: &mut Partition,
         inbound: &Inbound,
-        decoded: Option<Decoded<'_>>,
+        decoded: Option<&Decoded<'_>>,
         subject: &str,
         outputs: &mut Vec<Output>,
     ) {
@@ -323,7 +323,14 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
             subject,
             received: inbound.received,
         };
-        let decoded = decoded.unwrap_or_else(|| input::decode(&inbound.payload, &self.catalog));
+        let decoded_now;
+        let decoded = match decoded {
+            Some(decoded) => decoded,
+            None => {
+                decoded_now = input::decode(&inbound.payload, &self.catalog);
+                &decoded_now
+            }
+        };
         partition.apply_decoded(&self.catalog, decoded, &envelope, Some(number), outputs);
         partition.applied_through = inbound.seq;
     }
