@@ -37,6 +37,14 @@ fn run(engine: &mut Engine, log: &[LogEntry], out: &mut Vec<Output>) {
     }
 }
 
+/// A fresh engine of `partitions` that has applied all of `log`, and the outputs.
+fn replayed(partitions: u32, log: &[LogEntry]) -> (Engine, Vec<Output>) {
+    let mut outputs = Vec::new();
+    let mut engine = Engine::new(catalog(), partitions);
+    run(&mut engine, log, &mut outputs);
+    (engine, outputs)
+}
+
 fn json(outputs: &[Output]) -> Vec<String> {
     outputs.iter().map(Output::to_json).collect()
 }
@@ -55,13 +63,9 @@ fn per_account(outputs: &[Output]) -> BTreeMap<String, Vec<String>> {
 #[test]
 fn same_log_twice_gives_identical_bytes() {
     let log = sample_log();
-    let mut first = Vec::new();
-    let mut engine = Engine::new(catalog(), 1);
-    run(&mut engine, &log, &mut first);
+    let (engine, first) = replayed(1, &log);
     let state_first = engine.state_view();
-    let mut second = Vec::new();
-    let mut engine = Engine::new(catalog(), 1);
-    run(&mut engine, &log, &mut second);
+    let (engine, second) = replayed(1, &log);
     assert_eq!(json(&first), json(&second));
     assert_eq!(state_first, engine.state_view());
     engine.check_invariants().expect("invariants");
@@ -74,14 +78,10 @@ fn same_log_twice_gives_identical_bytes() {
 #[test]
 fn partition_count_does_not_change_any_account() {
     let log = sample_log();
-    let mut reference = Vec::new();
-    let mut engine = Engine::new(catalog(), 1);
-    run(&mut engine, &log, &mut reference);
+    let (engine, reference) = replayed(1, &log);
     let reference_state = engine.state_view();
     for partitions in [2, 5, 16] {
-        let mut outputs = Vec::new();
-        let mut engine = Engine::new(catalog(), partitions);
-        run(&mut engine, &log, &mut outputs);
+        let (engine, outputs) = replayed(partitions, &log);
         assert_eq!(
             per_account(&reference),
             per_account(&outputs),
@@ -98,9 +98,7 @@ fn partition_count_does_not_change_any_account() {
 #[test]
 fn snapshot_round_trip_midway_changes_nothing() {
     let log = sample_log();
-    let mut uninterrupted = Vec::new();
-    let mut engine = Engine::new(catalog(), 4);
-    run(&mut engine, &log, &mut uninterrupted);
+    let (engine, uninterrupted) = replayed(4, &log);
     let expected_state = engine.state_view();
 
     for cut in [1, log.len() / 3, log.len() / 2, log.len() - 1] {
@@ -128,9 +126,7 @@ fn snapshot_round_trip_midway_changes_nothing() {
 #[test]
 fn the_shipped_sample_log_replays_cleanly() {
     let log = read_log(Path::new("config/sample-events.jsonl"), false).expect("sample log");
-    let mut outputs = Vec::new();
-    let mut engine = Engine::new(catalog(), 1);
-    run(&mut engine, &log, &mut outputs);
+    let (engine, outputs) = replayed(1, &log);
     engine.check_invariants().expect("invariants");
     let stats = engine.stats();
     assert!(stats.usage_applied > 3000, "{stats:?}");
@@ -167,9 +163,7 @@ fn batches_with_fetching_ahead_change_nothing() {
     }
     log[900].subject = "creditflow.in.x".into();
     for partitions in [1, 3] {
-        let mut one_by_one = Vec::new();
-        let mut expected = Engine::new(catalog(), partitions);
-        run(&mut expected, &log, &mut one_by_one);
+        let (expected, one_by_one) = replayed(partitions, &log);
         for batch in [1, 2, 3, 4, 7, 64, 4096] {
             let mut batched = Vec::new();
             let mut engine = Engine::new(catalog(), partitions);
@@ -190,10 +184,7 @@ fn batches_with_fetching_ahead_change_nothing() {
 /// only that before updating it.
 #[test]
 fn snapshot_bytes_are_pinned_to_the_format_version() {
-    let log = sample_log();
-    let mut outputs = Vec::new();
-    let mut engine = Engine::new(catalog(), 4);
-    run(&mut engine, &log, &mut outputs);
+    let (engine, _) = replayed(4, &sample_log());
     let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
     for partition in engine.partitions() {
         hasher.update(&creditflow::codec::encode(partition).expect("encode"));

@@ -356,8 +356,8 @@ impl Account {
         prefetch_bytes(self as *const Account, std::mem::size_of::<Account>());
     }
 
-    /// Starts loading the first per-type state, the first two grants and the open lines: what a
-    /// usage event reads and writes.
+    /// Starts loading the first per-type state, the first grant and the open lines: what a usage
+    /// event reads and writes.
     pub fn prefetch_data(&self) {
         if let Some(first) = self.types.first() {
             prefetch_bytes(first as *const TypeState, std::mem::size_of::<TypeState>());

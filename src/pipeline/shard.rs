@@ -211,7 +211,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                 None => home.waiting[index].push_back(inbound.clone()),
             }
         }
-        apply_ahead(work.len(), |i, stage| match (stage, &mut work[i]) {
+        apply_ahead(work.len(), |i, stage| match (stage, &work[i]) {
             (Some(stage), (index, _, Some(Ok(message)))) => {
                 if let Some(partition) = &home.partitions[*index] {
                     partition.prefetch(stage, message);
