@@ -22,6 +22,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crossbeam::channel::{Receiver, RecvTimeoutError, TryRecvError};
+use futures::FutureExt;
 
 use super::{Outbound, SinkMessage, WatermarkReached};
 
@@ -283,19 +284,28 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
             {
                 *retries += 1;
                 self.observer.retried(1);
+                // Its permit back first: a full window is resent with no permit to spare.
+                discard(ack);
                 match self.publisher.publish(output).await {
                     Ok(new_ack) => {
                         *ack = Some(new_ack);
                         *sent = epoch;
                     }
-                    Err(_) => {
-                        *ack = None;
-                        return false;
-                    }
+                    Err(_) => return false,
                 }
             }
         }
         true
+    }
+}
+
+/// Drops an ack the emitter will no longer wait for, polling it once first. The NATS client
+/// releases a polled ack's permit when it is dropped, but hands an unpolled one to a task that
+/// waits up to `ack_timeout` for its reply, which after a lost connection never comes: resending
+/// a full window would then wait that long for each permit (a broker restart test hung so in CI).
+fn discard<A: Future + Unpin>(ack: &mut Option<A>) {
+    if let Some(mut pending) = ack.take() {
+        let _ = (&mut pending).now_or_never();
     }
 }
 
@@ -429,7 +439,9 @@ mod tests {
     }
 
     /// Like the NATS client: a publish needs a permit, and an ack holds its permit until it is
-    /// awaited; with no permit left a publish would wait forever (here: the test fails).
+    /// polled; with no permit left a publish would wait forever (here: the test fails). An ack
+    /// dropped without ever being polled keeps its permit (async-nats hands it to a task that
+    /// waits up to `ack_timeout` for the reply, which after a lost connection never comes).
     #[derive(Clone)]
     struct Permits {
         inner: FakeStream,
@@ -500,6 +512,44 @@ mod tests {
             .block_on(emitter.run(receiver));
         assert_eq!(report.published, 50);
         assert_eq!(stream.stored.lock().unwrap().len(), 50);
+    }
+
+    #[test]
+    fn a_reconnect_with_a_full_window_resends_without_running_out_of_permits() {
+        // o2's ack is lost with the connection; the emitter resends o1 and o2 (whose acks it
+        // never polled) with the window full. The client has one spare permit, as in
+        // production (window + partitions); discarding an ack must release its permit.
+        let stream = FakeStream::default();
+        stream.fail_attempts.lock().unwrap().push(2);
+        let permits = Permits {
+            inner: stream.clone(),
+            outstanding: Arc::default(),
+            capacity: 4,
+        };
+        let epoch = stream.epoch.clone();
+        let (sender, receiver) = crossbeam::channel::unbounded();
+        sender
+            .send(SinkMessage::Outputs((1..=50).map(outbound).collect()))
+            .unwrap();
+        sender.send(SinkMessage::ShardStopped(0)).unwrap();
+        let emitter = Emitter {
+            publisher: permits,
+            observer: NoEmitObserver,
+            window: 3,
+            retry_backoff_max: Duration::from_millis(10),
+            shards: 1,
+            connection_epoch: epoch,
+        };
+        let report = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(emitter.run(receiver));
+        assert_eq!(report.published, 50);
+        let stored = stream.stored.lock().unwrap().clone();
+        let expected: Vec<String> = (1..=50).map(|n| format!("o{n}")).collect();
+        assert_eq!(stored, expected);
+        assert!(report.retries >= 2);
     }
 
     #[test]
