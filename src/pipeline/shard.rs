@@ -198,6 +198,13 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
         // Messages of lent partitions wait for them, in order. The rest are decoded first, then
         // applied in order with fetching ahead (engine::apply_ahead): at many accounts per
         // partition the cache misses of one message overlap the work of the one before.
+        // Payload hashes once per batch and partition (engine::Partition::finish_batch).
+        let increasing = batch.windows(2).all(|pair| pair[0].seq < pair[1].seq);
+        if increasing {
+            for partition in home.partitions.iter_mut().flatten() {
+                partition.defer_payload_hashes();
+            }
+        }
         let mut work: Vec<(usize, &Inbound, Option<Decoded<'_>>)> = Vec::with_capacity(messages);
         for inbound in &batch {
             let index = self.index_of(inbound);
@@ -235,6 +242,17 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                 }
             }
         });
+        if increasing {
+            let payload_of = |seq: u64| {
+                batch
+                    .binary_search_by_key(&seq, |inbound| inbound.seq)
+                    .ok()
+                    .map(|i| &batch[i].payload[..])
+            };
+            for partition in home.partitions.iter_mut().flatten() {
+                partition.finish_batch(payload_of);
+            }
+        }
         home.last_seq = last_seq;
         for partition in home.partitions.iter_mut().flatten() {
             partition.applied_through = partition.applied_through.max(last_seq);
