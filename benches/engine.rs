@@ -159,6 +159,34 @@ fn memory_report(catalog: &Arc<Catalog>) {
         dedupe_bytes / n,
         (engine_bytes - dedupe_bytes) / n
     );
+    // Where it goes, from the containers' capacities.
+    let mut heap = creditflow::engine::HeapBreakdown::default();
+    for partition in engine.partitions() {
+        let part = partition.heap_breakdown();
+        heap.records += part.records;
+        heap.types += part.types;
+        heap.alerts += part.alerts;
+        heap.grants += part.grants;
+        heap.lines += part.lines;
+        heap.index += part.index;
+        heap.timers += part.timers;
+        heap.dedupe += part.dedupe;
+        heap.other += part.other;
+    }
+    println!(
+        "memory per account by part: records {}, type states {} (+ alerts {}), grants {}, lines {}, \
+         account index {}, timers {}, dedupe {}, other {}; sum {}",
+        heap.records / n,
+        heap.types / n,
+        heap.alerts / n,
+        heap.grants / n,
+        heap.lines / n,
+        heap.index / n,
+        heap.timers / n,
+        heap.dedupe / n,
+        heap.other / n,
+        heap.total() / n
+    );
     drop(engine);
 }
 

@@ -249,6 +249,11 @@ pub struct AccountIndex {
 }
 
 impl AccountIndex {
+    /// Heap bytes of the buckets.
+    pub fn heap_bytes(&self) -> usize {
+        self.buckets.capacity() * std::mem::size_of::<u64>()
+    }
+
     fn hash(id: &[u8]) -> u64 {
         xxhash_rust::xxh3::xxh3_64(id)
     }

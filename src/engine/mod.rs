@@ -138,6 +138,43 @@ pub struct Partition {
     unhashed: bool,
 }
 
+/// Heap bytes of a partition by what holds them ([`Partition::heap_breakdown`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapBreakdown {
+    /// The account records themselves (`Vec<Account>`).
+    pub records: usize,
+    /// Per credit type state.
+    pub types: usize,
+    /// Alert states within it (names included).
+    pub alerts: usize,
+    /// Grants, their ids and scopes.
+    pub grants: usize,
+    /// Invoice lines of the open period.
+    pub lines: usize,
+    /// The account index.
+    pub index: usize,
+    /// The timer heap.
+    pub timers: usize,
+    /// The dedupe index.
+    pub dedupe: usize,
+    /// Long account ids, policy overrides, holds.
+    pub other: usize,
+}
+
+impl HeapBreakdown {
+    pub fn total(&self) -> usize {
+        self.records
+            + self.types
+            + self.alerts
+            + self.grants
+            + self.lines
+            + self.index
+            + self.timers
+            + self.dedupe
+            + self.other
+    }
+}
+
 /// What an account's usage of one meter was charged, for `simulate`.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Tally {
@@ -239,6 +276,41 @@ impl Partition {
 
     pub fn dedupe_heap_bytes(&self) -> usize {
         self.dedupe.heap_bytes()
+    }
+
+    /// Where this partition's heap goes, from the capacities of its containers (what a
+    /// counting allocator sees, before the allocator's own rounding).
+    pub fn heap_breakdown(&self) -> HeapBreakdown {
+        use std::mem::size_of;
+        let mut heap = HeapBreakdown {
+            records: self.accounts.capacity() * size_of::<Account>(),
+            index: self.index.heap_bytes(),
+            timers: self.timers.capacity() * size_of::<Reverse<(Instant, u32)>>(),
+            dedupe: self.dedupe.heap_bytes(),
+            ..HeapBreakdown::default()
+        };
+        for account in &self.accounts {
+            if let compact::ShortStr::Heap(id) = &account.id {
+                heap.other += id.len();
+            }
+            if let Some(policy) = &account.policy_override {
+                heap.other += size_of_val(&**policy) + policy.0.capacity();
+            }
+            heap.types += account.types.capacity() * size_of::<account::TypeState>();
+            for state in &account.types {
+                heap.alerts += state.alerts.capacity() * size_of::<account::AlertState>()
+                    + state.alerts.iter().map(|a| a.name.len()).sum::<usize>();
+            }
+            heap.grants += account.grants.capacity() * size_of::<account::Grant>()
+                + account
+                    .grants
+                    .iter()
+                    .map(|g| g.id.len() + g.scope.as_ref().map_or(0, |s| size_of_val(&**s)))
+                    .sum::<usize>();
+            heap.lines += account.lines.capacity() * size_of::<account::Line>();
+            heap.other += account.holds.capacity() * size_of::<account::Hold>();
+        }
+        heap
     }
 
     pub fn dedupe_evicted_early(&self) -> u64 {
