@@ -358,7 +358,7 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> DemoReport {
             for t in &account.types {
                 *consumed
                     .entry(catalog.credit_type(t.credit_type).name.clone())
-                    .or_default() += t.ledger.consumed;
+                    .or_default() += t.consumed;
             }
         }
     }

@@ -385,7 +385,7 @@ fn state_table(engine: &Engine, only: Option<&str>) -> String {
                 catalog.credit_type(t.credit_type).name,
                 account.balance(t.credit_type).to_string(),
                 account.held(t.credit_type).to_string(),
-                t.debt.to_string(),
+                t.debt().to_string(),
                 live,
                 account.holds.len()
             );

@@ -151,7 +151,7 @@ impl Ledger {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RevenueTotals {
     pub opening: Revenue,
     pub granted: Revenue,
@@ -169,15 +169,123 @@ pub struct AlertState {
 }
 
 /// Per credit type state of an account.
+///
+/// The totals a usage event moves are inline; the ones most accounts never move (debt,
+/// expiry, voids, adjustments, settlement, returns, breakage, removals) are in [`RareTotals`],
+/// boxed and allocated the first time one of them is written non-zero. A type state is 144
+/// bytes instead of 256 with all of them inline; an account that has them pays 128 more.
+/// [`TypeState::ledger`] and [`TypeState::revenue`] give the full totals.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TypeState {
     pub credit_type: CreditTypeId,
-    pub debt: Credits,
-    pub ledger: Ledger,
+    /// Ledger: credits granted (lifetime).
+    pub granted: Credits,
+    /// Ledger: credits consumed by usage (lifetime).
+    pub consumed: Credits,
     /// Allowance + top-ups + purchases granted this period: the base of percent thresholds.
     pub period_base: Credits,
-    pub revenue: RevenueTotals,
+    /// Revenue this period: deferred at its opening.
+    pub revenue_opening: Revenue,
+    /// Revenue this period: granted at cost basis.
+    pub revenue_granted: Revenue,
+    /// Revenue this period: recognised.
+    pub recognized: Revenue,
     pub alerts: Vec<AlertState>,
+    rare: Option<Box<RareTotals>>,
+}
+
+/// The totals of a [`TypeState`] that most accounts leave at zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RareTotals {
+    /// Overage owed (≥ 0).
+    pub debt: Credits,
+    pub expired: Credits,
+    pub voided: Credits,
+    pub adjusted: Credits,
+    pub settled: Credits,
+    pub returned: Credits,
+    /// Revenue this period: breakage.
+    pub breakage: Revenue,
+    /// Revenue this period: removed by voids and negative adjustments.
+    pub removed: Revenue,
+}
+
+const NO_RARE_TOTALS: RareTotals = RareTotals {
+    debt: Credits::ZERO,
+    expired: Credits::ZERO,
+    voided: Credits::ZERO,
+    adjusted: Credits::ZERO,
+    settled: Credits::ZERO,
+    returned: Credits::ZERO,
+    breakage: Revenue::ZERO,
+    removed: Revenue::ZERO,
+};
+
+impl TypeState {
+    fn new(credit_type: CreditTypeId) -> TypeState {
+        TypeState {
+            credit_type,
+            granted: Credits::ZERO,
+            consumed: Credits::ZERO,
+            period_base: Credits::ZERO,
+            revenue_opening: Revenue::ZERO,
+            revenue_granted: Revenue::ZERO,
+            recognized: Revenue::ZERO,
+            alerts: Vec::new(),
+            rare: None,
+        }
+    }
+
+    /// The rarely moved totals (zeros when never written).
+    pub fn rare(&self) -> &RareTotals {
+        self.rare.as_deref().unwrap_or(&NO_RARE_TOTALS)
+    }
+
+    /// The rarely moved totals, to write: allocates them on first use, so callers write only
+    /// non-zero amounts.
+    fn rare_mut(&mut self) -> &mut RareTotals {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Overage owed.
+    pub fn debt(&self) -> Credits {
+        self.rare().debt
+    }
+
+    pub fn ledger(&self) -> Ledger {
+        let rare = self.rare();
+        Ledger {
+            granted: self.granted,
+            consumed: self.consumed,
+            expired: rare.expired,
+            voided: rare.voided,
+            adjusted: rare.adjusted,
+            settled: rare.settled,
+            returned: rare.returned,
+        }
+    }
+
+    pub fn revenue(&self) -> RevenueTotals {
+        let rare = self.rare();
+        RevenueTotals {
+            opening: self.revenue_opening,
+            granted: self.revenue_granted,
+            recognized: self.recognized,
+            breakage: rare.breakage,
+            removed: rare.removed,
+        }
+    }
+
+    /// Adds `amount` to one rare total, allocating them only when it is non-zero.
+    fn add_rare<const S: u8>(
+        &mut self,
+        field: fn(&mut RareTotals) -> &mut crate::decimal::Fixed<S>,
+        amount: crate::decimal::Fixed<S>,
+    ) {
+        if !amount.is_zero() {
+            *field(self.rare_mut()) += amount;
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -406,17 +514,7 @@ impl Account {
             Err(index) => {
                 // Per-account vectors are small: grow by one, not to the default 4.
                 self.types.reserve_exact(1);
-                self.types.insert(
-                    index,
-                    TypeState {
-                        credit_type,
-                        debt: Credits::ZERO,
-                        ledger: Ledger::default(),
-                        period_base: Credits::ZERO,
-                        revenue: RevenueTotals::default(),
-                        alerts: Vec::new(),
-                    },
-                );
+                self.types.insert(index, TypeState::new(credit_type));
                 index
             }
         }
@@ -432,7 +530,7 @@ impl Account {
             .types
             .iter()
             .find(|t| t.credit_type == credit_type)
-            .map_or(Credits::ZERO, |t| t.debt);
+            .map_or(Credits::ZERO, TypeState::debt);
         remaining - debt
     }
 
@@ -652,12 +750,12 @@ impl Account {
         counts_as_granted_revenue: bool,
     ) -> u32 {
         let t = self.type_index(credit_type);
-        let paid = amount.min(self.types[t].debt);
-        self.types[t].debt -= paid;
+        let paid = amount.min(self.types[t].debt());
+        self.types[t].add_rare(|r| &mut r.debt, -paid);
         if counts_as_granted_revenue {
-            self.types[t].revenue.granted += money(amount, cost_basis);
+            self.types[t].revenue_granted += money(amount, cost_basis);
         }
-        self.types[t].revenue.recognized += money(paid, cost_basis);
+        self.types[t].recognized += money(paid, cost_basis);
         let serial = self.next_serial;
         self.next_serial += 1;
         let grant = Grant {
@@ -882,8 +980,8 @@ impl Account {
         };
         let expired = remaining - roll;
         let t = self.type_index(credit_type);
-        self.types[t].ledger.expired += expired;
-        self.types[t].revenue.breakage += money(expired, basis);
+        self.types[t].add_rare(|r| &mut r.expired, expired);
+        self.types[t].add_rare(|r| &mut r.breakage, money(expired, basis));
         let grant = &mut self.grants[index];
         grant.expired_in_period += expired;
         let grant_id = grant.id.to_string();
@@ -951,9 +1049,9 @@ impl Account {
     ) {
         self.period_end = closed_end;
         for t in &mut self.types {
-            let debt = t.debt;
-            t.ledger.settled += debt;
-            t.debt = Credits::ZERO;
+            let debt = t.debt();
+            t.add_rare(|r| &mut r.settled, debt);
+            t.add_rare(|r| &mut r.debt, -debt);
         }
         self.flush_due = None;
         self.lines.sort_by_key(Line::order_key);
@@ -973,7 +1071,7 @@ impl Account {
         for index in 0..self.types.len() {
             let credit_type = self.types[index].credit_type;
             let closing = self.deferred(credit_type);
-            let totals = &self.types[index].revenue;
+            let totals = self.types[index].revenue();
             let all_zero = [
                 totals.opening,
                 totals.granted,
@@ -1032,10 +1130,13 @@ impl Account {
             let opening = self.deferred(credit_type);
             let t = &mut self.types[index];
             t.period_base = Credits::ZERO;
-            t.revenue = RevenueTotals {
-                opening,
-                ..RevenueTotals::default()
-            };
+            t.revenue_opening = opening;
+            t.revenue_granted = Revenue::ZERO;
+            t.recognized = Revenue::ZERO;
+            if let Some(rare) = &mut t.rare {
+                rare.breakage = Revenue::ZERO;
+                rare.removed = Revenue::ZERO;
+            }
         }
         for grant in &mut self.grants {
             grant.recognized_in_period = Credits::ZERO;
@@ -1063,7 +1164,7 @@ impl Account {
                 true,
             );
             let t = self.type_index(allowance.credit_type);
-            self.types[t].ledger.granted += allowance.amount;
+            self.types[t].granted += allowance.amount;
             self.types[t].period_base += allowance.amount;
             self.book(
                 catalog,
@@ -1265,7 +1366,7 @@ impl Account {
             true,
         );
         let t = self.type_index(rule.credit_type);
-        self.types[t].ledger.granted += amount;
+        self.types[t].granted += amount;
         self.types[t].period_base += amount;
         self.topups_in_period += 1;
         self.last_topup = Some(ts);
@@ -1331,7 +1432,7 @@ impl Account {
         };
         let available = spendable(self);
         let t = self.type_index(credit_type);
-        let debt = self.types[t].debt;
+        let debt = self.types[t].debt();
         let (overage, unpaid) = if cost <= available {
             (Credits::ZERO, Credits::ZERO)
         } else {
@@ -1393,10 +1494,10 @@ impl Account {
         let charged = cost - unpaid;
         let t = self.type_index(credit_type);
         let state = &mut self.types[t];
-        state.debt += overage;
-        state.ledger.consumed += charged;
+        state.add_rare(|r| &mut r.debt, overage);
+        state.consumed += charged;
         for &(_, amount, basis) in &draws {
-            state.revenue.recognized += money(amount, basis);
+            state.recognized += money(amount, basis);
         }
         self.book(
             catalog,
@@ -1565,7 +1666,7 @@ impl Account {
             true,
         );
         let t = self.type_index(grant.credit_type);
-        self.types[t].ledger.granted += grant.amount;
+        self.types[t].granted += grant.amount;
         if matches!(
             grant.source,
             Source::Purchase | Source::Allowance | Source::Topup
@@ -1599,8 +1700,8 @@ impl Account {
         grant.status = GrantStatus::Voided;
         self.drop_claims_on(serial);
         let t = self.type_index(credit_type);
-        self.types[t].ledger.voided += removed;
-        self.types[t].revenue.removed += money(removed, basis);
+        self.types[t].add_rare(|r| &mut r.voided, removed);
+        self.types[t].add_rare(|r| &mut r.removed, money(removed, basis));
         let _ = ctx;
         (None, ResultDetail::None, Remembered::Applied)
     }
@@ -1648,7 +1749,7 @@ impl Account {
             let taken = self.draw(credit_type, None, ts, -amount, None, &mut draws);
             let t = self.type_index(credit_type);
             for &(serial, take, basis) in &draws {
-                self.types[t].revenue.removed += money(take, basis);
+                self.types[t].add_rare(|r| &mut r.removed, money(take, basis));
                 if let Some(grant) = self.grants.iter_mut().find(|g| g.serial == serial) {
                     // `draw` counted it as recognised; a removal is not revenue.
                     grant.recognized_in_period -= take;
@@ -1657,7 +1758,7 @@ impl Account {
             -taken
         };
         let t = self.type_index(credit_type);
-        self.types[t].ledger.adjusted += applied;
+        self.types[t].add_rare(|r| &mut r.adjusted, applied);
         if !applied.is_zero() {
             self.book(
                 ctx.catalog,
@@ -1710,12 +1811,12 @@ impl Account {
         // `overage_repaid` credit for overage that the reversal also takes off the invoice.
         if same_period {
             let t = self.type_index(credit_type);
-            let cancel = charge.overage.min(self.types[t].debt);
-            self.types[t].debt -= cancel;
-            self.types[t].ledger.returned += cancel;
+            let cancel = charge.overage.min(self.types[t].debt());
+            self.types[t].add_rare(|r| &mut r.debt, -cancel);
+            self.types[t].add_rare(|r| &mut r.returned, cancel);
             let rest = charge.overage - cancel;
             if rest.is_positive() {
-                self.types[t].ledger.returned += rest;
+                self.types[t].add_rare(|r| &mut r.returned, rest);
                 new_grants += 1;
                 let id = format!("reversal-{event_id}-{new_grants}");
                 self.add_grant(
@@ -1737,8 +1838,8 @@ impl Account {
         }
         let t = self.type_index(credit_type);
         for &(serial, amount, basis) in &charge.draws {
-            self.types[t].ledger.returned += amount;
-            self.types[t].revenue.recognized -= money(amount, basis);
+            self.types[t].add_rare(|r| &mut r.returned, amount);
+            self.types[t].recognized -= money(amount, basis);
             match self
                 .grants
                 .iter_mut()
@@ -2039,18 +2140,19 @@ impl Account {
         }
         for t in &self.types {
             let balance = self.balance(t.credit_type);
-            if t.debt.is_negative() {
-                return fail(format!("negative debt {}", t.debt));
+            if t.debt().is_negative() {
+                return fail(format!("negative debt {}", t.debt()));
             }
-            if t.ledger.balance() != balance {
+            let ledger = t.ledger();
+            if ledger.balance() != balance {
                 return fail(format!(
                     "ledger {:?} gives {} but grants minus debt give {}",
-                    t.ledger,
-                    t.ledger.balance(),
+                    ledger,
+                    ledger.balance(),
                     balance
                 ));
             }
-            let r = &t.revenue;
+            let r = t.revenue();
             let expected = r.opening + r.granted - r.recognized - r.breakage - r.removed;
             let deferred = self.deferred(t.credit_type);
             if expected != deferred {

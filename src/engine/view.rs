@@ -27,14 +27,14 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
         if index > 0 {
             out.push(',');
         }
-        let l = &t.ledger;
+        let l = t.ledger();
         out.push_str("{\"credit_type\":");
         push_json_string(&mut out, &catalog.credit_type(t.credit_type).name);
         out.push_str(&format!(
             ",\"balance\":\"{}\",\"held\":\"{}\",\"debt\":\"{}\",\"ledger\":{{\"granted\":\"{}\",\"consumed\":\"{}\",\"expired\":\"{}\",\"voided\":\"{}\",\"adjusted\":\"{}\",\"settled\":\"{}\",\"returned\":\"{}\"}}}}",
             account.balance(t.credit_type),
             account.held(t.credit_type),
-            t.debt,
+            t.debt(),
             l.granted,
             l.consumed,
             l.expired,
