@@ -402,7 +402,7 @@ fn state_table(engine: &Engine, only: Option<&str>) -> String {
                     g.remaining.to_string(),
                     g.amount.to_string(),
                     g.priority,
-                    g.expires_at.map_or_else(|| "never".into(), |e| e.to_string()),
+                    g.expires_at().map_or_else(|| "never".into(), |e| e.to_string()),
                     g.cost_basis
                 );
             }

@@ -53,6 +53,10 @@ impl GrantStatus {
     }
 }
 
+/// A lot of credits. 128 bytes (two cache lines, one allocator size class): what most grants
+/// never use (held credits, a rollover cap, expired credits, a meter scope) is in
+/// [`GrantRare`], boxed and allocated the first time one of them is set; no expiry is stored
+/// as [`NEVER`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Grant {
     /// Unique per account for its lifetime; holds and charge records refer to grants by it.
@@ -63,32 +67,98 @@ pub struct Grant {
     pub status: GrantStatus,
     pub amount: Credits,
     pub remaining: Credits,
-    pub held: Credits,
     pub priority: i32,
     pub effective_at: Instant,
-    pub expires_at: Option<Instant>,
+    /// [`NEVER`] when it does not expire ([`Grant::expires_at`]).
+    expiry: Instant,
     pub cost_basis: Price,
     pub granted_at: Instant,
-    pub scope: Option<Box<[MeterId]>>,
-    /// Allowance grants only: how much may roll over at expiry.
-    pub rollover_cap: Credits,
     /// `grant.expiring` already handled.
     pub warned: bool,
     /// Credits recognised from this lot in the open period (negative after reversals).
     pub recognized_in_period: Credits,
-    /// Credits expired from this lot in the open period.
-    pub expired_in_period: Credits,
+    rare: Option<Box<GrantRare>>,
 }
 
+/// The parts of a [`Grant`] most grants leave empty.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GrantRare {
+    /// Claimed by holds (≤ remaining).
+    pub held: Credits,
+    /// Allowance grants only: how much may roll over at expiry.
+    pub rollover_cap: Credits,
+    /// Credits expired from this lot in the open period.
+    pub expired_in_period: Credits,
+    /// The meters it may pay for (all when `None`).
+    pub scope: Option<Box<[MeterId]>>,
+}
+
+// The layout the memory budget counts on (ARCHITECTURE.md, performance budget).
+#[cfg(target_pointer_width = "64")]
+const _: () = {
+    assert!(std::mem::size_of::<Grant>() == 128);
+    assert!(std::mem::size_of::<TypeState>() == 144);
+};
+
+/// The expiry of a grant that never expires (after every valid timestamp).
+pub const NEVER: Instant = Instant(i64::MAX);
+
+const NO_GRANT_RARE: GrantRare = GrantRare {
+    held: Credits::ZERO,
+    rollover_cap: Credits::ZERO,
+    expired_in_period: Credits::ZERO,
+    scope: None,
+};
+
 impl Grant {
+    pub fn expires_at(&self) -> Option<Instant> {
+        (self.expiry != NEVER).then_some(self.expiry)
+    }
+
+    fn rare(&self) -> &GrantRare {
+        self.rare.as_deref().unwrap_or(&NO_GRANT_RARE)
+    }
+
+    /// Allocates the rare parts on first use: callers write only non-empty values.
+    fn rare_mut(&mut self) -> &mut GrantRare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Credits claimed by holds.
+    pub fn held(&self) -> Credits {
+        self.rare().held
+    }
+
+    pub fn rollover_cap(&self) -> Credits {
+        self.rare().rollover_cap
+    }
+
+    pub fn expired_in_period(&self) -> Credits {
+        self.rare().expired_in_period
+    }
+
+    pub fn scope(&self) -> Option<&[MeterId]> {
+        self.rare().scope.as_deref()
+    }
+
+    /// Heap bytes of the rare parts (the box and its scope).
+    pub fn rare_heap_bytes(&self) -> usize {
+        self.rare.as_ref().map_or(0, |rare| {
+            std::mem::size_of::<GrantRare>() + rare.scope.as_ref().map_or(0, |s| size_of_val(&**s))
+        })
+    }
+
+    /// Adds to the held credits (`amount` may be negative).
+    fn add_held(&mut self, amount: Credits) {
+        if !amount.is_zero() {
+            self.rare_mut().held += amount;
+        }
+    }
+
     fn burn_order(&self, other: &Grant) -> Ordering {
         self.priority
             .cmp(&other.priority)
-            .then_with(|| {
-                let a = self.expires_at.unwrap_or(Instant(i64::MAX));
-                let b = other.expires_at.unwrap_or(Instant(i64::MAX));
-                a.cmp(&b)
-            })
+            .then_with(|| self.expiry.cmp(&other.expiry))
             .then_with(|| self.cost_basis.cmp(&other.cost_basis))
             .then_with(|| self.granted_at.cmp(&other.granted_at))
             .then_with(|| self.id.as_bytes().cmp(other.id.as_bytes()))
@@ -100,15 +170,15 @@ impl Grant {
         self.status == GrantStatus::Live
             && self.credit_type == credit_type
             && self.effective_at <= ts
-            && self.expires_at.is_none_or(|expiry| ts < expiry)
-            && match (meter, &self.scope) {
+            && ts < self.expiry
+            && match (meter, self.scope()) {
                 (Some(meter), Some(scope)) => scope.contains(&meter),
                 _ => true,
             }
     }
 
     fn spendable(&self) -> Credits {
-        self.remaining - self.held
+        self.remaining - self.held()
     }
 }
 
@@ -245,6 +315,13 @@ impl TypeState {
     /// non-zero amounts.
     fn rare_mut(&mut self) -> &mut RareTotals {
         self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Heap bytes of the rare totals (0 while never written).
+    pub fn rare_heap_bytes(&self) -> usize {
+        self.rare
+            .as_ref()
+            .map_or(0, |_| std::mem::size_of::<RareTotals>())
     }
 
     /// Overage owed.
@@ -538,7 +615,7 @@ impl Account {
         self.grants
             .iter()
             .filter(|g| g.credit_type == credit_type)
-            .fold(Credits::ZERO, |sum, g| sum + g.held)
+            .fold(Credits::ZERO, |sum, g| sum + g.held())
     }
 
     fn deferred(&self, credit_type: CreditTypeId) -> Revenue {
@@ -758,6 +835,13 @@ impl Account {
         self.types[t].recognized += money(paid, cost_basis);
         let serial = self.next_serial;
         self.next_serial += 1;
+        let rare = (scope.is_some() || !rollover_cap.is_zero()).then(|| {
+            Box::new(GrantRare {
+                scope,
+                rollover_cap,
+                ..GrantRare::default()
+            })
+        });
         let grant = Grant {
             serial,
             id: id.into(),
@@ -766,17 +850,14 @@ impl Account {
             status: GrantStatus::Live,
             amount,
             remaining: amount - paid,
-            held: Credits::ZERO,
             priority,
             effective_at,
-            expires_at,
+            expiry: expires_at.unwrap_or(NEVER),
             cost_basis,
             granted_at,
-            scope,
-            rollover_cap,
             warned: false,
             recognized_in_period: paid,
-            expired_in_period: Credits::ZERO,
+            rare,
         };
         let position = self
             .grants
@@ -851,8 +932,8 @@ impl Account {
         let mut released = Credits::ZERO;
         for &(serial, amount) in claims {
             if let Some(grant) = self.grant_by_serial(serial) {
-                let amount = amount.min(grant.held);
-                grant.held -= amount;
+                let amount = amount.min(grant.held());
+                grant.add_held(-amount);
                 released += amount;
             }
         }
@@ -888,7 +969,7 @@ impl Account {
             if grant.status != GrantStatus::Live {
                 continue;
             }
-            if let Some(expires_at) = grant.expires_at {
+            if let Some(expires_at) = grant.expires_at() {
                 consider(expires_at, Due::GrantExpiry(index));
                 if let (Some(lead), false) = (lead, grant.warned) {
                     consider(expires_at.saturating_sub(lead), Due::Expiring(index));
@@ -961,14 +1042,14 @@ impl Account {
             let g = &mut self.grants[index];
             let remaining = g.remaining;
             g.remaining = Credits::ZERO;
-            g.held = Credits::ZERO;
+            g.add_held(-g.held());
             g.status = GrantStatus::Expired;
             (
                 g.serial,
                 g.credit_type,
                 remaining,
                 g.cost_basis,
-                g.rollover_cap,
+                g.rollover_cap(),
                 g.source,
             )
         };
@@ -983,9 +1064,11 @@ impl Account {
         self.types[t].add_rare(|r| &mut r.expired, expired);
         self.types[t].add_rare(|r| &mut r.breakage, money(expired, basis));
         let grant = &mut self.grants[index];
-        grant.expired_in_period += expired;
+        if !expired.is_zero() {
+            grant.rare_mut().expired_in_period += expired;
+        }
         let grant_id = grant.id.to_string();
-        let (priority, scope) = (grant.priority, grant.scope.clone());
+        let (priority, scope) = (grant.priority, grant.scope().map(Box::<[MeterId]>::from));
         if expired.is_positive() {
             let id = format!("expired:{}:{}:{}", self.id, grant_id, serial);
             let credit_type_name = ctx.catalog.credit_type(credit_type).name.clone();
@@ -1032,7 +1115,7 @@ impl Account {
             grant_id: grant.id.to_string(),
             credit_type: ctx.catalog.credit_type(grant.credit_type).name.clone(),
             remaining: grant.remaining,
-            expires_at: grant.expires_at.unwrap_or(at),
+            expires_at: grant.expires_at().unwrap_or(at),
         };
         let id = format!("expiring:{}:{}:{}", self.id, grant.id, grant.serial);
         self.emit(ctx, id, at, body);
@@ -1062,7 +1145,7 @@ impl Account {
         }
         self.emit_revenue(ctx, at);
         self.grants.retain(|g| {
-            g.status == GrantStatus::Live && (g.remaining.is_positive() || g.held.is_positive())
+            g.status == GrantStatus::Live && (g.remaining.is_positive() || g.held().is_positive())
         });
         self.open_period(ctx, at, next_end, at);
     }
@@ -1090,15 +1173,15 @@ impl Account {
                 .iter()
                 .filter(|g| {
                     g.credit_type == credit_type
-                        && (!g.recognized_in_period.is_zero() || !g.expired_in_period.is_zero())
+                        && (!g.recognized_in_period.is_zero() || !g.expired_in_period().is_zero())
                 })
                 .map(|g| RevenueLot {
                     grant_id: g.id.to_string(),
                     cost_basis: g.cost_basis,
                     recognized_credits: g.recognized_in_period,
                     recognized: money(g.recognized_in_period, g.cost_basis),
-                    breakage_credits: g.expired_in_period,
-                    breakage: money(g.expired_in_period, g.cost_basis),
+                    breakage_credits: g.expired_in_period(),
+                    breakage: money(g.expired_in_period(), g.cost_basis),
                 })
                 .collect();
             let name = ctx.catalog.credit_type(credit_type).name.clone();
@@ -1140,7 +1223,9 @@ impl Account {
         }
         for grant in &mut self.grants {
             grant.recognized_in_period = Credits::ZERO;
-            grant.expired_in_period = Credits::ZERO;
+            if let Some(rare) = &mut grant.rare {
+                rare.expired_in_period = Credits::ZERO;
+            }
         }
         let catalog = ctx.catalog;
         let plan = self.plan(catalog);
@@ -1696,7 +1781,7 @@ impl Account {
         let removed = grant.remaining;
         let (serial, credit_type, basis) = (grant.serial, grant.credit_type, grant.cost_basis);
         grant.remaining = Credits::ZERO;
-        grant.held = Credits::ZERO;
+        grant.add_held(-grant.held());
         grant.status = GrantStatus::Voided;
         self.drop_claims_on(serial);
         let t = self.type_index(credit_type);
@@ -1943,7 +2028,7 @@ impl Account {
             }
             let take = rest.min(grant.spendable());
             if take.is_positive() {
-                grant.held += take;
+                grant.add_held(take);
                 rest -= take;
                 claims.push((grant.serial, take));
             }
@@ -2110,12 +2195,14 @@ impl Account {
         }
         for grant in &self.grants {
             if grant.remaining.is_negative()
-                || grant.held.is_negative()
-                || grant.held > grant.remaining
+                || grant.held().is_negative()
+                || grant.held() > grant.remaining
             {
                 return fail(format!(
                     "grant {}: remaining {} held {}",
-                    grant.id, grant.remaining, grant.held
+                    grant.id,
+                    grant.remaining,
+                    grant.held()
                 ));
             }
             if grant.status != GrantStatus::Live && !grant.remaining.is_zero() {
@@ -2131,10 +2218,12 @@ impl Account {
                 .flat_map(|h| h.claims.iter())
                 .filter(|c| c.0 == grant.serial)
                 .fold(Credits::ZERO, |s, c| s + c.1);
-            if claimed != grant.held {
+            if claimed != grant.held() {
                 return fail(format!(
                     "grant {}: held {} but holds claim {}",
-                    grant.id, grant.held, claimed
+                    grant.id,
+                    grant.held(),
+                    claimed
                 ));
             }
         }

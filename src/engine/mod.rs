@@ -298,6 +298,7 @@ impl Partition {
             }
             heap.types += account.types.capacity() * size_of::<account::TypeState>();
             for state in &account.types {
+                heap.types += state.rare_heap_bytes();
                 heap.alerts += state.alerts.capacity() * size_of::<account::AlertState>()
                     + state.alerts.iter().map(|a| a.name.len()).sum::<usize>();
             }
@@ -305,7 +306,7 @@ impl Partition {
                 + account
                     .grants
                     .iter()
-                    .map(|g| g.id.len() + g.scope.as_ref().map_or(0, |s| size_of_val(&**s)))
+                    .map(|g| g.id.len() + g.rare_heap_bytes())
                     .sum::<usize>();
             heap.lines += account.lines.capacity() * size_of::<account::Line>();
             heap.other += account.holds.capacity() * size_of::<account::Hold>();

@@ -59,16 +59,16 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
             g.status.name(),
             g.amount,
             g.remaining,
-            g.held,
+            g.held(),
             g.priority,
             g.effective_at
         ));
-        match g.expires_at {
+        match g.expires_at() {
             Some(at) => out.push_str(&format!("\"{at}\"")),
             None => out.push_str("null"),
         }
         out.push_str(&format!(",\"cost_basis\":\"{}\",\"scope\":", g.cost_basis));
-        match &g.scope {
+        match g.scope() {
             None => out.push_str("null"),
             Some(meters) => {
                 out.push('[');
