@@ -204,7 +204,7 @@ fn snapshot_bytes_are_pinned_to_the_format_version() {
     let pinned = (creditflow::snapshot::FORMAT_VERSION, hasher.digest());
     assert_eq!(
         pinned,
-        (5, 5_804_915_906_100_205_636),
+        (6, 14_605_777_535_407_980_938),
         "snapshot bytes changed: bump snapshot::FORMAT_VERSION if the layout changed, then pin the new pair"
     );
 }

@@ -387,7 +387,7 @@ fn state_table(engine: &Engine, only: Option<&str>) -> String {
                 account.held(t.credit_type).to_string(),
                 t.debt().to_string(),
                 live,
-                account.holds.len()
+                account.holds().len()
             );
         }
         if only.is_some() {
@@ -406,7 +406,7 @@ fn state_table(engine: &Engine, only: Option<&str>) -> String {
                     g.cost_basis
                 );
             }
-            for h in &account.holds {
+            for h in account.holds() {
                 let _ = writeln!(
                     s,
                     "    hold {:<29} {:>12} held until {}",

@@ -98,6 +98,7 @@ pub struct GrantRare {
 const _: () = {
     assert!(std::mem::size_of::<Grant>() == 128);
     assert!(std::mem::size_of::<TypeState>() == 144);
+    assert!(std::mem::size_of::<Account>() == 160);
 };
 
 /// The expiry of a grant that never expires (after every valid timestamp).
@@ -446,27 +447,42 @@ pub struct Account {
     /// Inline when short (account ids usually are): compared in place by the partition index.
     pub id: ShortStr,
     pub plan: PlanId,
-    /// The `set_policy` override: its canonical JSON and its compiled form.
-    pub policy_override: Option<Box<(String, Policy)>>,
     pub clock: Instant,
     pub period_start: Instant,
     pub period_end: Instant,
-    pub flush_due: Option<Instant>,
+    /// When the dirty invoice lines are flushed next ([`NO_TIMER`]: none are dirty).
+    pub flush_due: Instant,
     /// Earliest time this account has an entry in its partition's timer heap.
     pub timer: Instant,
     pub types: Vec<TypeState>,
     pub grants: Vec<Grant>,
-    /// Sorted by id.
-    pub holds: Vec<Hold>,
     /// Lines of the open period.
     pub lines: Vec<Line>,
-    pub topups_in_period: u32,
-    pub last_topup: Option<Instant>,
     pub next_serial: u32,
     /// 1 for the account's first period, +1 at every period opened: what invoice line and
     /// revenue ids name a period by (two periods can share a start instant).
     pub period_number: u32,
+    /// Policy override, holds, top-up counters: allocated the first time one is set.
+    rare: Option<Box<AccountRare>>,
 }
+
+/// The parts of an [`Account`] most accounts never use (160 bytes of record instead of 208).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AccountRare {
+    /// The `set_policy` override: its canonical JSON and its compiled form.
+    pub policy_override: Option<Box<(String, Policy)>>,
+    /// Sorted by id.
+    pub holds: Vec<Hold>,
+    pub topups_in_period: u32,
+    pub last_topup: Option<Instant>,
+}
+
+static NO_ACCOUNT_RARE: AccountRare = AccountRare {
+    policy_override: None,
+    holds: Vec::new(),
+    topups_in_period: 0,
+    last_topup: None,
+};
 
 /// What a charge should do when credits run out.
 #[derive(Clone, Copy, Debug)]
@@ -517,20 +533,17 @@ impl Account {
         let mut account = Account {
             id: id.into(),
             plan,
-            policy_override: None,
             clock: ts,
             period_start: start,
             period_end: end,
-            flush_due: None,
+            flush_due: NO_TIMER,
             timer: NO_TIMER,
             types: Vec::new(),
             grants: Vec::new(),
-            holds: Vec::new(),
             lines: Vec::new(),
-            topups_in_period: 0,
-            last_topup: None,
             next_serial: 1,
             period_number: 0,
+            rare: None,
         };
         account.open_period(ctx, start, end, ts);
         account
@@ -553,12 +566,43 @@ impl Account {
         prefetch_bytes(self.lines.as_ptr(), std::mem::size_of_val(&self.lines[..]));
     }
 
+    fn rare(&self) -> &AccountRare {
+        self.rare.as_deref().unwrap_or(&NO_ACCOUNT_RARE)
+    }
+
+    /// Allocates the rare parts on first use: callers write only non-empty values.
+    fn rare_mut(&mut self) -> &mut AccountRare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Open holds, sorted by id.
+    pub fn holds(&self) -> &[Hold] {
+        &self.rare().holds
+    }
+
+    /// The `set_policy` override: its canonical JSON and its compiled form.
+    pub fn policy_override(&self) -> Option<&(String, Policy)> {
+        self.rare().policy_override.as_deref()
+    }
+
+    /// Heap bytes of the rare parts (box, override, holds).
+    pub fn rare_heap_bytes(&self) -> usize {
+        self.rare.as_ref().map_or(0, |rare| {
+            std::mem::size_of::<AccountRare>()
+                + rare
+                    .policy_override
+                    .as_ref()
+                    .map_or(0, |p| size_of_val(&**p) + p.0.capacity())
+                + rare.holds.capacity() * std::mem::size_of::<Hold>()
+        })
+    }
+
     fn plan<'c>(&self, catalog: &'c Catalog) -> &'c Plan {
         catalog.plan(self.plan)
     }
 
     fn policy<'s>(&'s self, catalog: &'s Catalog) -> &'s Policy {
-        match &self.policy_override {
+        match self.policy_override() {
             Some(over) => &over.1,
             None => &catalog.plan(self.plan).policy,
         }
@@ -711,10 +755,10 @@ impl Account {
         line.credits += credits;
         line.money += money;
         line.dirty = true;
-        if self.flush_due.is_none() {
+        if self.flush_due == NO_TIMER {
             let interval = catalog.rules.flush_interval.millis().max(1);
             let next = (self.clock.millis().div_euclid(interval) + 1) * interval;
-            self.flush_due = Some(Instant(next));
+            self.flush_due = Instant(next);
         }
     }
 
@@ -759,7 +803,7 @@ impl Account {
     }
 
     fn flush(&mut self, ctx: &mut Context<'_>, ts: Instant) {
-        self.flush_due = None;
+        self.flush_due = NO_TIMER;
         self.lines.sort_by_key(Line::order_key);
         let mut lines = std::mem::take(&mut self.lines);
         for line in lines.iter_mut().filter(|l| l.dirty) {
@@ -942,8 +986,10 @@ impl Account {
 
     /// A grant lost its credits (expiry, void): holds lose their claims on it.
     fn drop_claims_on(&mut self, serial: u32) {
-        for hold in &mut self.holds {
-            hold.claims.retain(|c| c.0 != serial);
+        if let Some(rare) = &mut self.rare {
+            for hold in &mut rare.holds {
+                hold.claims.retain(|c| c.0 != serial);
+            }
         }
     }
 
@@ -961,7 +1007,7 @@ impl Account {
                 best = Some((at, due));
             }
         };
-        for (index, hold) in self.holds.iter().enumerate() {
+        for (index, hold) in self.holds().iter().enumerate() {
             consider(hold.expires_at, Due::HoldExpiry(index));
         }
         let lead = self.plan(catalog).expiring_lead;
@@ -977,8 +1023,8 @@ impl Account {
             }
         }
         consider(self.period_end, Due::PeriodClose);
-        if let Some(flush) = self.flush_due {
-            consider(flush, Due::Flush);
+        if self.flush_due != NO_TIMER {
+            consider(self.flush_due, Due::Flush);
         }
         best
     }
@@ -1023,7 +1069,7 @@ impl Account {
     }
 
     fn expire_hold(&mut self, ctx: &mut Context<'_>, index: usize, at: Instant) {
-        let hold = self.holds.remove(index);
+        let hold = self.rare_mut().holds.remove(index);
         let released = self.release_claims(&hold.claims);
         let id = format!("hold:{}:{}:{}:expired", self.id, hold.id, hold.serial);
         self.emit(
@@ -1136,7 +1182,7 @@ impl Account {
             t.add_rare(|r| &mut r.settled, debt);
             t.add_rare(|r| &mut r.debt, -debt);
         }
-        self.flush_due = None;
+        self.flush_due = NO_TIMER;
         self.lines.sort_by_key(Line::order_key);
         let mut lines = std::mem::take(&mut self.lines);
         for line in &mut lines {
@@ -1207,7 +1253,9 @@ impl Account {
         self.period_start = start;
         self.period_number += 1;
         self.period_end = end;
-        self.topups_in_period = 0;
+        if let Some(rare) = &mut self.rare {
+            rare.topups_in_period = 0;
+        }
         for index in 0..self.types.len() {
             let credit_type = self.types[index].credit_type;
             let opening = self.deferred(credit_type);
@@ -1404,8 +1452,9 @@ impl Account {
     // ---------------------------------------------------------------- charging
 
     fn topup_allowed(&self, rule: &TopupRule, ts: Instant) -> bool {
-        self.topups_in_period < rule.max_per_period
-            && self
+        let rare = self.rare();
+        rare.topups_in_period < rule.max_per_period
+            && rare
                 .last_topup
                 .is_none_or(|last| ts >= last.saturating_add(rule.cooldown))
     }
@@ -1453,8 +1502,9 @@ impl Account {
         let t = self.type_index(rule.credit_type);
         self.types[t].granted += amount;
         self.types[t].period_base += amount;
-        self.topups_in_period += 1;
-        self.last_topup = Some(ts);
+        let rare = self.rare_mut();
+        rare.topups_in_period += 1;
+        rare.last_topup = Some(ts);
         let exact = money(amount, rule.price);
         self.book(
             ctx.catalog,
@@ -1691,7 +1741,9 @@ impl Account {
                 (None, ResultDetail::None, Remembered::Applied)
             }
             CommandKind::SetPolicy(policy) => {
-                self.policy_override = policy.clone();
+                if policy.is_some() || self.rare.is_some() {
+                    self.rare_mut().policy_override = policy.clone();
+                }
                 (None, ResultDetail::None, Remembered::Applied)
             }
             CommandKind::Adjust {
@@ -2005,10 +2057,10 @@ impl Account {
             credits_reserved: Credits::ZERO,
             quantity_reserved: Quantity::ZERO,
         };
-        if self.holds.iter().any(|h| *h.id == *reserve.hold_id) {
+        if self.holds().iter().any(|h| *h.id == *reserve.hold_id) {
             return (Some("hold_exists"), zero, Remembered::Applied);
         }
-        if self.holds.len() >= ctx.catalog.rules.holds_per_account_max {
+        if self.holds().len() >= ctx.catalog.rules.holds_per_account_max {
             return (Some("hold_limit"), zero, Remembered::Applied);
         }
         let priced = priced.expect("reserve is priced before it is applied");
@@ -2048,9 +2100,10 @@ impl Account {
             expires_at: ts.saturating_add(reserve.ttl),
             claims,
         };
-        let position = self.holds.partition_point(|h| h.id < hold.id);
-        self.holds.reserve_exact(1);
-        self.holds.insert(position, hold);
+        let holds = &mut self.rare_mut().holds;
+        let position = holds.partition_point(|h| h.id < hold.id);
+        holds.reserve_exact(1);
+        holds.insert(position, hold);
         (
             None,
             ResultDetail::Reserve {
@@ -2118,7 +2171,7 @@ impl Account {
     }
 
     pub fn hold(&self, hold_id: &str) -> Option<&Hold> {
-        self.holds.iter().find(|h| &*h.id == hold_id)
+        self.holds().iter().find(|h| &*h.id == hold_id)
     }
 
     fn commit(
@@ -2129,14 +2182,14 @@ impl Account {
         hold_id: &str,
         priced: Option<&Priced>,
     ) -> (Option<&'static str>, ResultDetail, Remembered) {
-        let Some(index) = self.holds.iter().position(|h| &*h.id == hold_id) else {
+        let Some(index) = self.holds().iter().position(|h| &*h.id == hold_id) else {
             let detail = ResultDetail::Commit {
                 credits_charged: Credits::ZERO,
                 credits_unpaid: Credits::ZERO,
             };
             return (Some("unknown_hold"), detail, Remembered::Applied);
         };
-        let hold = self.holds.remove(index);
+        let hold = self.rare_mut().holds.remove(index);
         self.release_claims(&hold.claims);
         let priced = priced.expect("commit is priced before it is applied");
         let (payment, post) = self.pay(
@@ -2160,7 +2213,7 @@ impl Account {
     }
 
     fn release(&mut self, hold_id: &str) -> (Option<&'static str>, ResultDetail, Remembered) {
-        let Some(index) = self.holds.iter().position(|h| &*h.id == hold_id) else {
+        let Some(index) = self.holds().iter().position(|h| &*h.id == hold_id) else {
             return (
                 Some("unknown_hold"),
                 ResultDetail::Release {
@@ -2169,7 +2222,7 @@ impl Account {
                 Remembered::Applied,
             );
         };
-        let hold = self.holds.remove(index);
+        let hold = self.rare_mut().holds.remove(index);
         let released = self.release_claims(&hold.claims);
         (
             None,
@@ -2213,7 +2266,7 @@ impl Account {
                 ));
             }
             let claimed = self
-                .holds
+                .holds()
                 .iter()
                 .flat_map(|h| h.claims.iter())
                 .filter(|c| c.0 == grant.serial)

@@ -293,9 +293,7 @@ impl Partition {
             if let compact::ShortStr::Heap(id) = &account.id {
                 heap.other += id.len();
             }
-            if let Some(policy) = &account.policy_override {
-                heap.other += size_of_val(&**policy) + policy.0.capacity();
-            }
+            heap.other += account.rare_heap_bytes();
             heap.types += account.types.capacity() * size_of::<account::TypeState>();
             for state in &account.types {
                 heap.types += state.rare_heap_bytes();
@@ -309,7 +307,6 @@ impl Partition {
                     .map(|g| g.id.len() + g.rare_heap_bytes())
                     .sum::<usize>();
             heap.lines += account.lines.capacity() * size_of::<account::Line>();
-            heap.other += account.holds.capacity() * size_of::<account::Hold>();
         }
         heap
     }

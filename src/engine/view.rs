@@ -13,7 +13,7 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
     out.push_str(",\"plan\":");
     push_json_string(&mut out, &catalog.plan(account.plan).name);
     out.push_str(",\"policy_override\":");
-    match &account.policy_override {
+    match account.policy_override() {
         // Already canonical JSON text (an object): written as is, not as a string.
         Some(over) => out.push_str(&over.0),
         None => out.push_str("null"),
@@ -84,7 +84,7 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
         out.push('}');
     }
     out.push_str("],\"holds\":[");
-    for (index, h) in account.holds.iter().enumerate() {
+    for (index, h) in account.holds().iter().enumerate() {
         if index > 0 {
             out.push(',');
         }
