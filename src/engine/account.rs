@@ -97,7 +97,7 @@ pub struct GrantRare {
 #[cfg(target_pointer_width = "64")]
 const _: () = {
     assert!(std::mem::size_of::<Grant>() == 128);
-    assert!(std::mem::size_of::<TypeState>() == 144);
+    assert!(std::mem::size_of::<TypeState>() == 128);
     assert!(std::mem::size_of::<Account>() == 160);
 };
 
@@ -242,11 +242,13 @@ pub struct AlertState {
 /// Per credit type state of an account.
 ///
 /// The totals a usage event moves are inline; the ones most accounts never move (debt,
-/// expiry, voids, adjustments, settlement, returns, breakage, removals) are in [`RareTotals`],
-/// boxed and allocated the first time one of them is written non-zero. A type state is 144
-/// bytes instead of 256 with all of them inline; an account that has them pays 128 more.
+/// expiry, voids, adjustments, settlement, returns, breakage, removals) and the alert states
+/// are in [`RareTotals`], boxed and allocated the first time one of them is written non-zero
+/// or an alert first fires. A type state is 112 bytes instead of 256 with all of them inline;
+/// an account that has them pays 160 more (and its alert states).
 /// [`TypeState::ledger`] and [`TypeState::revenue`] give the full totals.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[repr(align(64))]
 pub struct TypeState {
     pub credit_type: CreditTypeId,
     /// Ledger: credits granted (lifetime).
@@ -261,12 +263,11 @@ pub struct TypeState {
     pub revenue_granted: Revenue,
     /// Revenue this period: recognised.
     pub recognized: Revenue,
-    pub alerts: Vec<AlertState>,
     rare: Option<Box<RareTotals>>,
 }
 
-/// The totals of a [`TypeState`] that most accounts leave at zero.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// The parts of a [`TypeState`] that most accounts leave at zero or empty.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RareTotals {
     /// Overage owed (≥ 0).
     pub debt: Credits,
@@ -279,9 +280,11 @@ pub struct RareTotals {
     pub breakage: Revenue,
     /// Revenue this period: removed by voids and negative adjustments.
     pub removed: Revenue,
+    /// Alert thresholds ever crossed (a state is created at its first crossing).
+    pub alerts: Vec<AlertState>,
 }
 
-const NO_RARE_TOTALS: RareTotals = RareTotals {
+static NO_RARE_TOTALS: RareTotals = RareTotals {
     debt: Credits::ZERO,
     expired: Credits::ZERO,
     voided: Credits::ZERO,
@@ -290,6 +293,7 @@ const NO_RARE_TOTALS: RareTotals = RareTotals {
     returned: Credits::ZERO,
     breakage: Revenue::ZERO,
     removed: Revenue::ZERO,
+    alerts: Vec::new(),
 };
 
 impl TypeState {
@@ -302,7 +306,6 @@ impl TypeState {
             revenue_opening: Revenue::ZERO,
             revenue_granted: Revenue::ZERO,
             recognized: Revenue::ZERO,
-            alerts: Vec::new(),
             rare: None,
         }
     }
@@ -318,11 +321,18 @@ impl TypeState {
         self.rare.get_or_insert_with(Box::default)
     }
 
-    /// Heap bytes of the rare totals (0 while never written).
+    /// Heap bytes of the rare totals without the alert states (0 while never written).
     pub fn rare_heap_bytes(&self) -> usize {
         self.rare
             .as_ref()
             .map_or(0, |_| std::mem::size_of::<RareTotals>())
+    }
+
+    /// Heap bytes of the alert states, names included.
+    pub fn alert_heap_bytes(&self) -> usize {
+        let alerts = &self.rare().alerts;
+        alerts.capacity() * std::mem::size_of::<AlertState>()
+            + alerts.iter().map(|a| a.name.len()).sum::<usize>()
     }
 
     /// Overage owed.
@@ -1375,13 +1385,18 @@ impl Account {
         base: Credits,
         at: Instant,
     ) {
-        let states = &mut self.types[index].alerts;
-        let state = match states.iter().position(|s| &*s.name == name) {
-            Some(position) => &mut states[position],
+        let position = self.types[index]
+            .rare()
+            .alerts
+            .iter()
+            .position(|s| &*s.name == name);
+        let state = match position {
+            Some(position) => &mut self.types[index].rare_mut().alerts[position],
             // A threshold without a state has never been crossed: not below, no counts. Its state
             // is created at its first crossing, so an account that never runs low stores none.
             None if !below => return,
             None => {
+                let states = &mut self.types[index].rare_mut().alerts;
                 states.reserve_exact(1);
                 states.push(AlertState {
                     name: name.into(),
@@ -1402,6 +1417,7 @@ impl Account {
             .name
             .clone();
         let state = self.types[index]
+            .rare_mut()
             .alerts
             .iter_mut()
             .find(|s| &*s.name == name)

@@ -297,8 +297,7 @@ impl Partition {
             heap.types += account.types.capacity() * size_of::<account::TypeState>();
             for state in &account.types {
                 heap.types += state.rare_heap_bytes();
-                heap.alerts += state.alerts.capacity() * size_of::<account::AlertState>()
-                    + state.alerts.iter().map(|a| a.name.len()).sum::<usize>();
+                heap.alerts += state.alert_heap_bytes();
             }
             heap.grants += account.grants.capacity() * size_of::<account::Grant>()
                 + account
