@@ -216,7 +216,7 @@ impl SmallCharge {
     }
 }
 
-/// A slot's serialized form (the layout of format version 3: the key, the entry with its
+/// A slot's serialized form (the layout since format version 3: the key, the entry with its
 /// charge record in full, the replaced flag).
 #[derive(Serialize, Deserialize)]
 #[serde(rename = "Slot")]
@@ -733,7 +733,7 @@ mod tests {
     }
 
     /// Every shape of charge comes back exactly as it went in, whether kept small or boxed, and
-    /// serializes as the full record would (format version 3).
+    /// serializes as the full record would (the layout since format version 3).
     #[test]
     fn charges_small_and_large_come_back_exactly_and_serialize_in_full() {
         let big = i128::from(i64::MAX) + 1;
