@@ -147,23 +147,14 @@ fn memory_report(catalog: &Arc<Catalog>) {
     // meters (what the issue measures). Their remembered ids are counted with the dedupe index,
     // which is bounded by its window, not by the number of accounts.
     let meters = meters(catalog);
-    let mut out = Vec::new();
-    let mut id_buffer = String::new();
     let mut seq = n as u64;
-    for account in 0..n {
-        for _ in 0..3 {
-            seq += 1;
-            apply_usage(
-                &mut engine,
-                &ids,
-                &meters,
-                seq,
-                account,
-                &mut id_buffer,
-                &mut out,
-            );
-        }
-    }
+    apply_usages(
+        &mut engine,
+        &ids,
+        &meters,
+        &mut seq,
+        (0..n).flat_map(|account| [account; 3]),
+    );
     let after = LIVE.load(Ordering::Relaxed);
     let dedupe_bytes: usize = engine
         .partitions()
@@ -255,6 +246,22 @@ fn apply_usage(
     out.clear();
 }
 
+/// Applies one usage event for each account `accounts` yields, numbering them from `seq` + 1.
+fn apply_usages(
+    engine: &mut Engine,
+    ids: &[String],
+    meters: &[(creditflow::catalog::MeterId, Vec<(String, String)>); 3],
+    seq: &mut u64,
+    accounts: impl Iterator<Item = usize>,
+) {
+    let mut out = Vec::new();
+    let mut id_buffer = String::new();
+    for account in accounts {
+        *seq += 1;
+        apply_usage(engine, ids, meters, *seq, account, &mut id_buffer, &mut out);
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let catalog = catalog();
     memory_report(&catalog);
@@ -270,18 +277,13 @@ fn bench(c: &mut Criterion) {
     // that would otherwise dominate the first measurements.
     let warm_up = catalog.rules.dedupe_entries_max;
     let started = WallInstant::now();
-    for i in 0..warm_up {
-        seq += 1;
-        apply_usage(
-            &mut engine,
-            &ids,
-            &meters,
-            seq,
-            i % n,
-            &mut id_buffer,
-            &mut out,
-        );
-    }
+    apply_usages(
+        &mut engine,
+        &ids,
+        &meters,
+        &mut seq,
+        (0..warm_up).map(|i| i % n),
+    );
     println!(
         "warm-up: {warm_up} usage events in {:.1} s (dedupe index filled to its bound)",
         started.elapsed().as_secs_f64()
