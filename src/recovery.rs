@@ -201,8 +201,7 @@ pub async fn recover(
 
     let mut restored = Vec::with_capacity(partitions as usize);
     let mut floor = u64::MAX;
-    for number in 0..partitions {
-        let files = store.load(number);
+    for (number, files) in (0..partitions).zip(store.load_all(partitions)) {
         match files.loaded {
             Some(loaded) => {
                 if loaded.header.partition_count != partitions {
