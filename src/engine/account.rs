@@ -98,8 +98,24 @@ pub struct GrantRare {
 const _: () = {
     assert!(std::mem::size_of::<Grant>() == 128);
     assert!(std::mem::size_of::<TypeState>() == 128);
-    assert!(std::mem::size_of::<Account>() == 160);
+    assert!(std::mem::size_of::<Account>() == 136);
 };
+
+/// Inserts `value` at `index` of a boxed slice, which grows by exactly one (per-account lists
+/// are short and grow rarely: a new credit type, grant or invoice line).
+fn insert_one<T>(slice: &mut Box<[T]>, index: usize, value: T) {
+    let mut items = std::mem::take(slice).into_vec();
+    items.reserve_exact(1);
+    items.insert(index, value);
+    *slice = items.into_boxed_slice();
+}
+
+/// Keeps the elements of a boxed slice for which `keep` is true, in order.
+fn retain_in<T>(slice: &mut Box<[T]>, keep: impl FnMut(&T) -> bool) {
+    let mut items = std::mem::take(slice).into_vec();
+    items.retain(keep);
+    *slice = items.into_boxed_slice();
+}
 
 /// The expiry of a grant that never expires (after every valid timestamp).
 pub const NEVER: Instant = Instant(i64::MAX);
@@ -464,10 +480,13 @@ pub struct Account {
     pub flush_due: Instant,
     /// Earliest time this account has an entry in its partition's timer heap.
     pub timer: Instant,
-    pub types: Vec<TypeState>,
-    pub grants: Vec<Grant>,
+    /// Per-account lists are boxed slices, exactly as long as their contents (8 bytes less
+    /// each than a `Vec`'s header; they grow rarely, one element at a time, through
+    /// [`insert_one`] and [`retain_in`]). Serialized as sequences, like a `Vec`.
+    pub types: Box<[TypeState]>,
+    pub grants: Box<[Grant]>,
     /// Lines of the open period.
-    pub lines: Vec<Line>,
+    pub lines: Box<[Line]>,
     pub next_serial: u32,
     /// 1 for the account's first period, +1 at every period opened: what invoice line and
     /// revenue ids name a period by (two periods can share a start instant).
@@ -548,9 +567,9 @@ impl Account {
             period_end: end,
             flush_due: NO_TIMER,
             timer: NO_TIMER,
-            types: Vec::new(),
-            grants: Vec::new(),
-            lines: Vec::new(),
+            types: Box::default(),
+            grants: Box::default(),
+            lines: Box::default(),
             next_serial: 1,
             period_number: 0,
             rare: None,
@@ -643,9 +662,7 @@ impl Account {
         {
             Ok(index) => index,
             Err(index) => {
-                // Per-account vectors are small: grow by one, not to the default 4.
-                self.types.reserve_exact(1);
-                self.types.insert(index, TypeState::new(credit_type));
+                insert_one(&mut self.types, index, TypeState::new(credit_type));
                 index
             }
         }
@@ -731,17 +748,21 @@ impl Account {
         let index = match position {
             Some(index) => index,
             None => {
-                self.lines.reserve_exact(1);
-                self.lines.push(Line {
-                    kind,
-                    meter,
-                    credit_type,
-                    quantity: Quantity::ZERO,
-                    credits: Credits::ZERO,
-                    money: Revenue::ZERO,
-                    version: 0,
-                    dirty: false,
-                });
+                let end = self.lines.len();
+                insert_one(
+                    &mut self.lines,
+                    end,
+                    Line {
+                        kind,
+                        meter,
+                        credit_type,
+                        quantity: Quantity::ZERO,
+                        credits: Credits::ZERO,
+                        money: Revenue::ZERO,
+                        version: 0,
+                        dirty: false,
+                    },
+                );
                 self.lines.len() - 1
             }
         };
@@ -916,8 +937,7 @@ impl Account {
         let position = self
             .grants
             .partition_point(|g| g.burn_order(&grant) == Ordering::Less);
-        self.grants.reserve_exact(1);
-        self.grants.insert(position, grant);
+        insert_one(&mut self.grants, position, grant);
         if paid.is_positive() {
             let price = self.overage_price(ctx.catalog);
             self.book(
@@ -1200,7 +1220,7 @@ impl Account {
             self.emit_line(ctx, line, at, true);
         }
         self.emit_revenue(ctx, at);
-        self.grants.retain(|g| {
+        retain_in(&mut self.grants, |g| {
             g.status == GrantStatus::Live && (g.remaining.is_positive() || g.held().is_positive())
         });
         self.open_period(ctx, at, next_end, at);
