@@ -748,10 +748,10 @@ impl Account {
         let index = match position {
             Some(index) => index,
             None => {
-                let end = self.lines.len();
+                let index = self.lines.len();
                 insert_one(
                     &mut self.lines,
-                    end,
+                    index,
                     Line {
                         kind,
                         meter,
@@ -763,7 +763,7 @@ impl Account {
                         dirty: false,
                     },
                 );
-                self.lines.len() - 1
+                index
             }
         };
         &mut self.lines[index]
