@@ -294,18 +294,18 @@ impl Partition {
                 heap.other += id.len();
             }
             heap.other += account.rare_heap_bytes();
-            heap.types += account.types.len() * size_of::<account::TypeState>();
+            heap.types += size_of_val(&*account.types);
             for state in &account.types {
                 heap.types += state.rare_heap_bytes();
                 heap.alerts += state.alert_heap_bytes();
             }
-            heap.grants += account.grants.len() * size_of::<account::Grant>()
+            heap.grants += size_of_val(&*account.grants)
                 + account
                     .grants
                     .iter()
                     .map(|g| g.id.len() + g.rare_heap_bytes())
                     .sum::<usize>();
-            heap.lines += account.lines.len() * size_of::<account::Line>();
+            heap.lines += size_of_val(&*account.lines);
         }
         heap
     }
