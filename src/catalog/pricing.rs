@@ -8,13 +8,15 @@
 //! panic on a value an event can carry. Any arithmetic that does not fit exactly is
 //! [`PriceError::CostOverflow`], a verdict the engine dead-letters, the same on every replay.
 //!
-//! Hot path: this runs once per event, millions of times a second. The common case (unit model,
-//! no dimension rules, no windows, no increment, no minimum) takes a fast path (`price_unit`):
-//! one multiplication and one division by a power of ten, each a single `u64` instruction when
-//! the numbers fit (they do for any realistic event), with no allocation and no normalizing
-//! loop. Everything else takes the general path (`price_general`), which follows §13 literally
-//! with `Dec`. Both give identical results: every golden row runs both, and proptests compare
-//! them on random prices.
+//! Hot path: this runs once per event, millions of times a second. The common case, a price
+//! that is one rate times the quantity (no windows, increment or minimum; a unit rate, possibly
+//! replaced by a matched dimension rule, or a volume tier's rate; no multiplier), takes a fast
+//! path (`price_one_rate`, then `price_unit`): one multiplication and one division by a power
+//! of ten, each a single `u64` instruction when the numbers fit (they do for any realistic
+//! event), with no allocation and no normalizing loop. Everything else takes the general path
+//! (`price_general`), which follows §13 literally with `Dec`. Both give identical results: every
+//! golden row runs both, and proptests compare them on random prices, dimension rules and
+//! tiers.
 //!
 //! Invariants: `cost` is ≥ 0, has at most the credit type's scale, and is ≤
 //! [`EVENT_COST_MAX_CREDITS`]; `billed_quantity` ≥ `quantity`.
@@ -105,25 +107,76 @@ pub fn price(catalog: &Catalog, request: &PriceRequest) -> Result<Priced, PriceE
         .version_at(request.ts)
         .ok_or(PriceError::NoPriceInForce)?;
     let scale = catalog.credit_type(meter.credit_type).scale;
-    if let PriceModel::Unit { rate } = &version.model {
-        if version.dimensions.is_empty()
-            && version.windows.is_empty()
-            && version.increment.is_none()
-            && version.minimum.is_none()
-        {
-            return price_unit(version, request.quantity, *rate, scale, meter.rounding);
+    if version.windows.is_empty() && version.increment.is_none() && version.minimum.is_none() {
+        if let Some(priced) = price_one_rate(version, request, scale, meter.rounding) {
+            return priced;
         }
     }
     price_general(version, request, scale, meter.rounding)
 }
 
-/// The common case: `quantity × rate`, rounded. Same result as the general path, faster.
+/// The fast path for a version without windows, increment or minimum whose price is one rate
+/// times the quantity: a unit rate (the base rate or a matched dimension rule's), or a volume
+/// tier's rate, with no multiplier. `None` when the price needs the general path (graduated
+/// tiers, a multiplier). Same result as [`price_general`], every error included, in the same
+/// order: `no_rate_for_dims` before any overflow.
+fn price_one_rate(
+    version: &PriceVersion,
+    request: &PriceRequest,
+    scale: u8,
+    rounding: Rounding,
+) -> Option<Result<Priced, PriceError>> {
+    let rule_index = if version.dimensions.is_empty() {
+        None
+    } else {
+        version
+            .dimensions
+            .iter()
+            .position(|rule| dims_match(rule, request.dims))
+    };
+    if rule_index.is_none() && version.dimension_required {
+        return Some(Err(PriceError::NoRateForDims));
+    }
+    let rule = rule_index.map(|i| &version.dimensions[i]);
+    if rule.is_some_and(|r| r.multiplier.is_some()) {
+        return None;
+    }
+    let (model, rate) = match &version.model {
+        PriceModel::Unit { rate } => ("unit", rule.and_then(|r| r.rate).unwrap_or(*rate)),
+        PriceModel::Volume { tiers } => {
+            let reached = match request
+                .cumulative
+                .to_dec()
+                .checked_add(request.quantity.to_dec())
+            {
+                Some(reached) => reached,
+                None => return Some(Err(PriceError::CostOverflow)),
+            };
+            ("volume", volume_rate(tiers, reached))
+        }
+        PriceModel::Graduated { .. } => return None,
+    };
+    Some(price_unit(
+        version,
+        request.quantity,
+        rate,
+        scale,
+        rounding,
+        model,
+        rule_index,
+    ))
+}
+
+/// `quantity × rate`, rounded: one multiplication and one division. Same result as the
+/// general path, faster.
 fn price_unit(
     version: &PriceVersion,
     quantity: Quantity,
     rate: Dec,
     scale: u8,
     rounding: Rounding,
+    model: &'static str,
+    rule_index: Option<usize>,
 ) -> Result<Priced, PriceError> {
     let product = multiply(quantity.0, rate.mantissa())?;
     let product_scale = Quantity::SCALE
@@ -136,9 +189,9 @@ fn price_unit(
         billed_quantity: quantity,
         explain: PriceExplain {
             version_from: version.effective_from,
-            model: "unit",
+            model,
             rate: Some(rate),
-            dimension_rule: None,
+            dimension_rule: rule_index.map(|i| i as u16),
             window: None,
             multiplier: Dec::ONE,
             minimum_applied: false,
@@ -1114,9 +1167,83 @@ name = "huge_rate"
                 ts: Instant(0),
                 cumulative: Quantity::ZERO,
             };
-            let fast = price_unit(&version, request.quantity, rate, scale, rule);
+            let fast = price_unit(&version, request.quantity, rate, scale, rule, "unit", None);
             let general = price_general(&version, &request, scale, rule);
             prop_assert_eq!(fast, general);
+        }
+
+        /// The one-rate fast path agrees with §13 taken literally for unit rates replaced by
+        /// dimension rules and for volume tiers, errors included (`no_rate_for_dims` when a
+        /// required rule does not match), and steps aside when a rule has a multiplier.
+        #[test]
+        fn one_rate_path_matches_general_path(
+            quantity in prop_oneof![0i128..1_000_000_000_000, 0i128..1_000_000_000_000_000_000_000_000],
+            cumulative in prop_oneof![0i128..10_000_000_000_000, 0i128..1_000_000_000_000_000_000_000_000],
+            base_rate in (0i128..1_000_000_000, 0u8..=9),
+            volume in any::<bool>(),
+            bounds in proptest::collection::vec((1i128..100_000, 0u8..=9), 0..3),
+            tier_rates in proptest::collection::vec((0i128..1_000_000, 0u8..=9), 3),
+            rules in proptest::collection::vec(
+                (0u8..3, proptest::option::of((0i128..1_000_000, 0u8..=9)), proptest::option::weighted(0.2, 1i128..30)),
+                0..3,
+            ),
+            required in any::<bool>(),
+            event_value in 0u8..4,
+            scale in 0u8..=9,
+            rule in rule_strategy(),
+        ) {
+            let dec = |(mantissa, scale): (i128, u8)| Dec::new(mantissa, scale).unwrap();
+            let model = if volume {
+                let mut up_to = Dec::ZERO;
+                let mut tiers = Vec::new();
+                for (i, bound) in bounds.iter().enumerate() {
+                    up_to = up_to.checked_add(dec(*bound)).unwrap();
+                    tiers.push(Tier { up_to: Some(up_to), rate: dec(tier_rates[i]) });
+                }
+                tiers.push(Tier { up_to: None, rate: dec(tier_rates[2]) });
+                PriceModel::Volume { tiers }
+            } else {
+                PriceModel::Unit { rate: dec(base_rate) }
+            };
+            let dimensions = rules
+                .iter()
+                .map(|(value, rate, multiplier)| DimensionRule {
+                    matches: vec![("k".to_string(), format!("v{value}"))],
+                    // The loader allows a replacement rate only for the unit model.
+                    rate: rate.filter(|_| !volume).map(dec),
+                    multiplier: multiplier.map(|m| Dec::new(m, 1).unwrap()),
+                })
+                .collect();
+            let version = PriceVersion {
+                effective_from: Instant(0),
+                model,
+                increment: None,
+                minimum: None,
+                dimensions,
+                dimension_required: required,
+                windows: Vec::new(),
+                time_zone: crate::time::Zone::utc(),
+                fingerprint: 0,
+            };
+            let event_dims = match event_value {
+                3 => Vec::new(),
+                value => vec![("k".to_string(), format!("v{value}"))],
+            };
+            let request = PriceRequest {
+                meter: MeterId(0),
+                quantity: Fixed(quantity),
+                dims: &event_dims,
+                ts: Instant(0),
+                cumulative: Fixed(cumulative),
+            };
+            let general = price_general(&version, &request, scale, rule);
+            match price_one_rate(&version, &request, scale, rule) {
+                Some(fast) => prop_assert_eq!(fast, general),
+                None => {
+                    let matched = version.dimensions.iter().find(|r| dims_match(r, request.dims));
+                    prop_assert!(matched.is_some_and(|r| r.multiplier.is_some()));
+                }
+            }
         }
     }
 }
