@@ -254,7 +254,9 @@ impl AccountIndex {
         self.buckets.capacity() * std::mem::size_of::<u64>()
     }
 
-    fn hash(id: &[u8]) -> u64 {
+    /// The hash an id is found by (what [`AccountIndex::get_hashed`] and the fetching-ahead
+    /// calls take, so a caller can hash once for several of them).
+    pub fn hash(id: &[u8]) -> u64 {
         xxhash_rust::xxh3::xxh3_64(id)
     }
 
@@ -268,15 +270,26 @@ impl AccountIndex {
 
     /// The slot of the account `id`; `id_of` gives a slot's account id.
     pub fn get<'s>(&self, id: &[u8], id_of: impl Fn(u32) -> &'s [u8]) -> Option<u32> {
-        self.probe(id, |slot| id_of(slot) == id)
+        self.get_hashed(id, Self::hash(id), id_of)
     }
 
-    /// The first slot on `id`'s probe path whose tag matches and that `accept` takes.
-    fn probe(&self, id: &[u8], accept: impl Fn(u32) -> bool) -> Option<u32> {
+    /// [`AccountIndex::get`] with `hash` = [`AccountIndex::hash`]`(id)` already computed.
+    pub fn get_hashed<'s>(
+        &self,
+        id: &[u8],
+        hash: u64,
+        id_of: impl Fn(u32) -> &'s [u8],
+    ) -> Option<u32> {
+        debug_assert_eq!(hash, Self::hash(id), "the hash of another id");
+        self.probe(hash, |slot| id_of(slot) == id)
+    }
+
+    /// The first slot on the probe path of the id hashing to `hash` whose tag matches and that
+    /// `accept` takes.
+    fn probe(&self, hash: u64, accept: impl Fn(u32) -> bool) -> Option<u32> {
         if self.buckets.is_empty() {
             return None;
         }
-        let hash = Self::hash(id);
         let tag = hash >> 32;
         let mask = self.buckets.len() - 1;
         let mut at = hash as usize & mask;
@@ -296,17 +309,18 @@ impl AccountIndex {
     }
 
     /// Starts loading the bucket where the search for `id` begins.
-    pub fn prefetch(&self, id: &[u8]) {
+    /// `hash` is [`AccountIndex::hash`] of the id.
+    pub fn prefetch(&self, hash: u64) {
         if !self.buckets.is_empty() {
-            let at = Self::hash(id) as usize & (self.buckets.len() - 1);
+            let at = hash as usize & (self.buckets.len() - 1);
             prefetch(&self.buckets[at]);
         }
     }
 
-    /// The slot of the first bucket on `id`'s probe path whose tag matches, without comparing
-    /// ids: almost always `id`'s slot, for fetching ahead only.
-    pub fn first_candidate(&self, id: &[u8]) -> Option<u32> {
-        self.probe(id, |_| true)
+    /// The slot of the first bucket on the probe path of the id hashing to `hash` whose tag
+    /// matches, without comparing ids: almost always that id's slot, for fetching ahead only.
+    pub fn first_candidate(&self, hash: u64) -> Option<u32> {
+        self.probe(hash, |_| true)
     }
 
     /// Adds `id` (not yet present) at `slot`; `id_of` gives every indexed slot's id (to rehash

@@ -23,7 +23,7 @@ use crossbeam::channel::{Receiver, Sender};
 use super::dispatch::ShardInput;
 use super::{input_subject, output_subject, Inbound, Outbound, SinkMessage};
 use crate::catalog::Catalog;
-use crate::engine::{apply_ahead, Envelope, Partition};
+use crate::engine::{apply_ahead, Envelope, Hashes, Partition};
 use crate::wire::input::{self, DeadLetter, Message};
 use crate::wire::output::Output;
 
@@ -205,7 +205,9 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                 partition.defer_payload_hashes();
             }
         }
-        let mut work: Vec<(usize, &Inbound, Option<Decoded<'_>>)> = Vec::with_capacity(messages);
+        // Each message's hashes (account index, dedupe key) once, for every stage and the apply.
+        let mut work: Vec<(usize, &Inbound, Option<Decoded<'_>>, Option<Hashes>)> =
+            Vec::with_capacity(messages);
         for inbound in &batch {
             let index = self.index_of(inbound);
             match &home.partitions[index] {
@@ -213,19 +215,23 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                     let decoded = (inbound.partition.is_some()
                         && inbound.seq > partition.applied_through)
                         .then(|| input::decode(&inbound.payload, &self.catalog));
-                    work.push((index, inbound, decoded));
+                    let hashes = match &decoded {
+                        Some(Ok(message)) => Hashes::of(message),
+                        _ => None,
+                    };
+                    work.push((index, inbound, decoded, hashes));
                 }
                 None => home.waiting[index].push_back(inbound.clone()),
             }
         }
         apply_ahead(work.len(), |i, stage| match (stage, &work[i]) {
-            (Some(stage), (index, _, Some(Ok(message)))) => {
+            (Some(stage), (index, _, Some(Ok(message)), Some(hashes))) => {
                 if let Some(partition) = &home.partitions[*index] {
-                    partition.prefetch(stage, message);
+                    partition.prefetch(stage, message, hashes);
                 }
             }
             (Some(_), _) => {}
-            (None, (index, inbound, decoded)) => {
+            (None, (index, inbound, decoded, hashes)) => {
                 let Some(partition) = &mut home.partitions[*index] else {
                     unreachable!("a partition is lent only between batches");
                 };
@@ -233,6 +239,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                     partition,
                     inbound,
                     decoded.as_ref(),
+                    hashes.as_ref(),
                     &subjects[*index],
                     outputs,
                 );
@@ -286,7 +293,14 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
         let index = partition.number as usize / self.shards;
         let mut outbound = Vec::new();
         for inbound in home.waiting[index].drain(..) {
-            self.apply(&mut partition, &inbound, None, &subjects[index], outputs);
+            self.apply(
+                &mut partition,
+                &inbound,
+                None,
+                None,
+                &subjects[index],
+                outputs,
+            );
             for output in outputs.drain(..) {
                 outbound.push(self.outbound(partition.number, output));
             }
@@ -307,12 +321,13 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
     }
 
     /// Applies one message to the partition that handles it; `decoded` is its decoding (by
-    /// `input::decode`) when the caller has it.
+    /// `input::decode`) and `hashes` its [`Hashes`] when the caller has them.
     fn apply(
         &self,
         partition: &mut Partition,
         inbound: &Inbound,
         decoded: Option<&Decoded<'_>>,
+        hashes: Option<&Hashes>,
         subject: &str,
         outputs: &mut Vec<Output>,
     ) {
@@ -349,7 +364,14 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                 &decoded_now
             }
         };
-        partition.apply_decoded(&self.catalog, decoded, &envelope, Some(number), outputs);
+        partition.apply_decoded(
+            &self.catalog,
+            decoded,
+            &envelope,
+            Some(number),
+            hashes,
+            outputs,
+        );
         partition.applied_through = inbound.seq;
     }
 
