@@ -80,12 +80,15 @@ impl Hashes {
 /// How many inputs ahead of the apply each stage of fetching ahead runs: stage 1 (buckets),
 /// stage 2 (the record), stage 3 (the record's data). Each stage reads what the one before
 /// loaded, so consecutive stages are apart by at least one apply, and by more when an apply
-/// is shorter than a miss: an apply with everything in cache takes ~0.25 µs and a dependent
-/// miss ~0.25 µs on the development hosts (`scripts/memory-latency`).
+/// is not much longer than a miss: an apply with everything in cache takes ~0.25 µs and a
+/// dependent miss ~0.25 µs on the development hosts (`scripts/memory-latency`). Measured at
+/// 1M accounts (batched apply, same-run runs on 2 cores): 3/2/1 449-487 ns, 4/3/2 456-497,
+/// 6/4/2 420-467, 8/5/2 405-449, 10/6/2 480-486, 12/8/4 457-471, 16/10/4 461-469: farther
+/// does not help, as the misses in flight are bounded by the core's fill buffers.
 pub const AHEAD_DISTANCES: [usize; 3] = [AHEAD_BUCKETS, AHEAD_ACCOUNT, AHEAD_DATA];
-const AHEAD_BUCKETS: usize = 3;
-const AHEAD_ACCOUNT: usize = 2;
-const AHEAD_DATA: usize = 1;
+const AHEAD_BUCKETS: usize = 8;
+const AHEAD_ACCOUNT: usize = 5;
+const AHEAD_DATA: usize = 2;
 
 /// Applies inputs `0..count` in order with fetching ahead: `step(i, Some(stage))` asks for a
 /// stage of input i's prefetch, `step(i, None)` applies input i. Stage 1 runs
