@@ -361,13 +361,14 @@ impl Partition {
     }
 
     /// Fetching ahead, stage 1 of 3: starts loading the account-index bucket and the dedupe
-    /// bucket `message` will need. Changes nothing.
+    /// bucket of the message `hashes` belong to. Changes nothing.
     ///
     /// At a million accounts each input's account record, its grants and lines, and its dedupe
     /// bucket are cache misses, several hundred ns each on a virtual machine, and each depends on
     /// the one before (bucket → record → the record's vectors). A caller with several inputs in
-    /// hand applies input i while running stage 3 for i+1, stage 2 for i+2 and stage 1 for
-    /// i+3 ([`apply_ahead`]), so the misses of one input overlap the work of another.
+    /// hand applies input i while running stage 3 for i+2, stage 2 for i+5 and stage 1 for
+    /// i+8 ([`apply_ahead`], [`AHEAD_DISTANCES`]), so the misses of one input overlap the work
+    /// of others.
     pub fn prefetch_buckets(&self, hashes: &Hashes) {
         self.index.prefetch(hashes.account);
         self.dedupe.prefetch(hashes.dedupe);
