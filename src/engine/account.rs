@@ -482,7 +482,7 @@ pub struct Account {
     pub timer: Instant,
     /// Per-account lists are boxed slices, exactly as long as their contents (8 bytes less
     /// each than a `Vec`'s header; they grow rarely, one element at a time, through
-    /// [`insert_one`] and [`retain_in`]). Serialized as sequences, like a `Vec`.
+    /// `insert_one` and `retain_in`). Serialized as sequences, like a `Vec`.
     pub types: Box<[TypeState]>,
     pub grants: Box<[Grant]>,
     /// Lines of the open period.

@@ -263,7 +263,7 @@ struct Bucket {
 /// forgotten can be prefetched ([`Dedupe::prefetch`]), so at scale the index costs overlapped
 /// cache misses rather than a chain of them.
 ///
-/// Memory: a slot is 88 bytes (the usual charge record inline, narrowed: [`Stored`]), a bucket
+/// Memory: a slot is 88 bytes (the usual charge record inline, narrowed: `Stored`), a bucket
 /// 16 bytes at load between 1/4 and 1/2: about 125 bytes per remembered pair (plus a 160-byte
 /// boxed record for a charge with overage or several draws), at most `dedupe_entries_max` of
 /// them (the ring and table keep their high-water capacity).
