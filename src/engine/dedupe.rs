@@ -78,7 +78,7 @@ pub struct Entry {
     pub what: Remembered,
 }
 
-/// One remembered pair, at its place in insertion order, as the ring stores it (88 bytes; see
+/// One remembered pair, at its place in insertion order, as the ring stores it (80 bytes; see
 /// [`Stored`]). Serialized as [`SlotForm`], exactly the bytes of `(key, Entry, replaced)`.
 #[derive(Clone, Debug)]
 struct Slot {
@@ -116,7 +116,7 @@ impl Slot {
 }
 
 /// What a slot remembers. Nearly every charge is drawn from one grant, with no overage and
-/// amounts that fit in 64 bits: that case is kept inline in 56 bytes ([`SmallCharge`]); any
+/// amounts that fit in 64 bits: that case is kept inline in 48 bytes ([`SmallCharge`]); any
 /// other charge is boxed (a full [`Charge`] inline made a slot 208 bytes).
 #[derive(Clone, Debug)]
 enum Stored {
@@ -126,13 +126,14 @@ enum Stored {
     Large(Box<Charge>),
 }
 
-/// A charge with no overage, at most one draw, and its quantity, cost, drawn credits and the
-/// grant's cost basis in `i64` units of `10^-9` (the same units as `Fixed<9>`, narrowed).
+/// A charge with no overage, at most one draw, and its quantity, cost and the grant's cost
+/// basis in `i64` units of `10^-9` (the same units as `Fixed<9>`, narrowed). The one draw took
+/// exactly the cost (cost = drawn + overage, and there is no overage), so its credits are not
+/// stored again.
 #[derive(Clone, Copy, Debug)]
 struct SmallCharge {
     quantity: i64,
     cost: i64,
-    draw_credits: i64,
     draw_cost_basis: i64,
     period_start: Instant,
     draw_serial: u32,
@@ -173,16 +174,16 @@ impl SmallCharge {
         if !charge.overage.is_zero() || !charge.overage_money.is_zero() || charge.draws.len() > 1 {
             return None;
         }
-        let (draw_serial, draw_credits, draw_cost_basis, has_draw) = match charge.draws.first() {
-            Some(&(serial, credits, cost_basis)) => {
-                (serial, narrow(credits.0)?, narrow(cost_basis.0)?, true)
-            }
-            None => (0, 0, 0, false),
+        let (draw_serial, draw_cost_basis, has_draw) = match charge.draws.first() {
+            // A draw of other than the whole cost does not occur without overage; such a record
+            // would be kept whole (boxed) rather than lose its drawn credits.
+            Some(&(_, credits, _)) if credits != charge.cost => return None,
+            Some(&(serial, _, cost_basis)) => (serial, narrow(cost_basis.0)?, true),
+            None => (0, 0, false),
         };
         Some(SmallCharge {
             quantity: narrow(charge.quantity.0)?,
             cost: narrow(charge.cost.0)?,
-            draw_credits,
             draw_cost_basis,
             period_start: charge.period_start,
             draw_serial,
@@ -198,7 +199,7 @@ impl SmallCharge {
         if self.has_draw {
             draws.push((
                 self.draw_serial,
-                Fixed(i128::from(self.draw_credits)),
+                Fixed(i128::from(self.cost)),
                 Fixed(i128::from(self.draw_cost_basis)),
             ));
         }
@@ -263,8 +264,8 @@ struct Bucket {
 /// forgotten can be prefetched ([`Dedupe::prefetch`]), so at scale the index costs overlapped
 /// cache misses rather than a chain of them.
 ///
-/// Memory: a slot is 88 bytes (the usual charge record inline, narrowed: `Stored`), a bucket
-/// 16 bytes at load between 1/4 and 1/2: about 125 bytes per remembered pair (plus a 160-byte
+/// Memory: a slot is 80 bytes (the usual charge record inline, narrowed: `Stored`), a bucket
+/// 16 bytes at load between 1/4 and 1/2: about 117 bytes per remembered pair (plus a 160-byte
 /// boxed record for a charge with overage or several draws), at most `dedupe_entries_max` of
 /// them (the ring and table keep their high-water capacity).
 ///
@@ -750,6 +751,14 @@ mod tests {
             (charge(&[(3, 1, big)], 0, 3), false),
             (charge(&[(3, 1, 1)], 0, big), false),
             (charge(&[(3, i128::from(i64::MIN), 1)], 0, 1), true),
+            // A single draw of other than the whole cost keeps its own credits (boxed).
+            (
+                Charge {
+                    cost: Fixed(9),
+                    ..charge(&[(3, 1, 1)], 0, 3)
+                },
+                false,
+            ),
         ];
         for (case, (charge, small)) in cases.into_iter().enumerate() {
             for reversed in [false, true] {
@@ -789,9 +798,9 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_is_88_bytes() {
-        assert_eq!(std::mem::size_of::<SmallCharge>(), 56);
-        assert_eq!(std::mem::size_of::<Slot>(), 88);
+    fn a_slot_is_80_bytes() {
+        assert_eq!(std::mem::size_of::<SmallCharge>(), 48);
+        assert_eq!(std::mem::size_of::<Slot>(), 80);
     }
 
     #[test]
