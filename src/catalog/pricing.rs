@@ -126,17 +126,10 @@ fn price_one_rate(
     scale: u8,
     rounding: Rounding,
 ) -> Option<Result<Priced, PriceError>> {
-    let rule_index = if version.dimensions.is_empty() {
-        None
-    } else {
-        version
-            .dimensions
-            .iter()
-            .position(|rule| dims_match(rule, request.dims))
+    let rule_index = match matched_rule(version, request.dims) {
+        Ok(index) => index,
+        Err(error) => return Some(Err(error)),
     };
-    if rule_index.is_none() && version.dimension_required {
-        return Some(Err(PriceError::NoRateForDims));
-    }
     let rule = rule_index.map(|i| &version.dimensions[i]);
     if rule.is_some_and(|r| r.multiplier.is_some()) {
         return None;
@@ -211,13 +204,7 @@ fn price_general(
     // 2. First dimension rule whose pairs all equal the event's dims. Done before step 1, which
     // it does not depend on, because `no_rate_for_dims` takes precedence over `cost_overflow`
     // (SEMANTICS §2.1) and step 1 can overflow.
-    let rule_index = version
-        .dimensions
-        .iter()
-        .position(|rule| dims_match(rule, request.dims));
-    if rule_index.is_none() && version.dimension_required {
-        return Err(PriceError::NoRateForDims);
-    }
+    let rule_index = matched_rule(version, request.dims)?;
     let rule = rule_index.map(|i| &version.dimensions[i]);
     // 1. A started block is billed.
     let quantity = request.quantity.to_dec();
@@ -297,6 +284,22 @@ fn price_general(
             unrounded: cost,
         },
     })
+}
+
+/// Step 2: the index of the first dimension rule whose pairs all equal the event's dims;
+/// `no_rate_for_dims` when none matched and the version requires one.
+fn matched_rule(
+    version: &PriceVersion,
+    dims: &[(String, String)],
+) -> Result<Option<usize>, PriceError> {
+    let index = version
+        .dimensions
+        .iter()
+        .position(|rule| dims_match(rule, dims));
+    if index.is_none() && version.dimension_required {
+        return Err(PriceError::NoRateForDims);
+    }
+    Ok(index)
 }
 
 fn dims_match(rule: &DimensionRule, dims: &[(String, String)]) -> bool {

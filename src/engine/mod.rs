@@ -75,6 +75,11 @@ impl Hashes {
             dedupe: dedupe_key(account, message.id()),
         })
     }
+
+    /// Debug builds: asserts these are `message`'s hashes (a caller passed the right ones).
+    fn debug_check(&self, message: &Message<'_>) {
+        debug_assert_eq!(Some(*self), Hashes::of(message), "another message's hashes");
+    }
 }
 
 /// How many inputs ahead of the apply each stage of fetching ahead runs: stage 1 (buckets),
@@ -433,11 +438,7 @@ impl Partition {
 
     /// Runs one stage of fetching ahead for `message`, whose [`Hashes`] are `hashes`.
     pub fn prefetch(&self, stage: Ahead, message: &Message<'_>, hashes: &Hashes) {
-        debug_assert_eq!(
-            Some(*hashes),
-            Hashes::of(message),
-            "another message's hashes"
-        );
+        hashes.debug_check(message);
         match stage {
             Ahead::Buckets => self.prefetch_buckets(hashes),
             Ahead::Account => self.prefetch_account(hashes),
@@ -528,11 +529,7 @@ impl Partition {
         }
         let hashes = match hashes {
             Some(hashes) => {
-                debug_assert_eq!(
-                    Some(*hashes),
-                    Hashes::of(message),
-                    "another message's hashes"
-                );
+                hashes.debug_check(message);
                 *hashes
             }
             None => Hashes::of(message).expect("a message with an account has hashes"),
@@ -1049,9 +1046,7 @@ impl Engine {
                     Some(Ok(message)) => Some(message),
                     _ => None,
                 };
-                let target = self
-                    .target(route, message)
-                    .zip(message.and_then(Hashes::of));
+                let target = message.and_then(|message| self.target_hashed(route, message));
                 (route, decoded, target)
             })
             .collect();
@@ -1105,8 +1100,7 @@ impl Engine {
             .iter()
             .zip(envelopes)
             .map(|(message, envelope)| {
-                self.target(self.subject_route(envelope.subject), Some(message))
-                    .zip(Hashes::of(message))
+                self.target_hashed(self.subject_route(envelope.subject), message)
             })
             .collect();
         apply_ahead(messages.len(), |i, stage| match (stage, &targets[i]) {
@@ -1130,6 +1124,12 @@ impl Engine {
                 .map(|account| partition_of(account, self.partitions.len() as u32)),
             SubjectRoute::Unroutable => None,
         }
+    }
+
+    /// [`Engine::target`] of a decoded message with its [`Hashes`]: what fetching ahead and
+    /// the apply of a batch share.
+    fn target_hashed(&self, route: SubjectRoute, message: &Message<'_>) -> Option<(u32, Hashes)> {
+        self.target(route, Some(message)).zip(Hashes::of(message))
     }
 
     /// Applies a routed message; `decoded` is `None` only for an unroutable subject. `target`
