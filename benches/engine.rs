@@ -14,6 +14,11 @@
 //! per account and hour). `BENCH_EVENTS_PER_MS=1` instead makes every account flush about once
 //! per four events, the flush-heavy extreme.
 //!
+//! - `floor/*`: the same batches applied to a balance-only ledger of the same shape (one 64-byte
+//!   record per account, the same dedupe bound, the engine's hashes and fetching ahead;
+//!   benches/support/floor.rs): the least any engine of this shape costs on this machine, the
+//!   baseline the engine's figure is a ratio against.
+//!
 //! Run: `cargo bench --bench engine` (set `BENCH_ACCOUNTS` to change the 1,000,000).
 //!
 //! The engine's compute alone, with nothing missing the cache, for same-run A/Bs that the noise
@@ -26,6 +31,9 @@ use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant as WallInstant};
+
+#[path = "support/floor.rs"]
+mod floor;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
@@ -138,6 +146,36 @@ fn choices(n: usize, zipf: bool, count: usize) -> Vec<u32> {
         .collect()
 }
 
+/// The account ids of a sequence of choices, laid out one after another in the order they are
+/// applied, as the account ids of a stream's events are in the payloads just received and
+/// decoded. (Read from the table of a million ids instead, each event's id would be a cache
+/// miss of the bench, not of the engine: in the pipeline the id is in the decoded payload.)
+struct Picks {
+    text: String,
+    ends: Vec<u32>,
+}
+
+impl Picks {
+    fn new(ids: &[String], choices: Vec<u32>) -> Picks {
+        let mut text = String::new();
+        let mut ends = Vec::with_capacity(choices.len());
+        for account in choices {
+            text.push_str(&ids[account as usize]);
+            ends.push(text.len() as u32);
+        }
+        Picks { text, ends }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn get(&self, i: usize) -> &str {
+        let start = i.checked_sub(1).map_or(0, |j| self.ends[j] as usize);
+        &self.text[start..self.ends[i] as usize]
+    }
+}
+
 /// Three meters, priced differently: a unit rate, a dimensional rate, a volume tier.
 fn meters(catalog: &Catalog) -> [(creditflow::catalog::MeterId, Vec<(String, String)>); 3] {
     [
@@ -219,16 +257,15 @@ fn memory_report(catalog: &Arc<Catalog>) {
 
 /// A decoded usage event of `account` with id `id` (its meter chosen by `seq`).
 fn usage_message<'a>(
-    ids: &'a [String],
+    account: &'a str,
     meters: &'a [(creditflow::catalog::MeterId, Vec<(String, String)>); 3],
     seq: u64,
-    account: usize,
     id: &'a str,
 ) -> Message<'a> {
     let (meter, dims) = &meters[seq as usize % 3];
     Message::Usage(Usage {
         id: Cow::Borrowed(id),
-        account: Cow::Borrowed(ids[account].as_str()),
+        account: Cow::Borrowed(account),
         meter: *meter,
         quantity: Fixed(3_000_000_000),
         ts: Instant(T0.0 + (seq / events_per_ms()) as i64),
@@ -239,17 +276,16 @@ fn usage_message<'a>(
 /// Applies one already decoded usage event of `account` (its meter chosen by `seq`).
 fn apply_usage(
     engine: &mut Engine,
-    ids: &[String],
+    account: &str,
     meters: &[(creditflow::catalog::MeterId, Vec<(String, String)>); 3],
     seq: u64,
-    account: usize,
     id_buffer: &mut String,
     out: &mut Vec<creditflow::wire::output::Output>,
 ) {
     id_buffer.clear();
     use std::fmt::Write;
     let _ = write!(id_buffer, "e{seq}");
-    let message = usage_message(ids, meters, seq, account, id_buffer);
+    let message = usage_message(account, meters, seq, id_buffer);
     let envelope = Envelope {
         payload: b"",
         seq,
@@ -272,7 +308,14 @@ fn apply_usages(
     let mut id_buffer = String::new();
     for account in accounts {
         *seq += 1;
-        apply_usage(engine, ids, meters, *seq, account, &mut id_buffer, &mut out);
+        apply_usage(
+            engine,
+            &ids[account],
+            meters,
+            *seq,
+            &mut id_buffer,
+            &mut out,
+        );
     }
 }
 
@@ -308,7 +351,7 @@ fn bench(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(8));
     group.sample_size(20);
     for (name, zipf) in [("uniform", false), ("zipf", true)] {
-        let picks = choices(n, zipf, 1 << 22);
+        let picks = Picks::new(&ids, choices(n, zipf, 1 << 22));
         let mut cursor = 0usize;
         group.bench_function(BenchmarkId::new(name, format!("{n}_accounts")), |b| {
             b.iter_custom(|iters| {
@@ -316,13 +359,11 @@ fn bench(c: &mut Criterion) {
                 for _ in 0..iters {
                     seq += 1;
                     cursor = (cursor + 1) % picks.len();
-                    let account = picks[cursor] as usize;
                     apply_usage(
                         &mut engine,
-                        &ids,
+                        picks.get(cursor),
                         &meters,
                         seq,
-                        account,
                         &mut id_buffer,
                         &mut out,
                     );
@@ -341,7 +382,7 @@ fn bench(c: &mut Criterion) {
     group.sample_size(20);
     const BATCH: usize = 256;
     for (name, zipf) in [("uniform", false), ("zipf", true)] {
-        let picks = choices(n, zipf, 1 << 22);
+        let picks = Picks::new(&ids, choices(n, zipf, 1 << 22));
         let mut cursor = 0usize;
         group.bench_function(BenchmarkId::new(name, format!("{n}_accounts")), |b| {
             b.iter_custom(|iters| {
@@ -357,10 +398,9 @@ fn bench(c: &mut Criterion) {
                         .map(|k| {
                             cursor = (cursor + 1) % picks.len();
                             usage_message(
-                                &ids,
+                                picks.get(cursor),
                                 &meters,
                                 first + k as u64,
-                                picks[cursor] as usize,
                                 &event_ids[k],
                             )
                         })
@@ -385,6 +425,84 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // The floor: the same batches (same accounts, ids, meters and quantities) applied to a
+    // balance-only ledger (benches/support/floor.rs), its dedupe set at the engine's bound.
+    {
+        let bound = catalog.rules.dedupe_entries_max;
+        floor::self_check();
+        const BALANCE: i64 = 1_000_000_000_000;
+        let mut ledger = floor::Floor::new(&ids, BALANCE, bound, [1, 2, 3]);
+        let warm_ids: Vec<String> = (0..bound).map(|k| format!("w{k}")).collect();
+        for chunk in warm_ids.chunks(BATCH).enumerate() {
+            let (c, chunk) = chunk;
+            let inputs: Vec<floor::Input> = chunk
+                .iter()
+                .enumerate()
+                .map(|(k, id)| floor::Input {
+                    account: &ids[(c * BATCH + k) % n],
+                    id,
+                    meter: (k % 3) as u8,
+                    quantity: 3,
+                })
+                .collect();
+            ledger.apply_batch(&inputs);
+        }
+        drop(warm_ids);
+        let mut group = c.benchmark_group("floor");
+        group.throughput(Throughput::Elements(1));
+        group.measurement_time(Duration::from_secs(8));
+        group.sample_size(20);
+        for (name, zipf) in [("uniform", false), ("zipf", true)] {
+            let picks = Picks::new(&ids, choices(n, zipf, 1 << 22));
+            let mut cursor = 0usize;
+            group.bench_function(BenchmarkId::new(name, format!("{n}_accounts")), |b| {
+                b.iter_custom(|iters| {
+                    let mut elapsed = Duration::ZERO;
+                    let mut done = 0u64;
+                    while done < iters {
+                        let size = BATCH.min((iters - done) as usize);
+                        let first = seq + 1;
+                        let event_ids: Vec<String> = (0..size as u64)
+                            .map(|k| format!("e{}", first + k))
+                            .collect();
+                        let inputs: Vec<floor::Input> = (0..size)
+                            .map(|k| {
+                                cursor = (cursor + 1) % picks.len();
+                                floor::Input {
+                                    account: picks.get(cursor),
+                                    id: &event_ids[k],
+                                    meter: ((first + k as u64) % 3) as u8,
+                                    quantity: 3,
+                                }
+                            })
+                            .collect();
+                        seq += size as u64;
+                        let started = WallInstant::now();
+                        ledger.apply_batch(&inputs);
+                        elapsed += started.elapsed();
+                        done += size as u64;
+                    }
+                    elapsed
+                })
+            });
+        }
+        group.finish();
+        // Nothing lost, nothing rejected, nothing counted twice: the check keeps the floor's
+        // work from being optimized away and its figure honest.
+        let (balances, drawn) = ledger.totals();
+        assert_eq!(
+            balances + drawn,
+            BALANCE * n as i64,
+            "the floor lost credits"
+        );
+        assert_eq!(
+            ledger.rejected + ledger.duplicates,
+            0,
+            "the floor rejected events"
+        );
+        println!("floor: {} events applied", ledger.applied);
+    }
 
     // JSON decode alone, and decode + apply from bytes.
     let payloads: Vec<String> = choices(n, false, 1 << 16)
