@@ -319,6 +319,64 @@ fn apply_usages(
     }
 }
 
+/// Events per batch in the batched groups.
+const BATCH: usize = 256;
+
+/// Runs `iters` events in batches of [`BATCH`]: numbers them from `seq` + 1, takes their
+/// accounts in turn from `picks` and formats their ids, then has `apply(first, accounts, ids)`
+/// apply a batch and return the time its apply alone took; returns the sum.
+fn batched(
+    iters: u64,
+    picks: &Picks,
+    cursor: &mut usize,
+    seq: &mut u64,
+    mut apply: impl FnMut(u64, &[&str], &[String]) -> Duration,
+) -> Duration {
+    let mut elapsed = Duration::ZERO;
+    let mut done = 0u64;
+    while done < iters {
+        let size = BATCH.min((iters - done) as usize);
+        let first = *seq + 1;
+        let event_ids: Vec<String> = (0..size as u64)
+            .map(|k| format!("e{}", first + k))
+            .collect();
+        let accounts: Vec<&str> = (0..size)
+            .map(|_| {
+                *cursor = (*cursor + 1) % picks.len();
+                picks.get(*cursor)
+            })
+            .collect();
+        *seq += size as u64;
+        elapsed += apply(first, &accounts, &event_ids);
+        done += size as u64;
+    }
+    elapsed
+}
+
+/// A group of `name` with two benchmarks, accounts chosen uniformly and with Zipf skew, each
+/// applying batches through `apply` ([`batched`]).
+fn batched_groups(
+    c: &mut Criterion,
+    name: &str,
+    ids: &[String],
+    seq: &mut u64,
+    mut apply: impl FnMut(u64, &[&str], &[String]) -> Duration,
+) {
+    let n = ids.len();
+    let mut group = c.benchmark_group(name);
+    group.throughput(Throughput::Elements(1));
+    group.measurement_time(Duration::from_secs(8));
+    group.sample_size(20);
+    for (choice, zipf) in [("uniform", false), ("zipf", true)] {
+        let picks = Picks::new(ids, choices(n, zipf, 1 << 22));
+        let mut cursor = 0usize;
+        group.bench_function(BenchmarkId::new(choice, format!("{n}_accounts")), |b| {
+            b.iter_custom(|iters| batched(iters, &picks, &mut cursor, seq, &mut apply))
+        });
+    }
+    group.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let catalog = catalog();
     memory_report(&catalog);
@@ -376,55 +434,30 @@ fn bench(c: &mut Criterion) {
 
     // The same, in batches of 256 applied with fetching ahead (`Engine::apply_messages`): the
     // misses of one event overlap the work of the one before.
-    let mut group = c.benchmark_group("apply_batch");
-    group.throughput(Throughput::Elements(1));
-    group.measurement_time(Duration::from_secs(8));
-    group.sample_size(20);
-    const BATCH: usize = 256;
-    for (name, zipf) in [("uniform", false), ("zipf", true)] {
-        let picks = Picks::new(&ids, choices(n, zipf, 1 << 22));
-        let mut cursor = 0usize;
-        group.bench_function(BenchmarkId::new(name, format!("{n}_accounts")), |b| {
-            b.iter_custom(|iters| {
-                let mut elapsed = Duration::ZERO;
-                let mut done = 0u64;
-                while done < iters {
-                    let size = BATCH.min((iters - done) as usize);
-                    let first = seq + 1;
-                    let event_ids: Vec<String> = (0..size as u64)
-                        .map(|k| format!("e{}", first + k))
-                        .collect();
-                    let messages: Vec<Message> = (0..size)
-                        .map(|k| {
-                            cursor = (cursor + 1) % picks.len();
-                            usage_message(
-                                picks.get(cursor),
-                                &meters,
-                                first + k as u64,
-                                &event_ids[k],
-                            )
-                        })
-                        .collect();
-                    let envelopes: Vec<Envelope> = (0..size as u64)
-                        .map(|k| Envelope {
-                            payload: b"",
-                            seq: first + k,
-                            subject: "creditflow.in",
-                            received: None,
-                        })
-                        .collect();
-                    seq += size as u64;
-                    let started = WallInstant::now();
-                    engine.apply_messages(&messages, &envelopes, &mut out);
-                    elapsed += started.elapsed();
-                    out.clear();
-                    done += size as u64;
-                }
-                elapsed
-            })
-        });
-    }
-    group.finish();
+    batched_groups(
+        c,
+        "apply_batch",
+        &ids,
+        &mut seq,
+        |first, accounts, event_ids| {
+            let messages: Vec<Message> = (0..accounts.len())
+                .map(|k| usage_message(accounts[k], &meters, first + k as u64, &event_ids[k]))
+                .collect();
+            let envelopes: Vec<Envelope> = (0..accounts.len() as u64)
+                .map(|k| Envelope {
+                    payload: b"",
+                    seq: first + k,
+                    subject: "creditflow.in",
+                    received: None,
+                })
+                .collect();
+            let started = WallInstant::now();
+            engine.apply_messages(&messages, &envelopes, &mut out);
+            let elapsed = started.elapsed();
+            out.clear();
+            elapsed
+        },
+    );
 
     // The floor: the same batches (same accounts, ids, meters and quantities) applied to a
     // balance-only ledger (benches/support/floor.rs), its dedupe set at the engine's bound.
@@ -449,45 +482,19 @@ fn bench(c: &mut Criterion) {
             ledger.apply_batch(&inputs);
         }
         drop(warm_ids);
-        let mut group = c.benchmark_group("floor");
-        group.throughput(Throughput::Elements(1));
-        group.measurement_time(Duration::from_secs(8));
-        group.sample_size(20);
-        for (name, zipf) in [("uniform", false), ("zipf", true)] {
-            let picks = Picks::new(&ids, choices(n, zipf, 1 << 22));
-            let mut cursor = 0usize;
-            group.bench_function(BenchmarkId::new(name, format!("{n}_accounts")), |b| {
-                b.iter_custom(|iters| {
-                    let mut elapsed = Duration::ZERO;
-                    let mut done = 0u64;
-                    while done < iters {
-                        let size = BATCH.min((iters - done) as usize);
-                        let first = seq + 1;
-                        let event_ids: Vec<String> = (0..size as u64)
-                            .map(|k| format!("e{}", first + k))
-                            .collect();
-                        let inputs: Vec<floor::Input> = (0..size)
-                            .map(|k| {
-                                cursor = (cursor + 1) % picks.len();
-                                floor::Input {
-                                    account: picks.get(cursor),
-                                    id: &event_ids[k],
-                                    meter: ((first + k as u64) % 3) as u8,
-                                    quantity: 3,
-                                }
-                            })
-                            .collect();
-                        seq += size as u64;
-                        let started = WallInstant::now();
-                        ledger.apply_batch(&inputs);
-                        elapsed += started.elapsed();
-                        done += size as u64;
-                    }
-                    elapsed
+        batched_groups(c, "floor", &ids, &mut seq, |first, accounts, event_ids| {
+            let inputs: Vec<floor::Input> = (0..accounts.len())
+                .map(|k| floor::Input {
+                    account: accounts[k],
+                    id: &event_ids[k],
+                    meter: ((first + k as u64) % 3) as u8,
+                    quantity: 3,
                 })
-            });
-        }
-        group.finish();
+                .collect();
+            let started = WallInstant::now();
+            ledger.apply_batch(&inputs);
+            started.elapsed()
+        });
         // Nothing lost, nothing rejected, nothing counted twice: the check keeps the floor's
         // work from being optimized away and its figure honest.
         let (balances, drawn) = ledger.totals();
