@@ -87,7 +87,8 @@ impl Floor {
         let mut floor = Floor {
             records: Vec::with_capacity(accounts.len()),
             index: vec![0; index_len],
-            seen: vec![0; (bound * 2).next_power_of_two()],
+            // At most `bound + 1` keys at once (the new one before the oldest goes): never full.
+            seen: vec![0; ((bound + 1) * 2).next_power_of_two()],
             ring: Vec::with_capacity(bound),
             head: 0,
             bound,
