@@ -8,7 +8,9 @@
 //! oldest forgotten as a new one comes). An event costs `quantity x rate` in whole integer
 //! units, is rejected when the balance is short, else drawn from the balance and added to its
 //! meter's totals. No decimal scales, no grants, no revenue, no invoice lines, no alerts, no
-//! periods, no outputs.
+//! periods, no outputs. Accounts are told apart by their ids' 64-bit hashes and event ids by 64
+//! bits of their keys (the engine compares the ids and all 128 bits): shortcuts that only
+//! flatter the floor.
 //!
 //! It hashes ids with the engine's own functions and fetches ahead as the engine does (buckets
 //! first, then the record their tag points to, at the engine's distances: 4/2, 8/5 and 16/8
