@@ -19,7 +19,7 @@
 
 use creditflow::engine::compact::{prefetch, AccountIndex};
 use creditflow::engine::dedupe::dedupe_key;
-use creditflow::engine::AHEAD_DISTANCES;
+use creditflow::engine::{apply_ahead, Ahead};
 
 /// One account: 64 bytes, one cache line.
 #[derive(Clone, Copy, Default)]
@@ -214,9 +214,9 @@ impl Floor {
     }
 
     /// Applies `inputs` in order as the engine's `apply_messages` does: hashes first, then
-    /// fetching ahead in two stages at the engine's distances: the buckets (the account's, the
-    /// event id's, and that of the id the ring forgets at this event), then the record their
-    /// tag points to.
+    /// fetching ahead with the engine's own schedule (`engine::apply_ahead`): the buckets (the
+    /// account's, the event id's, and that of the id the ring forgets at this event), then the
+    /// record their tag points to.
     pub fn apply_batch(&mut self, inputs: &[Input<'_>]) {
         let mut events = std::mem::take(&mut self.events);
         events.clear();
@@ -224,29 +224,30 @@ impl Floor {
         // Event i of the batch forgets the ring's entry i places after the oldest now (when
         // the ring is full and no event before it is a duplicate; a prefetch is only a hint).
         let head = self.head;
-        let [far, near, _] = AHEAD_DISTANCES;
-        let count = events.len();
-        for i in 0..count + far {
-            if let Some(event) = events.get(i) {
-                prefetch(&self.index[event.account_hash as usize & (self.index.len() - 1)]);
-                prefetch(&self.seen[event.key as usize & (self.seen.len() - 1)]);
-                if self.ring.len() == self.bound {
-                    let oldest = self.ring[(head + i) % self.bound];
-                    prefetch(&self.seen[oldest as usize & (self.seen.len() - 1)]);
+        apply_ahead(events.len(), |i, stage| {
+            let event = &events[i];
+            match stage {
+                Some(Ahead::Buckets) => {
+                    prefetch(&self.index[event.account_hash as usize & (self.index.len() - 1)]);
+                    prefetch(&self.seen[event.key as usize & (self.seen.len() - 1)]);
+                    if self.ring.len() == self.bound {
+                        let oldest = self.ring[(head + i) % self.bound];
+                        prefetch(&self.seen[oldest as usize & (self.seen.len() - 1)]);
+                    }
                 }
-            }
-            if let Some(event) = (i + near).checked_sub(far).and_then(|j| events.get(j)) {
-                let hash = event.account_hash;
-                if let Some((slot, _)) =
-                    self.candidate(hash, hash as usize & (self.index.len() - 1))
-                {
-                    prefetch(&self.records[slot]);
+                Some(Ahead::Account) => {
+                    let hash = event.account_hash;
+                    if let Some((slot, _)) =
+                        self.candidate(hash, hash as usize & (self.index.len() - 1))
+                    {
+                        prefetch(&self.records[slot]);
+                    }
                 }
+                // The record is the account's only data.
+                Some(Ahead::AccountData) => {}
+                None => self.apply(event),
             }
-            if let Some(event) = i.checked_sub(far).and_then(|j| events.get(j)) {
-                self.apply(event);
-            }
-        }
+        });
         self.events = events;
     }
 
