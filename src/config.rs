@@ -162,8 +162,9 @@ impl Discard {
 pub struct InputConfig {
     /// Stream name, `[A-Za-z0-9_-]+`, different from the output's.
     pub stream: String,
-    /// Partition `p` is published on `<subject_prefix>.<p>`. NATS tokens, no wildcards, not
-    /// overlapping the output's prefix.
+    /// Partition `p`'s usage events are published on `<subject_prefix>.<p>.usage`, its commands
+    /// on `<subject_prefix>.<p>.cmd`, its ticks on `<subject_prefix>.<p>.tick`. NATS tokens, no
+    /// wildcards, not overlapping the output's prefix.
     pub subject_prefix: String,
     /// 1..=[`REPLICAS_MAX`].
     pub replicas: usize,
@@ -194,14 +195,14 @@ pub struct InputConfig {
 }
 
 impl InputConfig {
-    /// The subject that partition `partition` is published on.
-    pub fn subject(&self, partition: u32) -> String {
-        format!("{}.{partition}", self.subject_prefix)
+    /// The subject that partition `partition`'s messages of `kind` are published on.
+    pub fn subject(&self, partition: u32, kind: crate::wire::subject::SubjectKind) -> String {
+        crate::wire::subject::subject(&self.subject_prefix, partition, kind)
     }
 
-    /// The subjects of the stream: every partition's.
+    /// The subjects of the stream: every partition's, of every kind.
     pub fn subject_filter(&self) -> String {
-        format!("{}.*", self.subject_prefix)
+        crate::wire::subject::stream_filter(&self.subject_prefix)
     }
 }
 
@@ -1557,7 +1558,13 @@ mod tests {
         assert_eq!(config.nats.auth, NatsAuth::None);
         assert_eq!(config.nats.connect_timeout, Duration::from_secs(5));
         assert_eq!(config.input.stream, "CREDITFLOW_IN");
-        assert_eq!(config.input.subject(7), "creditflow.in.7");
+        assert_eq!(
+            config
+                .input
+                .subject(7, crate::wire::subject::SubjectKind::Usage),
+            "creditflow.in.7.usage"
+        );
+        assert_eq!(config.input.subject_filter(), "creditflow.in.*.*");
         assert_eq!(config.output.subject(7, "alert"), "creditflow.out.7.alert");
         assert_eq!(config.input.storage, Storage::File);
         assert_eq!(config.input.discard, Discard::New);

@@ -25,6 +25,7 @@ use crate::pipeline::shard::{NoObserver, NoSnapshots, Shard};
 use crate::pipeline::{Inbound, SinkMessage};
 use crate::sample::Rng;
 use crate::time::Instant;
+use crate::wire::subject::{Route, SubjectKind};
 
 #[derive(Clone, Debug)]
 pub struct DemoSettings {
@@ -247,7 +248,6 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> DemoReport {
                 .filter(|p| *p as usize % shards == number)
                 .map(|p| Partition::new(p, partitions))
                 .collect(),
-            input_prefix: "creditflow.in".to_string(),
             output_prefix: "creditflow.out".to_string(),
             snapshots: NoSnapshots,
             observer: NoObserver,
@@ -307,6 +307,14 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> DemoReport {
         })
     });
 
+    let subjects: Vec<Vec<async_nats::Subject>> = (0..partitions)
+        .map(|p| {
+            SubjectKind::ALL
+                .iter()
+                .map(|&kind| crate::wire::subject::subject("creditflow.in", p, kind).into())
+                .collect()
+        })
+        .collect();
     let started = WallInstant::now();
     let mut dispatcher = Dispatcher::new(senders, settings.batch_size_max);
     let mut workload = Workload::new(settings.seed, settings.accounts);
@@ -320,16 +328,34 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> DemoReport {
             break;
         }
         seq += 1;
-        let payload = workload.next_message();
-        let account_partition =
-            extract_account(&payload).map(|a| crate::engine::partition_of(a, partitions));
-        let inbound = Inbound {
-            seq,
-            partition: Some(account_partition.unwrap_or(0)),
-            payload: Bytes::from(payload),
-            received: None,
+        let payload = Bytes::from(workload.next_message());
+        // As producers, operators and the tick publisher do: usage and commands on their
+        // account's partition (usage and cmd subjects), a tick to every partition.
+        let text = std::str::from_utf8(&payload).unwrap_or_default();
+        let targets = match extract_account(text) {
+            Some(account) => {
+                let kind = if text.contains("\"type\":\"") {
+                    SubjectKind::Command
+                } else {
+                    SubjectKind::Usage
+                };
+                let partition = crate::engine::partition_of(account, partitions);
+                vec![(partition, kind)]
+            }
+            None => (0..partitions).map(|p| (p, SubjectKind::Tick)).collect(),
         };
-        if dispatcher.push(inbound).is_err() {
+        let mut pushed = true;
+        for (number, kind) in targets {
+            let inbound = Inbound {
+                seq,
+                route: Route::Partition { number, kind },
+                subject: subjects[number as usize][kind as usize].clone(),
+                payload: payload.clone(),
+                received: None,
+            };
+            pushed &= dispatcher.push(inbound).is_ok();
+        }
+        if !pushed {
             break;
         }
         if seq % 1024 == 0 {

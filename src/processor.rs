@@ -415,7 +415,6 @@ pub async fn run(
             shards,
             catalog: catalog.clone(),
             partitions: partitions_of_shard,
-            input_prefix: config.input.subject_prefix.clone(),
             output_prefix: config.output.subject_prefix.clone(),
             snapshots: Policy::new(
                 catalog.clone(),

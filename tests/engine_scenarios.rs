@@ -87,13 +87,18 @@ impl Run {
 
     /// Applies messages; returns the JSON of the outputs they produced.
     fn apply(&mut self, lines: &[&str]) -> Vec<String> {
+        self.apply_on("creditflow.in", lines)
+    }
+
+    /// Applies messages as arriving on `subject`.
+    fn apply_on(&mut self, subject: &str, lines: &[&str]) -> Vec<String> {
         let start = self.outputs.len();
         for line in lines {
             self.seq += 1;
             let envelope = Envelope {
                 payload: line.as_bytes(),
                 seq: self.seq,
-                subject: "creditflow.in",
+                subject,
                 received: None,
             };
             self.engine.apply(&envelope, &mut self.outputs);
@@ -780,4 +785,46 @@ fn an_imported_rollover_grant_counts_as_granted_revenue() {
     let revenue = &find(&out, "revenue.period")[0];
     assert_eq!(revenue["granted"], "0.4");
     assert_eq!(revenue["closing_deferred"], "0.4");
+}
+
+#[test]
+fn a_subject_carries_only_its_kind_of_message() {
+    // One partition: every account's subjects are creditflow.in.0.<kind>.
+    let mut run = Run::new();
+    let g = grant("g1", "a", "2026-11-24T10:00:00Z", "1000000", "");
+    let u = usage("e1", "a", "2026-11-24T10:01:00Z", "call", "3");
+    let tick = r#"{"type":"tick","id":"t1","ts":"2026-11-24T10:02:00Z"}"#;
+    // A producer's grant on a usage subject, its tick too: dead letters, nothing else.
+    for (line, subject) in [
+        (g.as_str(), "creditflow.in.0.usage"),
+        (tick, "creditflow.in.0.usage"),
+        (u.as_str(), "creditflow.in.0.cmd"),
+        (u.as_str(), "creditflow.in.0.tick"),
+        (g.as_str(), "creditflow.in.0"),
+        (g.as_str(), "creditflow.in.0.admin"),
+    ] {
+        let out = run.apply_on(subject, &[line]);
+        assert_eq!(types(&out), ["dead_letter"], "{line} on {subject}");
+        let dead = &find(&out, "dead_letter")[0];
+        assert_eq!(
+            dead["reason"], "not_allowed_on_subject",
+            "{line} on {subject}"
+        );
+        assert_eq!(dead["subject"], subject);
+        assert_eq!(dead["payload"], line);
+    }
+    assert!(run.engine.state_view().is_empty(), "no account was created");
+    // A subject naming a partition the deployment does not have.
+    let out = run.apply_on("creditflow.in.99.usage", &[u.as_str()]);
+    let dead = &find(&out, "dead_letter")[0];
+    assert_eq!(dead["reason"], "wrong_partition");
+    assert_eq!(dead["subject"], "creditflow.in.99.usage");
+    // Each on its own kind of subject is applied.
+    let out = run.apply_on("creditflow.in.0.cmd", &[g.as_str()]);
+    assert_eq!(types(&out), ["command.result"]);
+    let out = run.apply_on("creditflow.in.0.usage", &[u.as_str()]);
+    assert!(find(&out, "dead_letter").is_empty(), "{out:?}");
+    assert_eq!(run.balance("a"), "999997");
+    let out = run.apply_on("creditflow.in.0.tick", &[tick]);
+    assert!(find(&out, "dead_letter").is_empty(), "{out:?}");
 }

@@ -8,6 +8,11 @@
 //! and some cases round-trip the engine's partitions through the snapshot codec midway and go
 //! on (nothing may change).
 //!
+//! Some cases publish every message with an account on its partition's subject, as the pipeline
+//! does (`creditflow.in.<p>.usage` for usage events and malformed messages, `.cmd` for
+//! commands), and one in ten of those on a subject of the wrong kind, which both must
+//! dead-letter (`not_allowed_on_subject`, SEMANTICS §2.2); the rest use a plain log's subject.
+//!
 //! Comparison rules (SEMANTICS §3, §14): a tick's outputs are compared per account (the order
 //! of different accounts' outputs within one tick depends on the partitioning and is not part
 //! of the contract); a dead letter's `detail` is free text for operators and is not compared.
@@ -52,6 +57,9 @@ struct Case {
     snapshot_after: Option<usize>,
     /// Compare the state views after these many messages (and always at the end).
     views_after: Vec<usize>,
+    /// Publish messages with an account on partition subjects (see the module doc), choosing
+    /// with this seed.
+    subjects: Option<u64>,
 }
 
 impl Case {
@@ -61,6 +69,7 @@ impl Case {
         let received = rng.chance(80);
         let snapshot_after = rng.chance(35).then(|| rng.below(len as u64 + 1) as usize);
         let views_after = (0..3).map(|_| rng.below(len as u64 + 1) as usize).collect();
+        let subjects = rng.chance(50).then(|| rng.below(u64::MAX));
         Case {
             seed,
             len,
@@ -68,6 +77,7 @@ impl Case {
             received,
             snapshot_after,
             views_after,
+            subjects,
         }
     }
 
@@ -143,6 +153,41 @@ fn relabel_detail(text: &str) -> String {
         i + 1
     };
     format!("{}\"…\"{}", &text[..value_start], &rest[end..])
+}
+
+/// The subject a message is published on in a case with partition subjects: its account's
+/// partition (a message without a readable account, a tick included, goes on the plain log's
+/// subject), the kind its type needs, or one in ten times another kind.
+fn subject_for(payload: &[u8], partitions: u32, rng: &mut Rng) -> String {
+    use creditflow::wire::subject::{subject, SubjectKind};
+    let value: Option<Value> = serde_json::from_slice(payload).ok();
+    let field = |name: &str| {
+        value
+            .as_ref()
+            .and_then(|v| v.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let Some(account) = field("account").filter(|a| creditflow::wire::input::account_is_valid(a))
+    else {
+        return SUBJECT.to_string();
+    };
+    let right = match field("type").as_deref() {
+        None | Some("usage") => SubjectKind::Usage,
+        Some("tick") => SubjectKind::Tick,
+        Some(_) => SubjectKind::Command,
+    };
+    let kind = if rng.chance(10) {
+        let others: Vec<SubjectKind> = SubjectKind::ALL
+            .into_iter()
+            .filter(|k| *k != right)
+            .collect();
+        others[rng.below(others.len() as u64) as usize]
+    } else {
+        right
+    };
+    let partition = creditflow::engine::partition_of(&account, partitions);
+    subject(SUBJECT, partition, kind)
 }
 
 fn is_tick(payload: &[u8]) -> bool {
@@ -269,7 +314,12 @@ fn run_case(case: &Case) -> Result<(), String> {
     let mut out = Vec::new();
     // (index, payload, outputs) of every message so far: the context printed on a failure.
     let mut history: Vec<(usize, String, Vec<String>)> = Vec::new();
+    let mut subject_rng = case.subjects.map(Rng::new);
     for (index, (payload, received)) in log.iter().enumerate() {
+        let subject = match &mut subject_rng {
+            Some(rng) => subject_for(payload, case.partitions, rng),
+            None => SUBJECT.to_string(),
+        };
         if case.snapshot_after == Some(index) {
             let before = engine.state_view();
             engine = round_trip(engine)?;
@@ -291,13 +341,13 @@ fn run_case(case: &Case) -> Result<(), String> {
         let envelope = Envelope {
             payload,
             seq,
-            subject: SUBJECT,
+            subject: &subject,
             received: received.map(Instant),
         };
         // A panic (the engine's debug invariant checks included) is reported with its context.
         let applied = catch_unwind(AssertUnwindSafe(|| {
             engine.apply(&envelope, &mut out);
-            model.apply_envelope(payload, seq, SUBJECT, received)
+            model.apply_envelope(payload, seq, &subject, received)
         }));
         let model_out = match applied {
             Ok(model_out) => model_out,
@@ -332,7 +382,7 @@ fn run_case(case: &Case) -> Result<(), String> {
         let text = String::from_utf8_lossy(payload).to_string();
         if let Some(problem) = problem {
             return Err(format!(
-                "{problem} at message index {index} (seq {seq}) of seed {} ({} partitions, received {:?})\n  reproduce: {}\n  payload: {}\n{}\n  engine outputs:\n{}\n  model outputs:\n{}\n  earlier messages of this account, with their (agreed) outputs:\n{}",
+                "{problem} at message index {index} (seq {seq}) of seed {} ({} partitions, received {:?})\n  reproduce: {}\n  payload: {} on {subject}\n{}\n  engine outputs:\n{}\n  model outputs:\n{}\n  earlier messages of this account, with their (agreed) outputs:\n{}",
                 case.seed,
                 case.partitions,
                 received,

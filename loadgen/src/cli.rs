@@ -747,7 +747,11 @@ pub async fn drain(
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         js.publish_with_headers(
-            format!("{INPUT_PREFIX}.{p}"),
+            creditflow::wire::subject::subject(
+                INPUT_PREFIX,
+                p,
+                creditflow::wire::subject::SubjectKind::Command,
+            ),
             headers,
             workload::release_payload(&id, account, Instant(now_ms())),
         )

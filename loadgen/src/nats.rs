@@ -19,6 +19,7 @@ use anyhow::{anyhow, bail, Context as _};
 use async_nats::jetstream::{self, consumer, stream, Context};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
+use creditflow::wire::subject::SubjectKind;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -27,7 +28,7 @@ use crate::measure::Latency;
 use crate::schedule::Nanos;
 use crate::workload::Planned;
 
-/// The processor's input stream and its partition subjects `creditflow.in.<p>`.
+/// The processor's input stream and its partition subjects `creditflow.in.<p>.<kind>`.
 pub const INPUT_STREAM: &str = "CREDITFLOW_IN";
 pub const INPUT_PREFIX: &str = "creditflow.in";
 /// The processor's output stream; outputs go to `creditflow.out.<p>.<type>`.
@@ -139,7 +140,7 @@ pub struct Outgoing {
 /// closes; then waits for the remaining acks.
 pub async fn publish_loop(
     js: Context,
-    subjects: Arc<Vec<Subject>>,
+    subjects: Arc<PartitionSubjects>,
     mut rx: mpsc::Receiver<Outgoing>,
     window: usize,
     clock: RunClock,
@@ -162,7 +163,7 @@ pub async fn publish_loop(
                 let Outgoing { planned, start } = outgoing;
                 let mut headers = HeaderMap::new();
                 headers.insert(async_nats::header::NATS_MESSAGE_ID, planned.msg_id.as_str());
-                let subject = subjects[planned.partition as usize].clone();
+                let subject = subjects.of(planned.partition, planned.kind.subject_kind());
                 match js.publish_with_headers(subject, headers, planned.payload).await {
                     Ok(ack) => inflight.push(async move { (start, ack.await) }),
                     Err(err) => record_ack(&stats, clock, start, Err(err)),
@@ -312,11 +313,27 @@ pub async fn last_sequence(js: &Context, stream_name: &str) -> anyhow::Result<u6
     Ok(stream.info().await?.state.last_sequence)
 }
 
-/// Subjects `<prefix>.<p>` for every partition.
-pub fn partition_subjects(prefix: &str, partitions: u32) -> Arc<Vec<Subject>> {
-    Arc::new(
+/// Subjects `<prefix>.<p>.<kind>` for every partition and kind, made once.
+pub struct PartitionSubjects(Vec<Subject>);
+
+impl PartitionSubjects {
+    pub fn of(&self, partition: u32, kind: SubjectKind) -> Subject {
+        let kinds = SubjectKind::ALL.len();
+        let index = SubjectKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .expect("every kind is in ALL");
+        self.0[partition as usize * kinds + index].clone()
+    }
+}
+
+pub fn partition_subjects(prefix: &str, partitions: u32) -> Arc<PartitionSubjects> {
+    Arc::new(PartitionSubjects(
         (0..partitions)
-            .map(|p| Subject::from(format!("{prefix}.{p}")))
+            .flat_map(|p| {
+                SubjectKind::ALL
+                    .map(|kind| Subject::from(creditflow::wire::subject::subject(prefix, p, kind)))
+            })
             .collect(),
-    )
+    ))
 }

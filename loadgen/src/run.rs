@@ -177,7 +177,7 @@ pub async fn execute(options: RunOptions) -> anyhow::Result<RunResult> {
     nats::ensure_stream(
         &control,
         &options.stream,
-        &format!("{}.>", spec.subject_prefix),
+        &creditflow::wire::subject::stream_filter(&spec.subject_prefix),
         options.create_stream,
         options.duplicate_window,
     )

@@ -197,7 +197,11 @@ pub async fn verify(
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
         let ack = js
             .publish_with_headers(
-                format!("{}.{p}", options.input_prefix),
+                creditflow::wire::subject::subject(
+                    &options.input_prefix,
+                    p,
+                    creditflow::wire::subject::SubjectKind::Command,
+                ),
                 headers,
                 release_payload(&id, account, Instant(now_ms)),
             )

@@ -12,8 +12,10 @@
 //! is the time the message was due, never later than the time it is sent).
 //!
 //! Invariants: slots are yielded in scheduled order; every message of account `a` goes to
-//! `<subject_prefix>.<partition_of(a, partitions)>`; an account's opening grant precedes its
-//! first usage of that credit type; probe `n` is scheduled at `n × probe_interval`.
+//! partition `partition_of(a, partitions)`, on its `usage` subject for usage events (and the
+//! malformed messages a producer might send) and its `cmd` subject for commands (grants,
+//! probes' releases); an account's opening grant precedes its first usage of that credit type;
+//! probe `n` is scheduled at `n × probe_interval`.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -24,6 +26,7 @@ use creditflow::engine::partition_of;
 use creditflow::sample::Rng;
 use creditflow::time::Instant;
 use creditflow::wire::output::push_json_string;
+use creditflow::wire::subject::SubjectKind;
 
 use crate::schedule::{Nanos, RateShape, Schedule};
 
@@ -63,7 +66,7 @@ pub struct WorkloadSpec {
     /// Event time of scheduled offset 0.
     pub base_ts: Instant,
     pub partitions: u32,
-    /// Partition subjects are `<subject_prefix>.<partition>`.
+    /// Partition subjects are `<subject_prefix>.<partition>.<kind>`.
     pub subject_prefix: String,
     pub accounts: u32,
     /// Accounts are `<account_prefix>_<index>`.
@@ -111,6 +114,18 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The kind of subject a message of this kind is published on.
+    pub fn subject_kind(self) -> SubjectKind {
+        match self {
+            Kind::OpeningGrant | Kind::Topup | Kind::Probe(_) => SubjectKind::Command,
+            Kind::Usage
+            | Kind::LateUsage
+            | Kind::Duplicate
+            | Kind::LateDuplicate
+            | Kind::Malformed => SubjectKind::Usage,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Usage => "usage",
@@ -626,9 +641,13 @@ impl Workload {
         }
     }
 
-    /// The subject of a partition.
-    pub fn subject(&self, partition: u32) -> String {
-        format!("{}.{partition}", self.spec.subject_prefix)
+    /// The subject a planned message is published on.
+    pub fn subject(&self, planned: &Planned) -> String {
+        creditflow::wire::subject::subject(
+            &self.spec.subject_prefix,
+            planned.partition,
+            planned.kind.subject_kind(),
+        )
     }
 }
 

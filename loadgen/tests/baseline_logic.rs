@@ -72,7 +72,8 @@ async fn baseline_semantics_end_with_the_engines_balances() {
     let mut engine = Engine::new(catalog.clone(), 16);
     let mut outputs = Vec::new();
     for (index, p) in Workload::new(spec).enumerate() {
-        let subject = format!("creditflow.in.{}", p.partition);
+        let subject =
+            creditflow::wire::subject::subject("creditflow.in", p.partition, p.kind.subject_kind());
         engine.apply(
             &Envelope {
                 payload: &p.payload,

@@ -77,7 +77,7 @@ async fn verify_passes_against_the_engine_and_catches_a_wrong_balance_and_a_lost
     let client = async_nats::connect(&url).await.unwrap();
     let js = jetstream::new(client.clone());
     for (name, subjects) in [
-        (INPUT_STREAM, "creditflow.in.>"),
+        (INPUT_STREAM, "creditflow.in.*.*"),
         (OUTPUT_STREAM, "creditflow.out.>"),
     ] {
         loadgen::nats::ensure_stream(&js, name, subjects, true, Duration::from_secs(120))
@@ -115,7 +115,7 @@ async fn verify_passes_against_the_engine_and_catches_a_wrong_balance_and_a_lost
     );
     for p in 0..PARTITIONS {
         js.publish(
-            format!("{INPUT_PREFIX}.{p}"),
+            format!("{INPUT_PREFIX}.{p}.tick"),
             format!(r#"{{"type":"tick","id":"tick-1","ts":"{tick_ts}"}}"#).into(),
         )
         .await

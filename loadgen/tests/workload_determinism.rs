@@ -102,7 +102,8 @@ fn the_engine_sees_the_duplicates_dead_letters_and_probes_the_generator_made() {
     let mut probe_results = 0;
     let mut rejected = 0;
     for (index, p) in messages.iter().enumerate() {
-        let subject = format!("creditflow.in.{}", p.partition);
+        let subject =
+            creditflow::wire::subject::subject("creditflow.in", p.partition, p.kind.subject_kind());
         let envelope = Envelope {
             payload: &p.payload,
             seq: index as u64 + 1,

@@ -29,6 +29,7 @@ use crate::catalog::Catalog;
 use crate::time::Instant;
 use crate::wire::input::{self, CommandKind, DeadLetter, DeadReason, Message};
 use crate::wire::output::{Body, Output};
+use crate::wire::subject::{self, Route, Unroutable};
 use account::{Account, Context, NO_TIMER};
 use compact::AccountIndex;
 use dedupe::{dedupe_key, Dedupe, Entry};
@@ -399,18 +400,19 @@ impl Partition {
         }
     }
 
-    /// Decodes and applies one message (SEMANTICS §2–§10). `subject_partition` is the partition
-    /// the message's subject names, if any: a message for an account of another partition is
-    /// dead-lettered (`wrong_partition`).
+    /// Decodes and applies one message (SEMANTICS §2–§10). `route` is where its subject sends
+    /// it ([`subject::route`]): a message whose subject does not carry its type is
+    /// dead-lettered (`not_allowed_on_subject`), and one for an account of another partition
+    /// too (`wrong_partition`).
     pub fn apply(
         &mut self,
         catalog: &Catalog,
         envelope: &Envelope<'_>,
-        subject_partition: Option<u32>,
+        route: Route,
         out: &mut Vec<Output>,
     ) {
         let decoded = input::decode(envelope.payload, catalog);
-        self.apply_decoded(catalog, &decoded, envelope, subject_partition, None, out);
+        self.apply_decoded(catalog, &decoded, envelope, route, None, out);
     }
 
     /// Applies a message already decoded from `envelope` (by [`input::decode`]), or its dead
@@ -421,14 +423,12 @@ impl Partition {
         catalog: &Catalog,
         decoded: &Result<Message<'_>, DeadLetter>,
         envelope: &Envelope<'_>,
-        subject_partition: Option<u32>,
+        route: Route,
         hashes: Option<&Hashes>,
         out: &mut Vec<Output>,
     ) {
         match decoded {
-            Ok(message) => {
-                self.apply_message(catalog, message, envelope, subject_partition, hashes, out)
-            }
+            Ok(message) => self.apply_message(catalog, message, envelope, route, hashes, out),
             Err(dead) => {
                 self.record(envelope);
                 self.dead_letter(dead.clone(), envelope, out);
@@ -488,12 +488,37 @@ impl Partition {
         catalog: &Catalog,
         message: &Message<'_>,
         envelope: &Envelope<'_>,
-        subject_partition: Option<u32>,
+        route: Route,
         hashes: Option<&Hashes>,
         out: &mut Vec<Output>,
     ) {
+        let kind = match route {
+            Route::Unroutable(why) => return self.dead_letter_unrouted(envelope, why, out),
+            Route::Partition { kind, .. } => Some(kind),
+            Route::Log => None,
+        };
         self.record(envelope);
         let seq = envelope.seq;
+        if let Some(kind) = kind.filter(|kind| !kind.allows(message)) {
+            let dead = DeadLetter {
+                reason: DeadReason::NotAllowedOnSubject,
+                detail: format!(
+                    "a {} message on a {} subject ({}): {}",
+                    message.type_name(),
+                    kind.token(),
+                    envelope.subject,
+                    match kind {
+                        subject::SubjectKind::Usage => "usage subjects carry usage events only",
+                        subject::SubjectKind::Command => "cmd subjects carry commands only",
+                        subject::SubjectKind::Tick => "tick subjects carry ticks only",
+                    }
+                ),
+                account: message.account().map(str::to_string),
+                ts: Some(message.ts()),
+            };
+            self.dead_letter(dead, envelope, out);
+            return;
+        }
         if let Err(dead) = check_future(catalog, message, envelope.received) {
             let dead = DeadLetter {
                 account: message.account().map(str::to_string),
@@ -511,7 +536,7 @@ impl Partition {
             Message::Usage(usage) => &*usage.account,
             Message::Command(command) => &*command.account,
         };
-        if let Some(expected) = subject_partition {
+        if let Some(expected) = route.partition() {
             let actual = partition_of(account_id, self.partition_count);
             if actual != expected || expected != self.number {
                 let dead = DeadLetter {
@@ -546,13 +571,35 @@ impl Partition {
         }
     }
 
-    /// Dead-letters a message whose subject names no partition (pipeline only): it cannot be
-    /// routed, so no partition may apply it.
-    pub fn dead_letter_unrouted(&mut self, envelope: &Envelope<'_>, out: &mut Vec<Output>) {
+    /// Dead-letters a message whose subject is under the input prefix but routes nowhere
+    /// ([`Route::Unroutable`]): no partition may apply it. Its dead letter keeps the subject it
+    /// arrived on; the payload is not read (no account, no `ts`).
+    pub fn dead_letter_unrouted(
+        &mut self,
+        envelope: &Envelope<'_>,
+        why: Unroutable,
+        out: &mut Vec<Output>,
+    ) {
         self.record(envelope);
+        let (reason, detail) = match why {
+            Unroutable::NoPartition => (
+                DeadReason::WrongPartition,
+                format!(
+                    "the subject {} names no partition of {}",
+                    envelope.subject, self.partition_count
+                ),
+            ),
+            Unroutable::NoKind => (
+                DeadReason::NotAllowedOnSubject,
+                format!(
+                    "the subject {} names no kind (usage, cmd or tick)",
+                    envelope.subject
+                ),
+            ),
+        };
         let dead = DeadLetter {
-            reason: DeadReason::WrongPartition,
-            detail: "the subject names no partition".to_string(),
+            reason,
+            detail,
             account: None,
             ts: None,
         };
@@ -944,29 +991,21 @@ fn debug_check(account: &Account) {
     }
 }
 
-#[derive(Clone, Copy)]
-enum SubjectRoute {
-    /// Not under the input prefix (a plain log): route by the account's hash.
-    ByAccount,
-    Partition(u32),
-    /// Under the prefix but naming no partition: dead-lettered.
-    Unroutable,
-}
-
 /// A set of partitions applied in log order: the single-threaded engine that `replay`,
 /// `simulate`, the model test and the benchmarks drive.
 pub struct Engine {
     catalog: Arc<Catalog>,
     partitions: Vec<Partition>,
-    /// Prefix of partition subjects (`creditflow.in`): a subject `<prefix>.<n>` routes to
-    /// partition `n` and is checked against the account's hash.
+    /// Prefix of partition subjects (`creditflow.in`): a subject `<prefix>.<n>.<kind>` routes
+    /// to partition `n` and is checked against the account's hash and the message's type
+    /// ([`subject::route`]).
     subject_prefix: String,
 }
 
 /// One input of [`Engine::apply_batch`]: its route, its decoded message (`None` for an
 /// unroutable subject) and the partition that will apply it, when known before applying.
 type BatchInput<'a> = (
-    SubjectRoute,
+    Route,
     Option<Result<Message<'a>, DeadLetter>>,
     Option<(u32, Hashes)>,
 );
@@ -1006,25 +1045,16 @@ impl Engine {
         self.partitions
     }
 
-    /// How a subject routes: a subject under the prefix must name a partition.
-    fn subject_route(&self, subject: &str) -> SubjectRoute {
-        let Some(rest) = subject
-            .strip_prefix(&self.subject_prefix)
-            .and_then(|r| r.strip_prefix('.'))
-        else {
-            return SubjectRoute::ByAccount;
-        };
-        match rest.parse::<u32>() {
-            Ok(n) if n < self.partitions.len() as u32 => SubjectRoute::Partition(n),
-            _ => SubjectRoute::Unroutable,
-        }
+    /// How a subject routes ([`subject::route`]).
+    fn subject_route(&self, subject: &str) -> Route {
+        subject::route(&self.subject_prefix, subject, self.partitions.len() as u32)
     }
 
     /// Applies one raw message.
     pub fn apply(&mut self, envelope: &Envelope<'_>, out: &mut Vec<Output>) {
         let route = self.subject_route(envelope.subject);
         let decoded = match route {
-            SubjectRoute::Unroutable => None,
+            Route::Unroutable(_) => None,
             _ => Some(input::decode(envelope.payload, &self.catalog)),
         };
         self.apply_routed(route, decoded.as_ref(), envelope, None, out);
@@ -1039,7 +1069,7 @@ impl Engine {
             .map(|envelope| {
                 let route = self.subject_route(envelope.subject);
                 let decoded = match route {
-                    SubjectRoute::Unroutable => None,
+                    Route::Unroutable(_) => None,
                     _ => Some(input::decode(envelope.payload, &catalog)),
                 };
                 let message = match &decoded {
@@ -1116,19 +1146,19 @@ impl Engine {
 
     /// The partition that will apply `message` (when it decoded) arriving by `route`, if one
     /// does: what fetching ahead needs to know before applying.
-    fn target(&self, route: SubjectRoute, message: Option<&Message<'_>>) -> Option<u32> {
+    fn target(&self, route: Route, message: Option<&Message<'_>>) -> Option<u32> {
         match route {
-            SubjectRoute::Partition(n) => Some(n),
-            SubjectRoute::ByAccount => message?
+            Route::Partition { number, .. } => Some(number),
+            Route::Log => message?
                 .account()
                 .map(|account| partition_of(account, self.partitions.len() as u32)),
-            SubjectRoute::Unroutable => None,
+            Route::Unroutable(_) => None,
         }
     }
 
     /// [`Engine::target`] of a decoded message with its [`Hashes`]: what fetching ahead and
     /// the apply of a batch share.
-    fn target_hashed(&self, route: SubjectRoute, message: &Message<'_>) -> Option<(u32, Hashes)> {
+    fn target_hashed(&self, route: Route, message: &Message<'_>) -> Option<(u32, Hashes)> {
         self.target(route, Some(message)).zip(Hashes::of(message))
     }
 
@@ -1136,24 +1166,24 @@ impl Engine {
     /// is what [`Engine::target`] and [`Hashes::of`] give for it, if the caller has them.
     fn apply_routed(
         &mut self,
-        route: SubjectRoute,
+        route: Route,
         decoded: Option<&Result<Message<'_>, DeadLetter>>,
         envelope: &Envelope<'_>,
         target: Option<&(u32, Hashes)>,
         out: &mut Vec<Output>,
     ) {
-        let (subject_partition, decoded) = match (route, decoded) {
-            (SubjectRoute::ByAccount, Some(decoded)) => (None, decoded),
-            (SubjectRoute::Partition(n), Some(decoded)) => (Some(n), decoded),
-            _ => {
+        let decoded = match (route, decoded) {
+            (Route::Unroutable(why), _) => {
                 // As the pipeline does: partition 0 dead-letters what no partition may apply.
-                self.partitions[0].dead_letter_unrouted(envelope, out);
+                self.partitions[0].dead_letter_unrouted(envelope, why, out);
                 return;
             }
+            (_, Some(decoded)) => decoded,
+            (_, None) => unreachable!("a routable message is decoded"),
         };
         match decoded {
             Err(dead) => {
-                let n = subject_partition.unwrap_or_else(|| match &dead.account {
+                let n = route.partition().unwrap_or_else(|| match &dead.account {
                     Some(account) => partition_of(account, self.partitions.len() as u32),
                     None => 0,
                 });
@@ -1161,7 +1191,7 @@ impl Engine {
                 partition.record(envelope);
                 partition.dead_letter(dead.clone(), envelope, out);
             }
-            Ok(message) => self.route(message, envelope, subject_partition, target, out),
+            Ok(message) => self.route(message, envelope, route, target, out),
         }
     }
 
@@ -1183,15 +1213,12 @@ impl Engine {
         target: Option<&(u32, Hashes)>,
         out: &mut Vec<Output>,
     ) {
-        let subject_partition = match self.subject_route(envelope.subject) {
-            SubjectRoute::ByAccount => None,
-            SubjectRoute::Partition(n) => Some(n),
-            SubjectRoute::Unroutable => {
-                self.partitions[0].dead_letter_unrouted(envelope, out);
-                return;
-            }
-        };
-        self.route(message, envelope, subject_partition, target, out);
+        let route = self.subject_route(envelope.subject);
+        if let Route::Unroutable(why) = route {
+            self.partitions[0].dead_letter_unrouted(envelope, why, out);
+            return;
+        }
+        self.route(message, envelope, route, target, out);
     }
 
     /// `target`: as for [`Engine::apply_routed`].
@@ -1199,22 +1226,16 @@ impl Engine {
         &mut self,
         message: &Message<'_>,
         envelope: &Envelope<'_>,
-        subject_partition: Option<u32>,
+        route: Route,
         target: Option<&(u32, Hashes)>,
         out: &mut Vec<Output>,
     ) {
         let catalog = &*self.catalog;
         let count = self.partitions.len() as u32;
         let hashes = target.map(|(_, hashes)| hashes);
-        match (message.account(), subject_partition) {
-            (_, Some(n)) => self.partitions[n as usize].apply_message(
-                catalog,
-                message,
-                envelope,
-                Some(n),
-                hashes,
-                out,
-            ),
+        match (message.account(), route.partition()) {
+            (_, Some(n)) => self.partitions[n as usize]
+                .apply_message(catalog, message, envelope, route, hashes, out),
             (Some(account), None) => {
                 let n = match target {
                     Some(&(n, _)) => {
@@ -1224,12 +1245,12 @@ impl Engine {
                     None => partition_of(account, count),
                 };
                 self.partitions[n as usize]
-                    .apply_message(catalog, message, envelope, None, hashes, out);
+                    .apply_message(catalog, message, envelope, route, hashes, out);
             }
-            // A tick on a subject that names no partition reaches every partition.
+            // A tick in a plain log reaches every partition.
             (None, None) => {
                 for partition in &mut self.partitions {
-                    partition.apply_message(catalog, message, envelope, None, None, out);
+                    partition.apply_message(catalog, message, envelope, route, None, out);
                 }
             }
         }

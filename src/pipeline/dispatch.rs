@@ -61,7 +61,7 @@ impl Dispatcher {
     /// Adds one message; sends its shard's batch when full. `Err` when a shard has gone.
     pub fn push(&mut self, message: Inbound) -> Result<(), ShardGone> {
         // A subject that names no partition is dead-lettered by partition 0's shard.
-        let shard = shard_of(message.partition.unwrap_or(0), self.senders.len());
+        let shard = shard_of(message.partition().unwrap_or(0), self.senders.len());
         self.pending[shard].push(message);
         if self.pending[shard].len() >= self.batch_size_max {
             self.send(shard)?;
@@ -119,7 +119,11 @@ mod tests {
     fn message(seq: u64, partition: u32) -> Inbound {
         Inbound {
             seq,
-            partition: Some(partition),
+            route: crate::wire::subject::Route::Partition {
+                number: partition,
+                kind: crate::wire::subject::SubjectKind::Usage,
+            },
+            subject: async_nats::Subject::from_static("creditflow.in.0.usage"),
             payload: bytes::Bytes::new(),
             received: None,
         }

@@ -21,7 +21,7 @@ use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 
 use super::dispatch::{Dispatcher, ShardGone};
-use super::{subject_partition, Inbound};
+use super::{pipeline_route, Inbound};
 use crate::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -159,11 +159,12 @@ impl<O: IngestObserver> Reader<O> {
                 }
                 let inbound = Inbound {
                     seq,
-                    partition: subject_partition(
+                    route: pipeline_route(
                         &self.settings.input_prefix,
                         &message.subject,
                         self.settings.partitions,
                     ),
+                    subject: message.subject.clone(),
                     payload: message.payload.clone(),
                     received: Some(received_of(&info)),
                 };

@@ -34,18 +34,40 @@ pub mod ticks;
 use bytes::Bytes;
 
 use crate::time::Instant;
+use crate::wire::subject::{Route, Unroutable};
 
 /// One input message as it came off the log.
 #[derive(Clone, Debug)]
 pub struct Inbound {
     /// Stream sequence.
     pub seq: u64,
-    /// The partition its subject names, or `None` for a subject that names none (it is
-    /// dead-lettered by partition 0's shard).
-    pub partition: Option<u32>,
+    /// Where its subject sends it: a partition and the kind of messages the subject carries,
+    /// or nowhere (dead-lettered by partition 0's shard). Never [`Route::Log`]: see
+    /// [`pipeline_route`].
+    pub route: Route,
+    /// The subject it arrived on, for its dead letter (a shared buffer: cloning it copies
+    /// nothing).
+    pub subject: async_nats::Subject,
     pub payload: Bytes,
     /// When the stream received it.
     pub received: Option<Instant>,
+}
+
+impl Inbound {
+    /// The partition its subject names, if any.
+    pub fn partition(&self) -> Option<u32> {
+        self.route.partition()
+    }
+}
+
+/// Where a subject of the input stream sends a message in the pipeline: as
+/// [`crate::wire::subject::route`], except that a subject outside the prefix (a stream an
+/// operator gave more subjects) routes nowhere: only an offline log is routed by account.
+pub fn pipeline_route(prefix: &str, subject: &str, partitions: u32) -> Route {
+    match crate::wire::subject::route(prefix, subject, partitions) {
+        Route::Log => Route::Unroutable(Unroutable::NoPartition),
+        route => route,
+    }
 }
 
 /// One output ready to publish: where, under which message id, and the bytes.
@@ -91,21 +113,6 @@ pub fn output_subject(prefix: &str, partition: u32, kind: &str) -> String {
     format!("{prefix}.{partition}.{kind}")
 }
 
-/// The subject input messages of `partition` are published on.
-pub fn input_subject(prefix: &str, partition: u32) -> String {
-    format!("{prefix}.{partition}")
-}
-
-/// The partition an input subject names: `<prefix>.<n>` with `n < partitions`.
-pub fn subject_partition(prefix: &str, subject: &str, partitions: u32) -> Option<u32> {
-    let number: u32 = subject
-        .strip_prefix(prefix)?
-        .strip_prefix('.')?
-        .parse()
-        .ok()?;
-    (number < partitions).then_some(number)
-}
-
 /// Which shard owns `partition`.
 pub fn shard_of(partition: u32, shards: usize) -> usize {
     partition as usize % shards.max(1)
@@ -117,26 +124,29 @@ mod tests {
 
     #[test]
     fn subjects_name_partitions_strictly() {
+        use crate::wire::subject::SubjectKind;
         assert_eq!(
-            subject_partition("creditflow.in", "creditflow.in.7", 16),
-            Some(7)
+            pipeline_route("creditflow.in", "creditflow.in.7.usage", 16),
+            Route::Partition {
+                number: 7,
+                kind: SubjectKind::Usage
+            }
         );
-        assert_eq!(
-            subject_partition("creditflow.in", "creditflow.in.16", 16),
-            None
-        );
-        assert_eq!(
-            subject_partition("creditflow.in", "creditflow.in.x", 16),
-            None
-        );
-        assert_eq!(
-            subject_partition("creditflow.in", "creditflow.in", 16),
-            None
-        );
-        assert_eq!(
-            subject_partition("creditflow.in", "creditflow.input.1", 16),
-            None
-        );
+        for subject in [
+            "creditflow.in.16.usage",
+            "creditflow.in.x.cmd",
+            "creditflow.in.7",
+            "creditflow.in",
+            "creditflow.input.1.usage",
+        ] {
+            assert!(
+                matches!(
+                    pipeline_route("creditflow.in", subject, 16),
+                    Route::Unroutable(_)
+                ),
+                "{subject}"
+            );
+        }
         assert_eq!(
             output_subject("creditflow.out", 3, "invoice.line"),
             "creditflow.out.3.invoice.line"

@@ -21,11 +21,12 @@ use bytes::Bytes;
 use crossbeam::channel::{Receiver, Sender};
 
 use super::dispatch::ShardInput;
-use super::{input_subject, output_subject, Inbound, Outbound, SinkMessage};
+use super::{output_subject, Inbound, Outbound, SinkMessage};
 use crate::catalog::Catalog;
 use crate::engine::{apply_ahead, Envelope, Hashes, Partition};
 use crate::wire::input::{self, DeadLetter, Message};
 use crate::wire::output::Output;
+use crate::wire::subject::Route;
 
 /// A message's decoding: the message, or its dead letter.
 type Decoded<'a> = Result<Message<'a>, DeadLetter>;
@@ -100,7 +101,6 @@ pub struct Shard<S: SnapshotHook, O: ShardObserver> {
     pub catalog: Arc<Catalog>,
     /// Partitions `number`, `number + shards`, … in that order.
     pub partitions: Vec<Partition>,
-    pub input_prefix: String,
     pub output_prefix: String,
     pub snapshots: S,
     pub observer: O,
@@ -120,11 +120,6 @@ struct Home {
 impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
     /// Runs until `Stop` or until the input queue closes; returns the partitions.
     pub fn run(mut self, input: Receiver<ShardInput>, sink: Sender<SinkMessage>) -> Vec<Partition> {
-        let subjects: Vec<String> = self
-            .partitions
-            .iter()
-            .map(|p| input_subject(&self.input_prefix, p.number))
-            .collect();
         let count = self.partitions.len();
         let mut home = Home {
             partitions: std::mem::take(&mut self.partitions)
@@ -145,14 +140,14 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                         Ok(ShardInput::Batch(batch)) => batch,
                         Ok(ShardInput::Stop) | Err(_) => break,
                     };
-                    if !self.batch(batch, &mut home, &subjects, &mut outputs, &sink) {
+                    if !self.batch(batch, &mut home, &mut outputs, &sink) {
                         failed = true;
                         break;
                     }
                 }
                 recv(returns) -> partition => {
                     if let Ok(partition) = partition {
-                        if !self.welcome(partition, &mut home, &subjects, &mut outputs, &sink) {
+                        if !self.welcome(partition, &mut home, &mut outputs, &sink) {
                             failed = true;
                             break;
                         }
@@ -164,7 +159,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
         // keeps one: it gives each back right after encoding it).
         while home.lent > 0 && !failed {
             let Ok(partition) = returns.recv() else { break };
-            if !self.welcome(partition, &mut home, &subjects, &mut outputs, &sink) {
+            if !self.welcome(partition, &mut home, &mut outputs, &sink) {
                 failed = true;
             }
         }
@@ -185,7 +180,6 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
         &mut self,
         batch: Vec<Inbound>,
         home: &mut Home,
-        subjects: &[String],
         outputs: &mut Vec<Output>,
         sink: &Sender<SinkMessage>,
     ) -> bool {
@@ -212,7 +206,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
             let index = self.index_of(inbound);
             match &home.partitions[index] {
                 Some(partition) => {
-                    let decoded = (inbound.partition.is_some()
+                    let decoded = (inbound.partition().is_some()
                         && inbound.seq > partition.applied_through)
                         .then(|| input::decode(&inbound.payload, &self.catalog));
                     let hashes = match &decoded {
@@ -240,7 +234,6 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                     inbound,
                     decoded.as_ref(),
                     hashes.as_ref(),
-                    &subjects[*index],
                     outputs,
                 );
                 let number = partition.number;
@@ -286,21 +279,13 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
         &mut self,
         mut partition: Partition,
         home: &mut Home,
-        subjects: &[String],
         outputs: &mut Vec<Output>,
         sink: &Sender<SinkMessage>,
     ) -> bool {
         let index = partition.number as usize / self.shards;
         let mut outbound = Vec::new();
         for inbound in home.waiting[index].drain(..) {
-            self.apply(
-                &mut partition,
-                &inbound,
-                None,
-                None,
-                &subjects[index],
-                outputs,
-            );
+            self.apply(&mut partition, &inbound, None, None, outputs);
             for output in outputs.drain(..) {
                 outbound.push(self.outbound(partition.number, output));
             }
@@ -316,7 +301,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
     /// not have sent it here).
     fn index_of(&self, inbound: &Inbound) -> usize {
         inbound
-            .partition
+            .partition()
             .map_or(0, |number| number as usize / self.shards)
     }
 
@@ -328,19 +313,20 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
         inbound: &Inbound,
         decoded: Option<&Decoded<'_>>,
         hashes: Option<&Hashes>,
-        subject: &str,
         outputs: &mut Vec<Output>,
     ) {
-        let Some(number) = inbound.partition else {
-            let subject = format!("{}.?", self.input_prefix);
-            let envelope = Envelope {
-                payload: &inbound.payload,
-                seq: inbound.seq,
-                subject: &subject,
-                received: inbound.received,
-            };
-            partition.dead_letter_unrouted(&envelope, outputs);
-            return;
+        let envelope = Envelope {
+            payload: &inbound.payload,
+            seq: inbound.seq,
+            subject: &inbound.subject,
+            received: inbound.received,
+        };
+        let number = match inbound.route {
+            Route::Partition { number, .. } => number,
+            Route::Unroutable(why) => {
+                return partition.dead_letter_unrouted(&envelope, why, outputs)
+            }
+            Route::Log => unreachable!("the pipeline routes every subject to a partition or none"),
         };
         debug_assert_eq!(
             partition.number, number,
@@ -350,12 +336,6 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
             // Already in the partition's snapshot: a replay after a restart.
             return;
         }
-        let envelope = Envelope {
-            payload: &inbound.payload,
-            seq: inbound.seq,
-            subject,
-            received: inbound.received,
-        };
         let decoded_now;
         let decoded = match decoded {
             Some(decoded) => decoded,
@@ -368,7 +348,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
             &self.catalog,
             decoded,
             &envelope,
-            Some(number),
+            inbound.route,
             hashes,
             outputs,
         );

@@ -76,7 +76,7 @@ impl StreamSettings {
     pub fn problems(&self, existing: &stream::Config) -> Vec<String> {
         let mut problems = Vec::new();
         for subject in &self.subjects {
-            if !existing.subjects.iter().any(|s| s == subject) {
+            if !existing.subjects.iter().any(|s| covers(s, subject)) {
                 problems.push(format!(
                     "subjects {:?} do not include {subject:?}",
                     existing.subjects
@@ -111,6 +111,22 @@ impl StreamSettings {
             ));
         }
         problems
+    }
+}
+
+/// Whether every subject `pattern` matches is also matched by `filter` (NATS wildcards: `*`
+/// is one token, `>` one or more at the end).
+pub fn covers(filter: &str, pattern: &str) -> bool {
+    let mut filter = filter.split('.');
+    let mut pattern = pattern.split('.');
+    loop {
+        match (filter.next(), pattern.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(token)) if token != ">" => {}
+            (Some(f), Some(p)) if f == p && f != "*" && f != ">" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
     }
 }
 
@@ -168,7 +184,7 @@ mod tests {
     fn settings() -> StreamSettings {
         StreamSettings {
             name: "CREDITFLOW_IN".into(),
-            subjects: vec!["creditflow.in.>".into()],
+            subjects: vec!["creditflow.in.*.*".into()],
             replicas: 1,
             memory_storage: false,
             allow_memory_storage: false,
@@ -180,6 +196,20 @@ mod tests {
             allow_discard_old: false,
             deny_delete_and_purge: true,
         }
+    }
+
+    #[test]
+    fn a_wider_filter_covers_ours() {
+        assert!(covers("creditflow.in.*.*", "creditflow.in.*.*"));
+        assert!(covers("creditflow.in.>", "creditflow.in.*.*"));
+        assert!(covers("creditflow.>", "creditflow.in.*.*"));
+        assert!(covers(">", "creditflow.in.*.*"));
+        assert!(covers("creditflow.in.*.*", "creditflow.in.3.usage"));
+        assert!(!covers("creditflow.in.*", "creditflow.in.*.*"));
+        assert!(!covers("creditflow.in.*.usage", "creditflow.in.*.*"));
+        assert!(!covers("creditflow.in.*.*", "creditflow.in.>"));
+        assert!(!covers("creditflow.in.*.*.*", "creditflow.in.*.*"));
+        assert!(!covers("creditflow.out.>", "creditflow.in.*.*"));
     }
 
     #[test]

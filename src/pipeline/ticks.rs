@@ -7,15 +7,16 @@
 //! engine ignores a tick that does not advance its clock anyway), or block the pipeline: a
 //! publish that fails is logged and the next interval tries again.
 //!
-//! Invariants: every partition subject gets one tick per interval with the same `ts`, each with
-//! a `Nats-Msg-Id` unique to (partition, ts), so a retried tick is stored once.
+//! Invariants: every partition's tick subject (`<prefix>.<p>.tick`) gets one tick per interval
+//! with the same `ts`, each with a `Nats-Msg-Id` unique to (partition, ts), so a retried tick is
+//! stored once.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
 
-use super::input_subject;
 use crate::time::Instant;
+use crate::wire::subject::{subject, SubjectKind};
 
 /// The payload of a tick at `at`.
 pub fn tick_payload(at: Instant) -> String {
@@ -62,7 +63,10 @@ pub async fn run(
                 .payload(payload.clone())
                 .message_id(format!("tick-{}-{partition}", at.millis()));
             match context
-                .send_publish(input_subject(&input_prefix, partition), publish)
+                .send_publish(
+                    subject(&input_prefix, partition, SubjectKind::Tick),
+                    publish,
+                )
                 .await
             {
                 Ok(ack) => acks.push(ack),

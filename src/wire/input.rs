@@ -40,8 +40,10 @@ pub enum DeadReason {
     NoRateForDims,
     CostOverflow,
     AccountLimit,
-    /// The message's subject names a partition that is not the account's (pipeline only).
+    /// The message's subject names a partition that is not the account's, or none.
     WrongPartition,
+    /// The message's subject does not carry its type (SEMANTICS §2.2).
+    NotAllowedOnSubject,
 }
 
 impl DeadReason {
@@ -65,6 +67,7 @@ impl DeadReason {
             DeadReason::CostOverflow => "cost_overflow",
             DeadReason::AccountLimit => "account_limit",
             DeadReason::WrongPartition => "wrong_partition",
+            DeadReason::NotAllowedOnSubject => "not_allowed_on_subject",
         }
     }
 }
@@ -269,6 +272,15 @@ impl Message<'_> {
             Message::Usage(u) => &u.id,
             Message::Command(c) => &c.id,
             Message::Tick { id, .. } => id,
+        }
+    }
+
+    /// The message's `type` as written on the wire (`usage` for a usage event).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Message::Usage(_) => "usage",
+            Message::Command(c) => c.kind.name(),
+            Message::Tick { .. } => "tick",
         }
     }
 }

@@ -1,3 +1,4 @@
 //! The wire formats: input messages (JSON usage events and commands) and outputs.
 pub mod input;
 pub mod output;
+pub mod subject;

@@ -176,8 +176,26 @@ pub fn account_of(payload: &str) -> Option<String> {
     creditflow::wire::input::account_is_valid(account).then(|| account.to_string())
 }
 
-/// Publishes each line to its partition's subject (partition 0 when it has no account), with
-/// `Nats-Msg-Id` = its `id` when it has one, awaiting every ack.
+/// The subject a line is published on: its account's partition (0 without one), on the
+/// `cmd` subject for a command, `tick` for a tick and `usage` for anything else (a usage event,
+/// or a malformed message a producer might send).
+pub fn subject_of(line: &str, partitions: u32) -> String {
+    use creditflow::wire::subject::SubjectKind;
+    let partition = account_of(line).map_or(0, |a| partition_of(&a, partitions));
+    let kind = match serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
+        .as_deref()
+    {
+        None | Some("usage") => SubjectKind::Usage,
+        Some("tick") => SubjectKind::Tick,
+        Some(_) => SubjectKind::Command,
+    };
+    creditflow::wire::subject::subject("creditflow.in", partition, kind)
+}
+
+/// Publishes each line to its subject ([`subject_of`]), with `Nats-Msg-Id` = its partition and
+/// `id` when it has one, awaiting every ack.
 pub async fn publish(url: &str, lines: &[String], partitions: u32) {
     let client = async_nats::connect(url).await.expect("connect");
     let context = async_nats::jetstream::new(client);
@@ -193,7 +211,7 @@ pub async fn publish(url: &str, lines: &[String], partitions: u32) {
             publish = publish.message_id(format!("{partition}-{id}"));
         }
         let ack = context
-            .send_publish(format!("creditflow.in.{partition}"), publish)
+            .send_publish(subject_of(line, partitions), publish)
             .await
             .expect("publish");
         acks.push(ack);
@@ -368,15 +386,13 @@ pub async fn publish_resilient(url: &str, lines: &[String], partitions: u32, rat
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             tokio::time::sleep(wait).await;
         }
-        let partition = account_of(line).map_or(0, |a| partition_of(&a, partitions));
+        let subject = subject_of(line, partitions);
         let id = format!("m{index}");
         loop {
             let publish = async_nats::jetstream::message::PublishMessage::build()
                 .payload(line.clone().into())
                 .message_id(id.clone());
-            let sent = context
-                .send_publish(format!("creditflow.in.{partition}"), publish)
-                .await;
+            let sent = context.send_publish(subject.clone(), publish).await;
             match sent {
                 Ok(ack) => match ack.await {
                     Ok(_) => break,

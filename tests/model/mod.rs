@@ -1550,6 +1550,9 @@ impl Model {
         } else {
             match input::parse(payload, cx.cat) {
                 Err(Refusal { reason, detail }) => dead_letter(&mut cx, payload, reason, detail),
+                Ok(message) if !carries(subject, &message) => {
+                    dead_letter(&mut cx, payload, "not_allowed_on_subject", None);
+                }
                 Ok(Message::Tick { ts }) if too_far_ahead(cx.cat, cx.received, ts) => {
                     dead_letter(&mut cx, payload, "ts_too_far_ahead", None);
                 }
@@ -1746,6 +1749,30 @@ fn verdict(
 
 /// How much of an oversized payload a dead letter carries (§14).
 const DEAD_PAYLOAD_MAX: usize = 1024;
+
+/// §2.2: whether `subject` may carry `message`. A partition subject
+/// `creditflow.in.<p>.<kind>` carries usage events (`usage`), commands (`cmd`) or ticks
+/// (`tick`) only; a plain log (any other subject) carries every type. (The model is only fed
+/// partition subjects of the account's own partition.)
+fn carries(subject: &str, message: &Message) -> bool {
+    let kind = subject
+        .strip_prefix("creditflow.in.")
+        .and_then(|rest| rest.split_once('.'))
+        .map(|(_, kind)| kind);
+    match (kind, message) {
+        (None, _) => true,
+        (
+            Some("usage"),
+            Message::Account {
+                body: Body::Usage { .. },
+                ..
+            },
+        ) => true,
+        (Some("cmd"), Message::Account { body, .. }) => !matches!(body, Body::Usage { .. }),
+        (Some("tick"), Message::Tick { .. }) => true,
+        _ => false,
+    }
+}
 
 fn dead_letter(cx: &mut Cx, payload: &[u8], reason: &str, detail: Option<String>) {
     // An oversized payload is not read (that is what the limit is for), and only its start is
