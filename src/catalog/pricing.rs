@@ -115,6 +115,97 @@ pub fn price(catalog: &Catalog, request: &PriceRequest) -> Result<Priced, PriceE
     price_general(version, request, scale, meter.rounding)
 }
 
+/// The largest quantity an event may carry has 18 significant digits (SEMANTICS §2).
+const QUANTITY_UNITS_MAX: i128 = 999_999_999_999_999_999;
+
+/// The largest quantity with at most `decimals` decimal places (≤ 9) whose price is at most
+/// `budget`, for an event like `request` (its meter, dims, `ts` and cumulative quantity; its own
+/// quantity is ignored): the most of the meter that `budget` credits pay for in one event.
+/// `Ok(None)` when even the largest quantity an event may carry costs at most `budget` (a free
+/// meter, say). The errors that do not depend on the quantity (`no_price_in_force`,
+/// `no_rate_for_dims`) are returned as [`price`] returns them.
+///
+/// Exact by construction: every candidate is priced by [`price`] itself. A price that rises
+/// with the quantity (unit, graduated) is searched by bisection; a volume price can fall when
+/// a larger quantity reaches a cheaper tier, so it is searched tier by tier (the quantities
+/// whose cumulative total lands in one tier form an interval, within which the price rises),
+/// and the largest affordable quantity of any tier wins.
+pub fn max_quantity(
+    catalog: &Catalog,
+    request: &PriceRequest,
+    decimals: u8,
+    budget: Credits,
+) -> Result<Option<Quantity>, PriceError> {
+    assert!(decimals <= Quantity::SCALE, "at most 9 decimals");
+    let meter = catalog.meter(request.meter);
+    let version = meter
+        .version_at(request.ts)
+        .ok_or(PriceError::NoPriceInForce)?;
+    matched_rule(version, request.dims)?;
+    let step = pow10(u32::from(Quantity::SCALE - decimals)).expect("10^9 fits");
+    let quantity = |units: i128| Fixed(units * step);
+    let affordable = |units: i128| {
+        price(
+            catalog,
+            &PriceRequest {
+                quantity: quantity(units),
+                ..*request
+            },
+        )
+        .is_ok_and(|priced| priced.cost <= budget)
+    };
+    // The largest `units` in `low..=high` for which `holds` (true up to some point, then
+    // false) is true; `low` must hold.
+    let last_true = |mut low: i128, mut high: i128, holds: &dyn Fn(i128) -> bool| {
+        while low < high {
+            let middle = low + (high - low + 1) / 2;
+            if holds(middle) {
+                low = middle;
+            } else {
+                high = middle - 1;
+            }
+        }
+        low
+    };
+    let segments: Vec<(i128, i128)> = match &version.model {
+        PriceModel::Volume { tiers } => {
+            // The tier an event of `units` reaches; it never falls as `units` grows.
+            let tier_of = |units: i128| -> usize {
+                let billed = match version.increment {
+                    Some(increment) => quantity(units).to_dec().ceil_to_multiple(increment),
+                    None => Some(quantity(units).to_dec()),
+                };
+                let reached = billed.and_then(|b| b.checked_add(request.cumulative.to_dec()));
+                match reached {
+                    Some(reached) => tiers
+                        .iter()
+                        .position(|t| t.up_to.is_none_or(|up_to| reached <= up_to))
+                        .unwrap_or(tiers.len() - 1),
+                    None => tiers.len() - 1,
+                }
+            };
+            let mut segments = Vec::new();
+            let mut low = 0;
+            while low <= QUANTITY_UNITS_MAX {
+                let tier = tier_of(low);
+                let high = last_true(low, QUANTITY_UNITS_MAX, &|u| tier_of(u) == tier);
+                segments.push((low, high));
+                low = high + 1;
+            }
+            segments
+        }
+        PriceModel::Unit { .. } | PriceModel::Graduated { .. } => vec![(0, QUANTITY_UNITS_MAX)],
+    };
+    let best = segments
+        .into_iter()
+        .filter(|&(low, _)| affordable(low))
+        .map(|(low, high)| last_true(low, high, &affordable))
+        .max()
+        // A quantity of 0 costs nothing (no minimum applies to it), so the first segment holds.
+        .unwrap_or(0);
+    Ok((best < QUANTITY_UNITS_MAX).then(|| quantity(best)))
+}
+
 /// The fast path for a version without windows, increment or minimum whose price is one rate
 /// times the quantity: a unit rate (the base rate or a matched dimension rule's), or a volume
 /// tier's rate, with no multiplier. `None` when the price needs the general path (graduated
@@ -558,6 +649,13 @@ name = "minimum"
   model = "unit"
   rate = "0.001"
   minimum = "0.05"
+
+[[meters]]
+name = "free"
+  [[meters.versions]]
+  effective_from = "2026-01-01T00:00:00Z"
+  model = "unit"
+  rate = "0"
 
 [[meters]]
 name = "increment"
@@ -1109,6 +1207,100 @@ name = "huge_rate"
                 .to_string(),
             "0.000001"
         );
+    }
+
+    fn max_q(meter: &str, cumulative: &str, decimals: u8, budget: &str) -> String {
+        let catalog = catalog();
+        let request = PriceRequest {
+            meter: catalog.meter_id(meter).unwrap(),
+            quantity: Quantity::ZERO,
+            dims: &[],
+            ts: ts(MONDAY_NOON),
+            cumulative: q(cumulative),
+        };
+        match max_quantity(&catalog, &request, decimals, budget.parse().unwrap()) {
+            Ok(Some(quantity)) => quantity.to_string(),
+            Ok(None) => "unlimited".into(),
+            Err(error) => error.reason().into(),
+        }
+    }
+
+    #[test]
+    fn max_quantity_golden() {
+        // 0.002 per unit, 6 decimals of credit, half_even.
+        assert_eq!(max_q("unit", "0", 0, "1"), "500");
+        assert_eq!(max_q("unit", "0", 3, "1"), "500");
+        assert_eq!(max_q("unit", "0", 0, "0.000001"), "0");
+        // 0.0007 costs 0.0000014, which rounds to 0.000001; 0.0008 rounds to 0.000002.
+        assert_eq!(max_q("unit", "0", 4, "0.000001"), "0.0007");
+        // Volume: (0, 100] at 1, (100, 1000] at 0.5, beyond at 0.1. A larger event can be
+        // cheaper: 60 credits buy 60 units in the first tier but 120 in the second.
+        assert_eq!(max_q("volume", "0", 0, "50"), "50");
+        assert_eq!(max_q("volume", "0", 0, "60"), "120");
+        assert_eq!(max_q("volume", "0", 0, "150"), "1500");
+        // After 950 units this period, 25 credits buy 50 more at 0.5, or 250 at 0.1.
+        assert_eq!(max_q("volume", "950", 0, "25"), "250");
+        // A minimum charge: nothing above 0 for less than the minimum.
+        assert_eq!(max_q("minimum", "0", 0, "0.04"), "0");
+        assert_eq!(max_q("minimum", "0", 0, "0.05"), "50");
+        // Started blocks of 60 at 0.01: 1 credit pays 100 units = 2 blocks (120): 1.2 > 1,
+        // so 60 units (one block, 0.6 credits).
+        assert_eq!(max_q("increment", "0", 0, "1"), "60");
+        assert_eq!(max_q("free", "0", 0, "0"), "unlimited");
+        assert_eq!(max_q("dims", "0", 0, "1"), "100");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// `max_quantity` finds what trying every quantity finds, on volume tiers whose rates
+        /// rise or fall (so the price is not monotonic), with or without a minimum.
+        #[test]
+        fn max_quantity_matches_brute_force(
+            bounds in proptest::collection::vec(1u32..300, 1..3),
+            rates in proptest::collection::vec(1u32..40, 3),
+            cumulative in 0u32..700,
+            budget in 0u32..2000,
+            minimum in proptest::option::of(1u32..30),
+            graduated in any::<bool>(),
+        ) {
+            // Rates in tenths of a credit per unit, at least 0.1: 2000 credits buy at most
+            // 20,000 units, so trying 0..=21,000 finds the maximum.
+            let mut tiers = String::new();
+            let mut up_to = 0;
+            for (i, bound) in bounds.iter().enumerate() {
+                up_to += bound;
+                tiers.push_str(&format!(
+                    "    [[meters.versions.tiers]]\n    up_to = \"{up_to}\"\n    rate = \"{}.{}\"\n",
+                    rates[i] / 10, rates[i] % 10
+                ));
+            }
+            let last = rates[2];
+            tiers.push_str(&format!("    [[meters.versions.tiers]]\n    rate = \"{}.{}\"\n", last / 10, last % 10));
+            let minimum = minimum.map_or(String::new(), |m| format!("  minimum = \"{m}\"\n"));
+            let toml = format!(
+                "default_plan = \"p\"\n[currency]\ncode = \"USD\"\n[[plans]]\nname = \"p\"\n[[credit_types]]\nname = \"credit\"\nscale = 2\n[[meters]]\nname = \"m\"\n  [[meters.versions]]\n  effective_from = \"2026-01-01T00:00:00Z\"\n  model = \"{}\"\n{minimum}{tiers}",
+                if graduated { "graduated" } else { "volume" }
+            );
+            let catalog = load::from_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+            let request = PriceRequest {
+                meter: catalog.meter_id("m").unwrap(),
+                quantity: Quantity::ZERO,
+                dims: &[],
+                ts: ts(MONDAY_NOON),
+                cumulative: Fixed(i128::from(cumulative) * 1_000_000_000),
+            };
+            let budget = Fixed(i128::from(budget) * 1_000_000_000);
+            let found = max_quantity(&catalog, &request, 0, budget).unwrap();
+            let brute = (0..=21_000i128)
+                .filter(|&units| {
+                    price(&catalog, &PriceRequest { quantity: Fixed(units * 1_000_000_000), ..request })
+                        .is_ok_and(|p| p.cost <= budget)
+                })
+                .max()
+                .unwrap();
+            prop_assert_eq!(found, Some(Fixed(brute * 1_000_000_000)));
+        }
     }
 
     fn rule_strategy() -> impl Strategy<Value = Rounding> {
