@@ -418,7 +418,8 @@ impl LineKind {
         }
     }
 
-    fn has_quantity(self) -> bool {
+    /// Whether lines of this kind carry a quantity (`usage`, `reversal`).
+    pub fn has_quantity(self) -> bool {
         matches!(self, LineKind::Usage | LineKind::Reversal)
     }
 }
@@ -437,7 +438,8 @@ pub struct Line {
 }
 
 impl Line {
-    fn order_key(&self) -> (LineKind, u32, CreditTypeId) {
+    /// The order lines are emitted in (SEMANTICS §11): kind, then meter, then credit type.
+    pub fn order_key(&self) -> (LineKind, u32, CreditTypeId) {
         (
             self.kind,
             self.meter.map_or(u32::MAX, |m| u32::from(m.0)),
@@ -727,6 +729,58 @@ impl Account {
             };
             sum + claimed + free
         })
+    }
+
+    /// The most a usage charge of `meter` at `ts` can cost and still be paid, as
+    /// [`Account::pay`] decides: what it can draw plus the overage room of the effective policy,
+    /// after the top-up the policy makes first for a charge the credits do not cover (when one
+    /// is allowed now). A charge costing at most this is paid; one costing more is rejected.
+    pub(super) fn payable(&self, catalog: &Catalog, meter: MeterId, ts: Instant) -> Credits {
+        let credit_type = catalog.meter(meter).credit_type;
+        let after_topup = match self.policy(catalog) {
+            Policy::AutoTopup(rule)
+                if rule.credit_type == credit_type && self.topup_allowed(rule, ts) =>
+            {
+                let rule = rule.clone();
+                let mut copy = self.clone();
+                let mut out = Vec::new();
+                let mut ctx = Context {
+                    catalog,
+                    seq: 0,
+                    out: &mut out,
+                };
+                copy.topup(&mut ctx, &rule, "payable", ts, &mut 0);
+                Some(copy)
+            }
+            _ => None,
+        };
+        let account = after_topup.as_ref().unwrap_or(self);
+        account.drawable(credit_type, meter, ts, None) + account.overage_room(catalog, credit_type)
+    }
+
+    /// How far the effective policy lets the debt of `credit_type` grow from here (0 without an
+    /// overage policy or fallback).
+    pub(super) fn overage_room(&self, catalog: &Catalog, credit_type: CreditTypeId) -> Credits {
+        let overage = match self.policy(catalog) {
+            Policy::Overage(o) => Some(o),
+            Policy::AutoTopup(TopupRule {
+                fallback: Fallback::Overage(o),
+                ..
+            }) => Some(o),
+            _ => None,
+        };
+        let debt = self
+            .types
+            .iter()
+            .find(|t| t.credit_type == credit_type)
+            .map_or(Credits::ZERO, TypeState::debt);
+        overage.map_or(Credits::ZERO, |o| (o.limit - debt).max(Credits::ZERO))
+    }
+
+    /// The spendable credits of `credit_type` at `ts` in every live grant effective then,
+    /// whatever meters it is scoped to: what a balance query calls spendable.
+    pub(super) fn spendable_any_meter(&self, credit_type: CreditTypeId, ts: Instant) -> Credits {
+        self.spendable(credit_type, None, ts)
     }
 
     fn grant_by_serial(&mut self, serial: u32) -> Option<&mut Grant> {

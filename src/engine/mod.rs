@@ -16,6 +16,8 @@
 pub mod account;
 pub mod compact;
 pub mod dedupe;
+pub mod journal;
+pub mod query;
 pub mod view;
 
 use std::cmp::Reverse;
@@ -174,6 +176,10 @@ pub struct Partition {
     /// of a snapshot.
     #[serde(skip)]
     pub tally: Option<std::collections::BTreeMap<(String, crate::catalog::MeterId), Tally>>,
+    /// The most recent charges, for the statement query, kept only when asked
+    /// ([`Partition::keep_journal`]); never part of a snapshot.
+    #[serde(skip)]
+    journal: Option<journal::Journal>,
     /// Between [`Partition::defer_payload_hashes`] and [`Partition::finish_batch`]: applying a
     /// message records its sequence only, and the batch's last one is hashed at its end (a
     /// payload hash costs ~23 ns, and only the last one is ever kept).
@@ -284,6 +290,7 @@ impl Partition {
             explain: None,
             explanations: Vec::new(),
             tally: None,
+            journal: None,
             hash_deferred: false,
             unhashed: false,
         }
@@ -360,6 +367,12 @@ impl Partition {
             heap.lines += size_of_val(&*account.lines);
         }
         heap
+    }
+
+    /// Starts keeping the last `capacity` charges of this partition for the statement query
+    /// ([`journal`]); 0 keeps none.
+    pub fn keep_journal(&mut self, capacity: usize) {
+        self.journal = (capacity > 0).then(|| journal::Journal::new(capacity));
     }
 
     pub fn dedupe_evicted_early(&self) -> u64 {
@@ -881,6 +894,22 @@ impl Partition {
         if self.explain.as_deref() == Some(account_id) {
             let explanation = explain(catalog, account, message, seq, priced, &remembered);
             self.explanations.push(explanation);
+        }
+        if let (Some(journal), dedupe::Remembered::Charged(charge)) =
+            (&mut self.journal, &remembered)
+        {
+            let grants = &account.grants;
+            journal.push(
+                journal::JournalEntry {
+                    seq,
+                    slot,
+                    event_id: message.id().into(),
+                    kind: message.type_name(),
+                    ts,
+                    charge: charge.clone(),
+                },
+                |serial| grants.iter().find(|g| g.serial == serial).map(|g| &*g.id),
+            );
         }
         self.dedupe.insert(
             key,
