@@ -60,11 +60,13 @@ pub struct Config {
     pub output: OutputConfig,
     pub engine: EngineConfig,
     pub snapshot: SnapshotConfig,
+    pub service: ServiceConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
 
-/// `[nats]`: the one connection shared by input and output.
+/// `[nats]`: the connection shared by input and output (the service opens a second one with
+/// the same settings).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NatsConfig {
     /// Servers, tried in turn; never empty.
@@ -274,6 +276,25 @@ pub struct SnapshotConfig {
     pub interval: Duration,
     /// Snapshots kept per partition; >= [`SNAPSHOTS_KEPT_MIN`].
     pub keep: usize,
+}
+
+/// `[service]`: the NATS micro service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceConfig {
+    pub enabled: bool,
+    /// Endpoints `<prefix>.query.<name>` and `<prefix>.command.<name>`; a subject prefix not
+    /// overlapping the streams'.
+    pub subject_prefix: String,
+    /// A NATS queue group name: no spaces or wildcards.
+    pub queue_group: String,
+    /// Per shard; >= 1.
+    pub questions_max: usize,
+    /// > 0.
+    pub wait_max: Duration,
+    /// Per shard; >= 1.
+    pub results_max: usize,
+    /// Per partition; 0 disables.
+    pub statement_entries_max: usize,
 }
 
 /// `[metrics]`.
@@ -559,6 +580,23 @@ impl Config {
                 ("interval_events", count_value(snapshot.interval_events)),
                 ("interval", duration_value(snapshot.interval)),
                 ("keep", count_value(snapshot.keep)),
+            ],
+        );
+        let service = &self.service;
+        write_section(
+            &mut out,
+            "service",
+            &[
+                ("enabled", Value::Boolean(service.enabled)),
+                ("subject_prefix", string(&service.subject_prefix)),
+                ("queue_group", string(&service.queue_group)),
+                ("questions_max", count_value(service.questions_max)),
+                ("wait_max", duration_value(service.wait_max)),
+                ("results_max", count_value(service.results_max)),
+                (
+                    "statement_entries_max",
+                    count_value(service.statement_entries_max),
+                ),
             ],
         );
         let listen = self
@@ -1184,6 +1222,7 @@ impl Loader {
             output: self.output(),
             engine: self.engine(),
             snapshot: self.snapshot(),
+            service: self.service(),
             metrics: self.metrics(),
             log: self.log(),
         };
@@ -1408,6 +1447,35 @@ impl Loader {
         }
     }
 
+    fn service(&mut self) -> ServiceConfig {
+        let s = "service";
+        let enabled = self.boolean(s, "enabled");
+        let subject_prefix = self.subject_prefix(s);
+        let queue_group = self.string(s, "queue_group");
+        if self.ok(&["service.queue_group"])
+            && (queue_group.is_empty()
+                || !queue_group
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>'))
+        {
+            self.error(
+                "service.queue_group",
+                format!(
+                    "{queue_group:?} is not a queue group name (printable, no spaces or wildcards)"
+                ),
+            );
+        }
+        ServiceConfig {
+            enabled,
+            subject_prefix,
+            queue_group,
+            questions_max: self.count(s, "questions_max", 1, usize::MAX),
+            wait_max: self.duration(s, "wait_max", false),
+            results_max: self.count(s, "results_max", 1, usize::MAX),
+            statement_entries_max: self.count(s, "statement_entries_max", 0, usize::MAX),
+        }
+    }
+
     fn metrics(&mut self) -> MetricsConfig {
         let text = self.string("metrics", "listen");
         let listen = if text.is_empty() {
@@ -1469,6 +1537,20 @@ impl Loader {
                     output.subject_prefix, input.subject_prefix
                 ),
             );
+        }
+        let service = &config.service.subject_prefix;
+        for (key, prefix) in [
+            ("input.subject_prefix", &input.subject_prefix),
+            ("output.subject_prefix", &output.subject_prefix),
+        ] {
+            if self.ok(&["service.subject_prefix", key]) && prefixes_overlap(service, prefix) {
+                self.error(
+                    "service.subject_prefix",
+                    format!(
+                        "{service:?} overlaps {key} {prefix:?}: requests would land in a stream"
+                    ),
+                );
+            }
         }
         for (section, storage, allowed) in [
             ("input", input.storage, input.allow_memory_storage),

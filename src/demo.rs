@@ -236,6 +236,7 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> DemoReport {
         .clamp(1, settings.partitions.max(1) as usize);
     let partitions = settings.partitions.max(1);
     let (senders, receivers) = shard_queues(shards, settings.queue_batches_max);
+    let mut dispatcher = Dispatcher::new(senders, settings.batch_size_max);
     let (sink_sender, sink_receiver) =
         crossbeam::channel::bounded::<SinkMessage>(shards * settings.queue_batches_max.max(1));
     let mut handles = Vec::new();
@@ -251,6 +252,9 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> DemoReport {
             output_prefix: "creditflow.out".to_string(),
             snapshots: NoSnapshots,
             observer: NoObserver,
+            questions: crossbeam::channel::never(),
+            dispatched: dispatcher.dispatched(),
+            results: crate::pipeline::question::ResultBook::new(0, 0),
         };
         let sink = sink_sender.clone();
         handles.push(
@@ -316,7 +320,6 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> DemoReport {
         })
         .collect();
     let started = WallInstant::now();
-    let mut dispatcher = Dispatcher::new(senders, settings.batch_size_max);
     let mut workload = Workload::new(settings.seed, settings.accounts);
     let mut seq = 0u64;
     loop {

@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod processor;
 pub mod recovery;
 pub mod sample;
+pub mod service;
 pub mod snapshot;
 pub mod testkit;
 pub mod time;

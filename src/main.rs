@@ -1,6 +1,7 @@
 //! The `creditflow` binary: parses the command line and runs one subcommand.
 
 use clap::{Parser, Subcommand};
+use creditflow::cli::service::{self, ServiceCommand};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -55,6 +56,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// An account's balance: its state, what it can spend now, and the input sequence it
+    /// reflects (the running processor's service).
+    Balance(service::BalanceArgs),
+    /// May the account use this much of a meter now? The price, what is available and the
+    /// most it could use; nothing is written or changed.
+    Authorize(service::AuthorizeArgs),
+    /// The open period's usage per meter and its invoice lines so far.
+    Usage(service::UsageArgs),
+    /// A dry-run price of an event, for an account or for a new account on a plan.
+    Price(service::PriceArgs),
+    /// An account's recent charges and the grants that paid each.
+    Statement(service::StatementArgs),
+    /// Grant credits (a command: written to the input log, answered once applied).
+    Grant(service::GrantArgs),
+    /// A signed correction of credits, with a reason.
+    Adjust(service::AdjustArgs),
+    /// Remove what remains of a grant.
+    VoidGrant(service::VoidGrantArgs),
+    /// Undo a charged usage event.
+    Reverse(service::ReverseArgs),
+    /// Move the account to another plan.
+    SetPlan(service::SetPlanArgs),
+    /// Override the account's policy (or clear the override).
+    SetPolicy(service::SetPolicyArgs),
+    /// Reserve credits for a long-running use.
+    Reserve(service::ReserveArgs),
+    /// Charge what a hold was used for and release the rest.
+    Commit(service::CommitArgs),
+    /// Release a hold.
+    Release(service::ReleaseArgs),
     /// Print a sample log for config/catalog.toml (seeded, every feature exercised).
     Sample {
         #[arg(long, default_value_t = 7)]
@@ -111,6 +142,20 @@ fn main() -> std::process::ExitCode {
             accounts,
             messages,
         } => print_sample(seed, accounts, messages),
+        Command::Balance(a) => service::run(ServiceCommand::Balance(a)),
+        Command::Authorize(a) => service::run(ServiceCommand::Authorize(a)),
+        Command::Usage(a) => service::run(ServiceCommand::Usage(a)),
+        Command::Price(a) => service::run(ServiceCommand::Price(a)),
+        Command::Statement(a) => service::run(ServiceCommand::Statement(a)),
+        Command::Grant(a) => service::run(ServiceCommand::Grant(a)),
+        Command::Adjust(a) => service::run(ServiceCommand::Adjust(a)),
+        Command::VoidGrant(a) => service::run(ServiceCommand::VoidGrant(a)),
+        Command::Reverse(a) => service::run(ServiceCommand::Reverse(a)),
+        Command::SetPlan(a) => service::run(ServiceCommand::SetPlan(a)),
+        Command::SetPolicy(a) => service::run(ServiceCommand::SetPolicy(a)),
+        Command::Reserve(a) => service::run(ServiceCommand::Reserve(a)),
+        Command::Commit(a) => service::run(ServiceCommand::Commit(a)),
+        Command::Release(a) => service::run(ServiceCommand::Release(a)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -523,6 +523,8 @@ pub struct Health {
 #[derive(Debug)]
 struct HealthState {
     live: AtomicBool,
+    /// The flag of `ready`, readable without the lock (the service asks on every request).
+    ready_now: AtomicBool,
     /// Ready, and why not: one lock so a reader never pairs a flag with another state's reason.
     /// Taken only on state changes and probes, never per event.
     ready: Mutex<(bool, String)>,
@@ -539,6 +541,7 @@ impl Health {
         Health {
             inner: Arc::new(HealthState {
                 live: AtomicBool::new(true),
+                ready_now: AtomicBool::new(false),
                 ready: Mutex::new((false, "starting".to_string())),
             }),
         }
@@ -560,6 +563,12 @@ impl Health {
         state.0 = ready;
         state.1.clear();
         state.1.push_str(reason);
+        self.inner.ready_now.store(ready, Ordering::Release);
+    }
+
+    /// Whether ready (one atomic load; the reason needs [`Health::readiness`]).
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready_now.load(Ordering::Acquire)
     }
 
     pub fn is_live(&self) -> bool {

@@ -29,6 +29,7 @@ use crate::metrics::{Health, Metrics};
 use crate::pipeline::dispatch::{shard_queues, Dispatcher};
 use crate::pipeline::emit::{EmitObserver, Emitter, JetStreamPublisher, PublishFailure, Publisher};
 use crate::pipeline::ingest::{IngestObserver, Reader, ReaderSettings};
+use crate::pipeline::question::{question_queues, Question, ResultBook};
 use crate::pipeline::shard::{Shard, ShardObserver};
 use crate::pipeline::streams::{ensure_stream, Ensured, StreamSettings};
 use crate::pipeline::{Outbound, SinkMessage};
@@ -110,22 +111,19 @@ fn output_stream(config: &Config) -> StreamSettings {
     }
 }
 
-/// Connects with the configured authentication and TLS; reconnects forever. `epoch` counts
-/// connections (the emitter resends unacked outputs of an older one first).
-pub async fn connect(
+/// The connection options of `[nats]` (servers aside): name, timeouts, reconnecting forever
+/// with backoff, authentication and TLS.
+async fn connect_options(
     config: &Config,
-    metrics: Metrics,
-    health: Health,
-    epoch: Arc<AtomicU64>,
-) -> Result<async_nats::Client, ProcessorError> {
+    name: &str,
+) -> Result<async_nats::ConnectOptions, ProcessorError> {
     let nats = &config.nats;
-    let urls = nats.urls.join(",");
     let fail = |message: String| ProcessorError::Connect {
-        urls: urls.clone(),
+        urls: nats.urls.join(","),
         message,
     };
     let mut options = async_nats::ConnectOptions::new()
-        .name(&nats.name)
+        .name(name)
         .connection_timeout(nats.connect_timeout)
         .request_timeout(Some(nats.request_timeout))
         .retry_on_initial_connect()
@@ -157,25 +155,19 @@ pub async fn connect(
     if let (Some(cert), Some(key)) = (&nats.tls_cert_file, &nats.tls_key_file) {
         options = options.add_client_certificate(cert.clone(), key.clone());
     }
-    options = options.event_callback(move |event| {
-        let metrics = metrics.clone();
-        let health = health.clone();
-        let epoch = epoch.clone();
-        async move {
-            match event {
-                async_nats::Event::Connected => {
-                    epoch.fetch_add(1, Ordering::AcqRel);
-                    tracing::info!("connected to NATS");
-                    metrics.nats_reconnects();
-                }
-                async_nats::Event::Disconnected => {
-                    tracing::warn!("disconnected from NATS; reconnecting");
-                    health.set_ready(false, "disconnected from NATS");
-                }
-                other => tracing::info!(event = %other, "NATS event"),
-            }
-        }
-    });
+    Ok(options)
+}
+
+/// Connects `options` to the configured servers.
+async fn connect_to(
+    config: &Config,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, ProcessorError> {
+    let nats = &config.nats;
+    let fail = |message: String| ProcessorError::Connect {
+        urls: nats.urls.join(","),
+        message,
+    };
     let addresses: Vec<async_nats::ServerAddr> = nats
         .urls
         .iter()
@@ -188,6 +180,52 @@ pub async fn connect(
         .connect(addresses)
         .await
         .map_err(|e| fail(e.to_string()))
+}
+
+/// Connects with the configured authentication and TLS; reconnects forever. `epoch` counts
+/// connections (the emitter resends unacked outputs of an older one first).
+pub async fn connect(
+    config: &Config,
+    metrics: Metrics,
+    health: Health,
+    epoch: Arc<AtomicU64>,
+) -> Result<async_nats::Client, ProcessorError> {
+    let options = connect_options(config, &config.nats.name)
+        .await?
+        .event_callback(move |event| {
+            let metrics = metrics.clone();
+            let health = health.clone();
+            let epoch = epoch.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        epoch.fetch_add(1, Ordering::AcqRel);
+                        tracing::info!("connected to NATS");
+                        metrics.nats_reconnects();
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("disconnected from NATS; reconnecting");
+                        health.set_ready(false, "disconnected from NATS");
+                    }
+                    other => tracing::info!(event = %other, "NATS event"),
+                }
+            }
+        });
+    connect_to(config, options).await
+}
+
+/// A second connection with the same settings, named `name` (the service's: its requests
+/// never queue behind the input stream's deliveries).
+pub async fn connect_plain(
+    config: &Config,
+    name: &str,
+) -> Result<async_nats::Client, ProcessorError> {
+    let options = connect_options(config, name)
+        .await?
+        .event_callback(|event| async move {
+            tracing::info!(event = %event, "NATS event (service connection)");
+        });
+    connect_to(config, options).await
 }
 
 /// Skips outputs the output stream already holds (found by recovery's scan).
@@ -299,6 +337,11 @@ impl WriterObserver for WriteMetrics {
 // ----------------------------------------------------------------- run
 
 /// Runs the processor until `shutdown` resolves (then stops gracefully) or a fatal error.
+///
+/// The steps, in order: observe (metrics, health), connect, recover (streams, snapshots, the
+/// history check), start the threads (shards, emitter, snapshot encoder and writer, reader),
+/// start the tick publisher and the monitor, serve (the NATS service), then wait; on the way
+/// out: stop serving, stop reading, drain, snapshot, publish, join.
 pub async fn run(
     config: Config,
     catalog: Arc<Catalog>,
@@ -310,30 +353,7 @@ pub async fn run(
     let metrics = Metrics::new(partitions, shards);
     let health = Health::new();
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    if let Some(listen) = config.metrics.listen {
-        if !listen.ip().is_loopback() {
-            tracing::warn!(%listen, "metrics listen on a non-loopback address");
-        }
-        let mut stop_metrics = stop.clone();
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| ProcessorError::Other(format!("metrics: binding {listen}: {e}")))?;
-        // The bound address (the configured port may be 0: any free port).
-        let address = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        tracing::info!(%address, "metrics listening");
-        let server =
-            crate::metrics::serve_listener(listener, metrics.clone(), health.clone(), async move {
-                let _ = stop_metrics.changed().await;
-            });
-        tokio::spawn(async move {
-            if let Err(error) = server.await {
-                tracing::error!(%error, "metrics server failed");
-            }
-        });
-    }
+    serve_metrics(&config, &metrics, &health, &stop).await?;
 
     let connection_epoch = Arc::new(AtomicU64::new(0));
     let client = connect(
@@ -352,158 +372,20 @@ pub async fn run(
         .ack_timeout(config.nats.request_timeout)
         .backpressure_on_inflight(true)
         .build(client.clone());
-    let (_, input_ensured) = ensure_stream(&context, &input_stream(&config)).await?;
-    ensure_stream(&context, &output_stream(&config)).await?;
-
-    let store = Store::open(&config.snapshot.dir, config.snapshot.keep)?;
-    if input_ensured == Ensured::Created {
-        write_empty_snapshots(&store, partitions)?;
-    }
-    let recovered = recover(
-        &Streams {
-            context: &context,
-            input: &config.input.stream,
-            output: &config.output.stream,
-        },
-        &store,
-        &catalog,
-        partitions,
-        options.rebuild,
-    )
-    .await?;
+    let (store, recovered) = recover_state(&config, &catalog, &context, options).await?;
     tracing::info!(report = ?recovered.report, "recovered");
+    let report = recovered.report.clone();
 
-    // Threads: shards, emitter, snapshot writer, reader.
-    let (shard_senders, shard_receivers) = shard_queues(shards, config.engine.queue_batches_max);
-    let sink_capacity = shards * config.engine.queue_batches_max.max(1) + 16;
-    let (sink_sender, sink_receiver) = crossbeam::channel::bounded::<SinkMessage>(sink_capacity);
-    // Encoded snapshots wait for their watermark at the writer; unbounded, since at most one
-    // per partition per interval is ever queued (while outputs cannot be acked, the shards
-    // block on the sink and take no more).
-    let (job_sender, job_receiver) = crossbeam::channel::unbounded();
-    let (loan_sender, loan_receiver) = crossbeam::channel::bounded(shards * 2);
-    let written_at: Arc<Mutex<HashMap<u32, WallInstant>>> = Arc::default();
-
-    let writer = {
-        let observer = WriteMetrics {
-            metrics: metrics.clone(),
-            written_at: written_at.clone(),
-        };
-        std::thread::Builder::new()
-            .name("snapshot-writer".into())
-            .spawn(move || run_writer(store, job_receiver, observer))
-            .map_err(|e| ProcessorError::Other(format!("spawning the snapshot writer: {e}")))?
-    };
-    let encoder = {
-        let jobs = job_sender.clone();
-        std::thread::Builder::new()
-            .name("snapshot-encoder".into())
-            .spawn(move || run_encoder(loan_receiver, jobs))
-            .map_err(|e| ProcessorError::Other(format!("spawning the snapshot encoder: {e}")))?
-    };
-
-    let mut by_shard: Vec<Vec<Partition>> = (0..shards).map(|_| Vec::new()).collect();
-    for partition in recovered.partitions {
-        by_shard[crate::pipeline::shard_of(partition.number, shards)].push(partition);
-    }
-    let mut shard_handles = Vec::new();
-    for (number, (partitions_of_shard, receiver)) in
-        by_shard.into_iter().zip(shard_receivers).enumerate()
-    {
-        let shard = Shard {
-            number,
-            shards,
-            catalog: catalog.clone(),
-            partitions: partitions_of_shard,
-            output_prefix: config.output.subject_prefix.clone(),
-            snapshots: Policy::new(
-                catalog.clone(),
-                config.snapshot.interval_events,
-                config.snapshot.interval,
-                loan_sender.clone(),
-                job_sender.clone(),
-                PauseMetrics(metrics.clone()),
-            ),
-            observer: ShardMetrics {
-                metrics: metrics.clone(),
-                seen: HashMap::new(),
-            },
-        };
-        let sink = sink_sender.clone();
-        shard_handles.push(
-            std::thread::Builder::new()
-                .name(format!("shard-{number}"))
-                .spawn(move || shard.run(receiver, sink))
-                .map_err(|e| ProcessorError::Other(format!("spawning shard {number}: {e}")))?,
-        );
-    }
-    drop(sink_sender);
-    drop(job_sender);
-    drop(loan_sender);
-
-    let skipped = Arc::new(AtomicU64::new(0));
-    let emitter = {
-        let emitter = Emitter {
-            publisher: SkipEmitted {
-                inner: JetStreamPublisher {
-                    context: context.clone(),
-                },
-                already: recovered.already_emitted,
-                skipped: skipped.clone(),
-            },
-            observer: EmitMetrics(metrics.clone()),
-            window: config.output.publish_window.max(1),
-            retry_backoff_max: config.output.publish_retry_backoff_max,
-            shards,
-            connection_epoch,
-        };
-        std::thread::Builder::new()
-            .name("emitter".into())
-            .spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map(|runtime| runtime.block_on(emitter.run(sink_receiver)))
-            })
-            .map_err(|e| ProcessorError::Other(format!("spawning the emitter: {e}")))?
-    };
-
-    let position = Arc::new(AtomicU64::new(recovered.start_seq));
-    let (reader_done_sender, reader_done) = tokio::sync::oneshot::channel();
-    let reader = {
-        let reader = Reader {
-            context: context.clone(),
-            settings: ReaderSettings {
-                stream: config.input.stream.clone(),
-                input_prefix: config.input.subject_prefix.clone(),
-                partitions,
-                start_seq: recovered.start_seq,
-                stall_timeout: config.input.stall_timeout,
-                fetch_batch_max: config.input.fetch_batch_max,
-            },
-            observer: IngestMetrics(metrics.clone()),
-            position: position.clone(),
-        };
-        let dispatcher = Dispatcher::new(shard_senders, config.engine.batch_size_max);
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("reader".into())
-            .spawn(move || {
-                let result = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| ProcessorError::Other(e.to_string()))
-                    .and_then(|runtime| {
-                        runtime
-                            .block_on(reader.run(dispatcher, stop))
-                            .map_err(ProcessorError::from)
-                    });
-                let _ = reader_done_sender.send(());
-                result
-            })
-            .map_err(|e| ProcessorError::Other(format!("spawning the reader: {e}")))?
-    };
-
+    let threads = start_threads(
+        &config,
+        &catalog,
+        recovered,
+        store,
+        &context,
+        &metrics,
+        connection_epoch,
+        &stop,
+    )?;
     if let Some(interval) = config.engine.tick_interval {
         let metrics = metrics.clone();
         tokio::spawn(crate::pipeline::ticks::run(
@@ -515,48 +397,28 @@ pub async fn run(
             move || metrics.ticks_published(),
         ));
     }
-
-    // Monitor: consumer lag, snapshot age, readiness once caught up.
-    {
-        let context = context.clone();
-        let input_name = config.input.stream.clone();
-        let metrics = metrics.clone();
-        let health = health.clone();
-        let position = position.clone();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
-            let mut timer = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = timer.tick() => {}
-                    _ = stop.changed() => return,
-                }
-                if let Ok(mut stream) = context.get_stream(&input_name).await {
-                    if let Ok(info) = stream.info().await {
-                        let next = position.load(Ordering::Acquire);
-                        metrics.set_input_position(next.saturating_sub(1));
-                        let lag = (info.state.last_sequence + 1).saturating_sub(next);
-                        metrics.set_consumer_lag(lag);
-                        if lag == 0 {
-                            health.set_ready(true, "caught up");
-                        }
-                    }
-                }
-                if let Ok(written) = written_at.lock() {
-                    for (partition, at) in written.iter() {
-                        metrics.set_snapshot_age_seconds(*partition, at.elapsed().as_secs_f64());
-                    }
-                }
-            }
-        });
-    }
+    start_monitor(&config, &context, &metrics, &health, &threads, &stop);
+    let service = serve(&config, &catalog, &health, &threads).await?;
 
     // Wait for a stop request, or for the reader to end by itself (an error).
+    let Threads {
+        reader,
+        reader_done,
+        shards: shard_handles,
+        emitter,
+        writer,
+        encoder,
+        skipped,
+        ..
+    } = threads;
     tokio::select! {
         _ = shutdown => tracing::info!("stopping: draining shards, publishing pending outputs, snapshotting"),
         _ = reader_done => tracing::error!("the reader stopped; stopping the processor"),
     }
     health.set_ready(false, "stopping");
+    if let Some(service) = service {
+        service.stop().await;
+    }
     let _ = stop_sender.send(true);
     let joined = tokio::time::timeout(
         SHUTDOWN_DRAIN_MAX,
@@ -592,18 +454,360 @@ pub async fn run(
             last_applied_seq = last_applied_seq.max(partition.applied_through);
         }
     }
-    let report = emitter_result
+    let emitted = emitter_result
         .map_err(|_| ProcessorError::Other("the emitter thread panicked".into()))?
         .map_err(|e| ProcessorError::Other(e.to_string()))?;
     let written =
         writer_result.map_err(|_| ProcessorError::Other("the snapshot writer panicked".into()))?;
     reader_result?;
     Ok(RunSummary {
-        recovery: recovered.report,
-        outputs_published: report
+        recovery: report,
+        outputs_published: emitted
             .published
             .saturating_sub(skipped.load(Ordering::Relaxed)),
         snapshots_written: written.len(),
         last_applied_seq,
     })
+}
+
+/// Step: the metrics and health server, when configured.
+async fn serve_metrics(
+    config: &Config,
+    metrics: &Metrics,
+    health: &Health,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ProcessorError> {
+    let Some(listen) = config.metrics.listen else {
+        return Ok(());
+    };
+    if !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "metrics listen on a non-loopback address");
+    }
+    let mut stop_metrics = stop.clone();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| ProcessorError::Other(format!("metrics: binding {listen}: {e}")))?;
+    // The bound address (the configured port may be 0: any free port).
+    let address = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(%address, "metrics listening");
+    let server =
+        crate::metrics::serve_listener(listener, metrics.clone(), health.clone(), async move {
+            let _ = stop_metrics.changed().await;
+        });
+    tokio::spawn(async move {
+        if let Err(error) = server.await {
+            tracing::error!(%error, "metrics server failed");
+        }
+    });
+    Ok(())
+}
+
+/// Step: the streams checked or created, the snapshots loaded and proven against the streams.
+async fn recover_state(
+    config: &Config,
+    catalog: &Catalog,
+    context: &jetstream::Context,
+    options: RunOptions,
+) -> Result<(Store, crate::recovery::Recovered), ProcessorError> {
+    let partitions = config.engine.partitions;
+    let (_, input_ensured) = ensure_stream(context, &input_stream(config)).await?;
+    ensure_stream(context, &output_stream(config)).await?;
+    let store = Store::open(&config.snapshot.dir, config.snapshot.keep)?;
+    if input_ensured == Ensured::Created {
+        write_empty_snapshots(&store, partitions)?;
+    }
+    let recovered = recover(
+        &Streams {
+            context,
+            input: &config.input.stream,
+            output: &config.output.stream,
+        },
+        &store,
+        catalog,
+        partitions,
+        options.rebuild,
+    )
+    .await?;
+    Ok((store, recovered))
+}
+
+/// The threads of a running processor, and what the other steps need of them.
+struct Threads {
+    reader: std::thread::JoinHandle<Result<(), ProcessorError>>,
+    reader_done: tokio::sync::oneshot::Receiver<()>,
+    shards: Vec<std::thread::JoinHandle<Vec<Partition>>>,
+    emitter: std::thread::JoinHandle<std::io::Result<crate::pipeline::emit::EmitReport>>,
+    writer: std::thread::JoinHandle<Vec<std::path::PathBuf>>,
+    encoder: std::thread::JoinHandle<()>,
+    /// Outputs the emitter skipped as already in the output stream.
+    skipped: Arc<AtomicU64>,
+    /// One past the last input sequence read.
+    position: Arc<AtomicU64>,
+    /// The questions queue of each shard.
+    questions: Vec<crossbeam::channel::Sender<Question>>,
+    written_at: Arc<Mutex<HashMap<u32, WallInstant>>>,
+}
+
+/// Step: the shards (with the recovered partitions), the emitter, the snapshot encoder and
+/// writer, and the reader, connected by their bounded queues.
+#[allow(clippy::too_many_arguments)]
+fn start_threads(
+    config: &Config,
+    catalog: &Arc<Catalog>,
+    recovered: crate::recovery::Recovered,
+    store: Store,
+    context: &jetstream::Context,
+    metrics: &Metrics,
+    connection_epoch: Arc<AtomicU64>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Threads, ProcessorError> {
+    let partitions = config.engine.partitions;
+    let shards = config.shard_count();
+    let spawn_failed =
+        |what: &str, e: std::io::Error| ProcessorError::Other(format!("spawning the {what}: {e}"));
+    let (shard_senders, shard_receivers) = shard_queues(shards, config.engine.queue_batches_max);
+    let dispatcher = Dispatcher::new(shard_senders, config.engine.batch_size_max);
+    let (question_senders, question_receivers) =
+        question_queues(shards, config.service.questions_max);
+    let sink_capacity = shards * config.engine.queue_batches_max.max(1) + 16;
+    let (sink_sender, sink_receiver) = crossbeam::channel::bounded::<SinkMessage>(sink_capacity);
+    // Encoded snapshots wait for their watermark at the writer; unbounded, since at most one
+    // per partition per interval is ever queued (while outputs cannot be acked, the shards
+    // block on the sink and take no more).
+    let (job_sender, job_receiver) = crossbeam::channel::unbounded();
+    let (loan_sender, loan_receiver) = crossbeam::channel::bounded(shards * 2);
+    let written_at: Arc<Mutex<HashMap<u32, WallInstant>>> = Arc::default();
+
+    let writer = {
+        let observer = WriteMetrics {
+            metrics: metrics.clone(),
+            written_at: written_at.clone(),
+        };
+        std::thread::Builder::new()
+            .name("snapshot-writer".into())
+            .spawn(move || run_writer(store, job_receiver, observer))
+            .map_err(|e| spawn_failed("snapshot writer", e))?
+    };
+    let encoder = {
+        let jobs = job_sender.clone();
+        std::thread::Builder::new()
+            .name("snapshot-encoder".into())
+            .spawn(move || run_encoder(loan_receiver, jobs))
+            .map_err(|e| spawn_failed("snapshot encoder", e))?
+    };
+
+    let statement_entries = if config.service.enabled {
+        config.service.statement_entries_max
+    } else {
+        0
+    };
+    let mut by_shard: Vec<Vec<Partition>> = (0..shards).map(|_| Vec::new()).collect();
+    for mut partition in recovered.partitions {
+        partition.keep_journal(statement_entries);
+        by_shard[crate::pipeline::shard_of(partition.number, shards)].push(partition);
+    }
+    let mut shard_handles = Vec::new();
+    for (number, ((partitions_of_shard, receiver), questions)) in by_shard
+        .into_iter()
+        .zip(shard_receivers)
+        .zip(question_receivers)
+        .enumerate()
+    {
+        let shard = Shard {
+            number,
+            shards,
+            catalog: catalog.clone(),
+            partitions: partitions_of_shard,
+            output_prefix: config.output.subject_prefix.clone(),
+            snapshots: Policy::new(
+                catalog.clone(),
+                config.snapshot.interval_events,
+                config.snapshot.interval,
+                loan_sender.clone(),
+                job_sender.clone(),
+                PauseMetrics(metrics.clone()),
+            ),
+            observer: ShardMetrics {
+                metrics: metrics.clone(),
+                seen: HashMap::new(),
+            },
+            questions,
+            dispatched: dispatcher.dispatched(),
+            results: ResultBook::new(config.service.results_max, DEAD_LETTERS_KEPT),
+        };
+        let sink = sink_sender.clone();
+        shard_handles.push(
+            std::thread::Builder::new()
+                .name(format!("shard-{number}"))
+                .spawn(move || shard.run(receiver, sink))
+                .map_err(|e| spawn_failed(&format!("shard {number}"), e))?,
+        );
+    }
+    drop(sink_sender);
+    drop(job_sender);
+    drop(loan_sender);
+
+    let skipped = Arc::new(AtomicU64::new(0));
+    let emitter = {
+        let emitter = Emitter {
+            publisher: SkipEmitted {
+                inner: JetStreamPublisher {
+                    context: context.clone(),
+                },
+                already: recovered.already_emitted,
+                skipped: skipped.clone(),
+            },
+            observer: EmitMetrics(metrics.clone()),
+            window: config.output.publish_window.max(1),
+            retry_backoff_max: config.output.publish_retry_backoff_max,
+            shards,
+            connection_epoch,
+        };
+        std::thread::Builder::new()
+            .name("emitter".into())
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|runtime| runtime.block_on(emitter.run(sink_receiver)))
+            })
+            .map_err(|e| spawn_failed("emitter", e))?
+    };
+
+    let position = Arc::new(AtomicU64::new(recovered.start_seq));
+    let (reader_done_sender, reader_done) = tokio::sync::oneshot::channel();
+    let reader = {
+        let reader = Reader {
+            context: context.clone(),
+            settings: ReaderSettings {
+                stream: config.input.stream.clone(),
+                input_prefix: config.input.subject_prefix.clone(),
+                partitions,
+                start_seq: recovered.start_seq,
+                stall_timeout: config.input.stall_timeout,
+                fetch_batch_max: config.input.fetch_batch_max,
+            },
+            observer: IngestMetrics(metrics.clone()),
+            position: position.clone(),
+        };
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("reader".into())
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| ProcessorError::Other(e.to_string()))
+                    .and_then(|runtime| {
+                        runtime
+                            .block_on(reader.run(dispatcher, stop))
+                            .map_err(ProcessorError::from)
+                    });
+                let _ = reader_done_sender.send(());
+                result
+            })
+            .map_err(|e| spawn_failed("reader", e))?
+    };
+    Ok(Threads {
+        reader,
+        reader_done,
+        shards: shard_handles,
+        emitter,
+        writer,
+        encoder,
+        skipped,
+        position,
+        questions: question_senders,
+        written_at,
+    })
+}
+
+/// Dead letters each shard keeps for the callers of commands (a command is checked before it
+/// is published, so only a refusal that needs the account's state reaches the log).
+const DEAD_LETTERS_KEPT: usize = 4096;
+
+/// Step: the monitor: consumer lag, snapshot age, readiness once caught up.
+fn start_monitor(
+    config: &Config,
+    context: &jetstream::Context,
+    metrics: &Metrics,
+    health: &Health,
+    threads: &Threads,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) {
+    let context = context.clone();
+    let input_name = config.input.stream.clone();
+    let metrics = metrics.clone();
+    let health = health.clone();
+    let position = threads.position.clone();
+    let written_at = threads.written_at.clone();
+    let mut stop = stop.clone();
+    tokio::spawn(async move {
+        let mut timer = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = timer.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if let Ok(mut stream) = context.get_stream(&input_name).await {
+                if let Ok(info) = stream.info().await {
+                    let next = position.load(Ordering::Acquire);
+                    metrics.set_input_position(next.saturating_sub(1));
+                    let lag = (info.state.last_sequence + 1).saturating_sub(next);
+                    metrics.set_consumer_lag(lag);
+                    if lag == 0 {
+                        health.set_ready(true, "caught up");
+                    }
+                }
+            }
+            if let Ok(written) = written_at.lock() {
+                for (partition, at) in written.iter() {
+                    metrics.set_snapshot_age_seconds(*partition, at.elapsed().as_secs_f64());
+                }
+            }
+        }
+    });
+}
+
+/// Step: the NATS service on a connection of its own, when enabled.
+async fn serve(
+    config: &Config,
+    catalog: &Arc<Catalog>,
+    health: &Health,
+    threads: &Threads,
+) -> Result<Option<crate::service::Running>, ProcessorError> {
+    if !config.service.enabled {
+        return Ok(None);
+    }
+    let client = connect_plain(config, &format!("{}-service", config.nats.name)).await?;
+    let jetstream = jetstream::ContextBuilder::new()
+        .timeout(config.nats.request_timeout)
+        .build(client.clone());
+    let desk = crate::service::Desk {
+        catalog: catalog.clone(),
+        settings: crate::service::Settings {
+            subject_prefix: config.service.subject_prefix.clone(),
+            queue_group: config.service.queue_group.clone(),
+            wait_max: config.service.wait_max,
+            input_prefix: config.input.subject_prefix.clone(),
+            partitions: config.engine.partitions,
+            shards: config.shard_count(),
+            publish_timeout: config.nats.request_timeout,
+        },
+        questions: threads.questions.clone(),
+        health: health.clone(),
+        jetstream,
+    };
+    let running = crate::service::start(client, Arc::new(desk))
+        .await
+        .map_err(|e| ProcessorError::Other(e.to_string()))?;
+    tracing::info!(
+        name = crate::service::NAME,
+        prefix = %config.service.subject_prefix,
+        "service started"
+    );
+    Ok(Some(running))
 }

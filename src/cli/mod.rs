@@ -2,4 +2,5 @@
 //! arguments and printing; the work itself lives in the library modules they call.
 pub mod replay;
 pub mod run;
+pub mod service;
 pub mod simulate;

@@ -7,7 +7,11 @@
 //! and `flush` block until it has room, which is how backpressure reaches the source.
 //!
 //! Invariants: a batch holds at most `batch_size_max` messages; `flush` leaves no message
-//! waiting in the dispatcher.
+//! waiting in the dispatcher, after which its position ([`Dispatcher::dispatched`]) is the
+//! last sequence pushed: every message through it is on its shard's queue or already taken.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crossbeam::channel::{Receiver, Sender};
 
@@ -25,6 +29,9 @@ pub struct Dispatcher {
     senders: Vec<Sender<ShardInput>>,
     pending: Vec<Vec<Inbound>>,
     batch_size_max: usize,
+    /// The highest sequence pushed so far.
+    pushed: u64,
+    dispatched: Arc<AtomicU64>,
 }
 
 /// Bounded queues for `shards` shards, each holding at most `queue_batches_max` batches.
@@ -46,7 +53,15 @@ impl Dispatcher {
                 .map(|_| Vec::with_capacity(batch_size_max))
                 .collect(),
             batch_size_max: batch_size_max.max(1),
+            pushed: 0,
+            dispatched: Arc::default(),
         }
+    }
+
+    /// The stream sequence through which every message has been handed to its shard's queue,
+    /// updated at every flush (shards read it to know how far an empty queue means they are).
+    pub fn dispatched(&self) -> Arc<AtomicU64> {
+        self.dispatched.clone()
     }
 
     pub fn shards(&self) -> usize {
@@ -62,6 +77,7 @@ impl Dispatcher {
     pub fn push(&mut self, message: Inbound) -> Result<(), ShardGone> {
         // A subject that names no partition is dead-lettered by partition 0's shard.
         let shard = shard_of(message.partition().unwrap_or(0), self.senders.len());
+        self.pushed = self.pushed.max(message.seq);
         self.pending[shard].push(message);
         if self.pending[shard].len() >= self.batch_size_max {
             self.send(shard)?;
@@ -77,6 +93,7 @@ impl Dispatcher {
                 self.send(shard)?;
             }
         }
+        self.dispatched.store(self.pushed, Ordering::Release);
         Ok(())
     }
 
@@ -146,6 +163,23 @@ mod tests {
         };
         assert_eq!(seqs(&receivers[0]), [1, 3, 5]);
         assert_eq!(seqs(&receivers[1]), [2, 4]);
+    }
+
+    #[test]
+    fn the_position_moves_only_once_everything_before_it_is_queued() {
+        let (senders, receivers) = shard_queues(2, 8);
+        let mut dispatcher = Dispatcher::new(senders, 4);
+        let position = dispatcher.dispatched();
+        dispatcher.push(message(1, 0)).unwrap();
+        dispatcher.push(message(2, 1)).unwrap();
+        assert_eq!(
+            position.load(Ordering::Acquire),
+            0,
+            "both still wait in the dispatcher"
+        );
+        dispatcher.flush().unwrap();
+        assert_eq!(position.load(Ordering::Acquire), 2);
+        assert!(receivers.iter().all(|r| r.len() == 1));
     }
 
     #[test]

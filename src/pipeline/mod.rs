@@ -27,6 +27,7 @@
 pub mod dispatch;
 pub mod emit;
 pub mod ingest;
+pub mod question;
 pub mod shard;
 pub mod streams;
 pub mod ticks;

@@ -1,7 +1,10 @@
 //! A shard: one thread that owns a set of partitions outright and applies their messages.
 //!
 //! Owns: its partitions (state, positions, order), turning engine outputs into publishable
-//! bytes, and the decision of when to hand a partition to the snapshot writer.
+//! bytes, the decision of when to hand a partition to the snapshot writer, and answering the
+//! questions about its partitions ([`super::question`]) between batches: a question waits at
+//! most for the batch being applied (or, while the shard waits for room in the sink's queue,
+//! not at all), and one about a partition lent to the snapshot encoder goes to the encoder.
 //!
 //! Must never: share a partition with another thread, block on anything but its input queue and
 //! the sink's queue (both bounded, both crossbeam), or apply a message twice: after a restart,
@@ -14,19 +17,28 @@
 //! there are applied); outputs of one partition leave in the order they were produced.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant as WallInstant;
+use std::time::{Duration, Instant as WallInstant};
 
 use bytes::Bytes;
-use crossbeam::channel::{Receiver, Sender};
+use crossbeam::channel::{Receiver, SendTimeoutError, Sender};
 
 use super::dispatch::ShardInput;
+use super::question::{Needs, Question, ResultBook, Seen};
 use super::{output_subject, Inbound, Outbound, SinkMessage};
 use crate::catalog::Catalog;
+use crate::engine::dedupe::dedupe_key;
 use crate::engine::{apply_ahead, Envelope, Hashes, Partition};
 use crate::wire::input::{self, DeadLetter, Message};
-use crate::wire::output::Output;
+use crate::wire::output::{Body, Output};
 use crate::wire::subject::Route;
+
+/// How often a shard with questions waiting for a later position looks again while idle (its
+/// partitions can be caught up by the dispatcher's position without a batch of its own).
+const PARKED_POLL: Duration = Duration::from_millis(1);
+/// Questions queued for one lent partition at most; past it they wait at the shard.
+const LENT_QUESTIONS_MAX: usize = 1024;
 
 /// A message's decoding: the message, or its dead letter.
 type Decoded<'a> = Result<Message<'a>, DeadLetter>;
@@ -40,12 +52,14 @@ type Decoded<'a> = Result<Message<'a>, DeadLetter>;
 /// time.
 pub trait SnapshotHook: Send {
     /// After a batch, with every partition that is at home (which has applied everything
-    /// through `seq`): returns it if it stays, or `None` when the hook has taken it.
+    /// through `seq`): returns it if it stays, or `None` when the hook has taken it. Whoever
+    /// holds a lent partition answers the questions that arrive on `questions` meanwhile.
     fn after_batch(
         &mut self,
         partition: Partition,
         seq: u64,
         sink: &Sender<SinkMessage>,
+        questions: &Receiver<Question>,
     ) -> Option<Partition>;
     /// Where lent partitions come back.
     fn returns(&self) -> Receiver<Partition>;
@@ -62,6 +76,7 @@ impl SnapshotHook for NoSnapshots {
         partition: Partition,
         _: u64,
         _: &Sender<SinkMessage>,
+        _: &Receiver<Question>,
     ) -> Option<Partition> {
         Some(partition)
     }
@@ -104,10 +119,19 @@ pub struct Shard<S: SnapshotHook, O: ShardObserver> {
     pub output_prefix: String,
     pub snapshots: S,
     pub observer: O,
+    /// Questions about this shard's partitions (the service's); `never()` without one.
+    pub questions: Receiver<Question>,
+    /// The dispatcher's position: every input message through it has been put on its shard's
+    /// queue. A shard whose queue is empty has therefore applied everything of its own through
+    /// it, which is what an idle shard's answers reflect.
+    pub dispatched: Arc<AtomicU64>,
+    /// The recent command results and dead letters, for the callers waiting for them.
+    pub results: ResultBook,
 }
 
 /// What a shard works with while it runs: its partitions (`None` while lent to the snapshot
-/// encoder) and the messages of lent partitions, waiting for them in stream order.
+/// encoder), the messages of lent partitions, waiting for them in stream order, and the
+/// questions waiting for a later position or for a partition to come home.
 struct Home {
     partitions: Vec<Option<Partition>>,
     waiting: Vec<VecDeque<Inbound>>,
@@ -115,6 +139,13 @@ struct Home {
     /// The last sequence the shard has seen (all of its messages up to there are applied or
     /// waiting for their lent partition).
     last_seq: u64,
+    /// Per partition: while it is lent, questions it can answer alone go to its holder through
+    /// this channel (the loan takes a receiver; the shard answers what is left when the
+    /// partition is back).
+    lent_questions: Vec<(Sender<Question>, Receiver<Question>)>,
+    /// Per partition: the sequence it had applied through when it was last lent.
+    lent_through: Vec<u64>,
+    parked: Vec<Question>,
 }
 
 impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
@@ -129,40 +160,59 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
             waiting: (0..count).map(|_| VecDeque::new()).collect(),
             lent: 0,
             last_seq: 0,
+            lent_questions: (0..count)
+                .map(|_| crossbeam::channel::bounded(LENT_QUESTIONS_MAX))
+                .collect(),
+            lent_through: vec![0; count],
+            parked: Vec::new(),
         };
         let returns = self.snapshots.returns();
+        let questions = self.questions.clone();
         let mut outputs: Vec<Output> = Vec::new();
         let mut failed = false;
         loop {
+            let idle = if home.parked.is_empty() {
+                Duration::from_secs(1)
+            } else {
+                PARKED_POLL
+            };
             crossbeam::channel::select! {
                 recv(input) -> message => {
                     let batch = match message {
                         Ok(ShardInput::Batch(batch)) => batch,
                         Ok(ShardInput::Stop) | Err(_) => break,
                     };
-                    if !self.batch(batch, &mut home, &mut outputs, &sink) {
+                    if !self.batch(batch, &mut home, &mut outputs, &sink, &input) {
                         failed = true;
                         break;
                     }
                 }
                 recv(returns) -> partition => {
                     if let Ok(partition) = partition {
-                        if !self.welcome(partition, &mut home, &mut outputs, &sink) {
+                        if !self.welcome(partition, &mut home, &mut outputs, &sink, &input) {
                             failed = true;
                             break;
                         }
                     }
                 }
+                recv(questions) -> question => {
+                    if let Ok(question) = question {
+                        self.ask(question, &mut home, &input);
+                    }
+                }
+                default(idle) => {}
             }
+            self.serve(&mut home, &input);
         }
         // Every lent partition comes home before the final snapshots (the encoder never
         // keeps one: it gives each back right after encoding it).
         while home.lent > 0 && !failed {
             let Ok(partition) = returns.recv() else { break };
-            if !self.welcome(partition, &mut home, &mut outputs, &sink) {
+            if !self.welcome(partition, &mut home, &mut outputs, &sink, &input) {
                 failed = true;
             }
         }
+        // Questions still waiting are dropped with the shard: their askers see it stop.
         let partitions: Vec<Partition> = home.partitions.into_iter().flatten().collect();
         if !failed {
             for partition in &partitions {
@@ -182,6 +232,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
         home: &mut Home,
         outputs: &mut Vec<Output>,
         sink: &Sender<SinkMessage>,
+        input: &Receiver<ShardInput>,
     ) -> bool {
         let started = WallInstant::now();
         let messages = batch.len();
@@ -257,21 +308,108 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
         for partition in home.partitions.iter_mut().flatten() {
             partition.applied_through = partition.applied_through.max(last_seq);
         }
-        if !outbound.is_empty() && sink.send(SinkMessage::Outputs(outbound)).is_err() {
+        // Questions that came during the batch are answered before its outputs queue up.
+        self.serve(home, input);
+        if !outbound.is_empty() && !self.send(sink, SinkMessage::Outputs(outbound), home, input) {
             // The sink is gone: the process is failing; stop without applying more.
             return false;
         }
         self.observer
             .batch_applied(self.number, messages, started.elapsed(), &home.partitions);
-        for slot in home.partitions.iter_mut() {
+        for (index, slot) in home.partitions.iter_mut().enumerate() {
             if let Some(partition) = slot.take() {
-                *slot = self.snapshots.after_batch(partition, last_seq, sink);
+                let through = partition.applied_through;
+                *slot = self.snapshots.after_batch(
+                    partition,
+                    last_seq,
+                    sink,
+                    &home.lent_questions[index].1,
+                );
                 if slot.is_none() {
                     home.lent += 1;
+                    home.lent_through[index] = through;
                 }
             }
         }
         true
+    }
+
+    /// Sends to the sink, answering questions while its queue is full. False when it is gone.
+    fn send(
+        &mut self,
+        sink: &Sender<SinkMessage>,
+        message: SinkMessage,
+        home: &mut Home,
+        input: &Receiver<ShardInput>,
+    ) -> bool {
+        let mut message = message;
+        loop {
+            match sink.send_timeout(message, PARKED_POLL) {
+                Ok(()) => return true,
+                Err(SendTimeoutError::Timeout(back)) => {
+                    message = back;
+                    self.serve(home, input);
+                }
+                Err(SendTimeoutError::Disconnected(_)) => return false,
+            }
+        }
+    }
+
+    /// Answers the questions queued for this shard and those parked that can be answered now.
+    fn serve(&mut self, home: &mut Home, input: &Receiver<ShardInput>) {
+        while let Ok(question) = self.questions.try_recv() {
+            self.ask(question, home, input);
+        }
+        if !home.parked.is_empty() {
+            for question in std::mem::take(&mut home.parked) {
+                self.ask(question, home, input);
+            }
+        }
+    }
+
+    /// Answers `question` if its partition is at home and far enough, hands it to the holder of
+    /// its lent partition if that can answer it, parks it otherwise; drops it past its deadline.
+    fn ask(&mut self, question: Question, home: &mut Home, input: &Receiver<ShardInput>) {
+        let index = question.partition as usize / self.shards;
+        let ours = question.partition as usize % self.shards == self.number
+            && index < home.partitions.len();
+        debug_assert!(
+            ours,
+            "a question for partition {} reached shard {}",
+            question.partition, self.number
+        );
+        if !ours || WallInstant::now() >= question.deadline {
+            return;
+        }
+        match &home.partitions[index] {
+            Some(partition) => {
+                // Read the dispatcher's position before looking at the queue: a batch it sent
+                // before that position is then either still queued or already applied.
+                let dispatched = self.dispatched.load(Ordering::Acquire);
+                let as_of_seq = if input.is_empty() {
+                    partition.applied_through.max(dispatched)
+                } else {
+                    partition.applied_through
+                };
+                if as_of_seq >= question.min_seq {
+                    (question.answer)(Seen {
+                        partition,
+                        as_of_seq,
+                        results: Some(&self.results),
+                    });
+                } else {
+                    home.parked.push(question);
+                }
+            }
+            None if question.needs == Needs::State
+                && question.min_seq <= home.lent_through[index] =>
+            {
+                if let Err(refused) = home.lent_questions[index].0.try_send(question) {
+                    home.parked.push(refused.into_inner());
+                }
+            }
+            None => home.parked.push(question),
+        }
     }
 
     /// A lent partition is back: applies the messages that waited for it, in order.
@@ -281,10 +419,12 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
         home: &mut Home,
         outputs: &mut Vec<Output>,
         sink: &Sender<SinkMessage>,
+        input: &Receiver<ShardInput>,
     ) -> bool {
         let index = partition.number as usize / self.shards;
         let mut outbound = Vec::new();
-        for inbound in home.waiting[index].drain(..) {
+        let waiting: Vec<Inbound> = home.waiting[index].drain(..).collect();
+        for inbound in waiting {
             self.apply(&mut partition, &inbound, None, None, outputs);
             for output in outputs.drain(..) {
                 outbound.push(self.outbound(partition.number, output));
@@ -293,7 +433,11 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
         partition.applied_through = partition.applied_through.max(home.last_seq);
         home.partitions[index] = Some(partition);
         home.lent -= 1;
-        outbound.is_empty() || sink.send(SinkMessage::Outputs(outbound)).is_ok()
+        // What the encoder did not get to is answered here.
+        while let Ok(question) = home.lent_questions[index].1.try_recv() {
+            self.ask(question, home, input);
+        }
+        outbound.is_empty() || self.send(sink, SinkMessage::Outputs(outbound), home, input)
     }
 
     /// The index (in this shard) of the partition that handles `inbound`. Subjects that name no
@@ -355,13 +499,28 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
         partition.applied_through = inbound.seq;
     }
 
-    fn outbound(&self, partition: u32, output: Output) -> Outbound {
-        Outbound {
+    /// The output as published; command results and dead letters are also kept for the
+    /// callers waiting for them.
+    fn outbound(&mut self, partition: u32, output: Output) -> Outbound {
+        let outbound = Outbound {
             partition,
             seq: output.seq,
             subject: output_subject(&self.output_prefix, partition, output.body.type_name()),
             id: output.id.clone(),
             payload: Bytes::from(output.to_json()),
+        };
+        match (&output.body, &output.account) {
+            (Body::CommandResult(result), Some(account)) => {
+                let key = dedupe_key(account, &result.command_id);
+                self.results
+                    .result(partition, key, output.seq, outbound.payload.clone());
+            }
+            (Body::DeadLetter { .. }, _) => {
+                self.results
+                    .dead_letter(output.seq, outbound.payload.clone());
+            }
+            _ => {}
         }
+        outbound
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! Owns: the "every N messages or T time" decision per partition, lending a due partition to
 //! the encoder thread (which encodes it and gives it straight back to its shard: the shard
-//! never stops; only that partition's messages wait, queued in the shard, for the encode), and
-//! the writer thread that commits a snapshot once the emitter says its outputs are durable.
+//! never stops; only that partition's messages wait, queued in the shard, for the encode; the
+//! questions about it that need nothing newer are answered by the encoder meanwhile, from the
+//! partition it holds), and the writer thread that commits a snapshot once the emitter says its
+//! outputs are durable.
 //!
 //! Must never: block ingest on encoding or disk (loans go to the encoder through a bounded
 //! queue; when it is full the partition stays and is snapshotted at a later batch), lend more
@@ -25,6 +27,7 @@ use crossbeam::channel::{Receiver, Sender, TrySendError};
 use super::{Header, Store};
 use crate::catalog::Catalog;
 use crate::engine::Partition;
+use crate::pipeline::question::{Question, Seen};
 use crate::pipeline::shard::SnapshotHook;
 use crate::pipeline::{SinkMessage, WatermarkReached};
 
@@ -47,6 +50,9 @@ pub struct Loan {
     pub back: Sender<Partition>,
     pub lent_at: WallInstant,
     pub pause: Duration,
+    /// Questions about the partition while it is away (the shard sends those it can answer
+    /// alone).
+    pub questions: Receiver<Question>,
 }
 
 /// Reports for metrics.
@@ -132,7 +138,12 @@ impl<O: SnapshotObserver> Policy<O> {
     }
 
     /// Lends `partition` to the encoder; gives it back when the encoder's queue is full.
-    fn lend(&mut self, partition: Partition, sink: &Sender<SinkMessage>) -> Option<Partition> {
+    fn lend(
+        &mut self,
+        partition: Partition,
+        sink: &Sender<SinkMessage>,
+        questions: &Receiver<Question>,
+    ) -> Option<Partition> {
         let started = WallInstant::now();
         let header = self.header(&partition);
         let (done, watermark) = crossbeam::channel::bounded(1);
@@ -149,6 +160,7 @@ impl<O: SnapshotObserver> Policy<O> {
             lent_at: started,
             // The shard's whole stop for this snapshot: the header (the queue send is a move).
             pause: started.elapsed(),
+            questions: questions.clone(),
         };
         match self.loans.try_send(loan) {
             Ok(()) => {
@@ -202,6 +214,7 @@ impl<O: SnapshotObserver> SnapshotHook for Policy<O> {
         partition: Partition,
         seq: u64,
         sink: &Sender<SinkMessage>,
+        questions: &Receiver<Question>,
     ) -> Option<Partition> {
         if self.taken_in_batch == Some(seq) {
             return Some(partition);
@@ -216,7 +229,7 @@ impl<O: SnapshotObserver> SnapshotHook for Policy<O> {
         if !due || self.loans.is_full() {
             return Some(partition);
         }
-        let kept = self.lend(partition, sink);
+        let kept = self.lend(partition, sink, questions);
         if kept.is_none() {
             self.taken_in_batch = Some(seq);
         }
@@ -238,8 +251,13 @@ impl<O: SnapshotObserver> SnapshotHook for Policy<O> {
     }
 }
 
+/// How often the encoder, answering questions while it encodes, looks whether the encode is
+/// done (a question is answered as soon as it arrives).
+const ENCODE_POLL: Duration = Duration::from_millis(1);
+
 /// Encodes lent partitions until the loan queue closes: each job goes on to the writer and the
-/// partition straight back to its shard.
+/// partition straight back to its shard. While a partition is encoded (on a thread of its own,
+/// reading it), this thread answers the questions about it from the same state.
 pub fn run_encoder(loans: Receiver<Loan>, jobs: Sender<SnapshotJob>) {
     while let Ok(loan) = loans.recv() {
         let Loan {
@@ -249,11 +267,22 @@ pub fn run_encoder(loans: Receiver<Loan>, jobs: Sender<SnapshotJob>) {
             back,
             lent_at,
             pause,
+            questions,
         } = loan;
         // Whatever happens, the partition goes back: its shard is waiting for it.
-        let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            crate::codec::encode(&partition)
-        }))
+        let encoded = std::thread::scope(|scope| {
+            let encoding = scope.spawn(|| crate::codec::encode(&partition));
+            while !encoding.is_finished() {
+                if let Ok(question) = questions.recv_timeout(ENCODE_POLL) {
+                    (question.answer)(Seen {
+                        partition: &partition,
+                        as_of_seq: header.applied_through,
+                        results: None,
+                    });
+                }
+            }
+            encoding.join()
+        })
         .unwrap_or_else(|_| {
             Err(crate::codec::CodecError::Encode(
                 "the encoder panicked".into(),

@@ -623,6 +623,15 @@ const MESSAGE_TYPES: &[(&str, &[&str])] = &[
     ("tick", TICK_FIELDS),
 ];
 
+/// The fields a message of type `kind` may carry (`type` included), or `None` for no such
+/// type.
+pub fn fields_of(kind: &str) -> Option<&'static [&'static str]> {
+    MESSAGE_TYPES
+        .iter()
+        .find(|(name, _)| *name == kind)
+        .map(|(_, fields)| *fields)
+}
+
 impl Raw<'_> {
     /// Names of the fields present, in declaration order.
     fn present(&self) -> impl Iterator<Item = &'static str> + '_ {

@@ -1,0 +1,71 @@
+//! The service's typed errors, as the NATS micro protocol carries them: the headers
+//! `Nats-Service-Error` (a display string) and `Nats-Service-Error-Code` (a number).
+//!
+//! Owns: the codes and the stable reason token every status starts with (`"<reason>: <what>"`),
+//! which clients and the CLI match on.
+//!
+//! Invariants: every request gets either a reply or one of these; none is left unanswered.
+
+use std::fmt;
+
+/// One error reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceError {
+    /// 400 bad request, 404 unknown, 422 not applied, 500 internal, 503 unavailable.
+    pub code: u16,
+    /// Stable: `bad_request`, `invalid_field`, `unknown_account`, a dead-letter reason, …
+    pub reason: &'static str,
+    /// For people: what was wrong, naming the field when one was.
+    pub detail: String,
+}
+
+impl ServiceError {
+    pub fn new(code: u16, reason: &'static str, detail: impl Into<String>) -> ServiceError {
+        ServiceError {
+            code,
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// 400: the request itself is wrong (`reason` names how, the detail the field).
+    pub fn bad_request(reason: &'static str, detail: impl Into<String>) -> ServiceError {
+        ServiceError::new(400, reason, detail)
+    }
+
+    /// 404: the partition has no such account.
+    pub fn unknown_account(account: &str) -> ServiceError {
+        ServiceError::new(
+            404,
+            "unknown_account",
+            format!("no account {account:?} (it has had no accepted message)"),
+        )
+    }
+
+    /// 503: the processor cannot answer now; the request may be retried.
+    pub fn unavailable(reason: &'static str, detail: impl Into<String>) -> ServiceError {
+        ServiceError::new(503, reason, detail)
+    }
+
+    /// The `Nats-Service-Error` header's text.
+    pub fn status(&self) -> String {
+        format!("{}: {}", self.reason, self.detail)
+    }
+}
+
+impl fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code, self.status())
+    }
+}
+
+impl std::error::Error for ServiceError {}
+
+impl From<ServiceError> for async_nats::service::error::Error {
+    fn from(error: ServiceError) -> Self {
+        async_nats::service::error::Error {
+            status: error.status(),
+            code: usize::from(error.code),
+        }
+    }
+}

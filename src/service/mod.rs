@@ -1,0 +1,653 @@
+//! The service: a NATS micro service named `creditflow` that answers balance, authorize,
+//! usage, price and statement queries and takes commands (README "The service"; SEMANTICS
+//! §17).
+//!
+//! ```text
+//!  client ─ request ─► <prefix>.query.<name>    ─► handler task ─ Question ─► shard queue ─► shard
+//!                      <prefix>.command.<name>  ─► handler task ─ publish ─► creditflow.in.<p>.cmd
+//!                                                    │ ack (seq) ─ Question(min_seq = seq) ─► shard
+//!  client ◄─ reply (or Nats-Service-Error + code) ───┘◄──────────── answer (oneshot) ◄───────┘
+//! ```
+//!
+//! Owns: the micro service and its endpoints on a connection of its own (so a query never
+//! queues behind the input stream's deliveries), request parsing ([`request`]), reply text
+//! ([`reply`]), typed errors ([`error`]), and the command path: a command is checked by the input
+//! decoder, published into the input stream on its account's `cmd` subject with
+//! `Nats-Msg-Id: <account>:<id>` (ids are unique per account), and answered once its partition
+//! has applied it, with its `command.result`.
+//!
+//! Must never: touch a partition (questions go to the shard that owns it, through its bounded
+//! queue, and are answered there: [`crate::pipeline::question`]), block on a full shard queue
+//! (busy is an answer: 503), leave a request unanswered (every wait is bounded by
+//! `service.wait_max`), or apply a command itself: the log is the only write path, so a command
+//! through the service and the same command published directly do exactly the same thing.
+//!
+//! Invariants: a reply's `as_of_seq` is a stream sequence through which every message of the
+//! account's partition has been applied; a query with `min_seq` is answered only once its
+//! partition has applied through it (read-your-writes); a command retried with the same id is
+//! applied once (the broker's duplicate window, and the engine's dedupe index past it) and gets
+//! the same `command.result`.
+
+pub mod error;
+pub mod reply;
+pub mod request;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant as WallInstant};
+
+use bytes::Bytes;
+use crossbeam::channel::{Sender, TrySendError};
+use futures::StreamExt;
+
+use crate::catalog::Catalog;
+use crate::engine::dedupe::dedupe_key;
+use crate::engine::partition_of;
+use crate::metrics::Health;
+use crate::pipeline::question::{Needs, Question, Seen};
+use crate::pipeline::shard_of;
+use crate::time::Instant;
+use crate::wire::subject::SubjectKind;
+pub use error::ServiceError;
+use reply::Object;
+use request::Fields;
+
+/// The micro service's name (`$SRV.PING.creditflow`).
+pub const NAME: &str = "creditflow";
+
+/// The query endpoints, by name.
+pub const QUERIES: [&str; 5] = ["balance", "authorize", "usage", "price", "statement"];
+/// The command endpoints: each publishes the input command of the same name.
+pub const COMMANDS: [&str; 9] = [
+    "grant",
+    "void_grant",
+    "adjust",
+    "reverse",
+    "set_plan",
+    "set_policy",
+    "reserve",
+    "commit",
+    "release",
+];
+/// Charges a statement lists at most.
+pub const STATEMENT_LIMIT_MAX: u64 = 1000;
+/// Charges a statement lists when the request does not say.
+pub const STATEMENT_LIMIT_DEFAULT: u64 = 20;
+
+/// Where the service lives and how long it waits.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Endpoints are `<prefix>.query.<name>` and `<prefix>.command.<name>`.
+    pub subject_prefix: String,
+    pub queue_group: String,
+    /// The longest a request waits for its partition (min_seq, a command's application).
+    pub wait_max: Duration,
+    /// The input stream's subject prefix (commands are published under it).
+    pub input_prefix: String,
+    pub partitions: u32,
+    pub shards: usize,
+    /// Time allowed for the publish of a command to be acknowledged.
+    pub publish_timeout: Duration,
+}
+
+/// The subject of a query endpoint.
+pub fn query_subject(prefix: &str, name: &str) -> String {
+    format!("{prefix}.query.{name}")
+}
+
+/// The subject of a command endpoint.
+pub fn command_subject(prefix: &str, name: &str) -> String {
+    format!("{prefix}.command.{name}")
+}
+
+/// What every handler works with.
+pub struct Desk {
+    pub catalog: Arc<Catalog>,
+    pub settings: Settings,
+    /// One bounded queue per shard.
+    pub questions: Vec<Sender<Question>>,
+    pub health: Health,
+    /// JetStream on the service's connection, for publishing commands.
+    pub jetstream: async_nats::jetstream::Context,
+}
+
+/// A running service; [`Running::stop`] unsubscribes every endpoint.
+pub struct Running {
+    service: async_nats::service::Service,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Err(error) = self.service.stop().await {
+            tracing::warn!(%error, "stopping the service");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("starting the service: {0}")]
+pub struct StartError(String);
+
+/// Starts the service on `client` (a connection of its own) and a task per endpoint.
+pub async fn start(client: async_nats::Client, desk: Arc<Desk>) -> Result<Running, StartError> {
+    use async_nats::service::ServiceExt;
+    let fail = |e: Box<dyn std::error::Error + Send + Sync>| StartError(e.to_string());
+    let settings = &desk.settings;
+    let service = client
+        .service_builder()
+        .description(
+            "creditflow: balances, authorization, usage, prices and statements from the owning \
+             partition's memory; commands into the input log",
+        )
+        .metadata(
+            [
+                ("partitions".to_string(), settings.partitions.to_string()),
+                (
+                    "subject_prefix".to_string(),
+                    settings.subject_prefix.clone(),
+                ),
+            ]
+            .into(),
+        )
+        .queue_group(&settings.queue_group)
+        .start(NAME, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(fail)?;
+    let mut tasks = Vec::new();
+    let endpoints = QUERIES
+        .iter()
+        .map(|name| (*name, query_subject(&settings.subject_prefix, name), false))
+        .chain(
+            COMMANDS
+                .iter()
+                .map(|name| (*name, command_subject(&settings.subject_prefix, name), true)),
+        );
+    for (name, subject, command) in endpoints {
+        let mut endpoint = service
+            .endpoint_builder()
+            .name(name)
+            .add(subject)
+            .await
+            .map_err(fail)?;
+        let desk = desk.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(request) = endpoint.next().await {
+                let desk = desk.clone();
+                tokio::spawn(async move {
+                    let started = WallInstant::now();
+                    let reply = desk
+                        .handle(name, command, &request.message.payload)
+                        .await;
+                    if let Err(error) = &reply {
+                        tracing::debug!(endpoint = name, %error, "request refused");
+                    }
+                    let reply = reply.map(Bytes::from).map_err(Into::into);
+                    if let Err(error) = request.respond(reply).await {
+                        tracing::debug!(endpoint = name, %error, elapsed = ?started.elapsed(), "replying failed");
+                    }
+                });
+            }
+        }));
+    }
+    Ok(Running { service, tasks })
+}
+
+impl Desk {
+    /// Answers one request of endpoint `name`.
+    pub async fn handle(
+        &self,
+        name: &'static str,
+        command: bool,
+        payload: &[u8],
+    ) -> Result<String, ServiceError> {
+        if !self.health.is_ready() {
+            let (_, reason) = self.health.readiness();
+            return Err(ServiceError::unavailable(
+                "not_ready",
+                format!("the processor is not caught up with its input yet ({reason})"),
+            ));
+        }
+        if command {
+            return self.command(name, payload).await;
+        }
+        match name {
+            "balance" => self.balance(payload).await,
+            "authorize" => self.authorize(payload).await,
+            "usage" => self.usage(payload).await,
+            "price" => self.price(payload).await,
+            "statement" => self.statement(payload).await,
+            _ => Err(ServiceError::new(
+                500,
+                "internal",
+                format!("no endpoint {name}"),
+            )),
+        }
+    }
+
+    /// Asks the shard that owns `partition`, once it has applied through `min_seq`, and waits
+    /// at most `wait_max` for the answer.
+    async fn ask<T: Send + 'static>(
+        &self,
+        partition: u32,
+        min_seq: u64,
+        needs: Needs,
+        answer: impl FnOnce(Seen<'_>) -> Result<T, ServiceError> + Send + 'static,
+    ) -> Result<T, ServiceError> {
+        let (reply, answered) = tokio::sync::oneshot::channel();
+        let wait = self.settings.wait_max;
+        let question = Question {
+            partition,
+            min_seq,
+            needs,
+            deadline: WallInstant::now() + wait,
+            answer: Box::new(move |seen| {
+                let _ = reply.send(answer(seen));
+            }),
+        };
+        let shard = shard_of(partition, self.settings.shards);
+        match self.questions[shard].try_send(question) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                return Err(ServiceError::unavailable(
+                    "busy",
+                    format!("shard {shard} has too many questions waiting; retry"),
+                ))
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(ServiceError::unavailable(
+                    "stopping",
+                    "the processor is stopping",
+                ))
+            }
+        }
+        // The shard drops a question past its deadline; the timeout here covers a shard that
+        // is stuck altogether.
+        match tokio::time::timeout(wait + Duration::from_millis(500), answered).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) | Err(_) if min_seq > 0 => Err(ServiceError::unavailable(
+                "not_caught_up",
+                format!(
+                    "partition {partition} had not applied through sequence {min_seq} within {wait:?}"
+                ),
+            )),
+            Ok(Err(_)) | Err(_) => Err(ServiceError::unavailable(
+                "not_answered",
+                format!("partition {partition} did not answer within {wait:?}"),
+            )),
+        }
+    }
+
+    fn partition(&self, account: &str) -> u32 {
+        partition_of(account, self.settings.partitions)
+    }
+
+    async fn balance(&self, payload: &[u8]) -> Result<String, ServiceError> {
+        let fields = Fields::parse(payload, &["account", "min_seq"])?;
+        let account = fields.account()?;
+        let catalog = self.catalog.clone();
+        self.ask(
+            self.partition(&account),
+            fields.min_seq()?,
+            Needs::State,
+            move |seen| {
+                let state = seen
+                    .partition
+                    .account(&account)
+                    .ok_or_else(|| ServiceError::unknown_account(&account))?;
+                Ok(reply::balance(
+                    &catalog,
+                    seen.partition,
+                    state,
+                    seen.as_of_seq,
+                ))
+            },
+        )
+        .await
+    }
+
+    async fn authorize(&self, payload: &[u8]) -> Result<String, ServiceError> {
+        let fields = Fields::parse(
+            payload,
+            &["account", "meter", "quantity", "dims", "ts", "min_seq"],
+        )?;
+        let account = fields.account()?;
+        let min_seq = fields.min_seq()?;
+        let now = crate::pipeline::ticks::wall_clock();
+        let (_, usage) =
+            request::usage_request(&fields, &account, &["min_seq"], now, &self.catalog)?;
+        let catalog = self.catalog.clone();
+        self.ask(
+            self.partition(&account),
+            min_seq,
+            Needs::State,
+            move |seen| {
+                let answer = seen
+                    .partition
+                    .authorize(&catalog, &usage, now)
+                    .map_err(refused_event)?;
+                Ok(reply::authorization(
+                    &catalog,
+                    &account,
+                    &catalog.meter(usage.meter).name,
+                    usage.quantity,
+                    &answer,
+                    seen.as_of_seq,
+                ))
+            },
+        )
+        .await
+    }
+
+    async fn usage(&self, payload: &[u8]) -> Result<String, ServiceError> {
+        let fields = Fields::parse(payload, &["account", "period", "min_seq"])?;
+        let account = fields.account()?;
+        let period = fields
+            .integer("period", u64::from(u32::MAX))?
+            .map(|p| p as u32);
+        let catalog = self.catalog.clone();
+        self.ask(
+            self.partition(&account),
+            fields.min_seq()?,
+            Needs::State,
+            move |seen| {
+                use crate::engine::query::UsageError;
+                let state = seen
+                    .partition
+                    .account(&account)
+                    .ok_or_else(|| ServiceError::unknown_account(&account))?;
+                match seen.partition.period_usage(&catalog, &account, period) {
+                    Ok(usage) => Ok(reply::usage(&catalog, state, &usage, seen.as_of_seq)),
+                    Err(UsageError::UnknownAccount) => Err(ServiceError::unknown_account(&account)),
+                    Err(UsageError::PeriodNotInMemory { current }) => Err(ServiceError::new(
+                        404,
+                        "period_not_in_memory",
+                        format!(
+                            "period {} is not the open one ({current}); a closed period's final \
+                         invoice lines are in the output stream",
+                            period.unwrap_or_default()
+                        ),
+                    )),
+                }
+            },
+        )
+        .await
+    }
+
+    async fn price(&self, payload: &[u8]) -> Result<String, ServiceError> {
+        let fields = Fields::parse(
+            payload,
+            &[
+                "account", "plan", "meter", "quantity", "dims", "ts", "min_seq",
+            ],
+        )?;
+        let plan = fields.string("plan")?;
+        let account = match fields.get("account") {
+            Some(_) => Some(fields.account()?),
+            None => None,
+        };
+        if plan.is_some() && account.is_some() {
+            return Err(ServiceError::bad_request(
+                "invalid_field",
+                "plan: give an account or a plan, not both",
+            ));
+        }
+        if let Some(plan) = &plan {
+            if self.catalog.plan_id(plan).is_none() {
+                return Err(ServiceError::bad_request(
+                    "unknown_plan",
+                    format!("plan: no plan {plan:?} in the catalog"),
+                ));
+            }
+        }
+        let now = crate::pipeline::ticks::wall_clock();
+        let placeholder = "price_request";
+        let (_, usage) = request::usage_request(
+            &fields,
+            account.as_deref().unwrap_or(placeholder),
+            &["plan", "min_seq"],
+            now,
+            &self.catalog,
+        )?;
+        let catalog = self.catalog.clone();
+        let Some(account) = account else {
+            // A new account on the plan: no cumulative quantity; no partition is needed.
+            let priced = crate::catalog::pricing::price(
+                &catalog,
+                &crate::catalog::pricing::PriceRequest {
+                    meter: usage.meter,
+                    quantity: usage.quantity,
+                    dims: &usage.dims,
+                    ts: usage.ts,
+                    cumulative: crate::decimal::Quantity::ZERO,
+                },
+            )
+            .map_err(|e| priced_refusal(&catalog, usage.meter, e))?;
+            return Ok(reply::price_reply(
+                &catalog,
+                usage.meter,
+                usage.quantity,
+                usage.ts,
+                None,
+                plan.as_deref(),
+                &priced,
+                None,
+            ));
+        };
+        self.ask(
+            self.partition(&account),
+            fields.min_seq()?,
+            Needs::State,
+            move |seen| {
+                let priced = seen
+                    .partition
+                    .price_for(
+                        &catalog,
+                        Some(&account),
+                        usage.meter,
+                        usage.quantity,
+                        &usage.dims,
+                        usage.ts,
+                    )
+                    .map_err(|e| priced_refusal(&catalog, usage.meter, e))?;
+                Ok(reply::price_reply(
+                    &catalog,
+                    usage.meter,
+                    usage.quantity,
+                    usage.ts,
+                    Some(&account),
+                    None,
+                    &priced,
+                    Some(seen.as_of_seq),
+                ))
+            },
+        )
+        .await
+    }
+
+    async fn statement(&self, payload: &[u8]) -> Result<String, ServiceError> {
+        let fields = Fields::parse(payload, &["account", "limit", "min_seq"])?;
+        let account = fields.account()?;
+        let limit = fields
+            .integer("limit", STATEMENT_LIMIT_MAX)?
+            .unwrap_or(STATEMENT_LIMIT_DEFAULT) as usize;
+        let catalog = self.catalog.clone();
+        self.ask(
+            self.partition(&account),
+            fields.min_seq()?,
+            Needs::State,
+            move |seen| {
+                let entries = seen
+                    .partition
+                    .statement(&catalog, &account, limit)
+                    .ok_or_else(|| ServiceError::unknown_account(&account))?;
+                Ok(reply::statement(
+                    &catalog,
+                    &account,
+                    &entries,
+                    seen.as_of_seq,
+                ))
+            },
+        )
+        .await
+    }
+
+    /// Publishes the command into the input log and answers once its partition has applied it.
+    async fn command(&self, kind: &'static str, payload: &[u8]) -> Result<String, ServiceError> {
+        let allowed: Vec<&str> = crate::wire::input::fields_of(kind)
+            .unwrap_or(&[])
+            .iter()
+            .copied()
+            .filter(|f| *f != "type")
+            .collect();
+        let fields = Fields::parse(payload, &allowed)?;
+        let now = crate::pipeline::ticks::wall_clock();
+        let (text, command) = request::command_request(&fields, kind, now, &self.catalog)?;
+        let account = command.account.to_string();
+        let id = command.id.to_string();
+        let partition = self.partition(&account);
+        let subject = crate::wire::subject::subject(
+            &self.settings.input_prefix,
+            partition,
+            SubjectKind::Command,
+        );
+        let (seq, stored_before) = self.publish(subject, &account, &id, text).await?;
+        let catalog = self.catalog.clone();
+        let key = dedupe_key(&account, &id);
+        self.ask(partition, seq, Needs::Results, move |seen| {
+            let retry = Retry { seq, stored_before };
+            command_reply(&catalog, seen, partition, key, retry, &account, &id)
+        })
+        .await
+    }
+
+    /// Publishes a command; the stream sequence it is stored at (the first one's, for a
+    /// retry the broker's duplicate window caught), and whether it was stored before.
+    async fn publish(
+        &self,
+        subject: String,
+        account: &str,
+        id: &str,
+        text: String,
+    ) -> Result<(u64, bool), ServiceError> {
+        let message = async_nats::jetstream::message::PublishMessage::build()
+            .payload(text.into())
+            .message_id(format!("{account}:{id}"));
+        let unavailable = |e: String| {
+            ServiceError::unavailable(
+                "input_unavailable",
+                format!("the command could not be stored in the input stream: {e}"),
+            )
+        };
+        let ack = self
+            .jetstream
+            .send_publish(subject, message)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        match tokio::time::timeout(self.settings.publish_timeout, ack).await {
+            Ok(Ok(ack)) => Ok((ack.sequence, ack.duplicate)),
+            Ok(Err(e)) => Err(unavailable(e.to_string())),
+            Err(_) => Err(unavailable(format!(
+                "no acknowledgement within {:?}",
+                self.settings.publish_timeout
+            ))),
+        }
+    }
+}
+
+/// Where a command's publish landed.
+struct Retry {
+    /// The stream sequence of the message (the first one's when the broker dropped this one).
+    seq: u64,
+    /// The broker's duplicate window dropped this publish: the same id was stored before.
+    stored_before: bool,
+}
+
+/// The reply to a command applied through `seq`: its `command.result` (the first application's
+/// for a retry), the account's balance, and `as_of_seq`; a 422 when it was dead-lettered.
+fn command_reply(
+    catalog: &Catalog,
+    seen: Seen<'_>,
+    partition: u32,
+    key: u128,
+    retry: Retry,
+    account: &str,
+    id: &str,
+) -> Result<String, ServiceError> {
+    let seq = retry.seq;
+    let book = seen.results.ok_or_else(|| {
+        ServiceError::new(
+            500,
+            "internal",
+            "a command was answered without its results",
+        )
+    })?;
+    if let Some(dead) = book.find_dead_letter(seq) {
+        let dead: serde_json::Value = serde_json::from_slice(dead).unwrap_or_default();
+        let reason = dead["reason"].as_str().unwrap_or("dead_letter").to_string();
+        let detail = dead["detail"].as_str().unwrap_or_default().to_string();
+        return Err(ServiceError::new(
+            422,
+            "not_applied",
+            format!("the command was dead-lettered ({reason}): {detail}"),
+        ));
+    }
+    let balance = seen
+        .partition
+        .account(account)
+        .map(|state| reply::balance(catalog, seen.partition, state, seen.as_of_seq));
+    let balance = balance.as_deref().unwrap_or("null");
+    let object = match book.find_result(partition, key) {
+        Some((at, result)) => Object::new()
+            .raw("result", std::str::from_utf8(result).unwrap_or("null"))
+            .boolean("duplicate", retry.stored_before || *at != seq)
+            .number("seq", *at),
+        None if seen.partition.remembers(catalog, account, id) => Object::new()
+            // Applied before this processor's last restart, and its result no longer at hand:
+            // it is in the output stream (`result:<account>:<id>:<seq>`).
+            .raw("result", "null")
+            .boolean("duplicate", true)
+            .raw("seq", "null"),
+        None => {
+            return Err(ServiceError::new(
+                500,
+                "internal",
+                format!("the message at sequence {seq} is not the command {account}/{id}"),
+            ))
+        }
+    };
+    Ok(object
+        .raw("balance", balance)
+        .number("as_of_seq", seen.as_of_seq)
+        .finish())
+}
+
+/// The event an authorize describes would be a dead letter: 400 with its reason (422 for the
+/// partition's account limit, which is not the request's fault).
+fn refused_event(dead: crate::wire::input::DeadLetter) -> ServiceError {
+    use crate::wire::input::DeadReason;
+    let code = if dead.reason == DeadReason::AccountLimit {
+        422
+    } else {
+        400
+    };
+    ServiceError::new(code, dead.reason.name(), dead.detail)
+}
+
+fn priced_refusal(
+    catalog: &Catalog,
+    meter: crate::catalog::MeterId,
+    error: crate::catalog::pricing::PriceError,
+) -> ServiceError {
+    ServiceError::bad_request(
+        error.reason(),
+        format!("meter {}: {error}", catalog.meter(meter).name),
+    )
+}
+
+/// The time a request is judged at when it names none.
+pub fn now() -> Instant {
+    crate::pipeline::ticks::wall_clock()
+}

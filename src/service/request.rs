@@ -1,0 +1,305 @@
+//! Requests to the service: JSON objects, read into what each endpoint needs, every refusal a
+//! 400 naming the field.
+//!
+//! Owns: the request fields of every endpoint and their checks. Usage-like requests
+//! (`authorize`, `price`) and commands are turned into the very input message they describe
+//! and checked by the input decoder itself ([`crate::wire::input::decode`]), so a request is
+//! refused exactly when that message would be dead-lettered for its fields, with the same
+//! reason and detail.
+//!
+//! Must never: accept an unknown field (a typo would silently mean something else), or panic
+//! on any bytes.
+
+use serde_json::{Map, Value};
+
+use super::error::ServiceError;
+use crate::catalog::Catalog;
+use crate::time::Instant;
+use crate::wire::input::{self, Command, DeadLetter, Message, Usage};
+
+/// The fields of one request object.
+pub struct Fields(Map<String, Value>);
+
+impl Fields {
+    /// Parses `payload` as a JSON object whose fields are all in `allowed`. An empty payload is
+    /// an empty object.
+    pub fn parse(payload: &[u8], allowed: &[&str]) -> Result<Fields, ServiceError> {
+        if payload.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Fields(Map::new()));
+        }
+        let map = match serde_json::from_slice::<Value>(payload) {
+            Ok(Value::Object(map)) => map,
+            Ok(_) => {
+                return Err(ServiceError::bad_request(
+                    "malformed_json",
+                    "the request must be a JSON object",
+                ))
+            }
+            Err(error) => {
+                return Err(ServiceError::bad_request(
+                    "malformed_json",
+                    format!("the request is not JSON: {error}"),
+                ))
+            }
+        };
+        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(ServiceError::bad_request(
+                "invalid_field",
+                format!(
+                    "{unknown}: unknown field (this endpoint takes {})",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        Ok(Fields(map))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.get(name).filter(|v| !v.is_null())
+    }
+
+    /// A required, well-formed account id.
+    pub fn account(&self) -> Result<String, ServiceError> {
+        match self.get("account") {
+            None => Err(ServiceError::bad_request(
+                "invalid_field",
+                "account: required",
+            )),
+            Some(Value::String(account)) if input::account_is_valid(account) => Ok(account.clone()),
+            Some(_) => Err(ServiceError::bad_request(
+                "bad_account",
+                "account: 1-64 characters of A-Z a-z 0-9 _ -",
+            )),
+        }
+    }
+
+    /// An optional string field.
+    pub fn string(&self, name: &str) -> Result<Option<String>, ServiceError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(other) => Err(ServiceError::bad_request(
+                "invalid_field",
+                format!("{name}: must be a string, not {}", json_type(other)),
+            )),
+        }
+    }
+
+    /// An optional non-negative integer field, at most `max`.
+    pub fn integer(&self, name: &str, max: u64) -> Result<Option<u64>, ServiceError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) => match n.to_string().parse::<u64>() {
+                Ok(value) if value <= max => Ok(Some(value)),
+                _ => Err(ServiceError::bad_request(
+                    "invalid_field",
+                    format!("{name}: must be a whole number from 0 to {max}"),
+                )),
+            },
+            Some(other) => Err(ServiceError::bad_request(
+                "invalid_field",
+                format!("{name}: must be a number, not {}", json_type(other)),
+            )),
+        }
+    }
+
+    /// `min_seq`: answer once the account's partition has applied through it (0: now).
+    pub fn min_seq(&self) -> Result<u64, ServiceError> {
+        Ok(self.integer("min_seq", u64::MAX)?.unwrap_or(0))
+    }
+
+    /// The input message these fields describe, of `kind` (`usage` or a command), with the
+    /// given fields replaced or added, `ts` defaulting to `now`; as JSON text.
+    fn message_text(
+        &self,
+        kind: &str,
+        skip: &[&str],
+        extra: &[(&str, Value)],
+        now: Instant,
+    ) -> String {
+        let mut map = self.0.clone();
+        for name in skip {
+            map.remove(*name);
+        }
+        if kind != "usage" {
+            map.insert("type".into(), Value::String(kind.into()));
+        }
+        for (name, value) in extra {
+            map.insert((*name).into(), value.clone());
+        }
+        if !map.contains_key("ts") || map.get("ts").is_some_and(Value::is_null) {
+            map.insert("ts".into(), Value::String(now.to_string()));
+        }
+        Value::Object(map).to_string()
+    }
+}
+
+/// The usage event an `authorize` or `price` request describes, as decoded by the input
+/// decoder. Its id is a placeholder: these ask about an event, not about one sent.
+pub fn usage_request(
+    fields: &Fields,
+    account: &str,
+    skip: &[&str],
+    now: Instant,
+    catalog: &Catalog,
+) -> Result<(String, Usage<'static>), ServiceError> {
+    let text = fields.message_text(
+        "usage",
+        skip,
+        &[
+            ("id", Value::String("request".into())),
+            ("account", Value::String(account.into())),
+        ],
+        now,
+    );
+    match input::decode(text.as_bytes(), catalog) {
+        Ok(Message::Usage(usage)) => Ok((text.clone(), into_owned_usage(usage))),
+        Ok(_) => Err(ServiceError::bad_request(
+            "invalid_field",
+            "not a usage event",
+        )),
+        Err(dead) => Err(refused(dead)),
+    }
+}
+
+/// A command request (`kind` is the endpoint's command): the input message to publish, and
+/// its account and id. `ts` defaults to `now`.
+pub fn command_request(
+    fields: &Fields,
+    kind: &str,
+    now: Instant,
+    catalog: &Catalog,
+) -> Result<(String, Command<'static>), ServiceError> {
+    if fields.get("type").is_some() {
+        return Err(ServiceError::bad_request(
+            "invalid_field",
+            "type: given by the endpoint, not by the request",
+        ));
+    }
+    let text = fields.message_text(kind, &[], &[], now);
+    match input::decode(text.as_bytes(), catalog) {
+        Ok(Message::Command(command)) => {
+            let owned = Command {
+                id: command.id.into_owned().into(),
+                account: command.account.into_owned().into(),
+                ts: command.ts,
+                kind: command.kind,
+            };
+            Ok((text, owned))
+        }
+        Ok(_) => Err(ServiceError::bad_request("invalid_field", "not a command")),
+        Err(dead) => Err(refused(dead)),
+    }
+}
+
+/// A message the decoder refuses: 400 with its reason and detail.
+fn refused(dead: DeadLetter) -> ServiceError {
+    ServiceError::bad_request(dead.reason.name(), dead.detail)
+}
+
+fn into_owned_usage(usage: Usage<'_>) -> Usage<'static> {
+    Usage {
+        id: usage.id.into_owned().into(),
+        account: usage.account.into_owned().into(),
+        meter: usage.meter,
+        quantity: usage.quantity,
+        ts: usage.ts,
+        dims: usage.dims.into_owned().into(),
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog() -> Catalog {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/catalog.toml");
+        crate::catalog::load::from_path(&path).unwrap()
+    }
+
+    const NOW: Instant = Instant(1_788_220_800_000);
+
+    #[test]
+    fn every_refusal_names_its_field() {
+        let catalog = catalog();
+        let cases: &[(&str, &str, &str)] = &[
+            ("", "invalid_field", "account: required"),
+            ("[1]", "malformed_json", "JSON object"),
+            ("{", "malformed_json", "not JSON"),
+            (r#"{"account":"a","colour":1}"#, "invalid_field", "colour"),
+            (r#"{"account":"a b"}"#, "bad_account", "account"),
+            (
+                r#"{"account":"a","meter":"nope","quantity":"1"}"#,
+                "unknown_meter",
+                "",
+            ),
+            (
+                r#"{"account":"a","meter":"api_call","quantity":"-1"}"#,
+                "bad_quantity",
+                "",
+            ),
+            (
+                r#"{"account":"a","meter":"api_call","quantity":"1","ts":"noon"}"#,
+                "bad_timestamp",
+                "",
+            ),
+            (r#"{"account":"a","meter":"api_call"}"#, "", "quantity"),
+        ];
+        for (payload, reason, detail) in cases {
+            let result = Fields::parse(
+                payload.as_bytes(),
+                &["account", "meter", "quantity", "ts", "dims"],
+            )
+            .and_then(|fields| {
+                let account = fields.account()?;
+                usage_request(&fields, &account, &[], NOW, &catalog)
+            });
+            let error = result
+                .err()
+                .unwrap_or_else(|| panic!("{payload} was accepted"));
+            assert_eq!(error.code, 400, "{payload}");
+            if !reason.is_empty() {
+                assert_eq!(error.reason, *reason, "{payload}: {error}");
+            }
+            assert!(error.detail.contains(detail), "{payload}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_command_is_the_input_message_it_describes() {
+        let catalog = catalog();
+        let fields = Fields::parse(
+            br#"{"account":"a","id":"g1","amount":"5"}"#,
+            &["account", "id", "amount", "ts"],
+        )
+        .unwrap();
+        let (text, command) = command_request(&fields, "grant", NOW, &catalog).unwrap();
+        assert_eq!(command.kind.name(), "grant");
+        assert_eq!(command.ts, NOW);
+        assert!(text.contains(r#""type":"grant""#), "{text}");
+        let fields = Fields::parse(
+            br#"{"account":"a","id":"g1","type":"grant"}"#,
+            &["account", "id", "type"],
+        )
+        .unwrap();
+        assert!(command_request(&fields, "grant", NOW, &catalog).is_err());
+        let fields = Fields::parse(
+            br#"{"account":"a","id":"g1"}"#,
+            &["account", "id", "amount"],
+        )
+        .unwrap();
+        let error = command_request(&fields, "grant", NOW, &catalog).unwrap_err();
+        assert!(error.detail.contains("amount"), "{error}");
+    }
+}
