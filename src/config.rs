@@ -1666,6 +1666,11 @@ mod tests {
         );
         assert_eq!(config.log.format, LogFormat::Text);
         assert_eq!(config.log.level, "info");
+        assert!(config.service.enabled);
+        assert_eq!(config.service.subject_prefix, "creditflow.svc");
+        assert_eq!(config.service.queue_group, "q");
+        assert_eq!(config.service.wait_max, Duration::from_secs(5));
+        assert_eq!(config.service.statement_entries_max, 16_384);
     }
 
     #[test]
@@ -1794,13 +1799,15 @@ format = "xml"
             "input.storage",
             "input.discard",
             "engine.shards",
+            // The service's default prefix, creditflow.svc, is under the output's creditflow.
+            "service.subject_prefix",
         ];
         let mut got = keys_of(&errors);
         got.sort_unstable();
         let mut want = expected.to_vec();
         want.sort_unstable();
         assert_eq!(got, want, "{listing}");
-        assert_eq!(errors.len(), 22, "{listing}");
+        assert_eq!(errors.len(), 23, "{listing}");
         for line in [
             "engine.batch_size_max: expected an integer, found \"lots\" (from \
              CREDITFLOW_ENGINE_BATCH_SIZE_MAX)",
@@ -1816,7 +1823,11 @@ format = "xml"
             assert!(listing.contains(line), "missing {line:?} in\n{listing}");
         }
         // The output prefix overlaps the input's, but the input's is invalid: reported once.
-        assert!(!listing.contains("overlaps"), "{listing}");
+        assert!(!listing.contains("overlaps the input's"), "{listing}");
+        assert!(
+            listing.contains("service.subject_prefix: \"creditflow.svc\" overlaps output.subject_prefix \"creditflow\""),
+            "{listing}"
+        );
         assert_eq!(listing.lines().count(), errors.len(), "one error per line");
     }
 
@@ -1858,6 +1869,18 @@ format = "xml"
             (
                 "[nats]\nurls = [\"http://x:1\"]\n",
                 "nats.urls: \"http://x:1\": unknown scheme \"http\"",
+            ),
+            (
+                "[service]\nsubject_prefix = \"creditflow.in.svc\"\n",
+                "service.subject_prefix: \"creditflow.in.svc\" overlaps input.subject_prefix",
+            ),
+            (
+                "[service]\nqueue_group = \"a b\"\n",
+                "service.queue_group: \"a b\" is not a queue group name",
+            ),
+            (
+                "[service]\nwait_max = \"0\"\n",
+                "service.wait_max: must be > 0",
             ),
         ];
         for (file, want) in cases {
