@@ -19,6 +19,9 @@ pub struct NatsServer {
     child: Option<Child>,
     /// Keeps the store directory alive (and removes it on drop) when we made it.
     _dir: Option<tempfile::TempDir>,
+    /// A config file of the caller's, copied with its JetStream `store_dir` pointed at the
+    /// temporary store, and the environment it is started with (its `$VARIABLES`).
+    config: Option<(PathBuf, Vec<(String, String)>)>,
 }
 
 /// Finds the `nats-server` binary: `NATS_SERVER` if set, else PATH, else Debian's /usr/sbin.
@@ -57,6 +60,44 @@ impl NatsServer {
             store: dir.path().to_path_buf(),
             child: None,
             _dir: Some(dir),
+            config: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// Starts a server with the config file `config` (its authorization and permissions as
+    /// written; its `store_dir` replaced by a temporary store, its listen address by a free
+    /// port), with `env` set for the `$VARIABLES` it references.
+    pub fn start_with_config(config: &Path, env: &[(&str, &str)]) -> NatsServer {
+        let dir = tempfile::tempdir().expect("temporary directory for the NATS store");
+        let text = std::fs::read_to_string(config)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", config.display()));
+        let store = dir.path().join("store");
+        let text: String = text
+            .lines()
+            .map(|line| {
+                if line.trim_start().starts_with("store_dir") {
+                    format!("  store_dir: {:?}", store.display().to_string())
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let copy = dir.path().join("nats-server.conf");
+        std::fs::write(&copy, text).expect("writing the server config");
+        let mut server = NatsServer {
+            port: free_port(),
+            store: dir.path().to_path_buf(),
+            child: None,
+            _dir: Some(dir),
+            config: Some((
+                copy,
+                env.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )),
         };
         server.restart();
         server
@@ -86,16 +127,17 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.kill();
         let log = self.store.join("nats-server.log");
-        let child = Command::new(nats_server_binary())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store)
+        let mut command = Command::new(nats_server_binary());
+        match &self.config {
+            Some((config, env)) => {
+                command.arg("-c").arg(config).envs(env.iter().cloned());
+            }
+            None => {
+                command.arg("-js").arg("-sd").arg(&self.store);
+            }
+        }
+        let child = command
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-l")
             .arg(&log)
             .stdin(Stdio::null())

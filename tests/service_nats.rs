@@ -301,9 +301,7 @@ fn authorize_writes_nothing_and_predicts_the_charge() {
             );
         } else {
             refused += 1;
-            let before = before_balance
-                .as_deref()
-                .map_or("0".to_string(), |b| balance(b));
+            let before = before_balance.as_deref().map_or("0".to_string(), &balance);
             assert_eq!(
                 before,
                 balance(&after),
@@ -504,7 +502,8 @@ fn bad_requests_get_typed_errors_and_the_verbs_answer() {
             body.to_string(),
         ))
     };
-    let cases: Vec<(Result<String, (u16, String)>, u16, &str)> = vec![
+    type Case<'a> = (Result<String, (u16, String)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (raw("balance", "{"), 400, "malformed_json"),
         (raw("balance", "[]"), 400, "malformed_json"),
         (raw("balance", "{}"), 400, "account"),
@@ -731,7 +730,7 @@ fn sigkill_with_commands_in_flight_applies_each_once() {
     d.processor = d.setup.start(&[]);
     d.wait_ready();
     // Retry every command, as each caller would (same id).
-    for n in 0..COMMANDS {
+    for (n, before_kill) in first.iter().enumerate() {
         let reply = d
             .command("grant", body(n))
             .unwrap_or_else(|e| panic!("retry of grant-{n}: {e:?}"));
@@ -739,7 +738,7 @@ fn sigkill_with_commands_in_flight_applies_each_once() {
         if !reply["result"].is_null() {
             assert_eq!(reply["result"]["status"], "applied", "{reply}");
         }
-        if first[n].is_ok() {
+        if before_kill.is_ok() {
             assert_eq!(
                 reply["duplicate"], true,
                 "grant-{n} was answered before the kill"

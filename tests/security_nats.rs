@@ -1,0 +1,241 @@
+//! Least privilege, shipped and tested: a real `nats-server` runs the shipped
+//! `config/nats-server.conf` (users processor, producer, operator, reader), the real processor
+//! runs as `processor`, and each other user tries what it should and should not be able to
+//! do. A producer's grant is refused by the server on a cmd subject and dead-lettered on a
+//! usage subject; a reader can query but not command; an operator can command.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const PASSWORDS: [(&str, &str); 4] = [
+    ("CREDITFLOW_PROCESSOR_PASSWORD", "processor-secret"),
+    ("CREDITFLOW_PRODUCER_PASSWORD", "producer-secret"),
+    ("CREDITFLOW_OPERATOR_PASSWORD", "operator-secret"),
+    ("CREDITFLOW_READER_PASSWORD", "reader-secret"),
+];
+
+async fn connect_as(url: &str, user: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .user_and_password(user.into(), format!("{user}-secret"))
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connecting as {user}: {e}"))
+}
+
+/// The CLI as `user`: (exit success, stdout, stderr).
+fn cli(url: &str, user: &str, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_creditflow"))
+        .args(args)
+        .args([
+            "--user",
+            user,
+            "--password",
+            &format!("{user}-secret"),
+            "--timeout",
+            "3s",
+        ])
+        .env("NATS_URL", url)
+        .output()
+        .expect("creditflow");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn each_user_can_do_what_it_needs_and_nothing_more() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/nats-server.conf");
+    let server = creditflow::testkit::NatsServer::start_with_config(&config, &PASSWORDS);
+    let url = server.url();
+    let partitions = 2;
+    let setup = Setup::new(
+        &url,
+        partitions,
+        1,
+        "[nats]\nuser = \"processor\"\npassword = \"processor-secret\"\n",
+    );
+    let mut processor = setup.start(&[]);
+    let runtime = runtime();
+
+    // The operator (through the service) grants; waits until the processor is up.
+    wait_until(
+        "the service, as the operator",
+        Duration::from_secs(60),
+        || {
+            let (ok, _, _) = cli(&url, "operator", &["grant", "sec_1", "10", "--id", "g-op"]);
+            ok
+        },
+    );
+    let (ok, out, err) = cli(&url, "operator", &["balance", "sec_1", "--json"]);
+    assert!(ok, "{err}\n{}", setup.log());
+    let balance: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(balance["balances"][0]["balance"], "10");
+
+    // The reader queries, but cannot command.
+    let (ok, _, err) = cli(&url, "reader", &["balance", "sec_1"]);
+    assert!(ok, "the reader's balance: {err}");
+    let (ok, _, err) = cli(&url, "reader", &["authorize", "sec_1", "api_call", "1"]);
+    assert!(ok, "the reader's authorize: {err}");
+    let (ok, _, err) = cli(
+        &url,
+        "reader",
+        &["grant", "sec_1", "1000", "--id", "g-reader"],
+    );
+    assert!(!ok, "the reader granted credits");
+    assert!(err.contains("permission denied"), "{err}");
+
+    let partition = creditflow::engine::partition_of("sec_1", partitions);
+    let (seq_after, dead_letter) = runtime.block_on(async {
+        let producer = connect_as(&url, "producer").await;
+        let js = async_nats::jetstream::new(producer.clone());
+        // Usage on its own subject: stored.
+        let usage = json!({"id":"u1","account":"sec_1","meter":"api_call","quantity":"2",
+                           "ts": creditflow::pipeline::ticks::wall_clock().to_string()});
+        js.publish(
+            format!("creditflow.in.{partition}.usage"),
+            usage.to_string().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .expect("the producer's usage is stored");
+        // A grant on a cmd subject: the server refuses the publish (no ack ever comes).
+        let grant = json!({"type":"grant","id":"g-prod","account":"sec_1","amount":"1000000",
+                           "ts": creditflow::pipeline::ticks::wall_clock().to_string()});
+        let refused = tokio::time::timeout(Duration::from_secs(3), async {
+            js.publish(
+                format!("creditflow.in.{partition}.cmd"),
+                grant.to_string().into(),
+            )
+            .await?
+            .await
+            .map(|_| ())
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
+        .await;
+        assert!(
+            !matches!(refused, Ok(Ok(()))),
+            "the producer stored a command"
+        );
+        // Nor can it ask the service, or manage the streams.
+        let asked = producer
+            .request(
+                "creditflow.svc.command.grant",
+                json!({"account":"sec_1","id":"g-prod2","amount":"5"})
+                    .to_string()
+                    .into(),
+            )
+            .await;
+        assert!(asked.is_err(), "the producer reached the service");
+        let purge = tokio::time::timeout(
+            Duration::from_secs(3),
+            producer.request("$JS.API.STREAM.PURGE.CREDITFLOW_IN", "".into()),
+        )
+        .await;
+        assert!(
+            !matches!(purge, Ok(Ok(_))),
+            "the producer reached the JetStream API"
+        );
+        // A grant on a usage subject: stored (the producer may publish there) and dead-lettered.
+        let ack = js
+            .publish(
+                format!("creditflow.in.{partition}.usage"),
+                grant.to_string().into(),
+            )
+            .await
+            .unwrap()
+            .await
+            .expect("stored on the usage subject");
+        (ack.sequence, ack.sequence)
+    });
+
+    // The grant on the usage subject is a dead letter, and the balance has only the usage.
+    let (ok, out, err) = cli(
+        &url,
+        "reader",
+        &[
+            "balance",
+            "sec_1",
+            "--json",
+            "--min-seq",
+            &seq_after.to_string(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let balance: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(balance["balances"][0]["balance"], "9.997");
+    assert_eq!(balance["grants"].as_array().unwrap().len(), 1);
+    let mut dead = None;
+    wait_until("the dead letter", Duration::from_secs(30), || {
+        let outputs = runtime.block_on(outputs_as(&url, "processor"));
+        dead = outputs
+            .iter()
+            .find(|(id, _)| *id == format!("dead:{dead_letter}"))
+            .map(|(_, payload)| serde_json::from_str::<Value>(payload).unwrap());
+        dead.is_some()
+    });
+    let dead = dead.expect("the grant on the usage subject is dead-lettered");
+    assert_eq!(dead["reason"], "not_allowed_on_subject");
+    assert_eq!(dead["subject"], format!("creditflow.in.{partition}.usage"));
+
+    let status = terminate(&mut processor);
+    assert!(status.success(), "exit {status}; log:\n{}", setup.log());
+    // A restart recovers with the same permissions (the history check reads the stream, the
+    // output scan consumes the output stream).
+    let mut processor = setup.start(&[]);
+    wait_until("the restarted service", Duration::from_secs(60), || {
+        cli(&url, "reader", &["balance", "sec_1"]).0
+    });
+    let status = terminate(&mut processor);
+    assert!(status.success(), "exit {status}; log:\n{}", setup.log());
+    assert!(setup.log().contains("recovered"), "{}", setup.log());
+    // The processor itself was never refused anything.
+    let log = setup.log();
+    assert!(
+        !log.to_lowercase().contains("permission"),
+        "the processor hit a permission it lacks:\n{log}"
+    );
+}
+
+/// Every output, read with `user`'s credentials.
+async fn outputs_as(url: &str, user: &str) -> Vec<(String, String)> {
+    use futures::StreamExt;
+    let client = connect_as(url, user).await;
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js
+        .get_stream("CREDITFLOW_OUT")
+        .await
+        .expect("output stream");
+    let last = stream.info().await.expect("info").state.last_sequence;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .expect("consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut all = Vec::new();
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("read outputs")
+    {
+        let message = message.expect("message");
+        let seq = message.info().expect("info").stream_sequence;
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        all.push((id, String::from_utf8_lossy(&message.payload).into_owned()));
+        if seq >= last {
+            break;
+        }
+    }
+    all
+}
