@@ -56,6 +56,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Publish usage events (or commands) into the input stream, as a producer does: JSON lines
+    /// from a file or standard input, or one `--usage ACCOUNT METER QUANTITY`.
+    Publish(creditflow::cli::publish::PublishArgs),
     /// An account's balance: its state, what it can spend now, and the input sequence it
     /// reflects (the running processor's service).
     Balance(service::BalanceArgs),
@@ -142,6 +145,7 @@ fn main() -> std::process::ExitCode {
             accounts,
             messages,
         } => print_sample(seed, accounts, messages),
+        Command::Publish(a) => creditflow::cli::publish::run(a),
         Command::Balance(a) => service::run(ServiceCommand::Balance(a)),
         Command::Authorize(a) => service::run(ServiceCommand::Authorize(a)),
         Command::Usage(a) => service::run(ServiceCommand::Usage(a)),

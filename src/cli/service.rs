@@ -467,9 +467,11 @@ pub fn run(command: ServiceCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends the request and returns the reply's body, or the service's error as an error.
-async fn request(call: &Call<'_>) -> anyhow::Result<String> {
-    let connection = call.connection;
+/// Connects with the connection flags. The server errors the connection receives (a
+/// permissions violation comes that way, not as a reply) are collected in the second value.
+pub async fn connect_watching(
+    connection: &Connection,
+) -> anyhow::Result<(async_nats::Client, Arc<Mutex<Vec<String>>>)> {
     let server_errors: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen = server_errors.clone();
     let mut options = async_nats::ConnectOptions::new()
@@ -512,6 +514,18 @@ async fn request(call: &Call<'_>) -> anyhow::Result<String> {
             )
         })?
         .with_context(|| format!("connecting to {}", connection.server))?;
+    Ok((client, server_errors))
+}
+
+/// Connects with the connection flags.
+pub async fn connect(connection: &Connection) -> anyhow::Result<async_nats::Client> {
+    Ok(connect_watching(connection).await?.0)
+}
+
+/// Sends the request and returns the reply's body, or the service's error as an error.
+async fn request(call: &Call<'_>) -> anyhow::Result<String> {
+    let connection = call.connection;
+    let (client, server_errors) = connect_watching(connection).await?;
     let subject = if call.command {
         crate::service::command_subject(&connection.prefix, call.endpoint)
     } else {
