@@ -78,7 +78,11 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
             .collect(),
         (None, None) => bail!("give a file of JSON lines, - for standard input, or --usage"),
     };
-    let lines: Vec<&str> = lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = lines
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect();
     let mut routed = Vec::with_capacity(lines.len());
     for (number, line) in lines.iter().enumerate() {
         let (subject, id) = route(line, args.partitions, &args.input_prefix)
@@ -133,8 +137,16 @@ mod tests {
             (format!("creditflow.in.{p}.usage"), "acct_42:e1".to_string())
         );
         let grant = r#"{"type":"grant","id":"g","account":"acct_42","ts":"2026-11-24T10:00:00Z","amount":"5"}"#;
-        assert_eq!(route(grant, 16, "creditflow.in").unwrap().0, format!("creditflow.in.{p}.cmd"));
-        assert!(route(r#"{"type":"tick","id":"t","ts":"2026-11-24T10:00:00Z"}"#, 16, "x").is_err());
+        assert_eq!(
+            route(grant, 16, "creditflow.in").unwrap().0,
+            format!("creditflow.in.{p}.cmd")
+        );
+        assert!(route(
+            r#"{"type":"tick","id":"t","ts":"2026-11-24T10:00:00Z"}"#,
+            16,
+            "x"
+        )
+        .is_err());
         assert!(route(r#"{"id":"e1","meter":"m"}"#, 16, "x").is_err());
         assert!(route("nope", 16, "x").is_err());
     }
