@@ -39,6 +39,10 @@ use crate::wire::subject::Route;
 const PARKED_POLL: Duration = Duration::from_millis(1);
 /// Questions queued for one lent partition at most; past it they wait at the shard.
 const LENT_QUESTIONS_MAX: usize = 1024;
+/// Within a batch, the questions queued are answered after every this many messages applied:
+/// a large batch (a backlog drains in batches of `batch_size_max`) would otherwise make a
+/// question wait for all of it. Looking costs one atomic load.
+const QUESTIONS_EVERY: usize = 32;
 
 /// A message's decoding: the message, or its dead letter.
 type Decoded<'a> = Result<Message<'a>, DeadLetter>;
@@ -146,6 +150,9 @@ struct Home {
     /// Per partition: the sequence it had applied through when it was last lent.
     lent_through: Vec<u64>,
     parked: Vec<Question>,
+    /// A batch is being applied: a partition is then only as far as its own `applied_through`
+    /// (the dispatcher's position may be past messages still in the batch).
+    applying: bool,
 }
 
 impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
@@ -165,6 +172,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                 .collect(),
             lent_through: vec![0; count],
             parked: Vec::new(),
+            applying: false,
         };
         let returns = self.snapshots.returns();
         let questions = self.questions.clone();
@@ -269,6 +277,8 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                 None => home.waiting[index].push_back(inbound.clone()),
             }
         }
+        home.applying = true;
+        let mut applied = 0usize;
         apply_ahead(work.len(), |i, stage| match (stage, &work[i]) {
             (Some(stage), (index, _, Some(Ok(message)), Some(hashes))) => {
                 if let Some(partition) = &home.partitions[*index] {
@@ -291,8 +301,15 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                 for output in outputs.drain(..) {
                     outbound.push(self.outbound(number, output));
                 }
+                applied += 1;
+                if applied % QUESTIONS_EVERY == 0 && !self.questions.is_empty() {
+                    while let Ok(question) = self.questions.try_recv() {
+                        self.ask(question, home, input);
+                    }
+                }
             }
         });
+        home.applying = false;
         if increasing {
             let payload_of = |seq: u64| {
                 batch
@@ -386,7 +403,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                 // Read the dispatcher's position before looking at the queue: a batch it sent
                 // before that position is then either still queued or already applied.
                 let dispatched = self.dispatched.load(Ordering::Acquire);
-                let as_of_seq = if input.is_empty() {
+                let as_of_seq = if input.is_empty() && !home.applying {
                     partition.applied_through.max(dispatched)
                 } else {
                     partition.applied_through
