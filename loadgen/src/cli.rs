@@ -1,9 +1,11 @@
-//! The subcommands: `run`, `raw`, `fill`, `drain`, `verify`, `baseline postgres|redis`.
+//! The subcommands: `run`, `raw`, `fill`, `drain`, `verify`, `baseline postgres|redis`,
+//! `query`, `echo-responder`.
 //!
 //! Owns: the flags (clap), turning them into a [`WorkloadSpec`] and options, and what each
 //! subcommand prints and writes (`--report-json`, `--plot`).
 //!
-//! Must never: do measurement work itself; that lives in `run`, `verify` and `baseline`.
+//! Must never: do measurement work itself; that lives in `run`, `verify`, `baseline` and
+//! `query`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,7 +20,8 @@ use futures::StreamExt;
 use crate::baseline::{self, BaselineResult};
 use crate::measure::rate;
 use crate::nats::{self, INPUT_PREFIX, INPUT_STREAM, OUTPUT_PREFIX, OUTPUT_STREAM};
-use crate::report::{percentile_svg, Ratio, Report};
+use crate::query::{self, Bodies, Endpoint, QueryLimit, QueryOptions};
+use crate::report::{percentile_svg, QueryReport, Ratio, Report};
 use crate::run::{self, Observe, RunOptions};
 use crate::schedule::{parse_duration, RateShape};
 use crate::verify::{self, VerifyOptions};
@@ -56,6 +59,13 @@ pub enum Command {
     Verify(VerifyArgs),
     /// The same debits done without creditflow: PostgreSQL transactions or Redis Lua.
     Baseline(BaselineArgs),
+    /// Request load against the service (balance, authorize) or the echo responder: open loop
+    /// from a fixed schedule (latency from each request's scheduled time), or closed loop at
+    /// `--rate max` (service time).
+    Query(QueryArgs),
+    /// Answer every request on a subject with a fixed body, doing nothing else: the broker's
+    /// request-reply floor that `query --endpoint echo --echo-external` loads.
+    EchoResponder(EchoResponderArgs),
 }
 
 /// What to generate.
@@ -269,6 +279,82 @@ pub struct BaselineArgs {
     pub report_json: Option<PathBuf>,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct QueryArgs {
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// What to ask: the service's balance or authorize query, or the echo responder.
+    #[arg(long, value_enum, default_value_t = Endpoint::Balance)]
+    pub endpoint: Endpoint,
+    /// The service's endpoints are `<prefix>.query.<name>`.
+    #[arg(long, default_value = "creditflow.svc")]
+    pub subject_prefix: String,
+    /// The echo responder's subject (`--endpoint echo`).
+    #[arg(long, default_value = query::ECHO_SUBJECT)]
+    pub echo_subject: String,
+    /// `--endpoint echo`: use a responder already running (`loadgen echo-responder`) instead of
+    /// starting one in this process.
+    #[arg(long)]
+    pub echo_external: bool,
+    /// Size of the in-process echo's reply (0: the request's payload).
+    #[arg(long, default_value_t = query::ECHO_REPLY_BYTES)]
+    pub reply_bytes: usize,
+    /// Requests per second (a fixed schedule; also ramp:…, steps:…, burst:… as for `run`), or
+    /// `max`: a closed loop with --concurrency requests in flight per connection.
+    #[arg(long, default_value = "1000")]
+    pub rate: String,
+    /// How long to offer requests.
+    #[arg(long, default_value = "10s", conflicts_with = "requests")]
+    pub duration: String,
+    /// How many requests to send (instead of --duration).
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Accounts asked about: `<account-prefix>_<i>`, i below this, as the workload names them.
+    #[arg(long, default_value_t = 10_000)]
+    pub accounts: u32,
+    #[arg(long, default_value = "lg")]
+    pub account_prefix: String,
+    /// Zipf exponent of account popularity; 0 = uniform.
+    #[arg(long, default_value_t = 0.0)]
+    pub zipf: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The catalog authorize's meters come from.
+    #[arg(long, default_value = "config/catalog.toml")]
+    pub catalog: PathBuf,
+    /// Authorize's meter mix, `name=weight,…` (default: every meter of the catalog).
+    #[arg(long)]
+    pub meters: Option<String>,
+    /// Authorize's quantities are whole numbers from 1 to this.
+    #[arg(long, default_value_t = 100)]
+    pub quantity_max: u32,
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Requests in flight per connection at most; a request that waits for room still counts
+    /// from its scheduled time.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// A request unanswered after this long is an error (recorded when it timed out).
+    #[arg(long, default_value = "2s")]
+    pub timeout: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EchoResponderArgs {
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    #[arg(long, default_value = query::ECHO_SUBJECT)]
+    pub subject: String,
+    /// Size of every reply (0: the request's payload).
+    #[arg(long, default_value_t = query::ECHO_REPLY_BYTES)]
+    pub reply_bytes: usize,
+    /// Stop after this long (default: at SIGINT or SIGTERM).
+    #[arg(long)]
+    pub duration: Option<String>,
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -476,7 +562,151 @@ pub async fn execute(cli: Cli, command_line: &str) -> anyhow::Result<bool> {
         Command::Consume(args) => consume_command(args).await,
         Command::Verify(args) => verify_command(args).await,
         Command::Baseline(args) => baseline_command(args, command_line).await.map(|_| true),
+        Command::Query(args) => query_command(args, command_line).await.map(|r| r.1),
+        Command::EchoResponder(args) => echo_responder_command(args).await,
     }
+}
+
+/// `loadgen query`: the report, and whether every request was answered (ok or 404).
+pub async fn query_command(
+    args: QueryArgs,
+    command_line: &str,
+) -> anyhow::Result<(QueryReport, bool)> {
+    let rate = RateShape::parse(&args.rate).map_err(|e| anyhow::anyhow!("--rate: {e}"))?;
+    let limit = match args.requests {
+        Some(n) => QueryLimit::Requests(n),
+        None => {
+            QueryLimit::Duration(duration_flag(&args.duration, "--duration")?.as_nanos() as u64)
+        }
+    };
+    if args.accounts == 0 || args.accounts > workload::ACCOUNTS_MAX {
+        bail!("--accounts must be 1..={}", workload::ACCOUNTS_MAX);
+    }
+    if !(args.zipf >= 0.0 && args.zipf.is_finite()) {
+        bail!("--zipf must be >= 0");
+    }
+    if args.connections == 0 || args.concurrency == 0 {
+        bail!("--connections and --concurrency must be > 0");
+    }
+    let timeout = duration_flag(&args.timeout, "--timeout")?;
+    if timeout.is_zero() {
+        bail!("--timeout must be > 0");
+    }
+    let meters = if args.endpoint == Endpoint::Authorize {
+        let catalog = load_catalog(&args.catalog)?;
+        match &args.meters {
+            Some(mix) => workload::parse_mix(&catalog, mix).map_err(|e| anyhow::anyhow!(e))?,
+            None => workload::catalog_mix(&catalog),
+        }
+    } else {
+        Vec::new()
+    };
+    let subject = match args.endpoint {
+        Endpoint::Echo => args.echo_subject.clone(),
+        endpoint => creditflow::service::query_subject(&args.subject_prefix, endpoint.name()),
+    };
+    let server = server_version(&args.nats_url).await?;
+    let responder = if args.endpoint == Endpoint::Echo && !args.echo_external {
+        let client = nats::connect(&args.nats_url).await?;
+        Some(query::echo_responder(client, &subject, args.reply_bytes).await?)
+    } else {
+        None
+    };
+    let options = QueryOptions {
+        nats_url: args.nats_url.clone(),
+        subject: subject.clone(),
+        bodies: Bodies {
+            seed: args.seed,
+            accounts: args.accounts,
+            account_prefix: args.account_prefix.clone(),
+            zipf: (args.zipf > 0.0)
+                .then(|| Arc::new(workload::Zipf::new(args.accounts, args.zipf))),
+            meters,
+            quantity_max: args.quantity_max,
+        },
+        rate,
+        limit,
+        connections: args.connections,
+        concurrency: args.concurrency,
+        timeout,
+        live: !args.output.quiet,
+    };
+    let result = query::execute(options).await;
+    if let Some(responder) = responder {
+        responder.stop();
+    }
+    let result = result?;
+    let report = QueryReport {
+        mode: "query".into(),
+        command: command_line.to_string(),
+        nats_server: server,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        endpoint: args.endpoint.name().into(),
+        subject,
+        seed: args.seed,
+        accounts: args.accounts,
+        connections: args.connections,
+        concurrency: args.concurrency,
+        rate: args.rate.clone(),
+        timeout_ms: timeout.as_secs_f64() * 1e3,
+        ..Default::default()
+    }
+    .from_result(&result);
+    print!("{}", report.to_text());
+    if let Some(path) = &args.output.report_json {
+        std::fs::write(path, report.to_json())
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("  report: {}", path.display());
+    }
+    if let Some(path) = &args.output.plot {
+        let mut series = vec![("latency", &report.latency_histogram)];
+        if !report.closed_loop {
+            series[0].0 = "from the scheduled time (open loop)";
+            series.push(("from the actual send", &report.service_histogram));
+        }
+        let title = format!("loadgen query {} · rate {}", report.endpoint, report.rate);
+        std::fs::write(path, percentile_svg(&title, &series))
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("  plot: {}", path.display());
+    }
+    let passed = report.errors == 0 && report.requests > 0;
+    Ok((report, passed))
+}
+
+/// `loadgen echo-responder`: serves until SIGINT/SIGTERM (or --duration).
+pub async fn echo_responder_command(args: EchoResponderArgs) -> anyhow::Result<bool> {
+    let client = nats::connect(&args.nats_url).await?;
+    let responder = query::echo_responder(client, &args.subject, args.reply_bytes).await?;
+    eprintln!(
+        "loadgen echo-responder: answering {} with {} bytes",
+        args.subject,
+        if args.reply_bytes == 0 {
+            "the request's".to_string()
+        } else {
+            args.reply_bytes.to_string()
+        }
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let stop_after = match &args.duration {
+        Some(text) => Some(duration_flag(text, "--duration")?),
+        None => None,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+        _ = async {
+            match stop_after {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        } => {}
+    }
+    eprintln!(
+        "loadgen echo-responder: {} requests answered",
+        responder.stop()
+    );
+    Ok(true)
 }
 
 /// The broker's ceilings measured now with the same workload flags (`raw --rate max`, quiet,

@@ -8,6 +8,7 @@
 //! - `run`: a workload against NATS with an observer (`run`, `raw`, `fill`) and the live line.
 //! - `verify`: the processor's outputs against the engine replaying the input stream.
 //! - `baseline`: the same debits in PostgreSQL and Redis, one round trip per event.
+//! - `query`: request load against the service (open or closed loop) and the echo responder.
 //! - `report`: text, JSON and the SVG percentile plot.
 //! - `cli`: the subcommands (the binary only parses and calls these).
 //!
@@ -18,6 +19,7 @@ pub mod baseline;
 pub mod cli;
 pub mod measure;
 pub mod nats;
+pub mod query;
 pub mod report;
 pub mod run;
 pub mod schedule;

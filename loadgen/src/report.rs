@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::measure::{rate, Latency, Percentiles};
+use crate::query::{QueryResult, QuerySecond};
 use crate::run::{RunResult, Second};
 use crate::workload::Counts;
 
@@ -189,6 +190,170 @@ impl Report {
         if let Some(verify) = &self.verify {
             let _ = writeln!(t, "  verify: {verify}");
         }
+        t
+    }
+}
+
+/// The closing report of `loadgen query`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct QueryReport {
+    pub mode: String,
+    pub command: String,
+    pub nats_server: String,
+    pub cores: usize,
+    /// `balance`, `authorize` or `echo`.
+    pub endpoint: String,
+    pub subject: String,
+    pub seed: u64,
+    pub accounts: u32,
+    pub connections: usize,
+    /// Requests in flight per connection at most (closed loop: exactly).
+    pub concurrency: usize,
+    pub rate: String,
+    pub timeout_ms: f64,
+    pub closed_loop: bool,
+    pub requests: u64,
+    pub ok: u64,
+    /// Replies 404 (unknown account): answers, counted apart.
+    pub not_found: u64,
+    /// Every other outcome (error replies, timeouts, no responders, client failures).
+    pub errors: u64,
+    /// Every outcome other than ok, by code (`"404"`, `"503"`, `"timeout"`, …).
+    pub by_code: std::collections::BTreeMap<String, u64>,
+    pub first_error: Option<String>,
+    pub elapsed_s: f64,
+    /// Requests over the schedule's span; `None` in a closed loop.
+    pub offered_per_s: Option<f64>,
+    /// Answers (ok and 404) per second, from the start to the last outcome.
+    pub achieved_per_s: f64,
+    pub ok_per_s: f64,
+    pub latency_basis: String,
+    pub latency: Percentiles,
+    /// From the actual send to the outcome.
+    pub service_time: Percentiles,
+    /// From the scheduled time to the actual send (open loop): the loader's own lateness,
+    /// waits for room under the concurrency bound included.
+    pub send_delay: Option<Percentiles>,
+    pub request_bytes_mean: f64,
+    pub reply_bytes_mean: f64,
+    pub timeline: Vec<QuerySecond>,
+    #[serde(skip)]
+    pub latency_histogram: Latency,
+    #[serde(skip)]
+    pub service_histogram: Latency,
+}
+
+impl QueryReport {
+    /// Fills the measured part from a query run.
+    pub fn from_result(mut self, result: &QueryResult) -> QueryReport {
+        let s = &result.stats;
+        self.closed_loop = result.closed_loop;
+        self.requests = s.requests;
+        self.ok = s.ok;
+        self.not_found = s.not_found;
+        self.errors = s.errors;
+        self.by_code = s.by_code.clone();
+        self.first_error = s.first_error.clone();
+        self.elapsed_s = result.elapsed as f64 / 1e9;
+        self.offered_per_s = result.offered_per_s();
+        self.achieved_per_s = result.answered_per_s();
+        self.ok_per_s = result.ok_per_s();
+        self.latency_basis = if result.closed_loop {
+            format!(
+                "service time (closed loop, --rate max: {} requests in flight per connection, \
+                 each sent when one is answered; from its send to its reply)",
+                self.concurrency
+            )
+        } else {
+            "open loop: from each request's scheduled time to its reply (corrected for \
+             coordinated omission)"
+                .to_string()
+        };
+        self.latency = s.latency.percentiles();
+        self.service_time = s.service_time.percentiles();
+        self.send_delay = (!result.closed_loop).then(|| s.send_delay.percentiles());
+        self.request_bytes_mean = s.request_bytes as f64 / s.completed.max(1) as f64;
+        self.reply_bytes_mean = s.reply_bytes as f64 / s.ok.max(1) as f64;
+        self.timeline = result.timeline.clone();
+        self.latency_histogram = s.latency.clone();
+        self.service_histogram = s.service_time.clone();
+        self
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report serializes")
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(t, "loadgen query {} — {}", self.endpoint, self.command);
+        let _ = writeln!(
+            t,
+            "  nats-server {} · {} cores · {} · {} connection(s) · concurrency {} · rate {} · timeout {:.0} ms · {} accounts · seed {}",
+            self.nats_server,
+            self.cores,
+            self.subject,
+            self.connections,
+            self.concurrency,
+            self.rate,
+            self.timeout_ms,
+            self.accounts,
+            self.seed
+        );
+        let codes: Vec<String> = self
+            .by_code
+            .iter()
+            .map(|(code, n)| format!("{code}: {n}"))
+            .collect();
+        let _ = writeln!(
+            t,
+            "  requests {}: ok {}, unknown account (404) {}, errors {}{} in {:.2} s",
+            self.requests,
+            self.ok,
+            self.not_found,
+            self.errors,
+            if codes.is_empty() {
+                String::new()
+            } else {
+                format!(" (by code: {})", codes.join(", "))
+            },
+            self.elapsed_s
+        );
+        if let Some(error) = &self.first_error {
+            let _ = writeln!(t, "  first error: {error}");
+        }
+        match self.offered_per_s {
+            Some(offered) => {
+                let _ = writeln!(
+                    t,
+                    "  rate: offered {offered:.0}/s, achieved {:.0}/s answered ({:.0}/s ok)",
+                    self.achieved_per_s, self.ok_per_s
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    t,
+                    "  rate: achieved {:.0}/s answered ({:.0}/s ok)",
+                    self.achieved_per_s, self.ok_per_s
+                );
+            }
+        }
+        let _ = writeln!(t, "  latency — {}:", self.latency_basis);
+        let _ = writeln!(t, "    {}", percentiles_line(&self.latency));
+        if let Some(delay) = &self.send_delay {
+            let _ = writeln!(t, "  service time (from the actual send to the reply):");
+            let _ = writeln!(t, "    {}", percentiles_line(&self.service_time));
+            let _ = writeln!(
+                t,
+                "  send delay (scheduled → sent: the loader's lateness and waits under --concurrency):"
+            );
+            let _ = writeln!(t, "    {}", percentiles_line(delay));
+        }
+        let _ = writeln!(
+            t,
+            "  sizes: request {:.0} B, ok reply {:.0} B (means)",
+            self.request_bytes_mean, self.reply_bytes_mean
+        );
         t
     }
 }
