@@ -689,6 +689,7 @@ fn start_threads(
                 start_seq: recovered.start_seq,
                 stall_timeout: config.input.stall_timeout,
                 fetch_batch_max: config.input.fetch_batch_max,
+                fetch_bytes_max: config.input.fetch_bytes_max,
             },
             observer: IngestMetrics(metrics.clone()),
             position: position.clone(),

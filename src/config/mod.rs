@@ -159,7 +159,7 @@ impl Discard {
     }
 }
 
-/// `[input]`: the stream of usage events and commands, and its durable pull consumer.
+/// `[input]`: the stream of usage events, commands and ticks, and how it is read.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InputConfig {
     /// Stream name, `[A-Za-z0-9_-]+`, different from the output's.
@@ -186,8 +186,6 @@ pub struct InputConfig {
     pub discard: Discard,
     /// The explicit consent that discard old needs.
     pub allow_discard_old: bool,
-    /// Durable pull consumer name, `[A-Za-z0-9_-]+`.
-    pub consumer: String,
     /// Messages per pull request; >= 1.
     pub fetch_batch_max: usize,
     /// Bytes per pull request at most; 1..=i64::MAX.

@@ -71,7 +71,6 @@ impl Config {
                 ("duplicate_window", duration_value(input.duplicate_window)),
                 ("discard", string(input.discard.name())),
                 ("allow_discard_old", Value::Boolean(input.allow_discard_old)),
-                ("consumer", string(&input.consumer)),
                 ("fetch_batch_max", count_value(input.fetch_batch_max)),
                 ("fetch_bytes_max", size_value(input.fetch_bytes_max)),
                 ("stall_timeout", duration_value(input.stall_timeout)),

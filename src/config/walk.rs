@@ -688,7 +688,6 @@ impl Loader {
             duplicate_window,
             discard,
             allow_discard_old,
-            consumer: self.stream_name(s, "consumer"),
             fetch_batch_max: self.count(s, "fetch_batch_max", 1, usize::MAX),
             fetch_bytes_max: self.size(s, "fetch_bytes_max"),
             stall_timeout: self.duration(s, "stall_timeout", false),

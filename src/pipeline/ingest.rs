@@ -35,6 +35,8 @@ pub struct ReaderSettings {
     pub stall_timeout: Duration,
     /// Messages per pull request.
     pub fetch_batch_max: usize,
+    /// Bytes per pull request at most.
+    pub fetch_bytes_max: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +198,7 @@ impl<O: IngestObserver> Reader<O> {
             .create_consumer(consumer::pull::OrderedConfig {
                 deliver_policy,
                 max_batch: self.settings.fetch_batch_max as i64,
+                max_bytes: i64::try_from(self.settings.fetch_bytes_max).unwrap_or(i64::MAX),
                 ..Default::default()
             })
             .await?;
