@@ -126,6 +126,54 @@ pub fn decode_base64(text: &str) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The partition count an exported log was written with, read from its subjects
+/// (`<prefix>.<p>.<kind>`): the smallest count above every partition named under which the
+/// accounts it can read (up to a thousand distinct ones) hash to the partition their subject
+/// names, all but 1% of them (a producer may have published some on a wrong partition: those
+/// were dead letters). The processor's ticks reach every partition, so a log with ticks names
+/// the count outright. `Ok(1)` for a log that names no partition (a plain log: the count
+/// changes nothing, SEMANTICS §1); an error when no count fits.
+pub fn partitions_of_log(log: &[LogEntry]) -> anyhow::Result<u32> {
+    use crate::wire::subject::route;
+    const SAMPLE: usize = 1000;
+    let max = crate::config::PARTITIONS_MAX;
+    let mut highest = None;
+    let mut sample: std::collections::BTreeSet<(u32, String)> = Default::default();
+    for entry in log {
+        let Some(partition) = route(PLAIN_SUBJECT, &entry.subject, max).partition() else {
+            continue;
+        };
+        highest = highest.max(Some(partition));
+        if sample.len() < SAMPLE {
+            let account = serde_json::from_slice::<serde_json::Value>(&entry.payload)
+                .ok()
+                .and_then(|v| v.get("account")?.as_str().map(str::to_string))
+                .filter(|a| crate::wire::input::account_is_valid(a));
+            if let Some(account) = account {
+                sample.insert((partition, account));
+            }
+        }
+    }
+    let Some(highest) = highest else {
+        return Ok(1);
+    };
+    let fits = |count: u32| {
+        let wrong = sample
+            .iter()
+            .filter(|(p, account)| crate::engine::partition_of(account, count) != *p)
+            .count();
+        wrong * 100 <= sample.len()
+    };
+    (highest + 1..=max)
+        .find(|&count| fits(count))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the log's subjects fit no partition count from {} to {max}: give --partitions",
+                highest + 1
+            )
+        })
+}
+
 /// What `replay` prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Print {
@@ -160,9 +208,9 @@ pub struct ReplayArgs {
     #[arg(long, requires = "account")]
     pub explain: bool,
     /// Partition count (state and outputs do not depend on it; subjects naming a partition are
-    /// checked against it).
-    #[arg(long, default_value_t = 1)]
-    pub partitions: u32,
+    /// checked against it). Default: read from an envelope log's subjects, 1 for a plain log.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::PARTITIONS_MAX)))]
+    pub partitions: Option<u32>,
 }
 
 /// Replays a log; returns the engine and every output.
@@ -193,7 +241,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let (mut engine, outputs) = run_log(Arc::new(catalog), args.partitions, &log, explain);
+    let partitions = match args.partitions {
+        Some(partitions) => partitions,
+        None => partitions_of_log(&log)?,
+    };
+    let (mut engine, outputs) = run_log(Arc::new(catalog), partitions, &log, explain);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let keep = |o: &&Output| {

@@ -33,6 +33,10 @@ pub struct SimulateArgs {
     /// JSON lines (one per account and meter, then a total) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Partition count the log was written with. Default: read from an envelope log's
+    /// subjects, 1 for a plain log.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::PARTITIONS_MAX)))]
+    pub partitions: Option<u32>,
 }
 
 /// One side of the comparison for one (account, meter).
@@ -50,9 +54,10 @@ pub type Comparison = BTreeMap<(String, String), (Side, Side)>;
 
 fn tallied(
     catalog: Arc<Catalog>,
+    partitions: u32,
     log: &[crate::cli::replay::LogEntry],
 ) -> (Engine, BTreeMap<(String, String), Side>) {
-    let mut engine = Engine::new(catalog, 1);
+    let mut engine = Engine::new(catalog, partitions);
     engine.enable_tally();
     let mut outputs = Vec::new();
     for entry in log {
@@ -81,10 +86,11 @@ fn tallied(
 pub fn compare(
     current: Arc<Catalog>,
     candidate: Arc<Catalog>,
+    partitions: u32,
     log: &[crate::cli::replay::LogEntry],
 ) -> (Comparison, [crate::engine::Stats; 2]) {
-    let (current_engine, current_sides) = tallied(current, log);
-    let (candidate_engine, candidate_sides) = tallied(candidate, log);
+    let (current_engine, current_sides) = tallied(current, partitions, log);
+    let (candidate_engine, candidate_sides) = tallied(candidate, partitions, log);
     let mut comparison = Comparison::new();
     for (key, side) in current_sides {
         comparison.entry(key).or_default().0 = side;
@@ -107,7 +113,11 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let current = load(&args.catalog)?;
     let candidate = load(&args.candidate)?;
     let log = read_log(&args.events, args.envelope)?;
-    let (comparison, stats) = compare(current, candidate, &log);
+    let partitions = match args.partitions {
+        Some(partitions) => partitions,
+        None => crate::cli::replay::partitions_of_log(&log)?,
+    };
+    let (comparison, stats) = compare(current, candidate, partitions, &log);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut total = (Side::default(), Side::default());
