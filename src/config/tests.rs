@@ -412,6 +412,20 @@ fn effective_config_prints_every_key_and_loads_back() {
 }
 
 #[test]
+fn credentials_in_a_url_are_refused_and_never_printed() {
+    let errors = errors_of("[nats]\nurls = [\"nats://alice:s3cret@host:4222\"]\n", &[]);
+    let listing = ConfigErrors(errors).to_string();
+    assert!(listing.contains("nats.urls"), "{listing}");
+    assert!(listing.contains("carries credentials"), "{listing}");
+    assert!(
+        !listing.contains("s3cret") && !listing.contains("alice"),
+        "{listing}"
+    );
+    let errors = errors_of("[nats]\nurls = [\"http://bob:pw@host\"]\n", &[]);
+    assert!(!ConfigErrors(errors).to_string().contains("pw"));
+}
+
+#[test]
 fn secrets_are_never_printed() {
     let config = load(
         None,

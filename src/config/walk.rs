@@ -117,19 +117,42 @@ fn prefixes_overlap(a: &str, b: &str) -> bool {
     within(a, b) || within(b, a)
 }
 
-fn url_problem(url: &str) -> Option<String> {
-    if url.is_empty() || url.chars().any(char::is_whitespace) {
-        return Some(format!("{url:?} is not a server URL"));
+/// `url` with any credentials in it (`user:password@`) replaced by [`REDACTED`], for messages.
+fn shown_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    match rest.split_once('@') {
+        Some((_, host)) if !scheme.is_empty() => format!("{scheme}://{REDACTED}@{host}"),
+        Some((_, host)) => format!("{REDACTED}@{host}"),
+        None => url.to_string(),
     }
-    if let Some((scheme, rest)) = url.split_once("://") {
-        if !["nats", "tls", "ws", "wss"].contains(&scheme) {
-            return Some(format!(
-                "{url:?}: unknown scheme {scheme:?} (nats, tls, ws or wss)"
-            ));
+}
+
+fn url_problem(url: &str) -> Option<String> {
+    let shown = shown_url(url);
+    if url.is_empty() || url.chars().any(char::is_whitespace) {
+        return Some(format!("{shown:?} is not a server URL"));
+    }
+    let rest = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            if !["nats", "tls", "ws", "wss"].contains(&scheme) {
+                return Some(format!(
+                    "{shown:?}: unknown scheme {scheme:?} (nats, tls, ws or wss)"
+                ));
+            }
+            rest
         }
-        if rest.is_empty() {
-            return Some(format!("{url:?} names no host"));
-        }
+        None => url,
+    };
+    if rest.contains('@') {
+        // The client would not use them for every server, and they would be printed with the
+        // URL (--print-config, errors): credentials have keys of their own.
+        return Some(format!(
+            "{shown:?} carries credentials: put them in nats.user and nats.password (or token, \
+             nkey_seed_file, creds_file), not in the URL"
+        ));
+    }
+    if rest.is_empty() {
+        return Some(format!("{shown:?} names no host"));
     }
     None
 }
