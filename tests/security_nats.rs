@@ -61,7 +61,7 @@ fn each_user_can_do_what_it_needs_and_nothing_more() {
         1,
         "[nats]\nuser = \"processor\"\npassword = \"processor-secret\"\n",
     );
-    let mut processor = setup.start(&[]);
+    let mut processor = KillOnDrop(setup.start(&[]));
     let runtime = runtime();
 
     // The operator (through the service) grants; waits until the processor is up.
@@ -189,7 +189,7 @@ fn each_user_can_do_what_it_needs_and_nothing_more() {
     assert!(status.success(), "exit {status}; log:\n{}", setup.log());
     // A restart recovers with the same permissions (the history check reads the stream, the
     // output scan consumes the output stream).
-    let mut processor = setup.start(&[]);
+    let mut processor = KillOnDrop(setup.start(&[]));
     wait_until("the restarted service", Duration::from_secs(60), || {
         cli(&url, "reader", &["balance", "sec_1"]).0
     });

@@ -20,7 +20,7 @@ const PREFIX: &str = "creditflow.svc";
 struct Deployment {
     server: creditflow::testkit::NatsServer,
     setup: Setup,
-    processor: std::process::Child,
+    processor: KillOnDrop,
     runtime: tokio::runtime::Runtime,
     client: async_nats::Client,
 }
@@ -29,7 +29,7 @@ impl Deployment {
     fn start(partitions: u32, shards: usize, extra: &str) -> Deployment {
         let server = creditflow::testkit::NatsServer::start();
         let setup = Setup::with_metrics(&server.url(), partitions, shards, extra, true);
-        let processor = setup.start(&[]);
+        let processor = KillOnDrop(setup.start(&[]));
         let runtime = runtime();
         let client = runtime
             .block_on(async_nats::connect(server.url()))
@@ -727,7 +727,7 @@ fn sigkill_with_commands_in_flight_applies_each_once() {
         answered > 10 && answered < COMMANDS,
         "{answered} answered before the kill"
     );
-    d.processor = d.setup.start(&[]);
+    d.processor = KillOnDrop(d.setup.start(&[]));
     d.wait_ready();
     // Retry every command, as each caller would (same id).
     for (n, before_kill) in first.iter().enumerate() {
