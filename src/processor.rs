@@ -207,6 +207,14 @@ pub async fn connect(
                         tracing::warn!("disconnected from NATS; reconnecting");
                         health.set_ready(false, "disconnected from NATS");
                     }
+                    async_nats::Event::ServerError(error) => {
+                        tracing::error!(
+                            %error,
+                            "the NATS server refused a request; a permissions violation means \
+                             the processor's user lacks that permission (config/nats-server.conf \
+                             lists what it needs)"
+                        );
+                    }
                     other => tracing::info!(event = %other, "NATS event"),
                 }
             }

@@ -306,10 +306,34 @@ async fn check_history(
             }
             Ok(())
         }
-        Err(error) => Err(rewritten(format!(
-            "sequence {} (the last message the snapshot applied) cannot be read: {error}",
-            header.last_seq
-        ))),
+        Err(error) => {
+            use async_nats::jetstream::stream::RawMessageErrorKind;
+            let missing = match error.kind() {
+                RawMessageErrorKind::NoMessageFound => true,
+                RawMessageErrorKind::JetStream(e) => {
+                    e.error_code() == async_nats::jetstream::ErrorCode::NO_MESSAGE_FOUND
+                }
+                _ => false,
+            };
+            if missing {
+                Err(rewritten(format!(
+                    "sequence {} (the last message the snapshot applied) is gone: {error}",
+                    header.last_seq
+                )))
+            } else {
+                // Not evidence about the history: a timeout here is what a missing permission
+                // looks like (the server drops the request), so say which one it needs.
+                Err(RecoveryError::Nats(format!(
+                    "reading sequence {} of stream {} to check its history failed: {error}. \
+                     If it timed out, the processor's NATS user may lack publish permission on \
+                     $JS.API.STREAM.MSG.GET.{} (config/nats-server.conf lists what it needs); \
+                     the history itself was not found wrong",
+                    header.last_seq,
+                    input.cached_info().config.name,
+                    input.cached_info().config.name
+                )))
+            }
+        }
     }
 }
 

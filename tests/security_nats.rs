@@ -239,3 +239,54 @@ async fn outputs_as(url: &str, user: &str) -> Vec<(String, String)> {
     }
     all
 }
+
+/// A missing permission is named, not mistaken for lost history: without
+/// `$JS.API.STREAM.MSG.GET.CREDITFLOW_IN` a restart cannot check the stream's history, and
+/// refuses saying which permission it may lack (it said the history was deleted or purged,
+/// which invites `--rebuild`); the server's refusals are logged as such.
+#[test]
+fn a_missing_permission_is_named() {
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/nats-server.conf"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("nats-server.conf");
+    let without: Vec<&str> = shipped
+        .lines()
+        .filter(|l| !l.contains("MSG.GET.CREDITFLOW_IN"))
+        .collect();
+    assert!(without.len() < shipped.lines().count());
+    std::fs::write(&config, without.join("\n")).unwrap();
+    let server = creditflow::testkit::NatsServer::start_with_config(&config, &PASSWORDS);
+    let url = server.url();
+    let setup = Setup::new(
+        &url,
+        2,
+        1,
+        "[nats]\nuser = \"processor\"\npassword = \"processor-secret\"\nrequest_timeout = \"1s\"\n",
+    );
+    let mut processor = KillOnDrop(setup.start(&[]));
+    wait_until("the service", Duration::from_secs(60), || {
+        cli(&url, "operator", &["grant", "perm_1", "10", "--id", "g1"]).0
+    });
+    let status = terminate(&mut processor);
+    assert!(status.success(), "{}", setup.log());
+    let mut processor = KillOnDrop(setup.start(&[]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = processor.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", setup.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let log = setup.log();
+    assert!(
+        log.contains("$JS.API.STREAM.MSG.GET.CREDITFLOW_IN"),
+        "the refusal does not name the permission:\n{log}"
+    );
+    assert!(!log.contains("no longer holds the history"), "{log}");
+    assert!(log.contains("the NATS server refused a request"), "{log}");
+}
