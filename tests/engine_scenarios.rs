@@ -828,3 +828,112 @@ fn a_subject_carries_only_its_kind_of_message() {
     let out = run.apply_on("creditflow.in.0.tick", &[tick]);
     assert!(find(&out, "dead_letter").is_empty(), "{out:?}");
 }
+
+/// The last emitted version of each invoice line in `out`, as (kind, credits, money).
+fn last_lines(out: &[String]) -> Vec<(String, String, String)> {
+    let mut last: Vec<(String, String, String, String)> = Vec::new();
+    for line in find(out, "invoice.line") {
+        let id = line["line_id"].as_str().unwrap_or_default().to_string();
+        let row = (
+            id.clone(),
+            line["kind"].as_str().unwrap_or_default().to_string(),
+            line["credits"].as_str().unwrap_or_default().to_string(),
+            line["money"].as_str().unwrap_or_default().to_string(),
+        );
+        match last.iter_mut().find(|l| l.0 == id) {
+            Some(existing) => *existing = row,
+            None => last.push(row),
+        }
+    }
+    last.into_iter().map(|(_, k, c, m)| (k, c, m)).collect()
+}
+
+#[test]
+fn reversing_an_event_whose_overage_a_grant_repaid_compensates_once() {
+    // SEMANTICS §9. 3 credits go into overage (0.30 at 0.1 a credit); a grant of 10 repays the
+    // debt (`overage_repaid` −3, −0.30) and keeps 7. Reversing the event must leave the
+    // account as if it had never been charged: 10 credits, and an invoice whose usage,
+    // overage and overage_repaid lines are all back to 0. Before, the overage line fell to 0,
+    // the 3 credits came back too, and `overage_repaid` stayed at −0.30: the period netted
+    // −0.30, the customer compensated twice.
+    let mut run = Run::new();
+    run.apply(&[
+        r#"{"type":"set_plan","id":"p","account":"acct","ts":"2026-11-24T10:00:00Z","plan":"soft"}"#,
+        &usage("u", "acct", "2026-11-24T10:05:00Z", "call", "3"),
+    ]);
+    assert_eq!(run.state("acct")["balances"][0]["debt"], "3");
+    run.apply(&[&grant(
+        "g",
+        "acct",
+        "2026-11-24T10:10:00Z",
+        "10",
+        r#","cost_basis":"0.02""#,
+    )]);
+    assert_eq!(run.balance("acct"), "7");
+    run.apply(&[
+        r#"{"type":"reverse","id":"rv","account":"acct","ts":"2026-11-24T10:20:00Z","event_id":"u"}"#,
+    ]);
+    run.engine
+        .check_invariants()
+        .expect("ledger and revenue identities");
+    assert_eq!(run.balance("acct"), "10");
+    let out = run.apply(&[r#"{"type":"tick","id":"t","ts":"2026-11-25T00:00:30Z"}"#]);
+    let lines = last_lines(&out);
+    let money = |kind: &str| {
+        lines
+            .iter()
+            .find(|l| l.0 == kind)
+            .map(|l| (l.1.clone(), l.2.clone()))
+    };
+    assert_eq!(money("usage"), Some(("0".into(), "0".into())), "{lines:?}");
+    assert_eq!(
+        money("overage"),
+        Some(("0".into(), "0".into())),
+        "{lines:?}"
+    );
+    assert_eq!(
+        money("overage_repaid"),
+        Some(("0".into(), "0".into())),
+        "{lines:?}"
+    );
+    let total: creditflow::decimal::Revenue = lines
+        .iter()
+        .map(|l| l.2.parse::<creditflow::decimal::Revenue>().expect("money"))
+        .fold(creditflow::decimal::Revenue::ZERO, |a, b| a + b);
+    assert!(total.is_zero(), "the period nets {total}: {lines:?}");
+}
+
+#[test]
+fn reversing_a_closed_periods_event_credits_only_the_overage_that_was_invoiced() {
+    // SEMANTICS §9. In the day of 11-24, 3 credits go into overage (0.30) and a grant of 2
+    // repays 2 of them (−0.20); the close settles the last 1 (the day's invoice nets 0.10).
+    // Reversed the next day: of its overage, the 1 invoiced is credited as money (a reversal
+    // line of −0.10) and the 2 the grant repaid come back as credits: as if never charged
+    // (the grant would still hold its 2 credits, the closed invoice would be 0).
+    let mut run = Run::new();
+    run.apply(&[
+        r#"{"type":"set_plan","id":"p","account":"acct","ts":"2026-11-24T23:00:00Z","plan":"soft"}"#,
+        &usage("u", "acct", "2026-11-24T23:30:00Z", "call", "3"),
+        &grant("g", "acct", "2026-11-24T23:40:00Z", "2", r#","cost_basis":"0.02""#),
+        r#"{"type":"tick","id":"t1","ts":"2026-11-25T00:00:30Z"}"#,
+    ]);
+    assert_eq!(run.balance("acct"), "0");
+    run.apply(&[
+        r#"{"type":"reverse","id":"rv","account":"acct","ts":"2026-11-25T00:10:00Z","event_id":"u"}"#,
+    ]);
+    run.engine
+        .check_invariants()
+        .expect("ledger and revenue identities");
+    assert_eq!(run.balance("acct"), "2");
+    let out = run.apply(&[r#"{"type":"tick","id":"t2","ts":"2026-11-26T00:00:30Z"}"#]);
+    let lines = last_lines(&out);
+    let reversal = lines
+        .iter()
+        .find(|l| l.0 == "reversal")
+        .expect("a reversal line");
+    assert_eq!(
+        (reversal.1.as_str(), reversal.2.as_str()),
+        ("-3", "-0.1"),
+        "{lines:?}"
+    );
+}

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{CreditTypeId, MeterId};
-use crate::decimal::{Credits, Fixed, Quantity, Revenue};
+use crate::decimal::{Credits, Fixed, Price, Quantity, Revenue};
 use crate::engine::compact::Draws;
 use crate::time::{Instant, Span};
 
@@ -57,6 +57,8 @@ pub struct Charge {
     pub overage: Credits,
     /// Exact money billed for the overage part.
     pub overage_money: Revenue,
+    /// The overage price it was billed at (a reversal of part of it, SEMANTICS §9).
+    pub overage_price: Price,
     /// Start of the period the charge was booked in.
     pub period_start: Instant,
     pub reversed: bool,
@@ -211,6 +213,7 @@ impl SmallCharge {
             draws,
             overage: Credits::ZERO,
             overage_money: Revenue::ZERO,
+            overage_price: Price::ZERO,
             period_start: self.period_start,
             reversed: self.reversed,
         }
@@ -728,6 +731,7 @@ mod tests {
                 .into(),
             overage: Fixed(overage),
             overage_money: Fixed(overage * 1_000_000_000 / 2),
+            overage_price: Fixed(if overage == 0 { 0 } else { 500_000_000 }),
             period_start: Instant(1_700_000_000_000),
             reversed: false,
         }

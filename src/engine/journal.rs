@@ -127,6 +127,7 @@ mod tests {
                 draws: Draws::new(),
                 overage: Credits::ZERO,
                 overage_money: Revenue::ZERO,
+                overage_price: crate::decimal::Price::ZERO,
                 period_start: Instant(0),
                 reversed: false,
             },

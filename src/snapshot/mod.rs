@@ -3,7 +3,7 @@
 //! Owns: the file format, atomic writes, retention of the last K files per partition, loading
 //! with fallback, and the policy that decides when a shard snapshots a partition.
 //!
-//! # File format (version 7)
+//! # File format (version 8)
 //!
 //! One file per snapshot, `p<partition, 5 digits>-<applied_through, 20 digits>.snap`, in the
 //! snapshot directory. All integers little-endian.
@@ -11,7 +11,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `CFSNAP01` |
-//! | 8 | 4 | format version (7) |
+//! | 8 | 4 | format version (8) |
 //! | 12 | 4 | header length H (bytes of the header fields after this one, before the checksum) |
 //! | 16 | H | header: bincode of [`Header`] |
 //! | 16+H | 4 | CRC32C of bytes 0 .. 16+H |
@@ -20,7 +20,9 @@
 //! | 28+H+P | 4 | CRC32C of the payload |
 //!
 //! The payload is the in-memory state's serde layout, so a change to that layout is a new
-//! format version. Version 7: a credit type's alert states are in its boxed rare totals.
+//! format version. Version 8: a charge record keeps its overage price, and a credit type's
+//! rare totals the debt each recently closed period settled (for reversals, SEMANTICS §9).
+//! Version 7: a credit type's alert states are in its boxed rare totals.
 //! Version 6: an account's policy override, holds and top-up counters are one
 //! optional boxed struct and no pending flush is `i64::MAX`. Version 5: a grant's rarely set parts (held, rollover cap, expired in
 //! period, scope) are one optional boxed struct and no expiry is `i64::MAX`. Version 4: a credit type's rarely moved totals (debt, expired, voided,
@@ -56,7 +58,7 @@ use crate::engine::Partition;
 use crate::time::Instant;
 
 pub const MAGIC: &[u8; 8] = b"CFSNAP01";
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 8;
 /// Largest header accepted (a header holds positions and catalog fingerprints only).
 pub const HEADER_BYTES_MAX: u32 = 1 << 20;
 

@@ -174,6 +174,9 @@ struct Balance {
     revenue: Revenue,
     /// This period's allowance + top-ups + purchases: the base of percent alerts (§10.5).
     percent_base: Decimal,
+    /// Per closed period (by its start): the debt its close settled, less what reversals of
+    /// its charges took back (§9). Kept for ever: the model has no memory to save.
+    settled_periods: Vec<(i64, Decimal)>,
 }
 
 #[derive(Clone, Debug)]
@@ -206,6 +209,7 @@ struct Charge {
     draws: Vec<Draw>,
     overage: Decimal,
     overage_money: Decimal,
+    overage_price: Decimal,
     period_start: i64,
     reversed: bool,
 }
@@ -427,6 +431,7 @@ impl Account {
                 ledger: Ledger::default(),
                 revenue: Revenue::default(),
                 percent_base: Decimal::ZERO,
+                settled_periods: Vec::new(),
             });
             self.balances
                 .sort_by_key(|b| cat.credit_type_index(&b.credit_type));
@@ -788,7 +793,11 @@ fn open_period(cx: &mut Cx, a: &mut Account) {
 /// §10.3 steps 1–4 at `at` (the period end, or a plan switch).
 fn close_period(cx: &mut Cx, a: &mut Account, at: i64) {
     let cat = cx.cat;
+    let opened = a.period_start;
     for entry in &mut a.balances {
+        if entry.debt > Decimal::ZERO {
+            entry.settled_periods.push((opened, entry.debt));
+        }
         entry.ledger.settled += entry.debt;
         entry.debt = Decimal::ZERO;
     }
@@ -1478,6 +1487,7 @@ fn charge(
             draws,
             overage,
             overage_money,
+            overage_price,
             period_start,
             reversed: false,
         }),
@@ -2227,16 +2237,47 @@ fn command_reverse<'j>(
         }
     };
     // The overage part first: it cancels this event's own debt before any returned credits
-    // could repay that debt as if it were someone else's (§9).
-    if charge.overage > Decimal::ZERO && same_period {
+    // could repay that debt as if it were someone else's (§9). What is still owed (the debt
+    // now, or what the event's closed period settled) is cancelled; the rest was repaid by
+    // grants and comes back as credits, with the repayment's invoice credit undone.
+    let mut invoiced = Decimal::ZERO;
+    if charge.overage > Decimal::ZERO {
         let entry = a.entry(cat, &credit_type);
-        let cut = charge.overage.min(entry.debt);
-        entry.debt -= cut;
-        entry.ledger.returned += cut;
-        let rest = charge.overage - cut;
-        if rest > Decimal::ZERO {
-            let new = reversal_grant(rest, Decimal::ZERO);
+        let owed = if same_period {
+            let cut = charge.overage.min(entry.debt);
+            entry.debt -= cut;
+            entry.ledger.returned += cut;
+            cut
+        } else {
+            let settled = entry
+                .settled_periods
+                .iter_mut()
+                .find(|(start, _)| *start == charge.period_start)
+                .map_or(Decimal::ZERO, |(_, credits)| {
+                    let taken = charge.overage.min(*credits);
+                    *credits -= taken;
+                    taken
+                });
+            invoiced = settled;
+            settled
+        };
+        let repaid = charge.overage - owed;
+        if repaid > Decimal::ZERO {
+            let new = reversal_grant(repaid, Decimal::ZERO);
             add_grant(cx, a, new, Origin::Returned { on_lot: false });
+            if same_period {
+                let price = a.overage_price_now(cat);
+                touch_line(
+                    cx,
+                    a,
+                    "overage_repaid",
+                    None,
+                    &credit_type,
+                    None,
+                    repaid,
+                    mul(repaid, price),
+                );
+            }
         }
     }
     for d in &charge.draws {
@@ -2294,7 +2335,7 @@ fn command_reverse<'j>(
             &credit_type,
             Some(-charge.quantity),
             -charge.credits,
-            -charge.overage_money,
+            -mul(invoiced, charge.overage_price),
         );
     }
     Ok(vec![])

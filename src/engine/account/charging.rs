@@ -174,9 +174,9 @@ impl Account {
             drawn, from_grants,
             "spendable credits were counted but not drawable"
         );
-        let overage_money = match shortfall {
-            Shortfall::Overage(o) => money(overage, o.price),
-            Shortfall::Reject => Revenue::ZERO,
+        let (overage_money, overage_price) = match shortfall {
+            Shortfall::Overage(o) => (money(overage, o.price), o.price),
+            Shortfall::Reject => (Revenue::ZERO, Price::ZERO),
         };
         let charged = cost - unpaid;
         let t = self.type_index(credit_type);
@@ -214,6 +214,11 @@ impl Account {
             draws,
             overage,
             overage_money,
+            overage_price: if overage.is_positive() {
+                overage_price
+            } else {
+                Price::ZERO
+            },
             period_start: self.period_start,
             reversed: false,
         };

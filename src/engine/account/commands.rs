@@ -226,14 +226,26 @@ impl Account {
         // The overage part first: it cancels the event's own debt. Returning the drawn credits
         // first would let a new reversal grant repay that debt (§5.2), booking an
         // `overage_repaid` credit for overage that the reversal also takes off the invoice.
-        if same_period {
-            let t = self.type_index(credit_type);
-            let cancel = charge.overage.min(self.types[t].debt());
-            self.types[t].add_rare(|r| &mut r.debt, -cancel);
-            self.types[t].add_rare(|r| &mut r.returned, cancel);
-            let rest = charge.overage - cancel;
-            if rest.is_positive() {
-                self.types[t].add_rare(|r| &mut r.returned, rest);
+        // Of the event's overage `o`, what is still owed (in the current period: the debt; in a
+        // closed one: what its close settled and invoiced) is cancelled; the rest was repaid
+        // by grants (§5.2), and those credits come back with the repayment's invoice credit
+        // undone: the account ends as if the event had never been charged (§9).
+        let t = self.type_index(credit_type);
+        let mut invoiced = Credits::ZERO;
+        if charge.overage.is_positive() {
+            let (owed, repaid) = if same_period {
+                let cancel = charge.overage.min(self.types[t].debt());
+                self.types[t].add_rare(|r| &mut r.debt, -cancel);
+                self.types[t].add_rare(|r| &mut r.returned, cancel);
+                (cancel, charge.overage - cancel)
+            } else {
+                let settled = self.types[t].take_settled(charge.period_start, charge.overage);
+                invoiced = settled;
+                (settled, charge.overage - settled)
+            };
+            debug_assert!(owed + repaid == charge.overage);
+            if repaid.is_positive() {
+                self.types[t].add_rare(|r| &mut r.returned, repaid);
                 new_grants += 1;
                 let id = format!("reversal-{event_id}-{new_grants}");
                 self.add_grant(
@@ -241,7 +253,7 @@ impl Account {
                     &id,
                     credit_type,
                     Source::Adjustment,
-                    rest,
+                    repaid,
                     100,
                     ts,
                     None,
@@ -251,6 +263,18 @@ impl Account {
                     Credits::ZERO,
                     false,
                 );
+                if same_period {
+                    let price = self.overage_price(catalog);
+                    self.book(
+                        catalog,
+                        LineKind::OverageRepaid,
+                        None,
+                        credit_type,
+                        Quantity::ZERO,
+                        repaid,
+                        money(repaid, price),
+                    );
+                }
             }
         }
         let t = self.type_index(credit_type);
@@ -312,6 +336,13 @@ impl Account {
                 );
             }
         } else {
+            // Only the overage that was invoiced is credited as money; what grants repaid
+            // came back as credits above.
+            let credited = if invoiced == charge.overage {
+                charge.overage_money
+            } else {
+                money(invoiced, charge.overage_price)
+            };
             self.book(
                 catalog,
                 LineKind::Reversal,
@@ -319,7 +350,7 @@ impl Account {
                 credit_type,
                 -charge.quantity,
                 -charge.cost,
-                -charge.overage_money,
+                -credited,
             );
         }
         (None, ResultDetail::None, Remembered::Applied)

@@ -303,6 +303,20 @@ pub struct RareTotals {
     pub removed: Revenue,
     /// Alert thresholds ever crossed (a state is created at its first crossing).
     pub alerts: Vec<AlertState>,
+    /// Per closed period that ended in debt: the debt settled (invoiced) at its close that no
+    /// reversal has yet taken back, so a reversal of a charge of that period knows how much of
+    /// its overage was invoiced rather than repaid by grants (SEMANTICS §9). Kept while the
+    /// period's charges can still be reversed.
+    pub settled_periods: Vec<SettledPeriod>,
+}
+
+/// The overage debt a closed period settled, for reversals of its charges.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SettledPeriod {
+    pub start: Instant,
+    pub end: Instant,
+    /// Settled at the close, less what reversals of its charges have taken back.
+    pub credits: Credits,
 }
 
 static NO_RARE_TOTALS: RareTotals = RareTotals {
@@ -315,6 +329,7 @@ static NO_RARE_TOTALS: RareTotals = RareTotals {
     breakage: Revenue::ZERO,
     removed: Revenue::ZERO,
     alerts: Vec::new(),
+    settled_periods: Vec::new(),
 };
 
 impl TypeState {
@@ -383,6 +398,20 @@ impl TypeState {
             breakage: rare.breakage,
             removed: rare.removed,
         }
+    }
+
+    /// Takes back up to `overage` credits of the debt settled at the close of the period that
+    /// started at `start` (what a reversal of a charge of that period cancels); returns them.
+    fn take_settled(&mut self, start: Instant, overage: Credits) -> Credits {
+        let Some(rare) = self.rare.as_deref_mut() else {
+            return Credits::ZERO;
+        };
+        let Some(period) = rare.settled_periods.iter_mut().find(|p| p.start == start) else {
+            return Credits::ZERO;
+        };
+        let taken = overage.min(period.credits);
+        period.credits -= taken;
+        taken
     }
 
     /// Adds `amount` to one rare total, allocating them only when it is non-zero.

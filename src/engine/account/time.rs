@@ -185,8 +185,25 @@ impl Account {
         next_end: Instant,
     ) {
         self.period_end = closed_end;
+        // A charge of a period can be reversed while its entry is remembered: until the tick
+        // clock passes its ts + dedupe_window, and the tick clock is at most future_max behind
+        // the account's. Older records are no longer needed.
+        let rules = &ctx.catalog.rules;
+        let kept = rules.dedupe_window.0.saturating_add(rules.future_max.0);
+        let opened = self.period_start;
         for t in &mut self.types {
             let debt = t.debt();
+            if let Some(rare) = t.rare.as_deref_mut() {
+                rare.settled_periods
+                    .retain(|p| p.end.0.saturating_add(kept) > at.0);
+            }
+            if debt.is_positive() {
+                t.rare_mut().settled_periods.push(SettledPeriod {
+                    start: opened,
+                    end: closed_end,
+                    credits: debt,
+                });
+            }
             t.add_rare(|r| &mut r.settled, debt);
             t.add_rare(|r| &mut r.debt, -debt);
         }
