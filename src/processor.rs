@@ -42,11 +42,14 @@ use crate::snapshot::Store;
 /// the next start replays from the last committed snapshots.
 pub const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(60);
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// Rebuild the state from the stream's first message instead of refusing to start without
     /// a valid snapshot.
     pub rebuild: bool,
+    /// Catalog settings (TOML keys, `rules.grants_per_account_max`) whose change since the
+    /// snapshots the operator accepts knowingly (`run --accept-catalog-change`).
+    pub accept_catalog_changes: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -380,7 +383,7 @@ pub async fn run(
         .ack_timeout(config.nats.request_timeout)
         .backpressure_on_inflight(true)
         .build(client.clone());
-    let (store, recovered) = recover_state(&config, &catalog, &context, options).await?;
+    let (store, recovered) = recover_state(&config, &catalog, &context, &options).await?;
     tracing::info!(report = ?recovered.report, "recovered");
     let report = recovered.report.clone();
 
@@ -518,7 +521,7 @@ async fn recover_state(
     config: &Config,
     catalog: &Catalog,
     context: &jetstream::Context,
-    options: RunOptions,
+    options: &RunOptions,
 ) -> Result<(Store, crate::recovery::Recovered), ProcessorError> {
     let partitions = config.engine.partitions;
     let (_, input_ensured) = ensure_stream(context, &input_stream(config)).await?;
@@ -537,6 +540,7 @@ async fn recover_state(
         catalog,
         partitions,
         options.rebuild,
+        &options.accept_catalog_changes,
     )
     .await?;
     Ok((store, recovered))

@@ -74,8 +74,12 @@ pub enum RecoveryError {
         first: u64,
     },
     #[error(
-        "the catalog changed a price version already in force before partition {partition}'s \
-         snapshot clock, which would make replay disagree with history:\n  {}",
+        "the catalog changed what partition {partition}'s snapshot state was produced with (a price \
+         version in force before its clock, or a setting), which would make replay disagree \
+         with history:\n  {}\nRoll a change out without rewriting history: a new price version \
+         effective after the snapshots' clocks; a new plan (added at the end) and `set_plan` / \
+         `set_policy` commands for the accounts to move. To apply a changed setting knowingly, \
+         start with --accept-catalog-change <key> for each key named above.",
         problems.join("\n  ")
     )]
     CatalogChanged {
@@ -116,6 +120,8 @@ pub fn write_empty_snapshots(store: &Store, partitions: u32) -> Result<(), Recov
             output_seq_floor: 0,
             clock: None,
             fingerprints: Vec::new(),
+            settings: Vec::new(),
+            order: Default::default(),
         };
         store.write(&header, &payload)?;
     }
@@ -161,6 +167,7 @@ pub async fn recover(
     catalog: &Catalog,
     partitions: u32,
     rebuild: bool,
+    accepted_changes: &[String],
 ) -> Result<Recovered, RecoveryError> {
     let mut input = streams
         .context
@@ -219,12 +226,31 @@ pub async fn recover(
                 }
                 check_history(&input, streams.input, number, &loaded.header).await?;
                 if let Some(clock) = loaded.header.clock {
-                    catalog
+                    // Prices, then every other setting: all problems of the partition at once.
+                    let mut problems = catalog
                         .check_history_at(&loaded.header.fingerprints, clock)
-                        .map_err(|problems| RecoveryError::CatalogChanged {
+                        .err()
+                        .unwrap_or_default();
+                    let settings = catalog
+                        .check_settings(&loaded.header.settings, &loaded.header.order)
+                        .err()
+                        .unwrap_or_default();
+                    for problem in settings {
+                        let key = problem.split(':').next().unwrap_or_default();
+                        // The order cannot be accepted: the state would mean other names.
+                        let acceptable = !key.ends_with("(order)");
+                        if acceptable && accepted_changes.iter().any(|accepted| accepted == key) {
+                            tracing::warn!(partition = number, %problem, "catalog setting changed since the snapshot; accepted (--accept-catalog-change)");
+                        } else {
+                            problems.push(problem);
+                        }
+                    }
+                    if !problems.is_empty() {
+                        return Err(RecoveryError::CatalogChanged {
                             partition: number,
                             problems,
-                        })?;
+                        });
+                    }
                 }
                 floor = floor.min(loaded.header.output_seq_floor);
                 report.restored += 1;

@@ -347,3 +347,60 @@ fn an_outage_longer_than_the_duplicate_window_emits_nothing_twice() {
         "the scan found the published outputs: {line}"
     );
 }
+
+/// A catalog setting that decided the snapshots' state changed before a restart (SEMANTICS
+/// §15): refused, naming the key, unless the operator accepts that key knowingly; reordering
+/// plans (the state refers to them by position) is refused even then.
+#[test]
+fn a_catalog_change_that_rewrites_history_is_refused_naming_the_key() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let partitions = 2;
+    let catalogs = tempfile::tempdir().expect("temp dir");
+    let catalog = catalogs.path().join("catalog.toml");
+    let original = std::fs::read_to_string(catalog_path()).expect("catalog");
+    std::fs::write(&catalog, &original).unwrap();
+    let setup = Setup::with_metrics(
+        &url,
+        partitions,
+        1,
+        &format!("[engine]\ncatalog = {:?}\n", catalog.display().to_string()),
+        true,
+    );
+    let runtime = runtime();
+    let mut processor = setup.start(&[]);
+    wait_streams(&runtime, &url);
+    runtime.block_on(publish(&url, &workload(9, 5, 300), partitions));
+    wait_caught_up(&url, &setup, RUNTIME_MAX);
+    assert!(terminate(&mut processor).success(), "{}", setup.log());
+
+    // flush_interval 1h → 1m: refused, the key named.
+    let changed = original.replacen("flush_interval = \"1h\"", "flush_interval = \"1m\"", 1);
+    assert_ne!(changed, original, "the catalog has a flush_interval of 1h");
+    std::fs::write(&catalog, &changed).unwrap();
+    let mut processor = KillOnDrop(setup.start(&[]));
+    assert!(!processor.0.wait().unwrap().success(), "must refuse");
+    let log = setup.log();
+    assert!(log.contains("rules.flush_interval: changed"), "{log}");
+    assert!(log.contains("--accept-catalog-change"), "{log}");
+
+    // Plans reordered (payg moved after starter): refused even with the key accepted.
+    let reordered = changed.replacen("name = \"payg\"", "name = \"__payg__\"", 1);
+    let reordered = reordered
+        .replacen("name = \"starter\"", "name = \"payg\"", 1)
+        .replacen("name = \"__payg__\"", "name = \"starter\"", 1);
+    std::fs::write(&catalog, &reordered).unwrap();
+    let mut processor =
+        KillOnDrop(setup.start(&["--accept-catalog-change", "rules.flush_interval"]));
+    assert!(!processor.0.wait().unwrap().success(), "must refuse");
+    let log = setup.log();
+    assert!(log.contains("plans (order)"), "{log}");
+
+    // The flush interval accepted knowingly: it starts and catches up.
+    std::fs::write(&catalog, &changed).unwrap();
+    let mut processor = setup.start(&["--accept-catalog-change", "rules.flush_interval"]);
+    runtime.block_on(publish(&url, &workload(10, 5, 50), partitions));
+    wait_caught_up(&url, &setup, RUNTIME_MAX);
+    assert!(terminate(&mut processor).success(), "{}", setup.log());
+    assert!(setup.log().contains("accepted (--accept-catalog-change)"));
+}

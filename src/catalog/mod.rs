@@ -233,6 +233,25 @@ pub struct PolicySpec {
 
 /// One price version as a snapshot records it, so that a restart can prove the catalog did not
 /// change a price already in force (SPEC §4). See `Catalog::fingerprints_in_force`.
+/// One catalog setting that decides what applied messages produced, as a snapshot records it:
+/// its TOML key (`rules.flush_interval`, `plans.pro.policy`) and xxh3-64 of its value's
+/// canonical text ([`Catalog::setting_fingerprints`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingFingerprint {
+    pub key: String,
+    pub fingerprint: u64,
+}
+
+/// The names of the catalog's credit types, meters and plans in catalog order: the state
+/// refers to each by its index, so a snapshot records the order and a restart accepts only
+/// additions at the end.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogOrder {
+    pub credit_types: Vec<String>,
+    pub meters: Vec<String>,
+    pub plans: Vec<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VersionFingerprint {
     pub meter: String,

@@ -19,6 +19,11 @@ pub struct RunArgs {
     /// exists (a new deployment on an existing stream, or every snapshot lost).
     #[arg(long)]
     pub rebuild: bool,
+    /// Accept a change of this catalog setting (its TOML key as the refusal names it, e.g.
+    /// `rules.grants_per_account_max`) since the snapshots, knowingly: messages after the
+    /// snapshots are then applied under the new value. Repeatable.
+    #[arg(long = "accept-catalog-change", value_name = "KEY")]
+    pub accept_catalog_change: Vec<String>,
     /// Print the effective configuration (file + environment over the defaults) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -107,6 +112,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Arc::new(catalog),
         crate::processor::RunOptions {
             rebuild: args.rebuild,
+            accept_catalog_changes: args.accept_catalog_change.clone(),
         },
         shutdown_signal(),
     ))?;

@@ -3,7 +3,7 @@
 //! Owns: the file format, atomic writes, retention of the last K files per partition, loading
 //! with fallback, and the policy that decides when a shard snapshots a partition.
 //!
-//! # File format (version 8)
+//! # File format (version 9)
 //!
 //! One file per snapshot, `p<partition, 5 digits>-<applied_through, 20 digits>.snap`, in the
 //! snapshot directory. All integers little-endian.
@@ -11,7 +11,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `CFSNAP01` |
-//! | 8 | 4 | format version (8) |
+//! | 8 | 4 | format version (9) |
 //! | 12 | 4 | header length H (bytes of the header fields after this one, before the checksum) |
 //! | 16 | H | header: bincode of [`Header`] |
 //! | 16+H | 4 | CRC32C of bytes 0 .. 16+H |
@@ -20,7 +20,8 @@
 //! | 28+H+P | 4 | CRC32C of the payload |
 //!
 //! The payload is the in-memory state's serde layout, so a change to that layout is a new
-//! format version. Version 8: a charge record keeps its overage price, and a credit type's
+//! format version. Version 9: the header records the catalog's settings and names' order
+//! besides its price versions. Version 8: a charge record keeps its overage price, and a credit type's
 //! rare totals the debt each recently closed period settled (for reversals, SEMANTICS §9).
 //! Version 7: a credit type's alert states are in its boxed rare totals.
 //! Version 6: an account's policy override, holds and top-up counters are one
@@ -53,12 +54,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::VersionFingerprint;
+use crate::catalog::{CatalogOrder, SettingFingerprint, VersionFingerprint};
 use crate::engine::Partition;
 use crate::time::Instant;
 
 pub const MAGIC: &[u8; 8] = b"CFSNAP01";
-pub const FORMAT_VERSION: u32 = 8;
+pub const FORMAT_VERSION: u32 = 9;
 /// Largest header accepted (a header holds positions and catalog fingerprints only).
 pub const HEADER_BYTES_MAX: u32 = 1 << 20;
 
@@ -81,6 +82,11 @@ pub struct Header {
     /// The catalog's price versions in force at `clock`: a restart refuses a catalog that
     /// changed any of them.
     pub fingerprints: Vec<VersionFingerprint>,
+    /// Every other catalog setting that decided the state (rules, currency, credit types,
+    /// meters, plans): a restart refuses a catalog that changed one, naming its key.
+    pub settings: Vec<SettingFingerprint>,
+    /// The catalog's names in order (the state refers to them by position).
+    pub order: CatalogOrder,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -419,6 +425,8 @@ mod tests {
             output_seq_floor: 3,
             clock: Some(Instant(1)),
             fingerprints: Vec::new(),
+            settings: Vec::new(),
+            order: Default::default(),
         }
     }
 

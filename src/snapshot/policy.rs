@@ -25,7 +25,7 @@ use std::time::{Duration, Instant as WallInstant};
 use crossbeam::channel::{Receiver, Sender, TrySendError};
 
 use super::{Header, Store};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogOrder, SettingFingerprint};
 use crate::engine::Partition;
 use crate::pipeline::question::{Question, Seen};
 use crate::pipeline::shard::SnapshotHook;
@@ -82,6 +82,9 @@ pub struct Policy<O: SnapshotObserver> {
     last: HashMap<u32, (u64, WallInstant)>,
     /// The batch (by its last sequence) in which this shard already took a snapshot.
     taken_in_batch: Option<u64>,
+    /// The catalog's settings and order, computed once (every header records them).
+    settings: Vec<SettingFingerprint>,
+    order: CatalogOrder,
 }
 
 impl<O: SnapshotObserver> Policy<O> {
@@ -94,6 +97,8 @@ impl<O: SnapshotObserver> Policy<O> {
         observer: O,
     ) -> Self {
         Policy {
+            settings: catalog.setting_fingerprints(),
+            order: catalog.order(),
             catalog,
             interval_messages: interval_messages.max(1),
             interval,
@@ -118,6 +123,8 @@ impl<O: SnapshotObserver> Policy<O> {
             output_seq_floor: 0,
             clock,
             fingerprints,
+            settings: self.settings.clone(),
+            order: self.order.clone(),
         }
     }
 

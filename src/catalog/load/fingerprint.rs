@@ -1,4 +1,6 @@
-//! Fingerprints of price versions, and the history checks snapshots make with them.
+//! Fingerprints of price versions and of every other setting that decides what applied
+//! messages produced (rules, currency, credit types, meters, plans, their order), and the
+//! history checks snapshots make with them.
 
 use super::*;
 
@@ -189,6 +191,161 @@ impl Catalog {
                         meter.name, version.effective_from
                     ));
                 }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+impl Catalog {
+    /// Every setting besides prices that decides what applied messages produced, as (TOML key,
+    /// canonical text of its value). Prices are versioned and checked by their own fingerprints
+    /// ([`Catalog::fingerprints_in_force`]); the names' order by [`Catalog::order`]. The text is
+    /// the value as this binary reads it (ids are indices, stable under the order check), so a
+    /// release that changes how a value is represented says so with a new snapshot format.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        let mut put = |key: String, value: String| out.push((key, value));
+        let currency = &self.currency;
+        put("currency.code".into(), format!("{:?}", currency.code));
+        put("currency.scale".into(), currency.scale.to_string());
+        put("currency.rounding".into(), currency.rounding.name().into());
+        let rules = &self.rules;
+        put("rules.payload_max".into(), rules.payload_max.to_string());
+        put("rules.future_max".into(), rules.future_max.0.to_string());
+        put(
+            "rules.backdate_max".into(),
+            rules.backdate_max.0.to_string(),
+        );
+        put(
+            "rules.dedupe_window".into(),
+            rules.dedupe_window.0.to_string(),
+        );
+        put(
+            "rules.dedupe_entries_max".into(),
+            rules.dedupe_entries_max.to_string(),
+        );
+        put(
+            "rules.flush_interval".into(),
+            rules.flush_interval.0.to_string(),
+        );
+        put(
+            "rules.grants_per_account_max".into(),
+            rules.grants_per_account_max.to_string(),
+        );
+        put(
+            "rules.holds_per_account_max".into(),
+            rules.holds_per_account_max.to_string(),
+        );
+        put(
+            "rules.accounts_per_partition_max".into(),
+            rules.accounts_per_partition_max.to_string(),
+        );
+        put(
+            "default_plan".into(),
+            format!("{:?}", self.plan(self.default_plan).name),
+        );
+        for credit_type in &self.credit_types {
+            put(
+                format!("credit_types.{}.scale", credit_type.name),
+                credit_type.scale.to_string(),
+            );
+        }
+        for meter in &self.meters {
+            put(
+                format!("meters.{}.credit_type", meter.name),
+                format!("{:?}", self.credit_type(meter.credit_type).name),
+            );
+            put(
+                format!("meters.{}.rounding", meter.name),
+                meter.rounding.name().into(),
+            );
+        }
+        for plan in &self.plans {
+            let name = &plan.name;
+            put(format!("plans.{name}.period"), format!("{:?}", plan.period));
+            put(
+                format!("plans.{name}.time_zone"),
+                format!("{:?}", plan.time_zone.name()),
+            );
+            put(format!("plans.{name}.price"), plan.price.to_string());
+            put(
+                format!("plans.{name}.allowances"),
+                format!("{:?}", plan.allowances),
+            );
+            put(format!("plans.{name}.policy"), format!("{:?}", plan.policy));
+            put(format!("plans.{name}.alerts"), format!("{:?}", plan.alerts));
+            put(
+                format!("plans.{name}.expiring_lead"),
+                format!("{:?}", plan.expiring_lead),
+            );
+        }
+        out
+    }
+
+    /// [`Catalog::settings`] fingerprinted, as a snapshot records them.
+    pub fn setting_fingerprints(&self) -> Vec<SettingFingerprint> {
+        self.settings()
+            .into_iter()
+            .map(|(key, value)| SettingFingerprint {
+                fingerprint: xxhash_rust::xxh3::xxh3_64(value.as_bytes()),
+                key,
+            })
+            .collect()
+    }
+
+    /// The names in catalog order, as a snapshot records them.
+    pub fn order(&self) -> CatalogOrder {
+        CatalogOrder {
+            credit_types: self.credit_types.iter().map(|c| c.name.clone()).collect(),
+            meters: self.meters.iter().map(|m| m.name.clone()).collect(),
+            plans: self.plans.iter().map(|p| p.name.clone()).collect(),
+        }
+    }
+
+    /// Checks that this catalog decides the past as the one a snapshot was taken with: every
+    /// recorded setting unchanged, and the recorded names still first, in the same order (new ones may follow:
+    /// they are the future). Settings the snapshot did not record (a new plan) are accepted.
+    /// Reports every problem, each starting with its key and a colon.
+    pub fn check_settings(
+        &self,
+        recorded: &[SettingFingerprint],
+        order: &CatalogOrder,
+    ) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        let now: HashMap<String, u64> = self
+            .setting_fingerprints()
+            .into_iter()
+            .map(|s| (s.key, s.fingerprint))
+            .collect();
+        for entry in recorded {
+            match now.get(&entry.key) {
+                Some(&fingerprint) if fingerprint == entry.fingerprint => {}
+                Some(_) => problems.push(format!(
+                    "{}: changed, but the snapshot's state was produced with the old value",
+                    entry.key
+                )),
+                None => problems.push(format!(
+                    "{}: no longer in the catalog, but the snapshot's state was produced with it",
+                    entry.key
+                )),
+            }
+        }
+        let current = self.order();
+        for (kind, was, is) in [
+            ("credit_types", &order.credit_types, &current.credit_types),
+            ("meters", &order.meters, &current.meters),
+            ("plans", &order.plans, &current.plans),
+        ] {
+            if is.len() < was.len() || is[..was.len()] != was[..] {
+                problems.push(format!(
+                    "{kind} (order): the snapshot's state refers to them by position, recorded as {was:?}, \
+                     now {is:?}; keep these first and in this order (new ones go at the end)"
+                ));
             }
         }
         if problems.is_empty() {

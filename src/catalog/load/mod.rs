@@ -37,6 +37,8 @@ use super::{
     Meter, MeterId, Overage, Plan, PlanId, Policy, PolicySpec, PriceModel, PriceVersion, Rules,
     Threshold, Tier, TimeWindow, TopupAmount, TopupRule, VersionFingerprint,
 };
+#[allow(unused_imports)]
+use super::{CatalogOrder, SettingFingerprint};
 use crate::decimal::{pow10, Credits, Dec, Price, Rounding};
 use crate::time::{Instant, PeriodRule, Span, Zone};
 

@@ -905,3 +905,44 @@ fn names_times_and_days_parse_strictly() {
     assert_eq!(weekday_index("sun"), Some(6));
     assert_eq!(weekday_index("Sun"), None);
 }
+
+#[test]
+fn check_settings_names_every_changed_setting_and_accepts_additions() {
+    let text = std::fs::read_to_string(shipped_path()).unwrap();
+    let catalog = from_str(&text).unwrap();
+    let (recorded, order) = (catalog.setting_fingerprints(), catalog.order());
+    assert_eq!(catalog.check_settings(&recorded, &order), Ok(()));
+    // Spelling is not a change: the same value written otherwise.
+    let respelled = text.replace("flush_interval = \"1h\"", "flush_interval = \"60m\"");
+    assert_eq!(
+        from_str(&respelled)
+            .unwrap()
+            .check_settings(&recorded, &order),
+        Ok(())
+    );
+    let changed = text
+        .replace("flush_interval = \"1h\"", "flush_interval = \"1m\"")
+        .replacen("price = \"19\"", "price = \"29\"", 1)
+        .replacen("name = \"team_weekly\"", "name = \"__t__\"", 1)
+        .replacen("name = \"daily_test\"", "name = \"team_weekly\"", 1)
+        .replacen("name = \"__t__\"", "name = \"daily_test\"", 1);
+    let problems = from_str(&changed)
+        .unwrap()
+        .check_settings(&recorded, &order)
+        .unwrap_err();
+    let keys: Vec<&str> = problems
+        .iter()
+        .map(|p| p.split(':').next().unwrap())
+        .collect();
+    assert!(keys.contains(&"rules.flush_interval"), "{problems:?}");
+    assert!(keys.contains(&"plans.starter.price"), "{problems:?}");
+    assert!(keys.contains(&"plans (order)"), "{problems:?}");
+    // A plan appended is the future.
+    let added = format!(
+        "{text}\n[[plans]]\nname = \"later\"\nperiod = \"month\"\n  [plans.policy]\n  kind = \"reject\"\n"
+    );
+    assert_eq!(
+        from_str(&added).unwrap().check_settings(&recorded, &order),
+        Ok(())
+    );
+}
