@@ -5,8 +5,8 @@
 //! marks the crate unmaintained, see ARCHITECTURE.md "Dependencies"). Keeping every call here
 //! means swapping to a maintained bincode-compatible crate touches one file.
 //!
-//! Must never: be used for anything but whole-state snapshots, or decode without a size limit
-//! (a corrupt length prefix must not allocate gigabytes).
+//! Must never: be used for anything but whole-state snapshots, or decode with a size limit
+//! out of proportion to the input (a corrupt length prefix must not allocate gigabytes).
 //!
 //! Invariants: `decode(encode(x)) == x` for every state the engine can reach; the encoding is
 //! deterministic for equal values except for hash map iteration order, so callers never compare
@@ -38,11 +38,49 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// Decodes `bytes`, all of them, into a `T`.
+///
+/// A length read from the input (a string's) is claimed against the configured limit before
+/// bincode allocates for it (`vec![0; len]`), so the limit is what bounds the allocation a
+/// corrupt length can cause. bincode claims the in-memory size of every value it decodes,
+/// which is at most 16 times its encoded size (a one-byte varint decoded as an `i128`); so a
+/// valid input of n bytes never claims more than 16n, and the limit is the smallest step of
+/// 1 MiB, 16 MiB, 256 MiB, 4 GiB and [`DECODE_BYTES_MAX`] at least 16n. A corrupt length then
+/// allocates at most 256 times the input (at least 1 MiB), never gigabytes for a small file
+/// (found by the fuzz target `snapshot_decode`: a 12-byte payload asked for 4 GiB).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, read) = bincode::serde::decode_from_slice(bytes, config())
+    match bytes.len().saturating_mul(16) {
+        n if n <= 1 << 20 => decode_within::<T, { 1 << 20 }>(bytes),
+        n if n <= 1 << 24 => decode_within::<T, { 1 << 24 }>(bytes),
+        n if n <= 1 << 28 => decode_within::<T, { 1 << 28 }>(bytes),
+        n if n <= 1 << 32 => decode_within::<T, { 1 << 32 }>(bytes),
+        _ => decode_within::<T, DECODE_BYTES_MAX>(bytes),
+    }
+}
+
+fn decode_within<T: DeserializeOwned, const LIMIT: usize>(bytes: &[u8]) -> Result<T, CodecError> {
+    let config = bincode::config::standard()
+        .with_little_endian()
+        .with_variable_int_encoding()
+        .with_limit::<LIMIT>();
+    let (value, read) = bincode::serde::decode_from_slice(bytes, config)
         .map_err(|e| CodecError::Decode(e.to_string()))?;
     if read != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - read));
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod limit_tests {
+    /// bincode claims a value's in-memory size: a million zero `i128`s are 1 MB encoded (one
+    /// varint byte each) and claim 16 MB, which the limit must allow.
+    #[test]
+    fn values_far_larger_in_memory_than_encoded_decode() {
+        let values = vec![0i128; 1_000_000];
+        let bytes = super::encode(&values).unwrap();
+        assert!(bytes.len() < 1_000_010);
+        let back: Vec<i128> = super::decode(&bytes).unwrap();
+        assert_eq!(back, values);
+    }
 }

@@ -534,6 +534,14 @@ fn bad_input_is_dead_lettered_with_its_reason_and_changes_nothing() {
             "bad_timestamp",
         ),
         (
+            r#"{"id":"x","account":"acct","meter":"call","ts":"2026-11-24T10:00:00Z"}"#,
+            "missing_field",
+        ),
+        (
+            r#"{"id":"x","account":"acct","meter":"call","quantity":true,"ts":"2026-11-24T10:00:00Z"}"#,
+            "invalid_field",
+        ),
+        (
             r#"{"id":"x","account":"acct","meter":"fly","quantity":"1","ts":"2026-11-24T10:00:00Z"}"#,
             "unknown_meter",
         ),

@@ -1062,10 +1062,34 @@ fn dead_letter_reasons() {
         (u("type", json!("bogus")), "unknown_type", None),
         (u("type", json!(7)), "unknown_type", None),
         (u("qty", json!("1")), "invalid_field", Some("qty")),
-        (without("meter"), "invalid_field", Some("meter")),
+        (without("meter"), "missing_field", Some("meter")),
+        (u("meter", json!(5)), "invalid_field", Some("meter")),
+        (without("quantity"), "missing_field", Some("quantity")),
+        (
+            u("quantity", Value::Null),
+            "missing_field",
+            Some("quantity"),
+        ),
+        (without("id"), "missing_field", Some("id")),
+        (u("id", json!(7)), "invalid_field", Some("id")),
+        (without("ts"), "missing_field", Some("ts")),
+        (u("ts", json!(5)), "invalid_field", Some("ts")),
+        (u("account", json!(["a"])), "invalid_field", Some("account")),
+        (
+            u("nested", {
+                let mut deep = json!(1);
+                for _ in 0..200 {
+                    deep = json!([deep]);
+                }
+                deep
+            }),
+            "invalid_field",
+            Some("nested"),
+        ),
+        (u("type", Value::Null), "unknown_type", None),
         (u("meter", json!("nope")), "unknown_meter", None),
         (u("account", json!("a b")), "bad_account", Some("account")),
-        (without("account"), "bad_account", Some("account")),
+        (without("account"), "missing_field", Some("account")),
         (u("id", json!("")), "bad_id", Some("id")),
         (u("id", json!("a b")), "bad_id", Some("id")),
         (u("id", json!("x".repeat(129))), "bad_id", Some("id")),
@@ -1081,7 +1105,11 @@ fn dead_letter_reasons() {
             None,
         ),
         (u("quantity", json!(".5")), "bad_quantity", None),
-        (u("quantity", json!(true)), "bad_quantity", None),
+        (
+            u("quantity", json!(true)),
+            "invalid_field",
+            Some("quantity"),
+        ),
         (u("ts", json!("2026-11-24")), "bad_timestamp", Some("ts")),
         (
             u("ts", json!("1969-12-31T23:59:59Z")),
@@ -1143,7 +1171,7 @@ fn dead_letter_reasons() {
         ),
         (
             json!({"type": "set_policy", "id": "x", "account": "a", "ts": t}),
-            "invalid_field",
+            "missing_field",
             Some("policy"),
         ),
         (

@@ -62,13 +62,17 @@ impl Fields {
     pub fn account(&self) -> Result<String, ServiceError> {
         match self.get("account") {
             None => Err(ServiceError::bad_request(
-                "invalid_field",
+                "missing_field",
                 "account: required",
             )),
             Some(Value::String(account)) if input::account_is_valid(account) => Ok(account.clone()),
-            Some(_) => Err(ServiceError::bad_request(
+            Some(Value::String(_)) => Err(ServiceError::bad_request(
                 "bad_account",
                 "account: 1-64 characters of A-Z a-z 0-9 _ -",
+            )),
+            Some(other) => Err(ServiceError::bad_request(
+                "invalid_field",
+                format!("account: must be a string, not {}", json_type(other)),
             )),
         }
     }
@@ -234,11 +238,16 @@ mod tests {
     fn every_refusal_names_its_field() {
         let catalog = catalog();
         let cases: &[(&str, &str, &str)] = &[
-            ("", "invalid_field", "account: required"),
+            ("", "missing_field", "account: required"),
             ("[1]", "malformed_json", "JSON object"),
             ("{", "malformed_json", "not JSON"),
             (r#"{"account":"a","colour":1}"#, "invalid_field", "colour"),
             (r#"{"account":"a b"}"#, "bad_account", "account"),
+            (
+                r#"{"account":5}"#,
+                "invalid_field",
+                "account: must be a string",
+            ),
             (
                 r#"{"account":"a","meter":"nope","quantity":"1"}"#,
                 "unknown_meter",
@@ -254,7 +263,16 @@ mod tests {
                 "bad_timestamp",
                 "",
             ),
-            (r#"{"account":"a","meter":"api_call"}"#, "", "quantity"),
+            (
+                r#"{"account":"a","meter":"api_call"}"#,
+                "missing_field",
+                "quantity: required",
+            ),
+            (
+                r#"{"account":"a","meter":"api_call","quantity":true}"#,
+                "invalid_field",
+                "quantity: invalid type: boolean",
+            ),
         ];
         for (payload, reason, detail) in cases {
             let result = Fields::parse(

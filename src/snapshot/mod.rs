@@ -189,6 +189,22 @@ pub fn decode<'a>(path: &Path, bytes: &'a [u8]) -> Result<(Header, &'a [u8]), Sn
     Ok((header, payload))
 }
 
+/// Decodes a snapshot file's bytes into its header and partition state, as the loader does:
+/// framing and checksums ([`decode`]), the state, and the two agreeing. `path` only names the
+/// file in errors. The fuzz target `snapshot_decode` runs this on any bytes.
+pub fn decode_file(path: &Path, bytes: &[u8]) -> Result<(Header, Partition), SnapshotError> {
+    let (header, payload) = decode(path, bytes)?;
+    let partition: Partition =
+        crate::codec::decode(payload).map_err(|e| SnapshotError::corrupt(path, e.to_string()))?;
+    if partition.number != header.partition || partition.applied_through != header.applied_through {
+        return Err(SnapshotError::corrupt(
+            path,
+            "payload does not match its header",
+        ));
+    }
+    Ok((header, partition))
+}
+
 /// The directory holding every partition's snapshots.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -392,17 +408,7 @@ impl Store {
                 path: path.to_path_buf(),
                 source,
             })?;
-        let (header, payload) = decode(path, &bytes)?;
-        let partition: Partition = crate::codec::decode(payload)
-            .map_err(|e| SnapshotError::corrupt(path, e.to_string()))?;
-        if partition.number != header.partition
-            || partition.applied_through != header.applied_through
-        {
-            return Err(SnapshotError::corrupt(
-                path,
-                "payload does not match its header",
-            ));
-        }
+        let (header, partition) = decode_file(path, &bytes)?;
         Ok(Loaded {
             header,
             partition,

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::catalog::{Catalog, CreditTypeId, MeterId, PlanId, Policy, PolicySpec};
 use crate::decimal::{Credits, Dec, Price, Quantity};
 use crate::time::{Instant, Span};
+use crate::wire::outline::{self, Entry, Outline};
 
 /// Why a message was dead-lettered (SEMANTICS §2.1). The name is the wire form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -27,6 +28,8 @@ pub enum DeadReason {
     MalformedJson,
     UnknownType,
     InvalidField,
+    /// A required field is absent (or `null`).
+    MissingField,
     BadAccount,
     BadId,
     BadQuantity,
@@ -53,6 +56,7 @@ impl DeadReason {
             DeadReason::MalformedJson => "malformed_json",
             DeadReason::UnknownType => "unknown_type",
             DeadReason::InvalidField => "invalid_field",
+            DeadReason::MissingField => "missing_field",
             DeadReason::BadAccount => "bad_account",
             DeadReason::BadId => "bad_id",
             DeadReason::BadQuantity => "bad_quantity",
@@ -325,10 +329,47 @@ impl<'de: 'a, 'a> Deserialize<'de> for NumberText<'a> {
                 // serde_json's arbitrary_precision hands numbers over as a one-entry map.
                 let key: Option<Cow<'de, str>> = map.next_key()?;
                 if key.as_deref() != Some("$serde_json::private::Number") {
-                    return Err(serde::de::Error::custom("expected a number or a string"));
+                    return Err(serde::de::Error::invalid_type(
+                        serde::de::Unexpected::Map,
+                        &self,
+                    ));
                 }
                 let text: String = map.next_value()?;
                 Ok(NumberText(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `type` as written: absent (a usage event), `null` (which names no type), or a name.
+#[derive(Default)]
+enum TypeField<'a> {
+    #[default]
+    Absent,
+    Null,
+    Name(Cow<'a, str>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for TypeField<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = TypeField<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a message type name")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(TypeField::Null)
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(TypeField::Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(TypeField::Name(Cow::Owned(v.to_string())))
             }
         }
         deserializer.deserialize_any(Visitor)
@@ -340,8 +381,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for NumberText<'a> {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Raw<'a> {
-    #[serde(borrow, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type")]
+    kind: TypeField<'a>,
     #[serde(borrow)]
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -636,7 +677,7 @@ impl Raw<'_> {
     /// Names of the fields present, in declaration order.
     fn present(&self) -> impl Iterator<Item = &'static str> + '_ {
         [
-            ("type", self.kind.is_some()),
+            ("type", !matches!(self.kind, TypeField::Absent)),
             ("id", self.id.is_some()),
             ("account", self.account.is_some()),
             ("meter", self.meter.is_some()),
@@ -676,22 +717,46 @@ fn with_readable(mut dead: DeadLetter, payload: &[u8]) -> DeadLetter {
     if dead.reason == DeadReason::PayloadTooLarge || (dead.account.is_some() && dead.ts.is_some()) {
         return dead;
     }
-    let Ok(serde_json::Value::Object(object)) = serde_json::from_slice(payload) else {
-        return dead;
+    if let Ok(Outline::Object(entries)) = outline::read(payload) {
+        fill_readable(&mut dead, &entries);
+    }
+    dead
+}
+
+/// The account and `ts` of a message's top-level entries, where the dead letter lacks them and
+/// they are well-formed. A repeated key counts with its last value, as serde_json's map keeps it.
+fn fill_readable(dead: &mut DeadLetter, entries: &[Entry<'_>]) {
+    let last = |key: &str| {
+        entries
+            .iter()
+            .rev()
+            .find(|entry| entry.key == key)
+            .and_then(|entry| entry.string.as_deref())
     };
     if dead.account.is_none() {
-        if let Some(serde_json::Value::String(account)) = object.get("account") {
-            if account_is_valid(account) {
-                dead.account = Some(account.clone());
-            }
+        if let Some(account) = last("account").filter(|a| account_is_valid(a)) {
+            dead.account = Some(account.to_string());
         }
     }
     if dead.ts.is_none() {
-        if let Some(serde_json::Value::String(ts)) = object.get("ts") {
-            dead.ts = ts.parse().ok();
-        }
+        dead.ts = last("ts").and_then(|ts| ts.parse().ok());
     }
-    dead
+}
+
+/// [`decode`] with serde reading every message, the direct usage reader left out: the same
+/// result for every payload (the direct reader's agreement test and the fuzz target
+/// `input_decode` check it). Not for production use: it is only slower.
+#[doc(hidden)]
+pub fn decode_without_direct_reader<'a>(
+    payload: &'a [u8],
+    catalog: &Catalog,
+) -> Result<Message<'a>, DeadLetter> {
+    let checked = if payload.len() > catalog.rules.payload_max {
+        decode_checked(payload, catalog)
+    } else {
+        decode_serde(payload, catalog)
+    };
+    checked.map_err(|dead| with_readable(dead, payload))
 }
 
 fn decode_checked<'a>(payload: &'a [u8], catalog: &Catalog) -> Result<Message<'a>, DeadLetter> {
@@ -717,59 +782,111 @@ fn decode_serde<'a>(payload: &'a [u8], catalog: &Catalog) -> Result<Message<'a>,
         Ok(raw) => raw,
         Err(error) => return Err(classify_parse_error(payload, &error)),
     };
-    let written = raw.kind.as_deref().unwrap_or("usage");
+    let written = match &raw.kind {
+        TypeField::Absent => "usage",
+        TypeField::Name(name) => name.as_ref(),
+        TypeField::Null => return Err(unknown_type("null")),
+    };
     let Some(&(kind, allowed)) = MESSAGE_TYPES.iter().find(|(name, _)| *name == written) else {
-        return Err(DeadLetter::new(
-            DeadReason::UnknownType,
-            format!(
-                "type {:?} is not a known message type",
-                truncate(written, 64)
-            ),
-        ));
+        return Err(unknown_type(&format!("{:?}", truncate(written, 64))));
     };
     if let Some(field) = raw.present().find(|field| !allowed.contains(field)) {
-        return Err(DeadLetter::new(
-            DeadReason::InvalidField,
-            format!("{field}: not a field of a {kind} message"),
-        ));
+        return Err(not_a_field(field, kind));
     }
     Checker::run(catalog, |checker| checker.message(kind, raw))
 }
 
-/// A parse error: syntax (malformed JSON) or data (a field of the wrong type, an unknown or
-/// repeated field). For data errors the message is re-read untyped, to keep SEMANTICS' order of
-/// checks (an unknown `type` is reported before a bad field). Only refused input takes this path.
+fn unknown_type(written: &str) -> DeadLetter {
+    DeadLetter::new(
+        DeadReason::UnknownType,
+        format!("type {written} is not a known message type"),
+    )
+}
+
+fn not_a_field(field: &str, kind: &str) -> DeadLetter {
+    DeadLetter::new(
+        DeadReason::InvalidField,
+        format!("{}: not a field of a {kind} message", truncate(field, 64)),
+    )
+}
+
+/// serde_json's message without its position: the dead letter names the field instead.
+fn error_text(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let position = format!(" at line {} column {}", error.line(), error.column());
+    match text.strip_suffix(&position) {
+        Some(message) => message.to_string(),
+        None => text,
+    }
+}
+
+/// A parse error: syntax (malformed JSON) or data (a field of the wrong JSON type, an unknown
+/// or repeated field). For data errors the message is read again as an outline (any depth), to
+/// keep SEMANTICS' order of checks (malformed JSON, then an unknown `type`, then the field) and
+/// to name the field at fault. Only refused input takes this path.
 fn classify_parse_error(payload: &[u8], error: &serde_json::Error) -> DeadLetter {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(payload) else {
+    use serde_json::error::Category;
+    // serde's syntax verdict stands, except its depth limit, which is no syntax error: the
+    // outline reads any depth.
+    let depth_limit = error.to_string().starts_with("recursion limit exceeded");
+    if matches!(
+        error.classify(),
+        Category::Syntax | Category::Eof | Category::Io
+    ) && !depth_limit
+    {
         return DeadLetter::new(DeadReason::MalformedJson, error.to_string());
-    };
-    let Some(object) = value.as_object() else {
-        return DeadLetter::new(DeadReason::MalformedJson, "not a JSON object");
-    };
-    match object.get("type") {
-        None => {}
-        Some(serde_json::Value::String(kind))
-            if MESSAGE_TYPES.iter().any(|(name, _)| name == kind) => {}
-        Some(other) => {
-            return DeadLetter::new(
-                DeadReason::UnknownType,
-                format!(
-                    "type {} is not a known message type",
-                    truncate(&other.to_string(), 64)
-                ),
-            )
+    }
+    let entries = match outline::read(payload) {
+        Ok(Outline::Object(entries)) => entries,
+        Ok(Outline::Other(_)) => {
+            return DeadLetter::new(DeadReason::MalformedJson, "not a JSON object")
         }
-    }
-    let mut dead = DeadLetter::new(DeadReason::InvalidField, error.to_string());
-    if let Some(serde_json::Value::String(account)) = object.get("account") {
-        if account_is_valid(account) {
-            dead.account = Some(account.clone());
-        }
-    }
-    if let Some(serde_json::Value::String(ts)) = object.get("ts") {
-        dead.ts = ts.parse().ok();
-    }
+        Err(syntax) => return DeadLetter::new(DeadReason::MalformedJson, syntax.to_string()),
+    };
+    let mut dead = field_error(&entries, error);
+    fill_readable(&mut dead, &entries);
     dead
+}
+
+/// The dead letter for a well-formed object serde refused: an unknown `type`, else the first
+/// field (in the order written) that is not one of its type's, repeated, or of the wrong JSON
+/// type (the field read alone by serde gives what it expected).
+fn field_error(entries: &[Entry<'_>], error: &serde_json::Error) -> DeadLetter {
+    let written = entries.iter().rev().find(|entry| entry.key == "type");
+    let kind = match written {
+        None => "usage",
+        Some(entry) => match entry.string.as_deref() {
+            Some(name) if fields_of(name).is_some() => name,
+            Some(name) => return unknown_type(&format!("{:?}", truncate(name, 64))),
+            None => return unknown_type(truncate(entry.text, 64)),
+        },
+    };
+    let Some(&(kind, allowed)) = MESSAGE_TYPES.iter().find(|(name, _)| *name == kind) else {
+        return unknown_type(kind);
+    };
+    for (index, entry) in entries.iter().enumerate() {
+        if !allowed.contains(&entry.key.as_ref()) {
+            return not_a_field(&entry.key, kind);
+        }
+        if entries[..index]
+            .iter()
+            .any(|earlier| earlier.key == entry.key)
+        {
+            return DeadLetter::new(DeadReason::InvalidField, format!("{}: repeated", entry.key));
+        }
+    }
+    for entry in entries {
+        // The key is one of the type's fields, so it needs no escaping.
+        let alone = format!("{{\"{}\":{}}}", entry.key, entry.text);
+        if let Err(error) = serde_json::from_str::<Raw<'_>>(&alone) {
+            return DeadLetter::new(
+                DeadReason::InvalidField,
+                format!("{}: {}", entry.key, error_text(&error)),
+            );
+        }
+    }
+    // Every field reads alone: serde's own message, without its position.
+    DeadLetter::new(DeadReason::InvalidField, error_text(error))
 }
 
 fn truncate(text: &str, max: usize) -> &str {
@@ -805,8 +922,9 @@ struct Checker<'c> {
 
 type Checked<T> = Result<T, DeadLetter>;
 
+/// A required field absent or `null` (SEMANTICS §2.1: `missing_field`, whichever the field).
 fn missing(field: &str) -> DeadLetter {
-    DeadLetter::new(DeadReason::InvalidField, format!("{field}: required"))
+    DeadLetter::new(DeadReason::MissingField, format!("{field}: required"))
 }
 
 fn invalid(field: &str, what: impl std::fmt::Display) -> DeadLetter {
@@ -956,7 +1074,7 @@ impl<'c> Checker<'c> {
     }
 
     fn id<'a>(&mut self, id: Option<Cow<'a, str>>) -> Checked<Cow<'a, str>> {
-        let id = id.ok_or_else(|| DeadLetter::new(DeadReason::BadId, "id: required"))?;
+        let id = id.ok_or_else(|| missing("id"))?;
         if !id_is_valid(&id) {
             return Err(DeadLetter::new(
                 DeadReason::BadId,
@@ -975,8 +1093,7 @@ impl<'c> Checker<'c> {
     }
 
     fn account<'a>(&mut self, account: Option<Cow<'a, str>>) -> Checked<Cow<'a, str>> {
-        let account =
-            account.ok_or_else(|| DeadLetter::new(DeadReason::BadAccount, "account: required"))?;
+        let account = account.ok_or_else(|| missing("account"))?;
         if !account_is_valid(&account) {
             return Err(DeadLetter::new(
                 DeadReason::BadAccount,
@@ -988,7 +1105,7 @@ impl<'c> Checker<'c> {
     }
 
     fn ts(&mut self, ts: Option<Cow<'_, str>>) -> Checked<Instant> {
-        let text = ts.ok_or_else(|| DeadLetter::new(DeadReason::BadTimestamp, "ts: required"))?;
+        let text = ts.ok_or_else(|| missing("ts"))?;
         let ts = text
             .parse()
             .map_err(|e| DeadLetter::new(DeadReason::BadTimestamp, format!("ts: {e}")))?;
@@ -1043,8 +1160,7 @@ impl<'c> Checker<'c> {
     }
 
     fn quantity(&self, text: Option<NumberText<'_>>, positive: bool) -> Checked<Quantity> {
-        let text =
-            text.ok_or_else(|| DeadLetter::new(DeadReason::BadQuantity, "quantity: required"))?;
+        let text = text.ok_or_else(|| missing("quantity"))?;
         let value = Self::decimal("quantity", &text)
             .map_err(|detail| DeadLetter::new(DeadReason::BadQuantity, detail))?;
         if value.is_negative() || (positive && value.is_zero()) {
@@ -1358,8 +1474,14 @@ mod tests {
             if fast::usage(&payload).is_some() {
                 direct += 1;
             }
-            let expected =
-                decode_serde(&payload, &catalog).map_err(|dead| with_readable(dead, &payload));
+            // The outline's syntax is serde_json's, on the same payloads.
+            assert_eq!(
+                outline::read(&payload).is_ok(),
+                serde_json::from_slice::<serde_json::Value>(&payload).is_ok(),
+                "case {case}: {}",
+                String::from_utf8_lossy(&payload)
+            );
+            let expected = decode_without_direct_reader(&payload, &catalog);
             assert_eq!(
                 decode(&payload, &catalog),
                 expected,
@@ -1368,5 +1490,189 @@ mod tests {
             );
         }
         assert!(direct > cases / 5, "only {direct} of {cases} read directly");
+    }
+
+    fn example_catalog() -> Catalog {
+        crate::catalog::load::from_path(std::path::Path::new("config/catalog.toml")).unwrap()
+    }
+
+    /// Every refusal of check 4 names its field: `missing_field` for one absent or `null`,
+    /// `invalid_field` for one unknown, repeated or of the wrong JSON type (with what was
+    /// expected), the field's own reason for a value of the right type that fails its rule.
+    #[test]
+    fn a_refused_field_is_named_with_what_was_expected() {
+        let catalog = example_catalog();
+        const TS: &str = r#""ts":"2026-09-01T00:00:00Z""#;
+        let usage = |fields: &str| format!(r#"{{"id":"e1","account":"a1",{TS}{fields}}}"#);
+        let command = |kind: &str, fields: &str| {
+            format!(r#"{{"type":"{kind}","id":"c1","account":"a1",{TS}{fields}}}"#)
+        };
+        let deep = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        let cases: Vec<(String, DeadReason, &str)> = vec![
+            (usage(r#","meter":"api_call""#), DeadReason::MissingField, "quantity: required"),
+            (
+                usage(r#","meter":"api_call","quantity":null"#),
+                DeadReason::MissingField,
+                "quantity: required",
+            ),
+            (
+                usage(r#","meter":"api_call","quantity":true"#),
+                DeadReason::InvalidField,
+                "quantity: invalid type: boolean `true`, expected a decimal number or a string holding one",
+            ),
+            (
+                usage(r#","meter":"api_call","quantity":{"a":1}"#),
+                DeadReason::InvalidField,
+                "quantity: invalid type: map, expected a decimal number or a string holding one",
+            ),
+            (
+                usage(r#","meter":"api_call","quantity":"lots""#),
+                DeadReason::BadQuantity,
+                "quantity:",
+            ),
+            (
+                usage(r#","meter":5,"quantity":"1""#),
+                DeadReason::InvalidField,
+                "meter: invalid type: integer `5`, expected a string",
+            ),
+            (usage(r#","quantity":"1""#), DeadReason::MissingField, "meter: required"),
+            (
+                r#"{"id":7,"account":"a1","meter":"api_call","quantity":"1","ts":"2026-09-01T00:00:00Z"}"#.into(),
+                DeadReason::InvalidField,
+                "id: invalid type: integer `7`, expected a string",
+            ),
+            (
+                r#"{"account":"a1","meter":"api_call","quantity":"1","ts":"2026-09-01T00:00:00Z"}"#.into(),
+                DeadReason::MissingField,
+                "id: required",
+            ),
+            (
+                r#"{"id":"e1","meter":"api_call","quantity":"1","ts":"2026-09-01T00:00:00Z"}"#.into(),
+                DeadReason::MissingField,
+                "account: required",
+            ),
+            (
+                r#"{"id":"e1","account":"a1","meter":"api_call","quantity":"1"}"#.into(),
+                DeadReason::MissingField,
+                "ts: required",
+            ),
+            (
+                r#"{"id":"e1","account":"a1","meter":"api_call","quantity":"1","ts":5}"#.into(),
+                DeadReason::InvalidField,
+                "ts: invalid type: integer `5`, expected a string",
+            ),
+            (
+                usage(r#","meter":"api_call","quantity":"1","dims":{"model":5}"#),
+                DeadReason::InvalidField,
+                "dims: invalid type: integer `5`, expected a string",
+            ),
+            (
+                usage(r#","meter":"api_call","quantity":"1","colour":"red""#),
+                DeadReason::InvalidField,
+                "colour: not a field of a usage message",
+            ),
+            (
+                usage(r#","meter":"api_call","quantity":"1","amount":"1""#),
+                DeadReason::InvalidField,
+                "amount: not a field of a usage message",
+            ),
+            (
+                usage(r#","meter":"api_call","quantity":"1","id":"e2""#),
+                DeadReason::InvalidField,
+                "id: repeated",
+            ),
+            // An unknown field nested past serde_json's 128 levels is still an unknown field.
+            (
+                usage(&format!(r#","meter":"api_call","quantity":"1","x":{}"#, deep(500))),
+                DeadReason::InvalidField,
+                "x: not a field of a usage message",
+            ),
+            (
+                usage(&format!(r#","meter":"api_call","quantity":"1","dims":{}"#, deep(500))),
+                DeadReason::InvalidField,
+                "dims: invalid type: sequence, expected an object of string values",
+            ),
+            (
+                format!(r#"{{"type":"bogus","x":{}}}"#, deep(500)),
+                DeadReason::UnknownType,
+                r#"type "bogus" is not"#,
+            ),
+            (
+                usage(&format!(r#","meter":"api_call","x":{}"#, "[".repeat(500))),
+                DeadReason::MalformedJson,
+                "expected a value at byte",
+            ),
+            (
+                usage(r#","meter":"api_call","quantity":"1","type":null"#),
+                DeadReason::UnknownType,
+                "type null is not",
+            ),
+            (
+                usage(r#","meter":"api_call","quantity":"1","type":null,"x":1"#),
+                DeadReason::UnknownType,
+                "type null is not",
+            ),
+            (command("grant", ""), DeadReason::MissingField, "amount: required"),
+            (
+                command("grant", r#","amount":true"#),
+                DeadReason::InvalidField,
+                "amount: invalid type: boolean `true`",
+            ),
+            (
+                command("grant", r#","amount":"5","priority":"high""#),
+                DeadReason::InvalidField,
+                r#"priority: invalid type: string "high", expected i64"#,
+            ),
+            (
+                command("grant", r#","amount":"5","scope":[1]"#),
+                DeadReason::InvalidField,
+                "scope: invalid type: integer `1`, expected a string",
+            ),
+            (command("void_grant", ""), DeadReason::MissingField, "grant_id: required"),
+            (command("set_plan", ""), DeadReason::MissingField, "plan: required"),
+            (command("set_policy", ""), DeadReason::MissingField, "policy: required"),
+            (
+                command("set_policy", r#","policy":{"kind":"reject","bogus":1}"#),
+                DeadReason::InvalidField,
+                "policy: unknown field `bogus`",
+            ),
+            (
+                command("adjust", r#","amount":"5""#),
+                DeadReason::MissingField,
+                "reason: required",
+            ),
+            (
+                command("reserve", r#","meter":"api_call","quantity":"1""#),
+                DeadReason::MissingField,
+                "ttl: required",
+            ),
+            (
+                command("commit", r#","quantity":"1""#),
+                DeadReason::MissingField,
+                "hold_id: required",
+            ),
+            (
+                r#"{"type":"tick","id":"t1"}"#.into(),
+                DeadReason::MissingField,
+                "ts: required",
+            ),
+        ];
+        for (payload, reason, detail) in &cases {
+            let dead = decode(payload.as_bytes(), &catalog).expect_err(payload);
+            assert_eq!(dead.reason, *reason, "{payload}: {}", dead.detail);
+            assert!(
+                dead.detail.starts_with(detail),
+                "{payload}: {:?} does not start with {detail:?}",
+                dead.detail
+            );
+            assert!(!dead.detail.contains(" at line "), "{}", dead.detail);
+            let well_formed = *reason != DeadReason::MalformedJson;
+            // What can be read of the message is on its dead letter, at any depth.
+            if well_formed && payload.contains(r#""account":"a1""#) {
+                assert_eq!(dead.account.as_deref(), Some("a1"), "{payload}");
+            }
+            // The same bytes, the same verdict.
+            assert_eq!(decode(payload.as_bytes(), &catalog), Err(dead));
+        }
     }
 }

@@ -547,7 +547,7 @@ impl Gen<'_> {
             }
             v.to_string().into_bytes()
         };
-        let bytes: Vec<u8> = match self.rng.below(24) {
+        let bytes: Vec<u8> = match self.rng.below(28) {
             0 => b"not json at all".to_vec(),
             1 => b"[1,2,3]".to_vec(),
             2 => vec![b'{', 0xff, 0xfe, b'}'],
@@ -579,6 +579,17 @@ impl Gen<'_> {
                                "plan": "platinum"})),
             21 => usage(json!({"quantity": "999999999999999999"})),
             22 => usage(json!({"ts": "2019-06-01T00:00:00Z"})),
+            23 => usage(json!({"quantity": true})),
+            24 => usage(json!({"id": 7})),
+            25 => usage(json!({"meter": null})),
+            26 => {
+                // An unknown field nested past serde_json's 128 levels.
+                let mut deep = json!(1);
+                for _ in 0..200 {
+                    deep = json!([deep]);
+                }
+                usage(json!({ "nested": deep }))
+            }
             _ => json!({"type": "tick", "id": id, "ts": ts, "account": name})
                 .to_string()
                 .into_bytes(),

@@ -112,7 +112,7 @@ pub enum Message {
 
 /// What a dead letter can still read from a message: its account and its `ts`.
 pub fn readable_account_and_ts(payload: &[u8]) -> (Option<String>, Option<i64>) {
-    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(payload) else {
+    let Ok(Value::Object(map)) = value_at_any_depth(payload) else {
         return (None, None);
     };
     let account = map.get("account").and_then(account_value);
@@ -120,9 +120,21 @@ pub fn readable_account_and_ts(payload: &[u8]) -> (Option<String>, Option<i64>) 
     (account, ts)
 }
 
+/// A JSON text as a value, however deeply nested: depth is no syntax error (§2.1 check 2), so
+/// the model lifts serde_json's limit of 128 levels. Message payloads are small enough
+/// (`payload_max`) for the recursion.
+fn value_at_any_depth(payload: &[u8]) -> serde_json::Result<Value> {
+    use serde::Deserialize;
+    let mut deserializer = serde_json::Deserializer::from_slice(payload);
+    deserializer.disable_recursion_limit();
+    let value = Value::deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(value)
+}
+
 /// Steps 2–4 of §2.1 (step 1, the size, is checked by the caller).
 pub fn parse(payload: &[u8], catalog: &ModelCatalog) -> Result<Message, Refusal> {
-    let value: Value = serde_json::from_slice(payload).map_err(|_| Refusal {
+    let value: Value = value_at_any_depth(payload).map_err(|_| Refusal {
         reason: "malformed_json",
         detail: None,
     })?;
@@ -288,22 +300,32 @@ impl Reader<'_> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
+    /// A string field: absent or `null` is `missing_field`, another JSON type
+    /// `invalid_field` (SEMANTICS §2.1 check 4).
+    fn string(&self, key: &str) -> Result<&str, Refusal> {
+        match self.get(key) {
+            None => refuse("missing_field", key),
+            Some(Value::String(text)) => Ok(text),
+            Some(_) => refuse("invalid_field", key),
+        }
+    }
+
     fn id(&self) -> Result<String, Refusal> {
-        match self.get("id").and_then(id_value) {
+        match id_value(&Value::String(self.string("id")?.to_string())) {
             Some(id) => Ok(id),
             None => refuse("bad_id", "id"),
         }
     }
 
     fn account(&self) -> Result<String, Refusal> {
-        match self.get("account").and_then(account_value) {
+        match account_value(&Value::String(self.string("account")?.to_string())) {
             Some(account) => Ok(account),
             None => refuse("bad_account", "account"),
         }
     }
 
     fn ts(&self, key: &str) -> Result<i64, Refusal> {
-        match self.get(key).and_then(Value::as_str).and_then(parse_ts) {
+        match parse_ts(self.string(key)?) {
             Some(ts) => Ok(ts),
             None => refuse("bad_timestamp", key),
         }
@@ -318,17 +340,22 @@ impl Reader<'_> {
 
     /// `positive`: zero is refused too.
     fn quantity(&self, positive: bool) -> Result<Decimal, Refusal> {
-        match self.get("quantity").and_then(amount_value) {
+        let value = match self.get("quantity") {
+            None => return refuse("missing_field", "quantity"),
+            Some(value @ (Value::String(_) | Value::Number(_))) => value,
+            Some(_) => return refuse("invalid_field", "quantity"),
+        };
+        match amount_value(value) {
             Some(q) if q > Decimal::ZERO || (!positive && q.is_zero()) => Ok(q),
             _ => refuse("bad_quantity", "quantity"),
         }
     }
 
     fn meter(&self, key: &str) -> Result<String, Refusal> {
-        match self.get(key) {
-            Some(Value::String(name)) if self.catalog.meter(name).is_some() => Ok(name.clone()),
-            Some(Value::String(_)) => refuse("unknown_meter", key),
-            _ => refuse("invalid_field", key),
+        let name = self.string(key)?;
+        match self.catalog.meter(name) {
+            Some(_) => Ok(name.to_string()),
+            None => refuse("unknown_meter", key),
         }
     }
 
@@ -354,11 +381,14 @@ impl Reader<'_> {
                 Some(id) => Ok(id),
                 None => refuse("invalid_field", key),
             },
-            (None, None) => refuse("invalid_field", key),
+            (None, None) => refuse("missing_field", key),
         }
     }
 
     fn amount(&self, key: &str, rule: fn(Decimal) -> bool) -> Result<Decimal, Refusal> {
+        if self.get(key).is_none() {
+            return refuse("missing_field", key);
+        }
         match self.get(key).and_then(amount_value) {
             Some(a) if rule(a) => Ok(a),
             _ => refuse("invalid_field", key),
@@ -385,7 +415,8 @@ impl Reader<'_> {
     fn reason_text(&self, required: bool) -> Result<(), Refusal> {
         match self.get("reason") {
             None if !required => Ok(()),
-            Some(Value::String(text)) if !(required && text.is_empty()) => Ok(()),
+            None => refuse("missing_field", "reason"),
+            Some(Value::String(text)) if !(required && text.trim().is_empty()) => Ok(()),
             _ => refuse("invalid_field", "reason"),
         }
     }
@@ -403,11 +434,12 @@ impl Reader<'_> {
                     Body::SetPlan { plan: name.clone() }
                 }
                 Some(Value::String(_)) => return refuse("unknown_plan", "plan"),
+                None => return refuse("missing_field", "plan"),
                 _ => return refuse("invalid_field", "plan"),
             },
             "set_policy" => {
                 if !self.map.contains_key("policy") {
-                    return refuse("invalid_field", "policy");
+                    return refuse("missing_field", "policy");
                 }
                 match self.get("policy") {
                     None => Body::SetPolicy { policy: None },
@@ -434,6 +466,9 @@ impl Reader<'_> {
             "reserve" => {
                 let meter = self.meter("meter")?;
                 let quantity = self.quantity(true)?;
+                if self.get("ttl").is_none() {
+                    return refuse("missing_field", "ttl");
+                }
                 let ttl_ms = match self.get("ttl").and_then(Value::as_str).and_then(parse_span) {
                     Some(ms) if ms > 0 => ms,
                     _ => return refuse("invalid_field", "ttl"),
