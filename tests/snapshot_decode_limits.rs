@@ -52,6 +52,8 @@ fn a_corrupt_length_in_a_small_snapshot_allocates_no_gigabytes() {
         output_seq_floor: 0,
         clock: None,
         fingerprints: Vec::new(),
+        settings: Vec::new(),
+        order: Default::default(),
     };
     let file = snapshot::encode(&header, CRASHING_PAYLOAD).expect("a header encodes");
     LARGEST.store(0, Ordering::Relaxed);

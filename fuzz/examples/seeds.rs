@@ -122,6 +122,8 @@ fn main() {
             output_seq_floor: 0,
             clock: partition.clock(),
             fingerprints: Vec::new(),
+            settings: Vec::new(),
+            order: Default::default(),
         };
         let file = snapshot::encode(&header, &payload).expect("a file encodes");
         snapshot::decode_file(Path::new("seed"), &file).expect("the seed decodes");

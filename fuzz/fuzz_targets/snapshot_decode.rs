@@ -27,6 +27,8 @@ fuzz_target!(|data: &[u8]| {
         output_seq_floor: 0,
         clock: None,
         fingerprints: Vec::new(),
+        settings: Vec::new(),
+        order: Default::default(),
     };
     let file = snapshot::encode(&header, rest).expect("a header encodes");
     let _ = snapshot::decode_file(path, &file);
