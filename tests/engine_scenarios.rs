@@ -945,3 +945,31 @@ fn reversing_a_closed_periods_event_credits_only_the_overage_that_was_invoiced()
         "{lines:?}"
     );
 }
+
+#[test]
+fn alerts_judge_the_state_an_input_leaves_not_the_steps_inside_it() {
+    // SEMANTICS §10.5. Plan `auto`: top up 20 when the balance falls under 5 (cooldown 1h).
+    let mut run = Run::new();
+    run.apply(&[
+        r#"{"type":"set_plan","id":"p","account":"acct","ts":"2026-11-24T10:00:00Z","plan":"auto"}"#,
+        &grant("g", "acct", "2026-11-24T10:00:00Z", "5", ""),
+    ]);
+    // 5 of 5 spent: the balance touches 0 and the top-up after the charge lifts it to 20, in
+    // the same input: nothing to alert (it raised balance.depleted, then balance.recovered).
+    let out = run.apply(&[&usage("u1", "acct", "2026-11-24T10:05:00Z", "call", "5")]);
+    assert_eq!(types(&out), ["topup.granted"], "{out:?}");
+    assert_eq!(run.balance("acct"), "20");
+    // 20 spent inside the cooldown: no top-up, depleted at 0.
+    let out = run.apply(&[&usage("u2", "acct", "2026-11-24T10:10:00Z", "call", "20")]);
+    assert_eq!(types(&out), ["balance.depleted"], "{out:?}");
+    // After the cooldown, 4 more: topped up to 20 before paying, then charged 4. The recovery
+    // states the balance the input left (16), not the 20 between the top-up and the charge.
+    let out = run.apply(&[&usage("u3", "acct", "2026-11-24T11:15:00Z", "call", "4")]);
+    let alerts: Vec<String> = types(&out)
+        .into_iter()
+        .filter(|t| t != "invoice.line") // the 11:00 flush
+        .collect();
+    assert_eq!(alerts, ["topup.granted", "balance.recovered"], "{out:?}");
+    assert_eq!(find(&out, "balance.recovered")[0]["balance"], "16");
+    assert_eq!(run.balance("acct"), "16");
+}

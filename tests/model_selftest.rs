@@ -1273,35 +1273,34 @@ fn invoice_lines_flush_by_version_and_finalize_at_period_close() {
     assert!(run.send(tick("t3", &ts("12:59:59"))).is_empty());
     let out = run.send(tick("t4", &ts("13:00:00")));
     assert_eq!(parsed(&out)[0]["version"], 3);
-    // 92 remaining at the expiry: 30 roll over, 62 expire, the balance (30) drops below 50
-    // until the new allowance lifts it after the close. Every line is final; no
-    // revenue.period (every figure is 0 at cost basis 0).
+    // 92 remaining at the expiry: 30 roll over, 62 expire, and the close grants the new
+    // allowance at the same instant: alerts are evaluated once after both (§10.5), on 130, so
+    // the momentary 30 (below 50) raises nothing (it raised balance.low and
+    // balance.recovered with the same timestamp). Every line is final; no revenue.period
+    // (every figure is 0 at cost basis 0).
     let out = run.send(tick("t5", "2026-11-25T00:00:00Z"));
     assert_eq!(
         kinds(&out),
         [
             "grant.expiring",
             "grant.expired",
-            "balance.low",
             "invoice.line",
             "invoice.line",
             "invoice.line",
-            "balance.recovered"
         ]
     );
     let o = parsed(&out);
     assert_eq!(o[1]["credits"], "62");
-    assert_eq!(o[2]["balance"], "30");
-    assert_eq!(o[3]["version"], 4);
-    assert_eq!(o[3]["final"], true);
-    assert_eq!(o[3]["quantity"], "8");
+    assert_eq!(o[2]["version"], 4);
+    assert_eq!(o[2]["final"], true);
+    assert_eq!(o[2]["quantity"], "8");
     assert_eq!(
-        out[4],
+        out[3],
         r#"{"type":"invoice.line","id":"line:f:1:allowance:-:credit:v2","account":"f","seq":8,"ts":"2026-11-25T00:00:00.000Z","line_id":"line:f:1:allowance:-:credit","version":2,"final":true,"period_start":"2026-11-24T00:00:00.000Z","period_end":"2026-11-25T00:00:00.000Z","kind":"allowance","meter":"-","credit_type":"credit","quantity":null,"credits":"100","money":"0","currency":"USD"}"#
     );
-    assert_eq!(o[5]["kind"], "plan_fee");
-    assert_eq!(o[5]["money"], "10");
-    assert_eq!(o[6]["balance"], "130");
+    assert_eq!(o[4]["kind"], "plan_fee");
+    assert_eq!(o[4]["money"], "10");
+    assert_eq!(run.balance("f")["balance"], "130");
 }
 
 #[test]

@@ -922,7 +922,12 @@ fn advance(cx: &mut Cx, a: &mut Account, target: i64) {
         let at = due.max(a.clock);
         a.clock = at;
         run_transition(cx, a, at, transition);
-        evaluate_alerts(cx, a, at);
+        // §10.5: once after every transition due at this instant.
+        let more_now =
+            next_transition(cx.cat, a, target).is_some_and(|(next, _)| next.max(a.clock) == at);
+        if !more_now {
+            evaluate_alerts(cx, a, at);
+        }
     }
     a.clock = a.clock.max(target);
 }
@@ -1390,12 +1395,8 @@ fn charge(
     let mut s = available(a, &credit_type, req.meter, req.ts, &claims);
     if let Some(rule) = &rule {
         if req.cost > s && topup_allowed(a, rule, req.ts) {
-            let before = *nth_topup;
+            // §10.5: no alerts here; the input's are evaluated once, after it.
             topup(cx, a, rule, req.cause_id, req.ts, nth_topup);
-            if *nth_topup != before {
-                // §10.5: alerts are evaluated after a top-up before paying.
-                evaluate_alerts(cx, a, req.ts);
-            }
             s = available(a, &credit_type, req.meter, req.ts, &claims);
         }
     }
@@ -1506,11 +1507,7 @@ fn topup_after(
 ) {
     let Some(rule) = rule else { return };
     if a.balance(&rule.credit_type) < rule.threshold && topup_allowed(a, &rule, ts) {
-        let before = *nth;
         topup(cx, a, &rule, cause_id, ts, nth);
-        if *nth != before {
-            evaluate_alerts(cx, a, ts);
-        }
     }
 }
 
@@ -1928,8 +1925,8 @@ fn apply_account_message(
                     ],
                 );
             }
-            evaluate_alerts(cx, a, ts);
             topup_after(cx, a, rule, id, ts, &mut nth_topup);
+            evaluate_alerts(cx, a, ts);
         }
         Body::Commit { hold_id, quantity } => {
             let zeros = || {
@@ -1965,8 +1962,8 @@ fn apply_account_message(
                 let ChargeOutcome::Charged { charged, unpaid } = outcome else {
                     unreachable!("a commit is never refused")
                 };
-                evaluate_alerts(cx, a, ts);
                 topup_after(cx, a, rule, id, ts, &mut nth_topup);
+                evaluate_alerts(cx, a, ts);
                 // §9: the result is the command's last output, after its top-ups and alerts.
                 command_result(
                     cx,

@@ -105,8 +105,9 @@ impl Account {
         // they are drawn first, even from a grant not eligible at the commit's ts (SEMANTICS §8).
         let spendable = |account: &Account| account.drawable(credit_type, meter, ts, claims);
         if let Some(rule) = &rule {
-            if cost > spendable(self) && self.topup(ctx, rule, cause, ts, &mut topups) {
-                self.evaluate_alerts(ctx, ts);
+            // Alerts wait for the end of the input (§10.5): a dip this top-up repairs is none.
+            if cost > spendable(self) {
+                self.topup(ctx, rule, cause, ts, &mut topups);
             }
         }
         let shortfall = match &policy {
@@ -225,8 +226,8 @@ impl Account {
         (Payment::Paid { charge, unpaid }, PostPay { rule, topups })
     }
 
-    /// After the charge (or its rejection, already emitted by the caller): alerts, then the
-    /// post-payment top-up and its alerts.
+    /// After the charge (or its rejection, already emitted by the caller): the post-payment
+    /// top-up. The input's alerts are evaluated once, by the caller, after it (§10.5).
     pub(super) fn after_payment(
         &mut self,
         ctx: &mut Context<'_>,
@@ -234,12 +235,9 @@ impl Account {
         cause: &str,
         ts: Instant,
     ) {
-        self.evaluate_alerts(ctx, ts);
         if let Some(rule) = &post.rule {
-            if self.balance(rule.credit_type) < rule.threshold
-                && self.topup(ctx, rule, cause, ts, &mut post.topups)
-            {
-                self.evaluate_alerts(ctx, ts);
+            if self.balance(rule.credit_type) < rule.threshold {
+                self.topup(ctx, rule, cause, ts, &mut post.topups);
             }
         }
     }
@@ -275,6 +273,7 @@ impl Account {
             Payment::Paid { charge, .. } => Remembered::Charged(charge),
         };
         self.after_payment(ctx, post, event_id, ts);
+        self.evaluate_alerts(ctx, ts);
         remembered
     }
 }

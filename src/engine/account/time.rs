@@ -67,7 +67,15 @@ impl Account {
                 Due::Flush => self.flush(ctx, at),
                 Due::Expiring(index) => self.warn_expiring(ctx, index, at),
             }
-            self.evaluate_alerts(ctx, at);
+            // Alerts once after every transition due at this instant, on the state they leave
+            // (§10.5): an allowance expiring at the period's end and the next one granted at the
+            // same instant are one step, not a depletion and a recovery.
+            let more_now = self
+                .next_due(ctx.catalog)
+                .is_some_and(|(next, _)| next <= target && next.max(self.clock) == at);
+            if !more_now {
+                self.evaluate_alerts(ctx, at);
+            }
         }
         // Moving the clock changes no transition's time.
         if target > self.clock {
