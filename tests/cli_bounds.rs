@@ -55,3 +55,32 @@ fn server_urls_the_client_cannot_parse_are_refused_at_load_each_with_its_key() {
     );
     assert!(text.contains("engine.partitions: must be between 1 and 4096"), "{text}");
 }
+
+#[test]
+fn zero_partitions_are_refused_by_every_command_that_takes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = manifest("config/sample-events.jsonl");
+    let catalog = manifest("config/catalog.toml");
+    let commands: [Vec<&str>; 4] = [
+        vec!["replay", "--catalog", &catalog, "--events", &events, "--partitions", "0"],
+        vec![
+            "simulate", "--catalog", &catalog, "--candidate", &catalog, "--events", &events,
+            "--partitions", "0",
+        ],
+        // Refused before connecting: the closed port is never tried.
+        vec![
+            "publish", "--partitions", "0", "--usage", "acct_1", "api_call", "1", "--server",
+            "nats://127.0.0.1:1",
+        ],
+        vec!["demo", "--catalog", &catalog, "--partitions", "0", "--messages", "10"],
+    ];
+    for args in &commands {
+        let out = creditflow(args, dir.path());
+        let text = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {text}");
+        assert!(
+            text.contains("invalid value '0' for '--partitions <PARTITIONS>': 0 is not in 1..=4096"),
+            "{args:?}: {text}"
+        );
+    }
+}

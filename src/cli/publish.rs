@@ -23,8 +23,8 @@ pub struct PublishArgs {
     /// One usage event now: ACCOUNT METER QUANTITY (its id is fresh, printed).
     #[arg(long, num_args = 3, value_names = ["ACCOUNT", "METER", "QUANTITY"], conflicts_with = "file")]
     pub usage: Option<Vec<String>>,
-    /// The deployment's partition count (`engine.partitions`).
-    #[arg(long, default_value_t = 16)]
+    /// The deployment's partition count (`engine.partitions`), 1..=4096.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::PARTITIONS_MAX)))]
     pub partitions: u32,
     /// The input subject prefix (`input.subject_prefix`).
     #[arg(long, default_value = "creditflow.in")]
