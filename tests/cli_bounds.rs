@@ -84,3 +84,34 @@ fn zero_partitions_are_refused_by_every_command_that_takes_them() {
         );
     }
 }
+
+#[test]
+fn payload_max_is_bounded_at_one_mebibyte() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = manifest("config/sample-events.jsonl");
+    let shipped = std::fs::read_to_string(manifest("config/catalog.toml")).unwrap();
+    assert!(shipped.contains("payload_max = 16384"));
+    for (value, accepted) in [(1_048_576, true), (1_048_577, false), (10_000_000_000i64, false)] {
+        let catalog = dir.path().join(format!("catalog-{value}.toml"));
+        std::fs::write(
+            &catalog,
+            shipped.replace("payload_max = 16384", &format!("payload_max = {value}")),
+        )
+        .unwrap();
+        let out = creditflow(
+            &[
+                "replay", "--catalog", catalog.to_str().unwrap(), "--events", &events, "--print",
+                "state",
+            ],
+            dir.path(),
+        );
+        let text = stderr(&out);
+        assert_eq!(out.status.success(), accepted, "{value}: {text}");
+        if !accepted {
+            assert!(
+                text.contains("rules.payload_max: must be between 1 and 1048576"),
+                "{value}: {text}"
+            );
+        }
+    }
+}

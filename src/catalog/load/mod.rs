@@ -45,6 +45,11 @@ use crate::time::{Instant, PeriodRule, Span, Zone};
 pub const NAME_BYTES_MAX: usize = 64;
 /// Most decimal places any amount, rate or multiplier may have: `Fixed<9>` holds no more.
 pub const DECIMAL_PLACES_MAX: u8 = 9;
+/// Largest `rules.payload_max`: 1 MiB, the NATS server's default `max_payload`. A default
+/// server refuses larger messages before they reach the stream, and a usage event or command is
+/// well under a kilobyte; the bound keeps a typo (an extra digit or three) from letting any
+/// message through.
+pub const PAYLOAD_BYTES_MAX: i64 = 1 << 20;
 /// Largest credit type or currency scale (decimal places kept after rounding).
 pub const SCALE_MAX: u8 = 9;
 /// Largest `anchor_day` of a monthly plan: every month has a 28th.
