@@ -85,6 +85,68 @@ fn zero_partitions_are_refused_by_every_command_that_takes_them() {
     }
 }
 
+/// Runs creditflow and kills it if it has not ended within `limit` (then `None`).
+fn creditflow_within(args: &[&str], dir: &Path, limit: std::time::Duration) -> Option<Output> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_creditflow"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run creditflow");
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Some(child.wait_with_output().expect("output"))
+}
+
+#[test]
+fn a_catalog_or_config_past_its_size_limit_is_refused_after_reading_that_much() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = manifest("config/sample-events.jsonl");
+    // A regular file one byte past 16 MiB (a TOML comment, so only its size is wrong).
+    let big = dir.path().join("big.toml");
+    let mut text = std::fs::read_to_string(manifest("config/catalog.toml")).unwrap();
+    text.push('#');
+    text.push_str(&"x".repeat((16 << 20) + 1 - text.len()));
+    std::fs::write(&big, text).unwrap();
+    let limit = std::time::Duration::from_secs(60);
+    for catalog in [big.to_str().unwrap(), "/dev/zero"] {
+        let out = creditflow_within(
+            &["replay", "--catalog", catalog, "--events", &events],
+            dir.path(),
+            limit,
+        )
+        .unwrap_or_else(|| panic!("replay --catalog {catalog} did not end within {limit:?}"));
+        let text = stderr(&out);
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            text.contains(&format!(
+                "catalog {catalog} is larger than 16777216 bytes (16 MiB)"
+            )),
+            "{text}"
+        );
+    }
+    let out = creditflow_within(
+        &["run", "--print-config", "--config", "/dev/zero"],
+        dir.path(),
+        limit,
+    )
+    .expect("run --config /dev/zero did not end in time");
+    let text = stderr(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("config /dev/zero is larger than 1048576 bytes (1 MiB)"),
+        "{text}"
+    );
+}
+
 #[test]
 fn payload_max_is_bounded_at_one_mebibyte() {
     let dir = tempfile::tempdir().unwrap();
