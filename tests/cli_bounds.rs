@@ -177,3 +177,89 @@ fn payload_max_is_bounded_at_one_mebibyte() {
         }
     }
 }
+
+/// `text` with a UTF-8 byte order mark before it, written to `dir/name`.
+fn with_bom(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    let mut bytes = b"\xEF\xBB\xBF".to_vec();
+    bytes.extend_from_slice(text.as_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn a_byte_order_mark_at_the_start_of_a_log_is_skipped_by_replay_and_simulate() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = manifest("config/catalog.toml");
+    let plain = manifest("config/sample-events.jsonl");
+    let marked = with_bom(dir.path(), "bom.jsonl", &std::fs::read_to_string(&plain).unwrap());
+    let replay = |events: &str, envelope: bool| {
+        let mut args = vec!["replay", "--catalog", &catalog, "--events", events, "--json"];
+        if envelope {
+            args.push("--envelope");
+        }
+        let out = creditflow(&args, dir.path());
+        assert!(out.status.success(), "{events}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let expected = replay(&plain, false);
+    assert!(!expected.contains("invalid_json"), "the sample log has no malformed first line");
+    assert_eq!(replay(&marked, false), expected);
+    // An envelope log (as `export` writes) with a mark: its first line is still an envelope.
+    let first = std::fs::read_to_string(&plain).unwrap().lines().next().unwrap().to_string();
+    let envelope = serde_json::json!({"seq": 1, "subject": "creditflow.in", "payload": first});
+    let envelope_plain = dir.path().join("envelope.jsonl");
+    std::fs::write(&envelope_plain, format!("{envelope}\n")).unwrap();
+    let envelope_marked = with_bom(dir.path(), "envelope-bom.jsonl", &format!("{envelope}\n"));
+    assert_eq!(
+        replay(&envelope_marked, true),
+        replay(envelope_plain.to_str().unwrap(), true)
+    );
+    let simulate = |events: &str| {
+        let out = creditflow(
+            &["simulate", "--catalog", &catalog, "--candidate", &catalog, "--events", events, "--json"],
+            dir.path(),
+        );
+        assert!(out.status.success(), "{events}: {}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(simulate(&marked), simulate(&plain));
+}
+
+#[test]
+fn a_byte_order_mark_at_the_start_of_a_file_is_skipped_by_publish() {
+    let server = creditflow::testkit::NatsServer::start();
+    let url = server.url();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let context = runtime.block_on(async {
+        let context = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+        context
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: "CREDITFLOW_IN".into(),
+                subjects: vec!["creditflow.in.*.*".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        context
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let first = r#"{"id":"e1","account":"acct_1","meter":"api_call","quantity":"1","ts":"2026-11-24T10:00:00Z"}"#;
+    let second = r#"{"id":"e2","account":"acct_1","meter":"api_call","quantity":"2","ts":"2026-11-24T10:00:01Z"}"#;
+    let file = with_bom(dir.path(), "usage.jsonl", &format!("{first}\n{second}\n"));
+    let out = creditflow(&["publish", &file, "--server", &url], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stored = runtime.block_on(async {
+        let stream = context.get_stream("CREDITFLOW_IN").await.unwrap();
+        let mut payloads = Vec::new();
+        for seq in 1..=2 {
+            let message = stream.get_raw_message(seq).await.unwrap();
+            payloads.push(String::from_utf8(message.payload.to_vec()).unwrap());
+        }
+        payloads
+    });
+    assert_eq!(stored, [first, second]);
+}

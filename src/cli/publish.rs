@@ -51,7 +51,7 @@ fn route(line: &str, partitions: u32, prefix: &str) -> anyhow::Result<(String, S
 }
 
 pub fn run(args: PublishArgs) -> anyhow::Result<()> {
-    let lines: Vec<String> = match (&args.usage, &args.file) {
+    let mut lines: Vec<String> = match (&args.usage, &args.file) {
         (Some(usage), _) => {
             let now = crate::pipeline::ticks::wall_clock();
             let nanos = std::time::SystemTime::now()
@@ -78,6 +78,12 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
             .collect(),
         (None, None) => bail!("give a file of JSON lines, - for standard input, or --usage"),
     };
+    // A UTF-8 byte order mark at the start of the file is not part of its first line.
+    if let Some(first) = lines.first_mut() {
+        if let Some(rest) = first.strip_prefix('\u{feff}') {
+            *first = rest.to_string();
+        }
+    }
     let lines: Vec<&str> = lines
         .iter()
         .map(|l| l.trim())
