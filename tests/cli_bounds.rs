@@ -40,7 +40,12 @@ fn server_urls_the_client_cannot_parse_are_refused_at_load_each_with_its_key() {
     )
     .unwrap();
     let out = creditflow(
-        &["run", "--print-config", "--config", config.to_str().unwrap()],
+        &[
+            "run",
+            "--print-config",
+            "--config",
+            config.to_str().unwrap(),
+        ],
         dir.path(),
     );
     let text = stderr(&out);
@@ -53,7 +58,10 @@ fn server_urls_the_client_cannot_parse_are_refused_at_load_each_with_its_key() {
         text.contains("nats.urls: \"host:99999\" is not a valid server URL"),
         "{text}"
     );
-    assert!(text.contains("engine.partitions: must be between 1 and 4096"), "{text}");
+    assert!(
+        text.contains("engine.partitions: must be between 1 and 4096"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -62,24 +70,56 @@ fn zero_partitions_are_refused_by_every_command_that_takes_them() {
     let events = manifest("config/sample-events.jsonl");
     let catalog = manifest("config/catalog.toml");
     let commands: [Vec<&str>; 4] = [
-        vec!["replay", "--catalog", &catalog, "--events", &events, "--partitions", "0"],
         vec![
-            "simulate", "--catalog", &catalog, "--candidate", &catalog, "--events", &events,
-            "--partitions", "0",
+            "replay",
+            "--catalog",
+            &catalog,
+            "--events",
+            &events,
+            "--partitions",
+            "0",
+        ],
+        vec![
+            "simulate",
+            "--catalog",
+            &catalog,
+            "--candidate",
+            &catalog,
+            "--events",
+            &events,
+            "--partitions",
+            "0",
         ],
         // Refused before connecting: the closed port is never tried.
         vec![
-            "publish", "--partitions", "0", "--usage", "acct_1", "api_call", "1", "--server",
+            "publish",
+            "--partitions",
+            "0",
+            "--usage",
+            "acct_1",
+            "api_call",
+            "1",
+            "--server",
             "nats://127.0.0.1:1",
         ],
-        vec!["demo", "--catalog", &catalog, "--partitions", "0", "--messages", "10"],
+        vec![
+            "demo",
+            "--catalog",
+            &catalog,
+            "--partitions",
+            "0",
+            "--messages",
+            "10",
+        ],
     ];
     for args in &commands {
         let out = creditflow(args, dir.path());
         let text = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {text}");
         assert!(
-            text.contains("invalid value '0' for '--partitions <PARTITIONS>': 0 is not in 1..=4096"),
+            text.contains(
+                "invalid value '0' for '--partitions <PARTITIONS>': 0 is not in 1..=4096"
+            ),
             "{args:?}: {text}"
         );
     }
@@ -153,7 +193,11 @@ fn payload_max_is_bounded_at_one_mebibyte() {
     let events = manifest("config/sample-events.jsonl");
     let shipped = std::fs::read_to_string(manifest("config/catalog.toml")).unwrap();
     assert!(shipped.contains("payload_max = 16384"));
-    for (value, accepted) in [(1_048_576, true), (1_048_577, false), (10_000_000_000i64, false)] {
+    for (value, accepted) in [
+        (1_048_576, true),
+        (1_048_577, false),
+        (10_000_000_000i64, false),
+    ] {
         let catalog = dir.path().join(format!("catalog-{value}.toml"));
         std::fs::write(
             &catalog,
@@ -162,7 +206,12 @@ fn payload_max_is_bounded_at_one_mebibyte() {
         .unwrap();
         let out = creditflow(
             &[
-                "replay", "--catalog", catalog.to_str().unwrap(), "--events", &events, "--print",
+                "replay",
+                "--catalog",
+                catalog.to_str().unwrap(),
+                "--events",
+                &events,
+                "--print",
                 "state",
             ],
             dir.path(),
@@ -192,9 +241,20 @@ fn a_byte_order_mark_at_the_start_of_a_log_is_skipped_by_replay_and_simulate() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = manifest("config/catalog.toml");
     let plain = manifest("config/sample-events.jsonl");
-    let marked = with_bom(dir.path(), "bom.jsonl", &std::fs::read_to_string(&plain).unwrap());
+    let marked = with_bom(
+        dir.path(),
+        "bom.jsonl",
+        &std::fs::read_to_string(&plain).unwrap(),
+    );
     let replay = |events: &str, envelope: bool| {
-        let mut args = vec!["replay", "--catalog", &catalog, "--events", events, "--json"];
+        let mut args = vec![
+            "replay",
+            "--catalog",
+            &catalog,
+            "--events",
+            events,
+            "--json",
+        ];
         if envelope {
             args.push("--envelope");
         }
@@ -203,10 +263,18 @@ fn a_byte_order_mark_at_the_start_of_a_log_is_skipped_by_replay_and_simulate() {
         String::from_utf8(out.stdout).unwrap()
     };
     let expected = replay(&plain, false);
-    assert!(!expected.contains("invalid_json"), "the sample log has no malformed first line");
+    assert!(
+        !expected.contains("invalid_json"),
+        "the sample log has no malformed first line"
+    );
     assert_eq!(replay(&marked, false), expected);
     // An envelope log (as `export` writes) with a mark: its first line is still an envelope.
-    let first = std::fs::read_to_string(&plain).unwrap().lines().next().unwrap().to_string();
+    let first = std::fs::read_to_string(&plain)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
     let envelope = serde_json::json!({"seq": 1, "subject": "creditflow.in", "payload": first});
     let envelope_plain = dir.path().join("envelope.jsonl");
     std::fs::write(&envelope_plain, format!("{envelope}\n")).unwrap();
@@ -217,7 +285,16 @@ fn a_byte_order_mark_at_the_start_of_a_log_is_skipped_by_replay_and_simulate() {
     );
     let simulate = |events: &str| {
         let out = creditflow(
-            &["simulate", "--catalog", &catalog, "--candidate", &catalog, "--events", events, "--json"],
+            &[
+                "simulate",
+                "--catalog",
+                &catalog,
+                "--candidate",
+                &catalog,
+                "--events",
+                events,
+                "--json",
+            ],
             dir.path(),
         );
         assert!(out.status.success(), "{events}: {}", stderr(&out));
