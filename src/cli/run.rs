@@ -115,14 +115,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let _inside = runtime.enter();
         shutdown_signal()
     };
-    let summary = runtime.block_on(crate::processor::run(
+    let summary = match runtime.block_on(crate::processor::run(
         config,
         Arc::new(catalog),
         crate::processor::RunOptions {
             rebuild: args.rebuild,
         },
         shutdown,
-    ))?;
+    )) {
+        Ok(summary) => summary,
+        Err(error) => {
+            // Threads may still be running (a lost lease stops the processor without draining
+            // it): exit without waiting for them.
+            runtime.shutdown_background();
+            return Err(error.into());
+        }
+    };
     tracing::info!(?summary, "stopped");
     runtime.shutdown_timeout(Duration::from_secs(2));
     Ok(())

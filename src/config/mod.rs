@@ -63,6 +63,7 @@ pub struct Config {
     pub output: OutputConfig,
     pub engine: EngineConfig,
     pub snapshot: SnapshotConfig,
+    pub lease: LeaseConfig,
     pub service: ServiceConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
@@ -278,6 +279,20 @@ pub struct SnapshotConfig {
     /// Snapshots kept per partition; >= [`SNAPSHOTS_KEPT_MIN`].
     pub keep: usize,
 }
+
+/// `[lease]`: one processor at a time on the streams (`crate::lease`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaseConfig {
+    /// The JetStream key-value bucket, `[A-Za-z0-9_-]+`; the key is the input stream's name.
+    pub bucket: String,
+    /// The bucket's `max_age`: how long a holder that stopped renewing keeps the lease;
+    /// >= [`LEASE_TTL_MIN`]. Renewed every third of it.
+    pub ttl: Duration,
+}
+
+/// Shortest `lease.ttl`: a renewal every third of it must fit a round trip to the broker with
+/// room to spare.
+pub const LEASE_TTL_MIN: Duration = Duration::from_secs(1);
 
 /// `[service]`: the NATS micro service.
 #[derive(Clone, Debug, PartialEq)]

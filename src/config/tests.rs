@@ -50,6 +50,8 @@ fn defaults_load_with_the_documented_values() {
     assert_eq!(config.engine.shards, 0);
     assert_eq!(config.engine.tick_interval, Some(Duration::from_secs(1)));
     assert_eq!(config.snapshot.keep, 3);
+    assert_eq!(config.lease.bucket, "creditflow_leases");
+    assert_eq!(config.lease.ttl, Duration::from_secs(15));
     assert_eq!(
         config.metrics.listen,
         Some("127.0.0.1:9464".parse().expect("address"))
@@ -269,6 +271,14 @@ fn cross_field_rules() {
             "service.queue_group: \"a b\" is not a queue group name",
         ),
         (
+            "[lease]\nttl = \"500ms\"\n",
+            "lease.ttl: 500ms is shorter than 1s",
+        ),
+        (
+            "[lease]\nbucket = \"a.b\"\n",
+            "lease.bucket: \"a.b\" is not a valid name",
+        ),
+        (
             "[service]\nwait_max = \"0\"\n",
             "service.wait_max: must be > 0",
         ),
@@ -439,7 +449,10 @@ fn server_urls_are_parsed_at_load_with_every_error_listed() {
         vec!["nats.urls", "nats.urls", "nats.urls", "engine.partitions"],
         "{listing}"
     );
-    for (error, url) in errors.iter().zip(["nats://host:notaport", "nats://[::1", "host:99999"]) {
+    for (error, url) in errors
+        .iter()
+        .zip(["nats://host:notaport", "nats://[::1", "host:99999"])
+    {
         assert!(
             error
                 .message

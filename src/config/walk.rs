@@ -554,6 +554,7 @@ impl Loader {
             output: self.output(),
             engine: self.engine(),
             snapshot: self.snapshot(),
+            lease: self.lease(),
             service: self.service(),
             metrics: self.metrics(),
             log: self.log(),
@@ -776,6 +777,23 @@ impl Loader {
             interval: self.duration(s, "interval", false),
             keep: self.count(s, "keep", SNAPSHOTS_KEPT_MIN, usize::MAX),
         }
+    }
+
+    fn lease(&mut self) -> LeaseConfig {
+        let bucket = self.stream_name("lease", "bucket");
+        let ttl = self.duration("lease", "ttl", false);
+        if ttl < LEASE_TTL_MIN && self.ok(&["lease.ttl"]) {
+            self.error(
+                "lease.ttl",
+                format!(
+                    "{} is shorter than {}: renewals every third of it would race the broker's \
+                     round trip",
+                    format_duration(ttl),
+                    format_duration(LEASE_TTL_MIN)
+                ),
+            );
+        }
+        LeaseConfig { bucket, ttl }
     }
 
     fn service(&mut self) -> ServiceConfig {
