@@ -41,7 +41,8 @@ enum Command {
         /// Stop after this many seconds (default 10 when --messages is not given).
         #[arg(long)]
         seconds: Option<f64>,
-        #[arg(long, default_value_t = 16)]
+        /// Partitions, 1..=4096.
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=i64::from(creditflow::config::PARTITIONS_MAX)))]
         partitions: u32,
         /// Shard threads (default: one per available core).
         #[arg(long)]

@@ -25,6 +25,7 @@ use async_nats::jetstream;
 use crate::catalog::Catalog;
 use crate::config::{Config, Discard, NatsAuth, Storage};
 use crate::engine::Partition;
+use crate::lease::{Fence, Holder, Lease, LeaseSettings};
 use crate::metrics::{Health, Metrics};
 use crate::pipeline::dispatch::{shard_queues, Dispatcher};
 use crate::pipeline::emit::{EmitObserver, Emitter, JetStreamPublisher, PublishFailure, Publisher};
@@ -72,6 +73,8 @@ pub enum ProcessorError {
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error(transparent)]
     Ingest(#[from] crate::pipeline::ingest::IngestError),
+    #[error(transparent)]
+    Lease(#[from] crate::lease::LeaseError),
     #[error("{0}")]
     Other(String),
 }
@@ -239,17 +242,25 @@ pub async fn connect_plain(
     connect_to(config, options).await
 }
 
-/// Skips outputs the output stream already holds (found by recovery's scan).
+/// Skips outputs the output stream already holds (found by recovery's scan), and publishes
+/// nothing once the lease may be lost (the emitter retries the refused output until the process
+/// exits).
 struct SkipEmitted {
     inner: JetStreamPublisher,
     already: HashSet<String>,
     skipped: Arc<AtomicU64>,
+    fence: Fence,
 }
 
 impl Publisher for SkipEmitted {
     type Ack = std::pin::Pin<Box<dyn Future<Output = Result<u64, PublishFailure>> + Send>>;
 
     async fn publish(&self, output: &Outbound) -> Result<Self::Ack, PublishFailure> {
+        if !self.fence.holds() {
+            return Err(PublishFailure(
+                "the lease on the streams may be lost: not publishing".into(),
+            ));
+        }
         if self.already.contains(&output.id) {
             self.skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(Box::pin(std::future::ready(Ok(0))));
@@ -374,6 +385,13 @@ pub async fn run(
         connection_epoch.clone(),
     )
     .await?;
+    // Before anything touches the streams or the snapshots: one processor at a time.
+    let lease = take_lease(&config, &client).await?;
+    let fence = lease.fence();
+    let (release_lease, release) = tokio::sync::oneshot::channel::<()>();
+    let mut lease_task = tokio::spawn(lease.keep(async move {
+        let _ = release.await;
+    }));
     let context = jetstream::ContextBuilder::new()
         .timeout(config.nats.request_timeout)
         .max_ack_inflight(config.output.publish_window.max(1) + partitions as usize)
@@ -396,9 +414,11 @@ pub async fn run(
         &metrics,
         connection_epoch,
         &stop,
+        fence.clone(),
     )?;
     if let Some(interval) = config.engine.tick_interval {
         let metrics = metrics.clone();
+        let fence = fence.clone();
         tokio::spawn(crate::pipeline::ticks::run(
             context.clone(),
             config.input.subject_prefix.clone(),
@@ -406,6 +426,7 @@ pub async fn run(
             interval,
             stop.clone(),
             move || metrics.ticks_published(),
+            move || fence.holds(),
         ));
     }
     start_monitor(&config, &context, &metrics, &health, &threads, &stop);
@@ -425,13 +446,14 @@ pub async fn run(
     tokio::select! {
         _ = shutdown => tracing::info!("stopping: draining shards, publishing pending outputs, snapshotting"),
         _ = reader_done => tracing::error!("the reader stopped; stopping the processor"),
+        ended = &mut lease_task => return Err(lease_ended(ended)),
     }
     health.set_ready(false, "stopping");
     if let Some(service) = service {
         service.stop().await;
     }
     let _ = stop_sender.send(true);
-    let joined = tokio::time::timeout(
+    let drained = tokio::time::timeout(
         SHUTDOWN_DRAIN_MAX,
         tokio::task::spawn_blocking(move || {
             let reader = reader.join();
@@ -443,16 +465,26 @@ pub async fn run(
             let encoded = encoder.join();
             (reader, partitions, emitter.join(), writer.join(), encoded)
         }),
-    )
-    .await
-    .map_err(|_| {
-        ProcessorError::Other(format!(
+    );
+    // The lease is kept while the last outputs are published, and given back once nothing
+    // more will be.
+    let joined = tokio::select! {
+        drained = drained => drained,
+        ended = &mut lease_task => return Err(lease_ended(ended)),
+    };
+    let _ = release_lease.send(());
+    if let Ok(Err(error)) = lease_task.await {
+        return Err(error.into());
+    }
+    let joined = joined
+        .map_err(|_| {
+            ProcessorError::Other(format!(
             "outputs could not be published within {SHUTDOWN_DRAIN_MAX:?} of the stop request; \
              exiting without committing the final snapshots (the next start replays from the last \
              committed ones and emits nothing twice)"
         ))
-    })?
-    .map_err(|e| ProcessorError::Other(e.to_string()))?;
+        })?
+        .map_err(|e| ProcessorError::Other(e.to_string()))?;
     let (reader_result, shard_results, emitter_result, writer_result, encoder_result) = joined;
     encoder_result.map_err(|_| ProcessorError::Other("the snapshot encoder panicked".into()))?;
     let reader_result =
@@ -479,6 +511,28 @@ pub async fn run(
         snapshots_written: written.len(),
         last_applied_seq,
     })
+}
+
+/// Step: the lease on the input stream (`[lease]`), or a refusal naming its holder.
+async fn take_lease(config: &Config, client: &async_nats::Client) -> Result<Lease, ProcessorError> {
+    let settings = LeaseSettings {
+        bucket: config.lease.bucket.clone(),
+        key: config.input.stream.clone(),
+        ttl: config.lease.ttl,
+        replicas: config.input.replicas,
+    };
+    Ok(Lease::acquire(client.clone(), settings, Holder::this_process()).await?)
+}
+
+/// The processor's error when the lease task ended before the processor did.
+fn lease_ended(
+    ended: Result<Result<(), crate::lease::LeaseError>, tokio::task::JoinError>,
+) -> ProcessorError {
+    match ended {
+        Ok(Err(error)) => error.into(),
+        Ok(Ok(())) => ProcessorError::Other("the lease was released while running".into()),
+        Err(error) => ProcessorError::Other(format!("the lease task failed: {error}")),
+    }
 }
 
 /// Step: the metrics and health server, when configured.
@@ -575,6 +629,7 @@ fn start_threads(
     metrics: &Metrics,
     connection_epoch: Arc<AtomicU64>,
     stop: &tokio::sync::watch::Receiver<bool>,
+    fence: Fence,
 ) -> Result<Threads, ProcessorError> {
     let partitions = config.engine.partitions;
     let shards = config.shard_count();
@@ -671,6 +726,7 @@ fn start_threads(
                 },
                 already: recovered.already_emitted,
                 skipped: skipped.clone(),
+                fence,
             },
             observer: EmitMetrics(metrics.clone()),
             window: config.output.publish_window.max(1),

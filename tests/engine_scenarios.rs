@@ -973,3 +973,79 @@ fn alerts_judge_the_state_an_input_leaves_not_the_steps_inside_it() {
     assert_eq!(find(&out, "balance.recovered")[0]["balance"], "16");
     assert_eq!(run.balance("acct"), "16");
 }
+
+#[test]
+fn many_grants_keep_ids_unique_and_burn_order_exact() {
+    // 80 grants (past the size where their ids are looked up in a set, and where a charge's
+    // claims and draws are searched through an index): priorities scrambled, so burn order is
+    // by priority, not by arrival.
+    let mut run = Run::new();
+    let priority_of = |i: usize| (i * 37) % 80; // a permutation of 0..80
+    let grants: Vec<String> = (0..80)
+        .map(|i| {
+            grant(
+                &format!("g{i:02}"),
+                "acct",
+                T0,
+                "1",
+                &format!(r#","priority":{}"#, priority_of(i)),
+            )
+        })
+        .collect();
+    let refs: Vec<&str> = grants.iter().map(String::as_str).collect();
+    run.apply(&refs);
+    let result_of = |out: &[String]| {
+        let result = find(out, "command.result").remove(0);
+        (
+            result["status"].as_str().unwrap().to_string(),
+            result["reason"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    // A command id of its own, the grant's id repeated (the same command id would be a
+    // duplicate message, dropped before the grant is looked at).
+    let again = |id: &str, ts: &str| {
+        grant(
+            &format!("again-{id}"),
+            "acct",
+            ts,
+            "1",
+            &format!(r#","grant_id":"{id}""#),
+        )
+    };
+    for id in ["g05", "g79", "g00"] {
+        let out = run.apply(&[&again(id, T1)]);
+        assert_eq!(
+            result_of(&out),
+            ("rejected".to_string(), "grant_exists".to_string()),
+            "{id}"
+        );
+    }
+    let out = run.apply(&[&grant("g80", "acct", T1, "1", r#","priority":80"#)]);
+    assert_eq!(result_of(&out).0, "applied");
+    // 30 calls at 1 credit draw the 30 lowest priorities, one credit each.
+    run.apply(&[&usage("u1", "acct", T1, "call", "30")]);
+    // A hold on the next 20 (claims on 20 grants), committed in full: exactly those drawn.
+    run.apply(&[
+        r#"{"type":"reserve","id":"r","account":"acct","ts":"2026-11-24T10:02:00Z","meter":"call","quantity":"20","ttl":"1h","hold_id":"h"}"#,
+        r#"{"type":"commit","id":"c","account":"acct","ts":"2026-11-24T10:03:00Z","hold_id":"h","quantity":"20"}"#,
+    ]);
+    let remaining: std::collections::BTreeMap<String, String> =
+        run.remaining("acct").into_iter().collect();
+    for i in 0..80 {
+        let expected = if priority_of(i) < 50 { "0" } else { "1" };
+        assert_eq!(remaining[&format!("g{i:02}")], expected, "g{i:02}");
+    }
+    assert_eq!(run.balance("acct"), "31");
+    // The period closes (plan basic: daily): the 50 empty grants leave the account, and their
+    // ids may be granted again; the others still may not.
+    run.apply(&[r#"{"type":"tick","id":"t","ts":"2026-11-25T00:00:01Z"}"#]);
+    let empty = (0..80).find(|&i| priority_of(i) < 50).unwrap();
+    let kept = (0..80).find(|&i| priority_of(i) >= 50).unwrap();
+    let out = run.apply(&[&again(&format!("g{empty:02}"), "2026-11-25T00:01:00Z")]);
+    assert_eq!(result_of(&out).0, "applied");
+    let out = run.apply(&[&again(&format!("g{kept:02}"), "2026-11-25T00:01:00Z")]);
+    assert_eq!(
+        result_of(&out),
+        ("rejected".to_string(), "grant_exists".to_string())
+    );
+}

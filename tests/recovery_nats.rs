@@ -211,7 +211,7 @@ fn no_snapshot_with_history_is_refused() {
     let mut processor = setup.start(&[]);
     wait_streams(&runtime, &url);
     runtime.block_on(publish(&url, &workload(6, 5, 200), partitions));
-    assert!(terminate(&mut processor).success());
+    assert!(terminate(&mut processor).success(), "{}", setup.log());
     std::fs::remove_dir_all(setup.snapshots()).unwrap();
     let mut processor = setup.start(&[]);
     assert!(!processor.wait().unwrap().success());

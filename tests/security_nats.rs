@@ -2,7 +2,9 @@
 //! `config/nats-server.conf` (users processor, producer, operator, reader), the real processor
 //! runs as `processor`, and each other user tries what it should and should not be able to
 //! do. A producer's grant is refused by the server on a cmd subject and dead-lettered on a
-//! usage subject; a reader can query but not command; an operator can command.
+//! usage subject; a reader can query but not command; an operator can command. The processor
+//! takes its lease (`[lease]`) with exactly the bucket permissions listed; a producer cannot
+//! write it.
 
 mod common;
 
@@ -142,6 +144,19 @@ fn each_user_can_do_what_it_needs_and_nothing_more() {
         assert!(
             !matches!(purge, Ok(Ok(_))),
             "the producer reached the JetStream API"
+        );
+        // Nor take the processor's lease (only the processor may write it).
+        let stolen = tokio::time::timeout(Duration::from_secs(3), async {
+            js.publish("$KV.creditflow_leases.CREDITFLOW_IN", "{}".into())
+                .await?
+                .await
+                .map(|_| ())
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
+        .await;
+        assert!(
+            !matches!(stolen, Ok(Ok(()))),
+            "the producer wrote the lease"
         );
         // A grant on a usage subject: stored (the producer may publish there) and dead-lettered.
         let ack = js

@@ -23,8 +23,8 @@ pub struct PublishArgs {
     /// One usage event now: ACCOUNT METER QUANTITY (its id is fresh, printed).
     #[arg(long, num_args = 3, value_names = ["ACCOUNT", "METER", "QUANTITY"], conflicts_with = "file")]
     pub usage: Option<Vec<String>>,
-    /// The deployment's partition count (`engine.partitions`).
-    #[arg(long, default_value_t = 16)]
+    /// The deployment's partition count (`engine.partitions`), 1..=4096.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::PARTITIONS_MAX)))]
     pub partitions: u32,
     /// The input subject prefix (`input.subject_prefix`).
     #[arg(long, default_value = "creditflow.in")]
@@ -51,7 +51,7 @@ fn route(line: &str, partitions: u32, prefix: &str) -> anyhow::Result<(String, S
 }
 
 pub fn run(args: PublishArgs) -> anyhow::Result<()> {
-    let lines: Vec<String> = match (&args.usage, &args.file) {
+    let mut lines: Vec<String> = match (&args.usage, &args.file) {
         (Some(usage), _) => {
             let now = crate::pipeline::ticks::wall_clock();
             let nanos = std::time::SystemTime::now()
@@ -78,6 +78,12 @@ pub fn run(args: PublishArgs) -> anyhow::Result<()> {
             .collect(),
         (None, None) => bail!("give a file of JSON lines, - for standard input, or --usage"),
     };
+    // A UTF-8 byte order mark at the start of the file is not part of its first line.
+    if let Some(first) = lines.first_mut() {
+        if let Some(rest) = first.strip_prefix('\u{feff}') {
+            *first = rest.to_string();
+        }
+    }
     let lines: Vec<&str> = lines
         .iter()
         .map(|l| l.trim())

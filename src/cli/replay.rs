@@ -39,10 +39,14 @@ impl LogEntry {
 /// routes by the account's hash.
 pub const PLAIN_SUBJECT: &str = "creditflow.in";
 
+/// The UTF-8 byte order mark some editors (and Windows tools) write at the start of a text file.
+pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// Reads a log. Plain lines are payloads with `seq` = line number (blank lines skipped but
 /// counted, so sequences match the file). With `envelope`, each line is
 /// `{"seq":N,"subject":"…","received":"…","payload":"…"}` (or `payload_base64`; `received`
-/// optional), as `creditflow export` writes.
+/// optional), as `creditflow export` writes. A UTF-8 byte order mark at the start of the file
+/// is skipped.
 pub fn read_log(path: &Path, envelope: bool) -> anyhow::Result<Vec<LogEntry>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let reader = std::io::BufReader::new(file);
@@ -51,6 +55,9 @@ pub fn read_log(path: &Path, envelope: bool) -> anyhow::Result<Vec<LogEntry>> {
         let mut line = line.with_context(|| format!("reading {}", path.display()))?;
         if line.last() == Some(&b'\r') {
             line.pop();
+        }
+        if index == 0 && line.starts_with(UTF8_BOM) {
+            line.drain(..UTF8_BOM.len());
         }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;

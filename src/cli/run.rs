@@ -63,25 +63,34 @@ fn init_logging(config: &Config) {
     };
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called (inside the
+/// runtime), not when it is first polled: a signal that arrives while the processor is still
+/// starting then stops it gracefully once it runs, instead of killing it outright.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, interrupt) {
+                (Some(mut term), Some(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -107,15 +116,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         output = %config.output.stream,
         "starting"
     );
-    let summary = runtime.block_on(crate::processor::run(
+    let shutdown = {
+        let _inside = runtime.enter();
+        shutdown_signal()
+    };
+    let summary = match runtime.block_on(crate::processor::run(
         config,
         Arc::new(catalog),
         crate::processor::RunOptions {
             rebuild: args.rebuild,
             accept_catalog_changes: args.accept_catalog_change.clone(),
         },
-        shutdown_signal(),
-    ))?;
+        shutdown,
+    )) {
+        Ok(summary) => summary,
+        Err(error) => {
+            // Threads may still be running (a lost lease stops the processor without draining
+            // it): exit without waiting for them.
+            runtime.shutdown_background();
+            return Err(error.into());
+        }
+    };
     tracing::info!(?summary, "stopped");
     runtime.shutdown_timeout(Duration::from_secs(2));
     Ok(())

@@ -49,6 +49,9 @@ pub const SNAPSHOTS_KEPT_MIN: usize = 2;
 /// Longest duration any key accepts: 100 years. JetStream holds durations as signed 64-bit
 /// nanoseconds (about 292 years), so anything longer could not be sent to it.
 pub const DURATION_MAX: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// Largest config file [`load`] reads: 1 MiB (the reference file, every key documented, is
+/// 12 KB). A larger file, or a device such as `/dev/zero`, is refused after reading this much.
+pub const CONFIG_BYTES_MAX: u64 = 1 << 20;
 /// What [`Config::to_toml`] prints in place of a secret.
 pub const REDACTED: &str = "<redacted>";
 
@@ -60,6 +63,7 @@ pub struct Config {
     pub output: OutputConfig,
     pub engine: EngineConfig,
     pub snapshot: SnapshotConfig,
+    pub lease: LeaseConfig,
     pub service: ServiceConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
@@ -276,6 +280,20 @@ pub struct SnapshotConfig {
     pub keep: usize,
 }
 
+/// `[lease]`: one processor at a time on the streams (`crate::lease`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaseConfig {
+    /// The JetStream key-value bucket, `[A-Za-z0-9_-]+`; the key is the input stream's name.
+    pub bucket: String,
+    /// The bucket's `max_age`: how long a holder that stopped renewing keeps the lease;
+    /// >= [`LEASE_TTL_MIN`]. Renewed every third of it.
+    pub ttl: Duration,
+}
+
+/// Shortest `lease.ttl`: a renewal every third of it must fit a round trip to the broker with
+/// room to spare.
+pub const LEASE_TTL_MIN: Duration = Duration::from_secs(1);
+
 /// `[service]`: the NATS micro service.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceConfig {
@@ -378,17 +396,28 @@ impl std::error::Error for ConfigErrors {}
 /// `CREDITFLOW_` variables of `env` (the binary passes `std::env::vars()`; other variables are
 /// ignored). Relative paths in the config are checked against the working directory.
 pub fn load(path: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigErrors> {
+    let fail = |message: String| ConfigErrors(vec![ConfigError::new("", message)]);
     let file = match path {
         None => None,
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) => Some((path, text)),
-            Err(error) => {
-                return Err(ConfigErrors(vec![ConfigError::new(
-                    "",
-                    format!("cannot read config {}: {error}", path.display()),
-                )]))
-            }
-        },
+        Some(path) => {
+            let bytes = crate::catalog::load::read_bounded(path, CONFIG_BYTES_MAX)
+                .map_err(|error| fail(format!("cannot read config {}: {error}", path.display())))?
+                .ok_or_else(|| {
+                    fail(format!(
+                        "config {} is larger than {CONFIG_BYTES_MAX} bytes (1 MiB), the most a \
+                         config file may be",
+                        path.display()
+                    ))
+                })?;
+            let text = String::from_utf8(bytes).map_err(|error| {
+                fail(format!(
+                    "config {} is not UTF-8 (byte {})",
+                    path.display(),
+                    error.utf8_error().valid_up_to()
+                ))
+            })?;
+            Some((path, text))
+        }
     };
     let file = file.as_ref().map(|(path, text)| (*path, text.as_str()));
     from_parts(file, env)

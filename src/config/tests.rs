@@ -50,6 +50,8 @@ fn defaults_load_with_the_documented_values() {
     assert_eq!(config.engine.shards, 0);
     assert_eq!(config.engine.tick_interval, Some(Duration::from_secs(1)));
     assert_eq!(config.snapshot.keep, 3);
+    assert_eq!(config.lease.bucket, "creditflow_leases");
+    assert_eq!(config.lease.ttl, Duration::from_secs(15));
     assert_eq!(
         config.metrics.listen,
         Some("127.0.0.1:9464".parse().expect("address"))
@@ -269,6 +271,14 @@ fn cross_field_rules() {
             "service.queue_group: \"a b\" is not a queue group name",
         ),
         (
+            "[lease]\nttl = \"500ms\"\n",
+            "lease.ttl: 500ms is shorter than 1s",
+        ),
+        (
+            "[lease]\nbucket = \"a.b\"\n",
+            "lease.bucket: \"a.b\" is not a valid name",
+        ),
+        (
             "[service]\nwait_max = \"0\"\n",
             "service.wait_max: must be > 0",
         ),
@@ -423,6 +433,41 @@ fn credentials_in_a_url_are_refused_and_never_printed() {
     );
     let errors = errors_of("[nats]\nurls = [\"http://bob:pw@host\"]\n", &[]);
     assert!(!ConfigErrors(errors).to_string().contains("pw"));
+}
+
+#[test]
+fn server_urls_are_parsed_at_load_with_every_error_listed() {
+    // Each passed the old checks (scheme, no credentials, a host) and failed only at connect.
+    let errors = errors_of(
+        "[nats]\nurls = [\"nats://host:notaport\", \"nats://[::1\", \"host:99999\", \
+         \"nats://ok:4222\"]\n[engine]\npartitions = 0\n",
+        &[],
+    );
+    let listing = ConfigErrors(errors.clone()).to_string();
+    assert_eq!(
+        keys_of(&errors),
+        vec!["nats.urls", "nats.urls", "nats.urls", "engine.partitions"],
+        "{listing}"
+    );
+    for (error, url) in errors
+        .iter()
+        .zip(["nats://host:notaport", "nats://[::1", "host:99999"])
+    {
+        assert!(
+            error
+                .message
+                .starts_with(&format!("{url:?} is not a valid server URL")),
+            "{listing}"
+        );
+    }
+    // What the client accepts loads: host only, host:port, IPv6, every scheme.
+    let config = with_file(
+        "[nats]\nurls = [\"h\", \"h:4222\", \"nats://[::1]:4222\", \"tls://h\", \"ws://h:80\", \
+         \"wss://h\"]\n",
+        &[],
+    )
+    .expect("loads");
+    assert_eq!(config.nats.urls.len(), 6);
 }
 
 #[test]

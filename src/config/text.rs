@@ -127,6 +127,14 @@ impl Config {
                 ("keep", count_value(snapshot.keep)),
             ],
         );
+        write_section(
+            &mut out,
+            "lease",
+            &[
+                ("bucket", string(&self.lease.bucket)),
+                ("ttl", duration_value(self.lease.ttl)),
+            ],
+        );
         let service = &self.service;
         write_section(
             &mut out,

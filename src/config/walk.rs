@@ -154,6 +154,12 @@ fn url_problem(url: &str) -> Option<String> {
     if rest.is_empty() {
         return Some(format!("{shown:?} names no host"));
     }
+    // The client's own parser, so a URL accepted here is one the connection can use (a bad
+    // port or host used to pass the load and fail only when connecting). Its messages name
+    // what is wrong without repeating the URL.
+    if let Err(error) = url.parse::<async_nats::ServerAddr>() {
+        return Some(format!("{shown:?} is not a valid server URL: {error}"));
+    }
     None
 }
 
@@ -548,6 +554,7 @@ impl Loader {
             output: self.output(),
             engine: self.engine(),
             snapshot: self.snapshot(),
+            lease: self.lease(),
             service: self.service(),
             metrics: self.metrics(),
             log: self.log(),
@@ -770,6 +777,23 @@ impl Loader {
             interval: self.duration(s, "interval", false),
             keep: self.count(s, "keep", SNAPSHOTS_KEPT_MIN, usize::MAX),
         }
+    }
+
+    fn lease(&mut self) -> LeaseConfig {
+        let bucket = self.stream_name("lease", "bucket");
+        let ttl = self.duration("lease", "ttl", false);
+        if ttl < LEASE_TTL_MIN && self.ok(&["lease.ttl"]) {
+            self.error(
+                "lease.ttl",
+                format!(
+                    "{} is shorter than {}: renewals every third of it would race the broker's \
+                     round trip",
+                    format_duration(ttl),
+                    format_duration(LEASE_TTL_MIN)
+                ),
+            );
+        }
+        LeaseConfig { bucket, ttl }
     }
 
     fn service(&mut self) -> ServiceConfig {

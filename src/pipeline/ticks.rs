@@ -34,7 +34,8 @@ pub fn wall_clock() -> Instant {
     Instant(millis)
 }
 
-/// Publishes ticks every `interval` until `stop` changes. Counts ticks published with `on_tick`.
+/// Publishes ticks every `interval` until `stop` changes, while `may_publish` holds. Counts ticks
+/// published with `on_tick`.
 pub async fn run(
     context: jetstream::Context,
     input_prefix: String,
@@ -42,6 +43,7 @@ pub async fn run(
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
     on_tick: impl Fn() + Send,
+    may_publish: impl Fn() -> bool + Send,
 ) {
     let mut timer = tokio::time::interval(interval);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -53,6 +55,10 @@ pub async fn run(
         }
         if *stop.borrow() {
             return;
+        }
+        // A processor that may have lost its lease publishes nothing (its successor ticks).
+        if !may_publish() {
+            continue;
         }
         let at = wall_clock().max(last);
         last = at;

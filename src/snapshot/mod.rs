@@ -238,11 +238,19 @@ fn fatal(what: &str, path: &Path, error: &std::io::Error) -> ! {
 }
 
 impl Store {
+    /// Opens (creating if missing) the snapshot directory, owner-only (0700): snapshots hold
+    /// every account's balances and grants.
     pub fn open(dir: &Path, keep: usize) -> Result<Store, SnapshotError> {
-        fs::create_dir_all(dir).map_err(|source| SnapshotError::Io {
+        let io = |source| SnapshotError::Io {
             path: dir.to_path_buf(),
             source,
-        })?;
+        };
+        fs::create_dir_all(dir).map_err(io)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
         // A crash mid-write leaves a temporary file; it was never renamed, so never trusted.
         for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
             if entry
@@ -271,7 +279,12 @@ impl Store {
         let name = file_name(header.partition, header.applied_through);
         let final_path = self.dir.join(&name);
         let temp_path = self.dir.join(format!("{name}.tmp"));
-        let mut file = match File::create(&temp_path) {
+        // Owner-only (0600), like the directory; the rename keeps the mode.
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = match options.open(&temp_path) {
             Ok(file) => file,
             // Nothing was written yet: this is an ordinary error (disk full, permissions).
             Err(source) => {

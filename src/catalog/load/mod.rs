@@ -47,6 +47,15 @@ use crate::time::{Instant, PeriodRule, Span, Zone};
 pub const NAME_BYTES_MAX: usize = 64;
 /// Most decimal places any amount, rate or multiplier may have: `Fixed<9>` holds no more.
 pub const DECIMAL_PLACES_MAX: u8 = 9;
+/// Largest catalog file [`from_path`] reads: 16 MiB. The shipped example is 12 KB; a catalog at
+/// the entry limits with short names stays well under it. A larger file (or a device) is
+/// refused after reading at most this much.
+pub const CATALOG_BYTES_MAX: u64 = 16 << 20;
+/// Largest `rules.payload_max`: 1 MiB, the NATS server's default `max_payload`. A default
+/// server refuses larger messages before they reach the stream, and a usage event or command is
+/// well under a kilobyte; the bound keeps a typo (an extra digit or three) from letting any
+/// message through.
+pub const PAYLOAD_BYTES_MAX: i64 = 1 << 20;
 /// Largest credit type or currency scale (decimal places kept after rounding).
 pub const SCALE_MAX: u8 = 9;
 /// Largest `anchor_day` of a monthly plan: every month has a 28th.
@@ -111,15 +120,37 @@ impl fmt::Display for CatalogErrors {
 
 impl std::error::Error for CatalogErrors {}
 
-/// Reads and validates the catalog file at `path`.
+/// Reads and validates the catalog file at `path`: at most [`CATALOG_BYTES_MAX`] bytes of UTF-8.
 pub fn from_path(path: &Path) -> Result<Catalog, CatalogErrors> {
-    let text = std::fs::read_to_string(path).map_err(|error| {
-        CatalogErrors(vec![CatalogError::new(
-            "",
-            format!("cannot read catalog {}: {error}", path.display()),
-        )])
+    let fail = |message: String| CatalogErrors(vec![CatalogError::new("", message)]);
+    let bytes = read_bounded(path, CATALOG_BYTES_MAX)
+        .map_err(|error| fail(format!("cannot read catalog {}: {error}", path.display())))?
+        .ok_or_else(|| {
+            fail(format!(
+                "catalog {} is larger than {CATALOG_BYTES_MAX} bytes (16 MiB), the most a catalog \
+                 may be",
+                path.display()
+            ))
+        })?;
+    let text = String::from_utf8(bytes).map_err(|error| {
+        fail(format!(
+            "catalog {} is not UTF-8 (byte {})",
+            path.display(),
+            error.utf8_error().valid_up_to()
+        ))
     })?;
     from_str(&text)
+}
+
+/// The contents of the file at `path` when it holds at most `limit` bytes, `None` when it holds
+/// more. Reads at most `limit + 1` bytes, whatever the file is (a device such as `/dev/zero`
+/// never ends).
+pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
 }
 
 /// Parses and validates a catalog. On failure every error found is returned, not just the first.

@@ -162,7 +162,10 @@ impl Loader {
                 _ => default,
             }
         };
-        let payload_max = count(self, "payload_max", defaults.payload_max);
+        let payload_max = match self.integer_in(table, key, "payload_max", 1, PAYLOAD_BYTES_MAX) {
+            Ok(Some(value)) => usize::try_from(value).unwrap_or(usize::MAX),
+            _ => defaults.payload_max,
+        };
         let dedupe_entries_max = count(self, "dedupe_entries_max", defaults.dedupe_entries_max);
         let grants_per_account_max = count(
             self,

@@ -10,7 +10,14 @@ impl Account {
         let plan = catalog.plan(self.plan);
         for index in 0..self.types.len() {
             let credit_type = self.types[index].credit_type;
-            let balance = self.balance(credit_type);
+            // The ledger's balance, O(1): by the ledger invariant (SEMANTICS §5.4) it equals the
+            // grants' remaining minus debt, which took a walk over every grant.
+            let balance = self.types[index].ledger().balance();
+            debug_assert_eq!(
+                balance,
+                self.balance(credit_type),
+                "ledger and grants disagree"
+            );
             let base = self.types[index].period_base;
             for rule in plan.alerts.iter().filter(|a| a.credit_type == credit_type) {
                 let below = match rule.threshold {

@@ -53,15 +53,20 @@ impl Account {
         let detail = ResultDetail::Grant {
             grant_id: grant.grant_id.clone(),
         };
-        if self.grants.iter().any(|g| *g.id == *grant.grant_id) {
+        if self.has_grant_id(&grant.grant_id) {
             return (Some("grant_exists"), detail, Remembered::Applied);
         }
-        let live = self
-            .grants
-            .iter()
-            .filter(|g| g.status == GrantStatus::Live)
-            .count();
-        if live >= ctx.catalog.rules.grants_per_account_max {
+        // Live grants are never more than all grants: count them only when the list could be
+        // at the limit (a grant command used to walk every grant).
+        let max = ctx.catalog.rules.grants_per_account_max;
+        if self.grants.len() >= max
+            && self
+                .grants
+                .iter()
+                .filter(|g| g.status == GrantStatus::Live)
+                .count()
+                >= max
+        {
             return (Some("grant_limit"), detail, Remembered::Applied);
         }
         let _ = command_id;

@@ -1,6 +1,11 @@
 //! Adding, drawing from and holding credits on grants (SEMANTICS §5).
 
+use std::collections::HashMap;
+
 use super::*;
+
+/// Up to this many earlier draws or claims, a linear search is cheaper than building an index.
+const SMALL: usize = 8;
 
 impl Account {
     /// Adds a grant: pays debt first (§5.2), inserts it in burn order, books revenue.
@@ -59,6 +64,7 @@ impl Account {
             .grants
             .partition_point(|g| g.burn_order(&grant) == Ordering::Less);
         insert_one(&mut self.grants, position, grant);
+        self.grant_id_added(id);
         if paid.is_positive() {
             let price = self.overage_price(ctx.catalog);
             self.book(
@@ -86,13 +92,42 @@ impl Account {
         draws: &mut Draws,
     ) -> Credits {
         let mut rest = needed;
+        // Each grant is visited once here, so a grant can already be in `draws` only from an
+        // earlier call (a commit draws its hold's claims first): only those are searched, and
+        // through a map when there are many. Claims are searched sorted by serial when there
+        // are many. Both keep the first match, as the linear searches did: a charge drawing
+        // from n grants costs O(n log n), not O(n²).
+        let earlier = draws.len();
+        let earlier_index: Option<HashMap<u32, usize>> = (earlier > SMALL).then(|| {
+            let mut index = HashMap::with_capacity(earlier);
+            for (position, draw) in draws.iter().enumerate() {
+                index.entry(draw.0).or_insert(position);
+            }
+            index
+        });
+        let sorted_claims: Option<Vec<(u32, Credits)>> =
+            only.filter(|claims| claims.len() > SMALL).map(|claims| {
+                let mut sorted = claims.to_vec();
+                sorted.sort_by_key(|claim| claim.0);
+                sorted
+            });
+        let claim_of = |serial: u32| -> Option<(u32, Credits)> {
+            match (&sorted_claims, only) {
+                (Some(sorted), _) => {
+                    let at = sorted.partition_point(|claim| claim.0 < serial);
+                    sorted.get(at).filter(|claim| claim.0 == serial).copied()
+                }
+                (None, Some(claims)) => claims.iter().find(|claim| claim.0 == serial).copied(),
+                (None, None) => None,
+            }
+        };
         for grant in self.grants.iter_mut() {
             if !rest.is_positive() {
                 break;
             }
             let limit = match only {
-                Some(claims) => {
-                    let Some(claim) = claims.iter().find(|c| c.0 == grant.serial) else {
+                Some(_) => {
+                    let Some(claim) = claim_of(grant.serial) else {
                         continue;
                     };
                     if grant.status != GrantStatus::Live || grant.credit_type != credit_type {
@@ -114,8 +149,12 @@ impl Account {
             grant.remaining -= take;
             grant.recognized_in_period += take;
             rest -= take;
-            match draws.iter_mut().find(|d| d.0 == grant.serial) {
-                Some(existing) => existing.1 += take,
+            let existing = match &earlier_index {
+                Some(index) => index.get(&grant.serial).copied(),
+                None => draws[..earlier].iter().position(|d| d.0 == grant.serial),
+            };
+            match existing {
+                Some(position) => draws[position].1 += take,
                 None => draws.push((grant.serial, take, grant.cost_basis)),
             }
         }

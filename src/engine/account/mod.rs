@@ -540,6 +540,9 @@ pub struct AccountRare {
     pub holds: Vec<Hold>,
     pub topups_in_period: u32,
     pub last_topup: Option<Instant>,
+    /// The grants' ids, once the account has [`GRANT_IDS_INDEXED`] grants or more.
+    #[serde(skip)]
+    pub grant_ids: GrantIds,
 }
 
 static NO_ACCOUNT_RARE: AccountRare = AccountRare {
@@ -547,7 +550,31 @@ static NO_ACCOUNT_RARE: AccountRare = AccountRare {
     holds: Vec::new(),
     topups_in_period: 0,
     last_topup: None,
+    grant_ids: GrantIds(None),
 };
+
+/// From this many grants on, a grant command looks its id up in a set ([`GrantIds`]) instead
+/// of comparing it with every grant's id (which made adding n grants O(n²)).
+pub const GRANT_IDS_INDEXED: usize = 64;
+
+/// The ids of an account's grants, for the duplicate check of a grant command. A cache, not
+/// state: never serialized (a snapshot's format is unchanged), equal to any other (two accounts
+/// with the same state are equal whether or not one has built it), built on first use, updated
+/// when a grant is added, dropped when grants are removed (period close).
+#[derive(Clone, Default)]
+pub struct GrantIds(Option<std::collections::HashSet<Box<str>>>);
+
+impl PartialEq for GrantIds {
+    fn eq(&self, _: &GrantIds) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for GrantIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GrantIds")
+    }
+}
 
 /// What a charge should do when credits run out.
 #[derive(Clone, Copy, Debug)]
@@ -815,6 +842,33 @@ impl Account {
     /// whatever meters it is scoped to: what a balance query calls spendable.
     pub(super) fn spendable_any_meter(&self, credit_type: CreditTypeId, ts: Instant) -> Credits {
         self.spendable(credit_type, None, ts)
+    }
+
+    /// True when a grant (live or not, until period close) already has `id`.
+    fn has_grant_id(&mut self, id: &str) -> bool {
+        if self.grants.len() < GRANT_IDS_INDEXED {
+            return self.grants.iter().any(|g| *g.id == *id);
+        }
+        let grants = &self.grants;
+        let rare = self.rare.get_or_insert_with(Box::default);
+        rare.grant_ids
+            .0
+            .get_or_insert_with(|| grants.iter().map(|g| g.id.clone()).collect())
+            .contains(id)
+    }
+
+    /// Keeps [`GrantIds`] in step with a grant just added.
+    fn grant_id_added(&mut self, id: &str) {
+        if let Some(ids) = self.rare.as_mut().and_then(|r| r.grant_ids.0.as_mut()) {
+            ids.insert(id.into());
+        }
+    }
+
+    /// Drops [`GrantIds`] when grants were removed (rebuilt when next needed).
+    fn grants_removed(&mut self) {
+        if let Some(rare) = &mut self.rare {
+            rare.grant_ids.0 = None;
+        }
     }
 
     fn grant_by_serial(&mut self, serial: u32) -> Option<&mut Grant> {

@@ -226,6 +226,7 @@ impl Account {
         retain_in(&mut self.grants, |g| {
             g.status == GrantStatus::Live && (g.remaining.is_positive() || g.held().is_positive())
         });
+        self.grants_removed();
         self.open_period(ctx, at, next_end, at);
     }
 
