@@ -435,7 +435,7 @@ fn reverse_returns_credits_to_live_grants_or_to_a_new_grant() {
     ]);
     run.apply(&[&usage("u1", "acct", T1, "call", "8")]); // 5 from short, 3 from long
     run.apply(&[r#"{"type":"tick","id":"t","ts":"2026-11-24T10:45:00Z"}"#]); // short expires empty
-                                                                             // (Inside the 1h dedupe window, which is also how long a charge can be reversed.)
+                                                                             // (Inside the 1h dedupe window; a charge stays reversible for reversal_window, 35d here.)
     let out = run.apply(&[r#"{"type":"reverse","id":"r1","account":"acct","ts":"2026-11-24T10:50:00Z","event_id":"u1"}"#]);
     assert_eq!(find(&out, "command.result")[0]["status"], "applied");
     let grants = run.remaining("acct");
@@ -944,6 +944,69 @@ fn reversing_a_closed_periods_event_credits_only_the_overage_that_was_invoiced()
         ("-3", "-0.1"),
         "{lines:?}"
     );
+}
+
+#[test]
+fn a_dispute_after_the_dedupe_window_is_reversed_until_the_reversal_window_passes() {
+    // SEMANTICS §9. dedupe_window 1h, reversal_window 35d (the default). On 11-24 the account
+    // holds a grant of 10 (no expiry) and spends 3 (u1) and 2 (u2): balance 5.
+    let mut run = Run::new();
+    run.apply(&[
+        &grant("g", "acct", T0, "10", r#","cost_basis":"0.02""#),
+        &usage("u1", "acct", T1, "call", "3"),
+        &usage("u2", "acct", T2, "call", "2"),
+    ]);
+    assert_eq!(run.balance("acct"), "5");
+    // Ten days on, far past the dedupe window (the ids are forgotten: u1 again would be a new
+    // event), u1 is disputed and reversed: its 3 credits go back to the grant that paid them.
+    run.apply(&[r#"{"type":"tick","id":"t1","ts":"2026-12-04T10:00:00Z"}"#]);
+    let out = run.apply(&[r#"{"type":"reverse","id":"r1","account":"acct","ts":"2026-12-04T10:05:00Z","event_id":"u1"}"#]);
+    let result = &find(&out, "command.result")[0];
+    assert_eq!(
+        (&result["status"], &result["reason"]),
+        (&serde_json::json!("applied"), &serde_json::Value::Null),
+        "{out:?}"
+    );
+    assert_eq!(run.balance("acct"), "8");
+    let grants = run.remaining("acct");
+    assert!(grants.contains(&("g".into(), "8".into())), "{grants:?}");
+    // The event was charged in a closed period: a reversal line credits it on this one's
+    // invoice (3 credits, no money: it was paid from a grant).
+    let out = run.apply(&[r#"{"type":"tick","id":"t2","ts":"2026-12-05T00:00:30Z"}"#]);
+    let lines = last_lines(&out);
+    let reversal = lines
+        .iter()
+        .find(|l| l.0 == "reversal")
+        .expect("a reversal line");
+    assert_eq!(
+        (reversal.1.as_str(), reversal.2.as_str()),
+        ("-3", "0"),
+        "{lines:?}"
+    );
+    // Once is all.
+    let out = run.apply(&[r#"{"type":"reverse","id":"r2","account":"acct","ts":"2026-12-05T00:01:00Z","event_id":"u1"}"#]);
+    assert_eq!(
+        find(&out, "command.result")[0]["reason"],
+        "already_reversed"
+    );
+    // 35 days after u2 the window has passed: without its ts that is indistinguishable from a
+    // made-up id; with `event_ts` the refusal says so.
+    run.apply(&[r#"{"type":"tick","id":"t3","ts":"2026-12-30T10:03:00Z"}"#]);
+    let out = run.apply(&[
+        r#"{"type":"reverse","id":"r3","account":"acct","ts":"2026-12-30T10:05:00Z","event_id":"u2"}"#,
+        r#"{"type":"reverse","id":"r4","account":"acct","ts":"2026-12-30T10:05:00Z","event_id":"u2","event_ts":"2026-11-24T10:02:00Z"}"#,
+        r#"{"type":"reverse","id":"r5","account":"acct","ts":"2026-12-30T10:05:00Z","event_id":"nope","event_ts":"2026-12-29T10:00:00Z"}"#,
+    ]);
+    let reasons: Vec<_> = find(&out, "command.result")
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["unknown_event", "reversal_window_passed", "unknown_event"],
+        "{out:?}"
+    );
+    assert_eq!(run.balance("acct"), "8");
 }
 
 #[test]

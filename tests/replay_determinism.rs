@@ -204,7 +204,7 @@ fn snapshot_bytes_are_pinned_to_the_format_version() {
     let pinned = (creditflow::snapshot::FORMAT_VERSION, hasher.digest());
     assert_eq!(
         pinned,
-        (9, 8_990_361_841_391_344_446),
+        (10, 8_169_383_405_625_360_766),
         "snapshot bytes changed: bump snapshot::FORMAT_VERSION if the layout changed, then pin the new pair"
     );
 }

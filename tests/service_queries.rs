@@ -295,8 +295,9 @@ fn the_statement_is_what_explain_shows() {
         marks[..2],
         [("late-2", Some(false)), ("late-1", Some(true))]
     );
-    // Older than the dedupe window: no longer known either way.
-    assert_eq!(marks[2].1, None);
+    // Older than the dedupe window but within the reversal window (SEMANTICS §9): still
+    // known, and not reversed.
+    assert_eq!(marks[2].1, Some(false));
     // Without a journal: empty, not unknown.
     let plain = Engine::new(catalog.clone(), 2);
     assert!(plain.partitions()[0]

@@ -325,6 +325,11 @@ pub struct Rules {
     pub backdate_max: Span,
     pub dedupe_window: Span,
     pub dedupe_entries_max: usize,
+    /// How long a charged event stays reversible (SEMANTICS §9): at least `dedupe_window`.
+    pub reversal_window: Span,
+    /// Charge records kept per partition past `dedupe_window` for reversals; beyond, the
+    /// oldest are forgotten early.
+    pub reversal_entries_max: usize,
     pub flush_interval: Span,
     pub grants_per_account_max: usize,
     pub holds_per_account_max: usize,
@@ -339,6 +344,8 @@ impl Default for Rules {
             backdate_max: Span(35 * 86_400_000),
             dedupe_window: Span(86_400_000),
             dedupe_entries_max: 2_000_000,
+            reversal_window: Span(35 * 86_400_000),
+            reversal_entries_max: 1_000_000,
             flush_interval: Span(3_600_000),
             grants_per_account_max: 1_000,
             holds_per_account_max: 64,

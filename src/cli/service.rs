@@ -226,6 +226,10 @@ pub struct ReverseArgs {
     pub event_id: String,
     #[arg(long)]
     pub reason: Option<String>,
+    /// The reversed event's `ts` (RFC 3339): a refusal then says whether its reversal window
+    /// has passed rather than `unknown_event`.
+    #[arg(long)]
+    pub event_ts: Option<String>,
     #[command(flatten)]
     pub common: CommandCommon,
 }
@@ -412,6 +416,7 @@ impl ServiceCommand {
             }
             ServiceCommand::Reverse(a) => {
                 body.insert("event_id".into(), a.event_id.clone().into());
+                put(&mut body, "event_ts", a.event_ts.clone());
                 put(&mut body, "reason", a.reason.clone());
                 command(&a.common, "reverse", body, &a.account)
             }

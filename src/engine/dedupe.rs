@@ -109,6 +109,10 @@ impl Slot {
         u128::from(self.key_high) << 64 | u128::from(self.key_low)
     }
 
+    fn is_charge(&self) -> bool {
+        matches!(self.what, Stored::Small(_) | Stored::Large(_))
+    }
+
     fn entry(&self) -> Entry {
         Entry {
             ts: self.ts,
@@ -377,6 +381,13 @@ impl Dedupe {
         Some(self.ring[index].entry())
     }
 
+    /// A copy of `key`'s entry while it is in memory, live or not. Whether a forgotten entry is
+    /// still in memory depends on the entries around it: a verdict must not rest on it alone
+    /// (see `reversals`).
+    pub fn get_in_memory(&self, key: u128) -> Option<Entry> {
+        self.find(key).map(|index| self.ring[index].entry())
+    }
+
     /// Replaces what `key`'s live entry remembers (a charge marked reversed), keeping its `ts`
     /// and place in the order; false if there is no such entry.
     pub fn update(
@@ -395,17 +406,45 @@ impl Dedupe {
         }
     }
 
+    /// Forgets `key`'s entry, live or not, keeping its place in the order; false if there is
+    /// none.
+    pub fn forget_key(&mut self, key: u128) -> bool {
+        let Some(index) = self.find(key) else {
+            return false;
+        };
+        self.ring[index].replaced = true;
+        self.live -= 1;
+        self.unlink(key, self.front + index as u64);
+        true
+    }
+
     /// Remembers `key`. A stale entry under the same key (window passed, not yet forgotten) is
     /// replaced: the new entry takes a new place at the back of the order.
     pub fn insert(&mut self, key: u128, entry: Entry, entries_max: usize) {
+        self.insert_forgetting(key, entry, entries_max, &mut |_, _| {});
+    }
+
+    /// [`Dedupe::insert`], handing every charge record it forgets (the stale entry it
+    /// replaces, the entries evicted early) to `forgotten`, with its key.
+    pub fn insert_forgetting(
+        &mut self,
+        key: u128,
+        entry: Entry,
+        entries_max: usize,
+        forgotten: &mut impl FnMut(u128, Entry),
+    ) {
         assert!(entries_max > 0, "dedupe_entries_max is validated > 0");
         if let Some(index) = self.find(key) {
-            self.ring[index].replaced = true;
+            let slot = &mut self.ring[index];
+            slot.replaced = true;
+            if slot.is_charge() {
+                forgotten(key, slot.entry());
+            }
             self.live -= 1;
             self.unlink(key, self.front + index as u64);
         }
         while self.ring.len() >= entries_max {
-            if self.pop_front() {
+            if self.pop_front(forgotten) {
                 self.evicted_early += 1;
             }
             // The bucket of the entry forgotten a few inserts from now.
@@ -426,16 +465,32 @@ impl Dedupe {
     /// still live at the front keeps later (possibly expired) ones in memory a little longer;
     /// that changes memory only, never a verdict (see `get`).
     pub fn forget_expired(&mut self, tick_clock: Instant, window: Span) {
+        self.forget_expired_into(tick_clock, window, &mut |_, _| {});
+    }
+
+    /// [`Dedupe::forget_expired`], handing every charge record it forgets to `forgotten`.
+    pub fn forget_expired_into(
+        &mut self,
+        tick_clock: Instant,
+        window: Span,
+        forgotten: &mut impl FnMut(u128, Entry),
+    ) {
         while let Some(front) = self.ring.front() {
             if !front.replaced && Self::live_at(front.ts, Some(tick_clock), window) {
                 break;
             }
-            self.pop_front();
+            self.pop_front(forgotten);
         }
     }
 
-    /// Forgets the front slot; true if it was live.
-    fn pop_front(&mut self) -> bool {
+    /// The `ts` of the oldest insertion still in memory.
+    pub fn front_ts(&self) -> Option<Instant> {
+        self.ring.front().map(|slot| slot.ts)
+    }
+
+    /// Forgets the front slot, handing it to `forgotten` if it is a charge record; true if it
+    /// was live.
+    fn pop_front(&mut self, forgotten: &mut impl FnMut(u128, Entry)) -> bool {
         let Some(slot) = self.ring.pop_front() else {
             return false;
         };
@@ -446,6 +501,9 @@ impl Dedupe {
         }
         self.live -= 1;
         self.unlink(slot.key(), position);
+        if slot.is_charge() {
+            forgotten(slot.key(), slot.entry());
+        }
         true
     }
 

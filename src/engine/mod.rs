@@ -18,6 +18,7 @@ pub mod compact;
 pub mod dedupe;
 pub mod journal;
 pub mod query;
+pub mod reversals;
 pub mod view;
 
 use std::cmp::Reverse;
@@ -154,6 +155,8 @@ pub struct Partition {
     accounts: Vec<Account>,
     index: AccountIndex,
     dedupe: Dedupe,
+    /// Charge records past the dedupe window, for reversals.
+    reversals: reversals::Reversals,
     timers: BinaryHeap<Reverse<(Instant, u32)>>,
     tick_clock: Option<Instant>,
     /// Stream sequence of the last message applied (0 before any).
@@ -209,6 +212,8 @@ pub struct HeapBreakdown {
     pub timers: usize,
     /// The dedupe index.
     pub dedupe: usize,
+    /// Charge records kept for reversals past the dedupe window.
+    pub reversals: usize,
     /// Long account ids, policy overrides, holds.
     pub other: usize,
 }
@@ -223,6 +228,7 @@ impl HeapBreakdown {
             + self.index
             + self.timers
             + self.dedupe
+            + self.reversals
             + self.other
     }
 }
@@ -281,6 +287,7 @@ impl Partition {
             accounts: Vec::new(),
             index: AccountIndex::default(),
             dedupe: Dedupe::default(),
+            reversals: reversals::Reversals::default(),
             timers: BinaryHeap::new(),
             tick_clock: None,
             last_seq: 0,
@@ -346,6 +353,7 @@ impl Partition {
             index: self.index.heap_bytes(),
             timers: self.timers.capacity() * size_of::<Reverse<(Instant, u32)>>(),
             dedupe: self.dedupe.heap_bytes(),
+            reversals: self.reversals.heap_bytes(),
             ..HeapBreakdown::default()
         };
         for account in &self.accounts {
@@ -377,6 +385,16 @@ impl Partition {
 
     pub fn dedupe_evicted_early(&self) -> u64 {
         self.dedupe.evicted_early
+    }
+
+    /// Charge records kept for reversals past the dedupe window.
+    pub fn reversals_len(&self) -> usize {
+        self.reversals.len()
+    }
+
+    /// Charge records forgotten before their reversal window ended.
+    pub fn reversals_evicted_early(&self) -> u64 {
+        self.reversals.evicted_early()
     }
 
     /// Fetching ahead, stage 1 of 3: starts loading the account-index bucket and the dedupe
@@ -647,8 +665,13 @@ impl Partition {
         self.stats.ticks += 1;
         let clock = self.tick_clock.map_or(ts, |c| c.max(ts));
         self.tick_clock = Some(clock);
+        let rules = &catalog.rules;
+        let reversals = &mut self.reversals;
         self.dedupe
-            .forget_expired(clock, catalog.rules.dedupe_window);
+            .forget_expired_into(clock, rules.dedupe_window, &mut |key, entry| {
+                reversals.keep(key, entry, Some(clock), rules)
+            });
+        self.reversals.forget_expired(clock, rules);
         let mut ctx = Context { catalog, seq, out };
         while let Some(&Reverse((due, slot))) = self.timers.peek() {
             if due > clock {
@@ -820,7 +843,6 @@ impl Partition {
             }
         };
         let tick_clock = self.tick_clock;
-        let window = rules.dedupe_window;
         let account = &mut self.accounts[slot as usize];
         account.advance(&mut ctx, tick_clock.map_or(ts, |t| t.max(ts)));
         let remembered = match message {
@@ -832,13 +854,22 @@ impl Partition {
             Message::Command(command) => {
                 self.stats.commands_applied += 1;
                 // The reversed event's record, copied out and written back after the command.
-                let reversed_key = match &command.kind {
-                    CommandKind::Reverse { event_id, .. } => Some(dedupe_key(account_id, event_id)),
-                    _ => None,
+                let (reversed_key, event_ts) = match &command.kind {
+                    CommandKind::Reverse {
+                        event_id, event_ts, ..
+                    } => (Some(dedupe_key(account_id, event_id)), *event_ts),
+                    _ => (None, None),
                 };
-                let mut reversed_event = reversed_key
-                    .and_then(|key| self.dedupe.get(key, tick_clock, window))
-                    .map(|entry| entry.what);
+                let found = reversed_key
+                    .and_then(|key| self.reversals.lookup(&self.dedupe, key, tick_clock, rules));
+                let missing = match (reversed_key, &found) {
+                    (Some(_), None) => self.reversals.missing_reason(event_ts, tick_clock, rules),
+                    _ => "unknown_event",
+                };
+                let (mut reversed_event, found_in) = match found {
+                    Some((entry, found_in)) => (Some(entry.what), Some(found_in)),
+                    None => (None, None),
+                };
                 let reversible = match &reversed_event {
                     Some(dedupe::Remembered::Charged(charge)) if !charge.reversed => {
                         Some(charge.clone())
@@ -851,14 +882,23 @@ impl Partition {
                     ts,
                     &command.kind,
                     priced.as_ref(),
-                    reversed_event.as_mut(),
+                    reversed_event.as_mut().ok_or(missing),
                 );
                 let reversed_now = matches!(
                     &reversed_event,
                     Some(dedupe::Remembered::Charged(charge)) if charge.reversed
                 );
-                if let (Some(key), Some(what)) = (reversed_key, reversed_event) {
-                    self.dedupe.update(key, tick_clock, window, what);
+                if let (Some(key), Some(what), Some(found_in)) =
+                    (reversed_key, reversed_event, found_in)
+                {
+                    self.reversals.write_back(
+                        &mut self.dedupe,
+                        key,
+                        tick_clock,
+                        rules,
+                        found_in,
+                        what,
+                    );
                 }
                 if let (Some(tally), Some(charge), true) =
                     (&mut self.tally, reversible, reversed_now)
@@ -911,13 +951,15 @@ impl Partition {
                 |serial| grants.iter().find(|g| g.serial == serial).map(|g| &*g.id),
             );
         }
-        self.dedupe.insert(
+        let reversals = &mut self.reversals;
+        self.dedupe.insert_forgetting(
             key,
             Entry {
                 ts,
                 what: remembered,
             },
             rules.dedupe_entries_max,
+            &mut |key, entry| reversals.keep(key, entry, tick_clock, rules),
         );
         let clock = account.clock;
         let next = account.advance(&mut ctx, clock);

@@ -341,9 +341,9 @@ impl Partition {
             .map(|entry| {
                 let key = dedupe_key(account_id, &entry.event_id);
                 let reversed = self
-                    .dedupe
-                    .get(key, self.tick_clock, catalog.rules.dedupe_window)
-                    .map(|remembered| match remembered.what {
+                    .reversals
+                    .lookup(&self.dedupe, key, self.tick_clock, &catalog.rules)
+                    .map(|(remembered, _)| match remembered.what {
                         Remembered::Charged(charge) => charge.reversed,
                         _ => false,
                     });

@@ -209,6 +209,9 @@ pub enum CommandKind {
     },
     Reverse {
         event_id: String,
+        /// The reversed event's `ts`, when the caller knows it: tells an event whose
+        /// reversal window has passed from an unknown one (SEMANTICS §9).
+        event_ts: Option<Instant>,
         reason: String,
     },
     Reserve(ReserveCommand),
@@ -412,6 +415,7 @@ struct Raw<'a> {
     #[serde(default, deserialize_with = "explicit_null")]
     policy: Option<Option<PolicySpec>>,
     event_id: Option<String>,
+    event_ts: Option<String>,
     ttl: Option<String>,
     hold_id: Option<String>,
 }
@@ -642,7 +646,9 @@ const ADJUST_FIELDS: &[&str] = &[
     "amount",
     "reason",
 ];
-const REVERSE_FIELDS: &[&str] = &["type", "id", "account", "ts", "event_id", "reason"];
+const REVERSE_FIELDS: &[&str] = &[
+    "type", "id", "account", "ts", "event_id", "event_ts", "reason",
+];
 const RESERVE_FIELDS: &[&str] = &[
     "type", "id", "account", "ts", "meter", "quantity", "ttl", "hold_id", "dims",
 ];
@@ -697,6 +703,7 @@ impl Raw<'_> {
             ("plan", self.plan.is_some()),
             ("policy", self.policy.is_some()),
             ("event_id", self.event_id.is_some()),
+            ("event_ts", self.event_ts.is_some()),
             ("ttl", self.ttl.is_some()),
             ("hold_id", self.hold_id.is_some()),
         ]
@@ -1016,6 +1023,7 @@ impl<'c> Checker<'c> {
             }
             "reverse" => CommandKind::Reverse {
                 event_id: self.other_id("event_id", raw.event_id)?,
+                event_ts: self.instant("event_ts", raw.event_ts)?,
                 reason: self.reason(raw.reason, false)?,
             },
             "reserve" => {

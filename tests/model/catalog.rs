@@ -55,6 +55,7 @@ pub struct Rules {
     pub future_max_ms: i64,
     pub backdate_max_ms: i64,
     pub dedupe_window_ms: i64,
+    pub reversal_window_ms: i64,
     pub flush_interval_ms: i64,
     pub grants_per_account_max: usize,
     pub holds_per_account_max: usize,
@@ -67,6 +68,7 @@ impl Default for Rules {
             future_max_ms: 5 * 60_000,
             backdate_max_ms: 35 * 86_400_000,
             dedupe_window_ms: 86_400_000,
+            reversal_window_ms: 35 * 86_400_000,
             flush_interval_ms: 3_600_000,
             grants_per_account_max: 1_000,
             holds_per_account_max: 64,
@@ -276,6 +278,9 @@ impl ModelCatalog {
                 future_max_ms: 5 * 60_000,
                 backdate_max_ms: 35 * 86_400_000,
                 dedupe_window_ms: 86_400_000,
+                // Short enough that generated logs reverse events past it and between the
+                // two windows.
+                reversal_window_ms: 3 * 86_400_000,
                 flush_interval_ms: 3_600_000,
                 grants_per_account_max: 40,
                 holds_per_account_max: 4,
@@ -472,6 +477,10 @@ impl ModelCatalog {
         out.push_str(&format!(
             "dedupe_window = {}\n",
             q(&format_span(r.dedupe_window_ms))
+        ));
+        out.push_str(&format!(
+            "reversal_window = {}\n",
+            q(&format_span(r.reversal_window_ms))
         ));
         out.push_str(&format!(
             "flush_interval = {}\n",

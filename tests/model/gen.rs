@@ -51,8 +51,8 @@ impl Rng {
 
 #[derive(Default)]
 struct AccountLog {
-    /// Ids of usage events and commits (reversal targets).
-    charges: Vec<String>,
+    /// Ids of usage events and commits (reversal targets), with their `ts` when readable.
+    charges: Vec<(String, Option<i64>)>,
     /// Ids of other commands (reversing them is `not_charged`).
     commands: Vec<String>,
     grant_ids: Vec<String>,
@@ -272,7 +272,8 @@ impl Gen<'_> {
             map.insert("dims".into(), json!({"region": "eu"}));
         }
         let id = map["id"].as_str().unwrap_or("").to_string();
-        self.logs[account].charges.push(id);
+        let ts = map.get("ts").and_then(Value::as_str).and_then(parse_ts);
+        self.logs[account].charges.push((id, ts));
         self.emit(&Value::Object(map));
     }
 
@@ -415,7 +416,8 @@ impl Gen<'_> {
         let quantity = self.amount(quantity);
         map.insert("quantity".into(), quantity);
         let id = map["id"].as_str().unwrap_or("").to_string();
-        self.logs[account].charges.push(id);
+        let ts = map.get("ts").and_then(Value::as_str).and_then(parse_ts);
+        self.logs[account].charges.push((id, ts));
         self.emit(&Value::Object(map));
     }
 
@@ -432,18 +434,23 @@ impl Gen<'_> {
         let mut map = self.base(account, Some("reverse"), "cmd-");
         let log = &self.logs[account];
         let roll = self.rng.below(100);
-        let event_id = if roll < 75 && !log.charges.is_empty() {
+        let (event_id, event_ts) = if roll < 75 && !log.charges.is_empty() {
             // Mostly recent events, sometimes old ones.
             let recent = log.charges.len().saturating_sub(8);
             let from = if self.rng.chance(70) { recent } else { 0 };
             let index = self.rng.range(from as i64, log.charges.len() as i64 - 1) as usize;
             log.charges[index].clone()
         } else if roll < 90 && !log.commands.is_empty() {
-            self.rng.pick(&log.commands).clone()
+            (self.rng.pick(&log.commands).clone(), None)
         } else {
-            "ghost-event".to_string()
+            // A made-up id, sometimes with a ts long past (a window that has passed).
+            let ts = self.now - self.rng.range(0, 10 * DAY);
+            ("ghost-event".to_string(), Some(ts))
         };
         map.insert("event_id".into(), json!(event_id));
+        if let Some(ts) = event_ts.filter(|_| self.rng.chance(60)) {
+            map.insert("event_ts".into(), json!(format_ts(ts)));
+        }
         if self.rng.chance(50) {
             map.insert("reason".into(), json!("customer complaint"));
         }

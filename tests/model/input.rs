@@ -60,6 +60,7 @@ pub enum Body {
     },
     Reverse {
         event_id: String,
+        event_ts: Option<i64>,
     },
     Reserve {
         meter: String,
@@ -174,7 +175,7 @@ pub fn parse(payload: &[u8], catalog: &ModelCatalog) -> Result<Message, Refusal>
         "set_plan" => &["id", "account", "ts", "plan"],
         "set_policy" => &["id", "account", "ts", "policy"],
         "adjust" => &["id", "account", "ts", "credit_type", "amount", "reason"],
-        "reverse" => &["id", "account", "ts", "event_id", "reason"],
+        "reverse" => &["id", "account", "ts", "event_id", "event_ts", "reason"],
         "reserve" => &[
             "id", "account", "ts", "meter", "quantity", "ttl", "hold_id", "dims",
         ],
@@ -460,8 +461,9 @@ impl Reader<'_> {
             }
             "reverse" => {
                 let event_id = self.other_id("event_id", None)?;
+                let event_ts = self.optional_ts("event_ts")?;
                 self.reason_text(false)?;
-                Body::Reverse { event_id }
+                Body::Reverse { event_id, event_ts }
             }
             "reserve" => {
                 let meter = self.meter("meter")?;

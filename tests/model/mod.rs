@@ -2001,9 +2001,10 @@ fn apply_account_message(
                     command_adjust(cx, a, id, ts, &credit_type, amount),
                     vec![("applied", zero())],
                 ),
-                Body::Reverse { event_id } => {
-                    (command_reverse(cx, a, tick_clock, &event_id), vec![])
-                }
+                Body::Reverse { event_id, event_ts } => (
+                    command_reverse(cx, a, tick_clock, &event_id, event_ts),
+                    vec![],
+                ),
                 Body::Reserve {
                     meter,
                     quantity,
@@ -2197,11 +2198,24 @@ fn command_reverse<'j>(
     a: &mut Account,
     tick_clock: Option<i64>,
     event_id: &str,
+    event_ts: Option<i64>,
 ) -> Outcome<'j> {
     let cat = cx.cat;
+    // The id's live entry, whatever it is; else its latest charge (in log order) while that
+    // charge's reversal window is open (§9).
+    let open = |ts: i64| tick_clock.is_none_or(|t| t <= ts + cat.rules.reversal_window_ms);
     let index = a
         .seen_index(event_id, tick_clock, cat.rules.dedupe_window_ms)
-        .ok_or("unknown_event")?;
+        .or_else(|| {
+            a.seen
+                .iter()
+                .rposition(|s| s.id == event_id && matches!(s.record, Record::Charge(_)))
+                .filter(|&i| open(a.seen[i].ts))
+        })
+        .ok_or(match event_ts {
+            Some(ts) if !open(ts) => "reversal_window_passed",
+            _ => "unknown_event",
+        })?;
     let charge = match &mut a.seen[index].record {
         Record::Charge(c) if c.reversed => return Err("already_reversed"),
         Record::Charge(c) => {

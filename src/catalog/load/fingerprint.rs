@@ -230,6 +230,14 @@ impl Catalog {
             rules.dedupe_entries_max.to_string(),
         );
         put(
+            "rules.reversal_window".into(),
+            rules.reversal_window.0.to_string(),
+        );
+        put(
+            "rules.reversal_entries_max".into(),
+            rules.reversal_entries_max.to_string(),
+        );
+        put(
             "rules.flush_interval".into(),
             rules.flush_interval.0.to_string(),
         );

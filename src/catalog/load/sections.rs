@@ -148,6 +148,8 @@ impl Loader {
                 "backdate_max",
                 "dedupe_window",
                 "dedupe_entries_max",
+                "reversal_window",
+                "reversal_entries_max",
                 "flush_interval",
                 "grants_per_account_max",
                 "holds_per_account_max",
@@ -167,6 +169,8 @@ impl Loader {
             _ => defaults.payload_max,
         };
         let dedupe_entries_max = count(self, "dedupe_entries_max", defaults.dedupe_entries_max);
+        let reversal_entries_max =
+            count(self, "reversal_entries_max", defaults.reversal_entries_max);
         let grants_per_account_max = count(
             self,
             "grants_per_account_max",
@@ -199,12 +203,28 @@ impl Loader {
         let backdate_max = duration(self, "backdate_max", defaults.backdate_max, false);
         let dedupe_window = duration(self, "dedupe_window", defaults.dedupe_window, true);
         let flush_interval = duration(self, "flush_interval", defaults.flush_interval, true);
+        // A reversal needs the charge record, which the dedupe index keeps for its window: a
+        // shorter reversal window would make a remembered event unreversible.
+        let reversal_window = match self.span(table, key, "reversal_window") {
+            Ok(Some(span)) if span < dedupe_window => {
+                self.error(
+                    at(key, "reversal_window"),
+                    format!("must be at least dedupe_window ({dedupe_window})"),
+                );
+                defaults.reversal_window
+            }
+            Ok(Some(span)) => span,
+            // Unset: the default, or the dedupe window when that is longer.
+            _ => defaults.reversal_window.max(dedupe_window),
+        };
         (self.errors.len() == before).then_some(Rules {
             payload_max,
             future_max,
             backdate_max,
             dedupe_window,
             dedupe_entries_max,
+            reversal_window,
+            reversal_entries_max,
             flush_interval,
             grants_per_account_max,
             holds_per_account_max,

@@ -10,7 +10,8 @@ impl Account {
         ts: Instant,
         kind: &CommandKind,
         priced: Option<&Priced>,
-        reversed_event: Option<&mut Remembered>,
+        // The record a `reverse` found, or the reason it is rejected with when none was.
+        reversed_event: Result<&mut Remembered, &'static str>,
     ) -> Remembered {
         let name = kind.name();
         let (rejected, detail, remembered) = match kind {
@@ -199,20 +200,21 @@ impl Account {
         &mut self,
         ctx: &mut Context<'_>,
         event_id: &str,
-        entry: Option<&mut Remembered>,
+        entry: Result<&mut Remembered, &'static str>,
     ) -> (Option<&'static str>, ResultDetail, Remembered) {
         let charge = match entry {
-            None | Some(Remembered::Applied) => {
+            Err(missing) => return (Some(missing), ResultDetail::None, Remembered::Applied),
+            Ok(Remembered::Applied) => {
                 return (
                     Some("unknown_event"),
                     ResultDetail::None,
                     Remembered::Applied,
                 )
             }
-            Some(Remembered::Rejected) => {
+            Ok(Remembered::Rejected) => {
                 return (Some("not_charged"), ResultDetail::None, Remembered::Applied)
             }
-            Some(Remembered::Charged(charge)) => charge,
+            Ok(Remembered::Charged(charge)) => charge,
         };
         if charge.reversed {
             return (

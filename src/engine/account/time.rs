@@ -193,11 +193,11 @@ impl Account {
         next_end: Instant,
     ) {
         self.period_end = closed_end;
-        // A charge of a period can be reversed while its entry is remembered: until the tick
-        // clock passes its ts + dedupe_window, and the tick clock is at most future_max behind
-        // the account's. Older records are no longer needed.
+        // A charge of a period can be reversed while its record is kept: until the tick clock
+        // passes its ts + reversal_window (at least dedupe_window), and the tick clock is at
+        // most future_max behind the account's. Older records are no longer needed.
         let rules = &ctx.catalog.rules;
-        let kept = rules.dedupe_window.0.saturating_add(rules.future_max.0);
+        let kept = rules.reversal_window.0.saturating_add(rules.future_max.0);
         let opened = self.period_start;
         for t in &mut self.types {
             let debt = t.debt();
