@@ -911,6 +911,16 @@ fn reversing_an_event_whose_overage_a_grant_repaid_compensates_once() {
     assert!(total.is_zero(), "the period nets {total}: {lines:?}");
 }
 
+/// The credits and money of the `reversal` line among the last invoice lines of `out`.
+fn reversal_line(out: &[String]) -> (String, String) {
+    let lines = last_lines(out);
+    let reversal = lines
+        .iter()
+        .find(|l| l.0 == "reversal")
+        .unwrap_or_else(|| panic!("a reversal line in {lines:?}"));
+    (reversal.1.clone(), reversal.2.clone())
+}
+
 #[test]
 fn reversing_a_closed_periods_event_credits_only_the_overage_that_was_invoiced() {
     // SEMANTICS §9. In the day of 11-24, 3 credits go into overage (0.30) and a grant of 2
@@ -934,16 +944,7 @@ fn reversing_a_closed_periods_event_credits_only_the_overage_that_was_invoiced()
         .expect("ledger and revenue identities");
     assert_eq!(run.balance("acct"), "2");
     let out = run.apply(&[r#"{"type":"tick","id":"t2","ts":"2026-11-26T00:00:30Z"}"#]);
-    let lines = last_lines(&out);
-    let reversal = lines
-        .iter()
-        .find(|l| l.0 == "reversal")
-        .expect("a reversal line");
-    assert_eq!(
-        (reversal.1.as_str(), reversal.2.as_str()),
-        ("-3", "-0.1"),
-        "{lines:?}"
-    );
+    assert_eq!(reversal_line(&out), ("-3".into(), "-0.1".into()));
 }
 
 #[test]
@@ -973,16 +974,7 @@ fn a_dispute_after_the_dedupe_window_is_reversed_until_the_reversal_window_passe
     // The event was charged in a closed period: a reversal line credits it on this one's
     // invoice (3 credits, no money: it was paid from a grant).
     let out = run.apply(&[r#"{"type":"tick","id":"t2","ts":"2026-12-05T00:00:30Z"}"#]);
-    let lines = last_lines(&out);
-    let reversal = lines
-        .iter()
-        .find(|l| l.0 == "reversal")
-        .expect("a reversal line");
-    assert_eq!(
-        (reversal.1.as_str(), reversal.2.as_str()),
-        ("-3", "0"),
-        "{lines:?}"
-    );
+    assert_eq!(reversal_line(&out), ("-3".into(), "0".into()));
     // Once is all.
     let out = run.apply(&[r#"{"type":"reverse","id":"r2","account":"acct","ts":"2026-12-05T00:01:00Z","event_id":"u1"}"#]);
     assert_eq!(
