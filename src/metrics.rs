@@ -54,6 +54,9 @@ pub const CONTENT_TYPE_OPENMETRICS: &str =
 /// Reasons a consumer is recreated: no delivery while messages were pending, a NATS
 /// reconnection, or an error from the consumer.
 pub const CONSUMER_RECREATED_REASONS: [&str; 3] = ["stall", "reconnect", "error"];
+
+/// The labels of `creditflow_snapshot_failures_total`: where a snapshot failed.
+pub const SNAPSHOT_FAILURE_STAGES: [&str; 2] = ["encode", "write"];
 /// HTTP connections served at once at most; further clients wait in the kernel's accept queue.
 pub const HTTP_CONNECTIONS_MAX: usize = 64;
 /// A client must send its request headers within this time, or is disconnected.
@@ -83,6 +86,11 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabel {
+    stage: &'static str,
+}
+
 /// The processor's metrics: cheap to clone (one `Arc`), shared by every thread.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -101,6 +109,9 @@ struct Inner {
     /// In the order of [`CONSUMER_RECREATED_REASONS`].
     consumer_recreated: Vec<Counter>,
     ticks_published: Counter,
+    /// In the order of [`SNAPSHOT_FAILURE_STAGES`].
+    snapshot_failures: Vec<Counter>,
+    snapshot_consecutive_failures: GaugeU64,
     consumer_lag: GaugeU64,
     input_position: GaugeU64,
     queue_depth: Vec<GaugeU64>,
@@ -259,7 +270,25 @@ impl Metrics {
             ticks_published.clone(),
         );
 
+        let failures = Family::<StageLabel, Counter>::default();
+        let snapshot_failures = SNAPSHOT_FAILURE_STAGES
+            .iter()
+            .map(|stage| failures.get_or_create_owned(&StageLabel { stage }))
+            .collect();
+        r.register(
+            "snapshot_failures",
+            "Snapshots that could not be encoded or written, by stage (encode, write); the \
+             last valid snapshot is kept",
+            failures,
+        );
+
         // Gauges.
+        let snapshot_consecutive_failures = GaugeU64::default();
+        r.register(
+            "snapshot_consecutive_failures",
+            "Snapshot failures since the last snapshot written (0 when the last one succeeded)",
+            snapshot_consecutive_failures.clone(),
+        );
         let consumer_lag = GaugeU64::default();
         r.register_with_unit(
             "consumer_lag",
@@ -360,6 +389,8 @@ impl Metrics {
                 nats_reconnects,
                 consumer_recreated,
                 ticks_published,
+                snapshot_failures,
+                snapshot_consecutive_failures,
                 consumer_lag,
                 input_position,
                 queue_depth,
@@ -433,6 +464,24 @@ impl Metrics {
 
     pub fn ticks_published(&self) {
         self.inner.ticks_published.inc();
+    }
+
+    /// A snapshot failed at `stage` (one of [`SNAPSHOT_FAILURE_STAGES`]; anything else
+    /// panics), the `consecutive`-th since the last one written.
+    pub fn snapshot_failed(&self, stage: &str, consecutive: u64) {
+        let index = SNAPSHOT_FAILURE_STAGES.iter().position(|s| *s == stage);
+        let Some(index) = index else {
+            panic!(
+                "unknown snapshot failure stage {stage:?}: use one of {SNAPSHOT_FAILURE_STAGES:?}"
+            );
+        };
+        self.inner.snapshot_failures[index].inc();
+        self.inner.snapshot_consecutive_failures.set(consecutive);
+    }
+
+    /// A snapshot was written: the run of failures, if any, is over.
+    pub fn snapshot_succeeded(&self) {
+        self.inner.snapshot_consecutive_failures.set(0);
     }
 
     // Gauges.
@@ -523,11 +572,27 @@ pub struct Health {
 #[derive(Debug)]
 struct HealthState {
     live: AtomicBool,
-    /// The flag of `ready`, readable without the lock (the service asks on every request).
+    /// Whether ready now, readable without the lock (the service asks on every request).
     ready_now: AtomicBool,
     /// Ready, and why not: one lock so a reader never pairs a flag with another state's reason.
     /// Taken only on state changes and probes, never per event.
-    ready: Mutex<(bool, String)>,
+    ready: Mutex<Readiness>,
+}
+
+#[derive(Debug)]
+struct Readiness {
+    /// What the pipeline last said (caught up, disconnected, stopping...).
+    ready: bool,
+    reason: String,
+    /// Problems that hold readiness off whatever the pipeline says, until cleared (snapshots
+    /// failing, say), by kind, in the order raised.
+    problems: Vec<(&'static str, String)>,
+}
+
+impl Readiness {
+    fn now(&self) -> bool {
+        self.ready && self.problems.is_empty()
+    }
 }
 
 impl Default for Health {
@@ -542,7 +607,11 @@ impl Health {
             inner: Arc::new(HealthState {
                 live: AtomicBool::new(true),
                 ready_now: AtomicBool::new(false),
-                ready: Mutex::new((false, "starting".to_string())),
+                ready: Mutex::new(Readiness {
+                    ready: false,
+                    reason: "starting".to_string(),
+                    problems: Vec::new(),
+                }),
             }),
         }
     }
@@ -552,18 +621,43 @@ impl Health {
         self.inner.live.store(live, Ordering::Relaxed);
     }
 
-    /// False makes `/readyz` answer 503 with `reason` (e.g. "restoring snapshots", "NATS
-    /// disconnected"); the reason is kept but not shown while ready.
-    pub fn set_ready(&self, ready: bool, reason: &str) {
+    fn update(&self, change: impl FnOnce(&mut Readiness)) {
+        // A panic while holding this lock cannot leave the state half-written (no call that
+        // panics runs between the fields' updates), so a poisoned lock is still sound.
         let mut state = self
             .inner
             .ready
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        state.0 = ready;
-        state.1.clear();
-        state.1.push_str(reason);
-        self.inner.ready_now.store(ready, Ordering::Release);
+        change(&mut state);
+        self.inner.ready_now.store(state.now(), Ordering::Release);
+    }
+
+    /// False makes `/readyz` answer 503 with `reason` (e.g. "restoring snapshots", "NATS
+    /// disconnected"); the reason is kept but not shown while ready. A problem raised with
+    /// [`Health::set_problem`] keeps `/readyz` at 503 even when this says ready.
+    pub fn set_ready(&self, ready: bool, reason: &str) {
+        self.update(|state| {
+            state.ready = ready;
+            state.reason.clear();
+            state.reason.push_str(reason);
+        });
+    }
+
+    /// Raises (`Some`) or clears (`None`) a problem of `kind` that holds readiness off until
+    /// cleared, whatever [`Health::set_ready`] says meanwhile; `/readyz` names it.
+    pub fn set_problem(&self, kind: &'static str, problem: Option<String>) {
+        self.update(|state| {
+            let at = state.problems.iter().position(|(k, _)| *k == kind);
+            match (at, problem) {
+                (Some(at), Some(text)) => state.problems[at].1 = text,
+                (None, Some(text)) => state.problems.push((kind, text)),
+                (Some(at), None) => {
+                    state.problems.remove(at);
+                }
+                (None, None) => {}
+            }
+        });
     }
 
     /// Whether ready (one atomic load; the reason needs [`Health::readiness`]).
@@ -575,16 +669,18 @@ impl Health {
         self.inner.live.load(Ordering::Relaxed)
     }
 
-    /// Whether ready, and the reason last given.
+    /// Whether ready, and why not: the first problem raised, else the reason last given.
     pub fn readiness(&self) -> (bool, String) {
-        // A panic while holding this lock cannot leave the pair half-written (both fields are
-        // set without any call that panics in between), so a poisoned lock is still sound.
         let state = self
             .inner
             .ready
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        (state.0, state.1.clone())
+        let reason = match state.problems.first() {
+            Some((_, problem)) => problem.clone(),
+            None => state.reason.clone(),
+        };
+        (state.now(), reason)
     }
 }
 
@@ -729,6 +825,8 @@ mod tests {
         metrics.nats_reconnects();
         metrics.consumer_recreated("stall");
         metrics.ticks_published();
+        metrics.snapshot_failed("write", 1);
+        metrics.snapshot_failed("write", 2);
         metrics.set_consumer_lag(42);
         metrics.set_queue_depth(1, 3);
         metrics.set_publish_in_flight(9);
@@ -752,6 +850,9 @@ mod tests {
             "creditflow_consumer_recreated_total{reason=\"stall\"} 1",
             "creditflow_consumer_recreated_total{reason=\"error\"} 0",
             "creditflow_ticks_published_total 1",
+            "creditflow_snapshot_failures_total{stage=\"write\"} 2",
+            "creditflow_snapshot_failures_total{stage=\"encode\"} 0",
+            "creditflow_snapshot_consecutive_failures 2",
             "creditflow_consumer_lag_messages 42",
             "creditflow_queue_depth_batches{shard=\"1\"} 3",
             "creditflow_publish_in_flight_messages 9",
@@ -792,6 +893,28 @@ mod tests {
     #[should_panic(expected = "unknown consumer recreation reason")]
     fn an_unknown_recreation_reason_is_a_programmer_error() {
         Metrics::new(1, 1).consumer_recreated("boredom");
+    }
+
+    #[test]
+    fn a_problem_holds_readiness_off_until_cleared() {
+        let health = Health::new();
+        health.set_ready(true, "caught up");
+        assert!(health.is_ready());
+        health.set_problem("snapshots", Some("3 snapshots failed in a row".into()));
+        health.set_ready(true, "caught up");
+        assert!(!health.is_ready());
+        assert_eq!(
+            health.readiness(),
+            (false, "3 snapshots failed in a row".to_string())
+        );
+        health.set_problem("ticks", Some("ticks failing".into()));
+        health.set_problem("snapshots", None);
+        assert_eq!(health.readiness(), (false, "ticks failing".to_string()));
+        health.set_problem("ticks", None);
+        assert_eq!(health.readiness(), (true, "caught up".to_string()));
+        assert!(health.is_ready());
+        health.set_ready(false, "stopping");
+        assert_eq!(health.readiness(), (false, "stopping".to_string()));
     }
 
     #[test]

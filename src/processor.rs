@@ -35,7 +35,9 @@ use crate::pipeline::shard::{Shard, ShardObserver};
 use crate::pipeline::streams::{ensure_stream, Ensured, StreamSettings};
 use crate::pipeline::{Outbound, SinkMessage};
 use crate::recovery::{recover, write_empty_snapshots, RecoveryReport, Streams};
-use crate::snapshot::policy::{run_encoder, run_writer, Policy, SnapshotObserver, WriterObserver};
+use crate::snapshot::policy::{
+    run_encoder, run_writer, FailedStage, Policy, SnapshotObserver, WriterObserver, Written,
+};
 use crate::snapshot::Store;
 
 /// How long a graceful stop may take to drain the shards and publish every pending output.
@@ -343,15 +345,36 @@ impl SnapshotObserver for PauseMetrics {
 
 struct WriteMetrics {
     metrics: Metrics,
+    health: Health,
     written_at: Arc<Mutex<HashMap<u32, WallInstant>>>,
+    /// `snapshot.failures_unready`.
+    failures_unready: u64,
 }
+
+/// The kind of readiness problem failing snapshots raise.
+const SNAPSHOTS_FAILING: &str = "snapshots";
 
 impl WriterObserver for WriteMetrics {
     fn written(&mut self, partition: u32, bytes: u64, elapsed: Duration) {
         self.metrics.observe_snapshot_write(elapsed.as_secs_f64());
         self.metrics.set_snapshot_size_bytes(partition, bytes);
+        self.metrics.snapshot_succeeded();
+        self.health.set_problem(SNAPSHOTS_FAILING, None);
         if let Ok(mut written) = self.written_at.lock() {
             written.insert(partition, WallInstant::now());
+        }
+    }
+
+    fn failed(&mut self, partition: u32, stage: FailedStage, error: &str, consecutive: u64) {
+        self.metrics.snapshot_failed(stage.label(), consecutive);
+        if consecutive >= self.failures_unready {
+            self.health.set_problem(
+                SNAPSHOTS_FAILING,
+                Some(format!(
+                    "{consecutive} snapshots failed in a row (last: partition {partition}, \
+                     {error})"
+                )),
+            );
         }
     }
 }
@@ -411,7 +434,7 @@ pub async fn run(
         recovered,
         store,
         &context,
-        &metrics,
+        (&metrics, &health),
         connection_epoch,
         &stop,
         fence.clone(),
@@ -503,12 +526,25 @@ pub async fn run(
     let written =
         writer_result.map_err(|_| ProcessorError::Other("the snapshot writer panicked".into()))?;
     reader_result?;
+    if !written.last_failed.is_empty() {
+        let failed: Vec<String> = written
+            .last_failed
+            .iter()
+            .map(|(partition, error)| format!("partition {partition}: {error}"))
+            .collect();
+        return Err(ProcessorError::Other(format!(
+            "the final snapshot failed for {} partition(s) ({}); every output was published, \
+             and the next start replays from the last valid snapshots",
+            failed.len(),
+            failed.join("; ")
+        )));
+    }
     Ok(RunSummary {
         recovery: report,
         outputs_published: emitted
             .published
             .saturating_sub(skipped.load(Ordering::Relaxed)),
-        snapshots_written: written.len(),
+        snapshots_written: written.files.len(),
         last_applied_seq,
     })
 }
@@ -606,7 +642,7 @@ struct Threads {
     reader_done: tokio::sync::oneshot::Receiver<()>,
     shards: Vec<std::thread::JoinHandle<Vec<Partition>>>,
     emitter: std::thread::JoinHandle<std::io::Result<crate::pipeline::emit::EmitReport>>,
-    writer: std::thread::JoinHandle<Vec<std::path::PathBuf>>,
+    writer: std::thread::JoinHandle<Written>,
     encoder: std::thread::JoinHandle<()>,
     /// Outputs the emitter skipped as already in the output stream.
     skipped: Arc<AtomicU64>,
@@ -626,7 +662,7 @@ fn start_threads(
     recovered: crate::recovery::Recovered,
     store: Store,
     context: &jetstream::Context,
-    metrics: &Metrics,
+    (metrics, health): (&Metrics, &Health),
     connection_epoch: Arc<AtomicU64>,
     stop: &tokio::sync::watch::Receiver<bool>,
     fence: Fence,
@@ -651,7 +687,9 @@ fn start_threads(
     let writer = {
         let observer = WriteMetrics {
             metrics: metrics.clone(),
+            health: health.clone(),
             written_at: written_at.clone(),
+            failures_unready: config.snapshot.failures_unready,
         };
         std::thread::Builder::new()
             .name("snapshot-writer".into())

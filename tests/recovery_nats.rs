@@ -307,6 +307,106 @@ fn broker_restarts_are_survived_without_help() {
     );
 }
 
+/// Snapshots that cannot be written (the directory replaced by a file) are counted, make
+/// `/readyz` say so after `failures_unready` in a row and recover when the directory is back;
+/// a graceful stop whose final snapshot fails exits non-zero; the last valid snapshots are
+/// kept, and the next start recovers from them to the oracle's state, emitting nothing twice.
+#[test]
+fn failing_snapshots_are_visible_and_the_last_valid_one_is_kept() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let partitions = 2;
+    let setup = Setup::with_metrics(
+        &url,
+        partitions,
+        1,
+        "[snapshot]\ninterval_events = 300\ninterval = \"100ms\"\nfailures_unready = 2\n",
+        true,
+    );
+    let runtime = runtime();
+    let mut processor = KillOnDrop(setup.start(&[]));
+    wait_streams(&runtime, &url);
+    let lines = workload(21, 40, 8_000);
+    let parts: Vec<&[String]> = lines.chunks(2_000).collect();
+    let port = || setup.metrics_port().expect("metrics port");
+    let failures =
+        |port: u16| gauge(port, "creditflow_snapshot_failures_total{stage=\"write\"}").unwrap_or(0);
+    let dir = setup.snapshots();
+    let saved = setup.dir.path().join("snapshots.saved");
+    let break_dir = || {
+        std::fs::rename(&dir, &saved).expect("move the snapshot directory away");
+        std::fs::write(&dir, b"not a directory").expect("a file in its place");
+    };
+    let repair_dir = || {
+        std::fs::remove_file(&dir).expect("remove the file");
+        std::fs::rename(&saved, &dir).expect("put the directory back");
+    };
+
+    runtime.block_on(publish(&url, parts[0], partitions));
+    wait_caught_up(&url, &setup, RUNTIME_MAX);
+    wait_until("a snapshot written", RUNTIME_MAX, || {
+        applied_through(&dir, partitions) > 0
+    });
+    wait_until("ready", RUNTIME_MAX, || {
+        readyz(port()).is_some_and(|(status, _)| status == 200)
+    });
+    assert_eq!(failures(port()), 0);
+
+    break_dir();
+    runtime.block_on(publish(&url, parts[1], partitions));
+    wait_until("not ready, naming the snapshots", RUNTIME_MAX, || {
+        readyz(port())
+            .is_some_and(|(status, body)| status == 503 && body.contains("snapshots failed"))
+    });
+    let (_, body) = readyz(port()).expect("readyz");
+    assert!(body.contains("partition"), "{body}");
+    assert!(failures(port()) >= 2, "failures counted");
+    assert!(
+        gauge(port(), "creditflow_snapshot_consecutive_failures").unwrap_or(0) >= 2,
+        "the current run of failures"
+    );
+
+    repair_dir();
+    runtime.block_on(publish(&url, parts[2], partitions));
+    wait_until(
+        "ready again once a snapshot is written",
+        RUNTIME_MAX,
+        || readyz(port()).is_some_and(|(status, _)| status == 200),
+    );
+    assert_eq!(
+        gauge(port(), "creditflow_snapshot_consecutive_failures"),
+        Some(0)
+    );
+    wait_caught_up(&url, &setup, RUNTIME_MAX);
+
+    break_dir();
+    // What the directory held when it went away; nothing reaches it after.
+    let kept_through = applied_through(&saved, partitions);
+    assert!(kept_through > 0);
+    let before = failures(port());
+    runtime.block_on(publish(&url, parts[3], partitions));
+    wait_caught_up(&url, &setup, RUNTIME_MAX);
+    wait_until("a snapshot of the last part failed", RUNTIME_MAX, || {
+        failures(port()) > before
+    });
+    let status = terminate(&mut processor);
+    assert!(!status.success(), "a failed final snapshot exits non-zero");
+    assert!(
+        setup.log().contains("the final snapshot failed"),
+        "the reason is logged:\n{}",
+        setup.log()
+    );
+
+    repair_dir();
+    assert_eq!(
+        applied_through(&dir, partitions),
+        kept_through,
+        "the last valid snapshots are kept"
+    );
+    let mut processor = KillOnDrop(setup.start(&[]));
+    finish_and_compare(&runtime, &url, &setup, &mut processor);
+}
+
 /// The processor down (killed) longer than the output stream's duplicate window: the broker
 /// can no longer drop re-published outputs, so only the recovery scan prevents duplicates.
 #[test]

@@ -278,6 +278,8 @@ pub struct SnapshotConfig {
     pub interval: Duration,
     /// Snapshots kept per partition; >= [`SNAPSHOTS_KEPT_MIN`].
     pub keep: usize,
+    /// Consecutive snapshot failures after which `/readyz` says not ready; >= 1.
+    pub failures_unready: u64,
 }
 
 /// `[lease]`: one processor at a time on the streams (`crate::lease`).

@@ -50,6 +50,7 @@ fn defaults_load_with_the_documented_values() {
     assert_eq!(config.engine.shards, 0);
     assert_eq!(config.engine.tick_interval, Some(Duration::from_secs(1)));
     assert_eq!(config.snapshot.keep, 3);
+    assert_eq!(config.snapshot.failures_unready, 3);
     assert_eq!(config.lease.bucket, "creditflow_leases");
     assert_eq!(config.lease.ttl, Duration::from_secs(15));
     assert_eq!(

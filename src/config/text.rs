@@ -125,6 +125,7 @@ impl Config {
                 ("interval_events", count_value(snapshot.interval_events)),
                 ("interval", duration_value(snapshot.interval)),
                 ("keep", count_value(snapshot.keep)),
+                ("failures_unready", count_value(snapshot.failures_unready)),
             ],
         );
         write_section(

@@ -776,6 +776,7 @@ impl Loader {
             interval_events: self.count_u64(s, "interval_events", 1),
             interval: self.duration(s, "interval", false),
             keep: self.count(s, "keep", SNAPSHOTS_KEPT_MIN, usize::MAX),
+            failures_unready: self.count_u64(s, "failures_unready", 1),
         }
     }
 

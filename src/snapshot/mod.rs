@@ -3,7 +3,7 @@
 //! Owns: the file format, atomic writes, retention of the last K files per partition, loading
 //! with fallback, and the policy that decides when a shard snapshots a partition.
 //!
-//! # File format (version 9)
+//! # File format (version 10)
 //!
 //! One file per snapshot, `p<partition, 5 digits>-<applied_through, 20 digits>.snap`, in the
 //! snapshot directory. All integers little-endian.
@@ -11,7 +11,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `CFSNAP01` |
-//! | 8 | 4 | format version (9) |
+//! | 8 | 4 | format version (10) |
 //! | 12 | 4 | header length H (bytes of the header fields after this one, before the checksum) |
 //! | 16 | H | header: bincode of [`Header`] |
 //! | 16+H | 4 | CRC32C of bytes 0 .. 16+H |
@@ -20,7 +20,8 @@
 //! | 28+H+P | 4 | CRC32C of the payload |
 //!
 //! The payload is the in-memory state's serde layout, so a change to that layout is a new
-//! format version. Version 9: the header records the catalog's settings and names' order
+//! format version. Version 10: a partition keeps the charge records its dedupe index forgot
+//! until their reversal window ends (SEMANTICS §9). Version 9: the header records the catalog's settings and names' order
 //! besides its price versions. Version 8: a charge record keeps its overage price, and a credit type's
 //! rare totals the debt each recently closed period settled (for reversals, SEMANTICS §9).
 //! Version 7: a credit type's alert states are in its boxed rare totals.
@@ -38,10 +39,13 @@
 //! file of that partition.
 //!
 //! Must never: replace a snapshot except by rename after fsync; retry after a failed fsync or
-//! rename (the kernel may have dropped the dirty pages, so a "successful" retry could leave a
-//! file that is not on disk: the process aborts instead, and recovers from the last verified
-//! snapshot); commit a snapshot before every output it covers is acked (the caller waits for the
-//! emitter's watermark first).
+//! an I/O error (EIO) from the rename (the kernel may have dropped the dirty pages, so a
+//! "successful" retry could leave a file that is not on disk: the process aborts instead, and
+//! recovers from the last verified snapshot); delete a partition's newest valid snapshot;
+//! commit a snapshot before every output it covers is acked (the caller waits for the
+//! emitter's watermark first). A rename refused for another reason (no space for the
+//! directory entry, the directory gone) changed nothing: it is an ordinary failure, counted
+//! and retried at the next snapshot, like a failed open or write.
 //!
 //! Invariants: a file under its final name is complete and fsynced, as is its directory entry;
 //! the newest K files per partition are kept, never fewer than the newest valid one.
@@ -227,6 +231,22 @@ pub struct PartitionFiles {
     pub corrupt: Vec<SnapshotError>,
 }
 
+/// Whether a failed rename is known to have changed nothing (the kernel refused it before
+/// touching the disk): no space or quota for the entry, a read-only file system, the
+/// directory gone or not a directory, no permission. Anything else (EIO above all) aborts.
+fn rename_changed_nothing(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        StorageFull
+            | QuotaExceeded
+            | ReadOnlyFilesystem
+            | NotFound
+            | NotADirectory
+            | PermissionDenied
+    )
+}
+
 /// A failure that must stop the process: see the module docs (no retry after fsync errors).
 fn fatal(what: &str, path: &Path, error: &std::io::Error) -> ! {
     tracing::error!(%error, path = %path.display(), "snapshot {what} failed; aborting (never retry a failed fsync or rename)");
@@ -273,9 +293,57 @@ impl Store {
 
     /// Writes a snapshot atomically: temporary file, fsync, rename, fsync of the directory.
     /// Returns the file's size. Any I/O failure on the way to durability aborts the process.
+    ///
+    /// On a full disk the files retention would delete after this write are deleted first
+    /// (never the partition's newest valid snapshot; [`Store::make_room`]) and the write is
+    /// tried once more; if it fails again the error is returned and nothing else is deleted.
     pub fn write(&self, header: &Header, payload: &[u8]) -> Result<u64, SnapshotError> {
         let bytes = encode(header, payload)
             .map_err(|e| SnapshotError::corrupt(&self.dir, e.to_string()))?;
+        match self.write_bytes(header, &bytes) {
+            Err(SnapshotError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::StorageFull =>
+            {
+                let freed = self.make_room(header.partition);
+                tracing::warn!(
+                    partition = header.partition,
+                    freed,
+                    "the snapshot directory's disk is full; deleted what retention allows and \
+                     trying once more"
+                );
+                self.write_bytes(header, &bytes)
+            }
+            other => other,
+        }
+    }
+
+    /// Deletes the partition's files that retention would delete once one more is written
+    /// (all but the newest `keep - 1`), except the newest one that verifies, which stays even
+    /// when it is older. Returns how many were deleted.
+    fn make_room(&self, partition: u32) -> usize {
+        let files = self.files(partition);
+        let kept = self.keep.saturating_sub(1).max(1);
+        let kept_valid = files[..kept.min(files.len())]
+            .iter()
+            .any(|path| self.load_file(path).is_ok());
+        let mut newest_valid_kept = kept_valid;
+        let mut deleted = 0;
+        for path in files.iter().skip(kept) {
+            if !newest_valid_kept && self.load_file(path).is_ok() {
+                newest_valid_kept = true;
+                continue;
+            }
+            match fs::remove_file(path) {
+                Ok(()) => deleted += 1,
+                Err(error) => {
+                    tracing::warn!(%error, path = %path.display(), "could not remove an old snapshot")
+                }
+            }
+        }
+        deleted
+    }
+
+    fn write_bytes(&self, header: &Header, bytes: &[u8]) -> Result<u64, SnapshotError> {
         let name = file_name(header.partition, header.applied_through);
         let final_path = self.dir.join(&name);
         let temp_path = self.dir.join(format!("{name}.tmp"));
@@ -294,7 +362,7 @@ impl Store {
                 })
             }
         };
-        if let Err(error) = file.write_all(&bytes) {
+        if let Err(error) = file.write_all(bytes) {
             let _ = fs::remove_file(&temp_path);
             return Err(SnapshotError::Io {
                 path: temp_path,
@@ -306,7 +374,14 @@ impl Store {
         }
         drop(file);
         if let Err(error) = fs::rename(&temp_path, &final_path) {
-            fatal("rename", &final_path, &error);
+            if !rename_changed_nothing(&error) {
+                fatal("rename", &final_path, &error);
+            }
+            let _ = fs::remove_file(&temp_path);
+            return Err(SnapshotError::Io {
+                path: final_path,
+                source: error,
+            });
         }
         match File::open(&self.dir).and_then(|d| d.sync_all()) {
             Ok(()) => {}
@@ -471,6 +546,83 @@ mod tests {
         assert_eq!(loaded.partition.applied_through, 5000);
         assert!(store.load(2).loaded.is_none());
         assert_eq!(parse_file_name(&file_name(12, 34)), Some((12, 34)));
+    }
+
+    /// A full disk (the temporary file is /dev/full, which refuses every write with ENOSPC):
+    /// the write is tried once more after making room, and succeeds.
+    #[test]
+    fn a_full_disk_makes_room_and_tries_once_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 3).unwrap();
+        for position in [10, 20, 30] {
+            store
+                .write(&header(0, position), &payload(0, position))
+                .unwrap();
+        }
+        let temp = dir.path().join(format!("{}.tmp", file_name(0, 40)));
+        std::os::unix::fs::symlink("/dev/full", &temp).unwrap();
+        let written = store.write(&header(0, 40), &payload(0, 40));
+        assert!(written.is_ok(), "{written:?}");
+        let positions: Vec<u64> = store
+            .files(0)
+            .iter()
+            .filter_map(|p| parse_file_name(p.file_name()?.to_str()?).map(|(_, at)| at))
+            .collect();
+        assert_eq!(positions, [40, 30, 20]);
+        assert_eq!(store.load(0).loaded.unwrap().header.applied_through, 40);
+        assert!(!temp.exists(), "no temporary file left");
+    }
+
+    /// Making room deletes what retention would delete after one more write, but never the
+    /// partition's newest valid snapshot, even when every newer file is corrupt.
+    #[test]
+    fn making_room_keeps_the_newest_valid_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 3).unwrap();
+        for position in [10, 20, 30] {
+            store
+                .write(&header(0, position), &payload(0, position))
+                .unwrap();
+        }
+        store.write(&header(1, 10), &payload(1, 10)).unwrap();
+        // The two newest of partition 0 corrupt: only the oldest is valid.
+        for position in [20, 30] {
+            fs::write(dir.path().join(file_name(0, position)), b"torn").unwrap();
+        }
+        assert_eq!(store.make_room(0), 0, "the only valid one stays");
+        assert_eq!(store.files(0).len(), 3);
+        assert_eq!(store.load(0).loaded.unwrap().header.applied_through, 10);
+        // With the newest valid again, the oldest is what retention allows to go.
+        store.write(&header(0, 40), &payload(0, 40)).unwrap();
+        assert_eq!(store.files(0).len(), 3);
+        assert_eq!(store.make_room(0), 1);
+        let left: Vec<u64> = store
+            .files(0)
+            .iter()
+            .filter_map(|p| parse_file_name(p.file_name()?.to_str()?).map(|(_, at)| at))
+            .collect();
+        assert_eq!(left, [40, 30]);
+        assert_eq!(store.files(1).len(), 1, "other partitions untouched");
+    }
+
+    /// A rename the kernel refuses without touching the disk (the directory replaced by a
+    /// file) is an ordinary error, not an abort; the error says where.
+    #[test]
+    fn a_vanished_directory_is_an_ordinary_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("snapshots");
+        let store = Store::open(&path, 2).unwrap();
+        store.write(&header(0, 1), &payload(0, 1)).unwrap();
+        fs::rename(&path, dir.path().join("away")).unwrap();
+        fs::write(&path, b"a file").unwrap();
+        let error = store.write(&header(0, 2), &payload(0, 2)).unwrap_err();
+        assert!(error.to_string().contains("snapshots"), "{error}");
+        assert!(rename_changed_nothing(&std::io::Error::from_raw_os_error(
+            28
+        )));
+        assert!(!rename_changed_nothing(&std::io::Error::from_raw_os_error(
+            5
+        )));
     }
 
     #[test]

@@ -31,10 +31,12 @@ use crate::pipeline::question::{Question, Seen};
 use crate::pipeline::shard::SnapshotHook;
 use crate::pipeline::{SinkMessage, WatermarkReached};
 
-/// A snapshot encoded, waiting for its watermark and its write.
+/// A snapshot encoded (or whose encode failed), waiting for its watermark and its write.
 pub struct SnapshotJob {
     pub header: Header,
-    pub payload: Vec<u8>,
+    /// The encoded partition, or why it could not be encoded (the writer counts the failure
+    /// like a failed write: one place knows every snapshot's outcome).
+    pub payload: Result<Vec<u8>, String>,
     pub watermark: Receiver<WatermarkReached>,
     /// How long the shard stopped for it (the ingest pause this snapshot caused).
     pub pause: Duration,
@@ -186,13 +188,7 @@ impl<O: SnapshotObserver> Policy<O> {
     /// Encodes `partition` here and queues it for the writer (the final snapshots).
     fn take(&mut self, partition: &Partition, sink: &Sender<SinkMessage>) {
         let started = WallInstant::now();
-        let payload = match crate::codec::encode(partition) {
-            Ok(payload) => payload,
-            Err(error) => {
-                tracing::error!(%error, partition = partition.number, "encoding a snapshot failed");
-                return;
-            }
-        };
+        let payload = crate::codec::encode(partition).map_err(|error| error.to_string());
         let header = self.header(partition);
         let pause = started.elapsed();
         self.observer.paused(partition.number, pause);
@@ -296,22 +292,15 @@ pub fn run_encoder(loans: Receiver<Loan>, jobs: Sender<SnapshotJob>) {
             ))
         });
         let held = lent_at.elapsed();
-        match encoded {
-            Ok(payload) => {
-                // The job first, then the partition: a later snapshot of it (taken once it is
-                // back) must reach the writer after this one.
-                let _ = jobs.send(SnapshotJob {
-                    header,
-                    payload,
-                    watermark,
-                    pause,
-                    held,
-                });
-            }
-            Err(error) => {
-                tracing::error!(%error, partition = partition.number, "encoding a snapshot failed");
-            }
-        }
+        // The job first, then the partition: a later snapshot of it (taken once it is back)
+        // must reach the writer after this one. A failed encode goes too, to be counted.
+        let _ = jobs.send(SnapshotJob {
+            header,
+            payload: encoded.map_err(|error| error.to_string()),
+            watermark,
+            pause,
+            held,
+        });
         // The shard may be gone (the process is failing); the partition is dropped then.
         let _ = back.send(partition);
     }
@@ -320,12 +309,42 @@ pub fn run_encoder(loans: Receiver<Loan>, jobs: Sender<SnapshotJob>) {
 /// What the writer reports.
 pub trait WriterObserver: Send {
     fn written(&mut self, partition: u32, bytes: u64, elapsed: Duration);
+    /// A snapshot of `partition` could not be encoded or written; `consecutive` counts the
+    /// failures since the last snapshot (of any partition) was written.
+    fn failed(&mut self, partition: u32, stage: FailedStage, error: &str, consecutive: u64);
+}
+
+/// Where a snapshot failed (the label of `creditflow_snapshot_failures_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailedStage {
+    Encode,
+    Write,
+}
+
+impl FailedStage {
+    pub fn label(self) -> &'static str {
+        match self {
+            FailedStage::Encode => "encode",
+            FailedStage::Write => "write",
+        }
+    }
 }
 
 pub struct NoWriterObserver;
 
 impl WriterObserver for NoWriterObserver {
     fn written(&mut self, _: u32, _: u64, _: Duration) {}
+    fn failed(&mut self, _: u32, _: FailedStage, _: &str, _: u64) {}
+}
+
+/// What the writer did, once its job queue closed.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// The files committed, in order.
+    pub files: Vec<PathBuf>,
+    /// Partitions whose last snapshot attempt failed (encode or write), with the error: at a
+    /// graceful stop these are the final snapshots that did not reach the disk.
+    pub last_failed: Vec<(u32, String)>,
 }
 
 /// Writes jobs in order until the job queue closes. A job whose watermark never comes (the
@@ -333,28 +352,62 @@ impl WriterObserver for NoWriterObserver {
 pub fn run_writer(
     store: Store,
     jobs: Receiver<SnapshotJob>,
-    mut observer: impl WriterObserver,
-) -> Vec<PathBuf> {
-    let mut written = Vec::new();
+    mut observer: impl WriterObserver + 'static,
+) -> Written {
+    let mut written = Written::default();
+    // The outcome of each partition's latest attempt: None = written, Some = why not.
+    let mut last: HashMap<u32, Option<String>> = HashMap::new();
+    let mut consecutive = 0u64;
+    let fail = |observer: &mut dyn WriterObserver,
+                consecutive: &mut u64,
+                partition: u32,
+                stage: FailedStage,
+                error: String| {
+        *consecutive += 1;
+        tracing::error!(
+            %error,
+            partition,
+            stage = stage.label(),
+            consecutive = *consecutive,
+            "a snapshot failed; the last valid one is kept and the next one will try again"
+        );
+        observer.failed(partition, stage, &error, *consecutive);
+        Some(error)
+    };
     while let Ok(mut job) = jobs.recv() {
+        let partition = job.header.partition;
+        let payload = match std::mem::replace(&mut job.payload, Ok(Vec::new())) {
+            Ok(payload) => payload,
+            Err(error) => {
+                let outcome = fail(
+                    &mut observer,
+                    &mut consecutive,
+                    partition,
+                    FailedStage::Encode,
+                    format!("encoding: {error}"),
+                );
+                last.insert(partition, outcome);
+                continue;
+            }
+        };
         let Ok(reached) = job.watermark.recv() else {
             tracing::warn!(
-                partition = job.header.partition,
+                partition,
                 "a snapshot's outputs were not confirmed durable; it is not committed"
             );
             continue;
         };
         debug_assert_eq!(
             (reached.partition, reached.seq),
-            (job.header.partition, job.header.applied_through)
+            (partition, job.header.applied_through)
         );
         job.header.output_seq_floor = reached.output_seq_floor;
         let started = WallInstant::now();
-        match store.write(&job.header, &job.payload) {
+        let outcome = match store.write(&job.header, &payload) {
             Ok(bytes) => {
                 let elapsed = started.elapsed();
                 tracing::info!(
-                    partition = job.header.partition,
+                    partition,
                     applied_through = job.header.applied_through,
                     bytes,
                     pause_ms = job.pause.as_secs_f64() * 1e3,
@@ -362,16 +415,30 @@ pub fn run_writer(
                     write_ms = elapsed.as_secs_f64() * 1e3,
                     "snapshot written"
                 );
-                observer.written(job.header.partition, bytes, elapsed);
-                written.push(store.dir().join(super::file_name(
-                    job.header.partition,
-                    job.header.applied_through,
-                )));
+                consecutive = 0;
+                observer.written(partition, bytes, elapsed);
+                written.files.push(
+                    store
+                        .dir()
+                        .join(super::file_name(partition, job.header.applied_through)),
+                );
+                None
             }
-            Err(error) => {
-                tracing::error!(%error, "writing a snapshot failed; the next one will try again")
-            }
-        }
+            Err(error) => fail(
+                &mut observer,
+                &mut consecutive,
+                partition,
+                FailedStage::Write,
+                error.to_string(),
+            ),
+        };
+        last.insert(partition, outcome);
     }
+    let mut last_failed: Vec<(u32, String)> = last
+        .into_iter()
+        .filter_map(|(partition, outcome)| Some((partition, outcome?)))
+        .collect();
+    last_failed.sort_by_key(|(partition, _)| *partition);
+    written.last_failed = last_failed;
     written
 }
