@@ -49,7 +49,11 @@ COPY --from=build --chown=65532:65532 /out/var/lib/creditflow /var/lib/creditflo
 ENV CREDITFLOW_ENGINE_CATALOG=/etc/creditflow/catalog.toml \
     CREDITFLOW_SNAPSHOT_DIR=/var/lib/creditflow/snapshots \
     CREDITFLOW_METRICS_LISTEN=0.0.0.0:9464 \
+    CREDITFLOW_METRICS_API=false \
     CREDITFLOW_LOG_FORMAT=json
+# The HTTP read API shows every account's balance, so on the container's public port it needs
+# a token: run with -e CREDITFLOW_METRICS_API=true -e CREDITFLOW_METRICS_TOKEN=<secret> to
+# serve it (a public address with the API on and no token is refused at start).
 USER nonroot
 WORKDIR /var/lib/creditflow
 VOLUME ["/var/lib/creditflow"]

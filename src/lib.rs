@@ -10,6 +10,7 @@ pub mod config;
 pub mod decimal;
 pub mod demo;
 pub mod engine;
+pub mod http_api;
 pub mod lease;
 pub mod metrics;
 pub mod pipeline;

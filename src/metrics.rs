@@ -692,17 +692,20 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen).await?;
-    serve_listener(listener, metrics, health, shutdown).await
+    serve_listener(listener, metrics, health, None, shutdown).await
 }
 
 /// Serves `GET /metrics`, `/healthz` and `/readyz` on an already bound listener (so a caller or
 /// a test can bind port 0 and read the port) until `shutdown` completes, then lets in-flight
 /// responses finish for at most [`HTTP_SHUTDOWN_GRACE_MS`]. Failed accepts are logged and
 /// retried, never fatal: metrics must not take the processor down.
+///
+/// With `api`, paths under `/api/` are the HTTP read API ([`crate::http_api`]).
 pub async fn serve_listener(
     listener: TcpListener,
     metrics: Metrics,
     health: Health,
+    api: Option<Arc<crate::http_api::Api>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let connections = Arc::new(Semaphore::new(HTTP_CONNECTIONS_MAX));
@@ -726,10 +729,31 @@ pub async fn serve_listener(
             },
             () = &mut shutdown => break,
         };
-        let (metrics, health) = (metrics.clone(), health.clone());
+        let (metrics, health, api) = (metrics.clone(), health.clone(), api.clone());
         let service = service_fn(move |request: Request<Incoming>| {
-            let response = respond(&metrics, &health, &request);
-            async move { Ok::<_, Infallible>(response) }
+            let api = api
+                .clone()
+                .filter(|_| request.uri().path().starts_with("/api/"));
+            let plain = api.is_none().then(|| respond(&metrics, &health, &request));
+            async move {
+                let response = match (plain, api) {
+                    (Some(response), _) => response,
+                    (None, Some(api)) => {
+                        let (parts, body) = request.into_parts();
+                        let body = read_body(body).await;
+                        api.respond(
+                            &parts.method,
+                            parts.uri.path(),
+                            parts.uri.query(),
+                            parts.headers.get(hyper::header::AUTHORIZATION),
+                            body,
+                        )
+                        .await
+                    }
+                    (None, None) => text(StatusCode::NOT_FOUND, "not found\n"),
+                };
+                Ok::<_, Infallible>(response)
+            }
         });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -756,6 +780,18 @@ pub async fn serve_listener(
         tracing::debug!("metrics server: connections still open at the end of the grace period");
     }
     Ok(())
+}
+
+/// A request body, at most [`crate::http_api::BODY_BYTES_MAX`] bytes.
+async fn read_body(body: Incoming) -> Result<Bytes, String> {
+    use http_body_util::BodyExt as _;
+    let limit = crate::http_api::BODY_BYTES_MAX;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) => Err(format!(
+            "the request body could not be read (at most {limit} bytes): {error}"
+        )),
+    }
 }
 
 fn respond<B>(metrics: &Metrics, health: &Health, request: &Request<B>) -> Response<Full<Bytes>> {
@@ -959,6 +995,7 @@ mod tests {
             listener,
             metrics.clone(),
             health.clone(),
+            None,
             async move {
                 let _ = stopped.await;
             },

@@ -398,7 +398,7 @@ pub async fn run(
     let metrics = Metrics::new(partitions, shards);
     let health = Health::new();
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    serve_metrics(&config, &metrics, &health, &stop).await?;
+    let api = serve_metrics(&config, &metrics, &health, &stop).await?;
 
     let connection_epoch = Arc::new(AtomicU64::new(0));
     let client = connect(
@@ -439,6 +439,15 @@ pub async fn run(
         &stop,
         fence.clone(),
     )?;
+    if let Some(api) = &api {
+        api.attach(Arc::new(crate::service::Desk {
+            catalog: catalog.clone(),
+            settings: desk_settings(&config),
+            questions: threads.questions.clone(),
+            health: health.clone(),
+            jetstream: None,
+        }));
+    }
     if let Some(interval) = config.engine.tick_interval {
         let metrics = metrics.clone();
         let fence = fence.clone();
@@ -571,16 +580,21 @@ fn lease_ended(
     }
 }
 
-/// Step: the metrics and health server, when configured.
+/// Step: the metrics and health server, when configured, with the HTTP read API when
+/// `metrics.api` (answering 503 until [`crate::http_api::Api::attach`]).
 async fn serve_metrics(
     config: &Config,
     metrics: &Metrics,
     health: &Health,
     stop: &tokio::sync::watch::Receiver<bool>,
-) -> Result<(), ProcessorError> {
+) -> Result<Option<Arc<crate::http_api::Api>>, ProcessorError> {
     let Some(listen) = config.metrics.listen else {
-        return Ok(());
+        return Ok(None);
     };
+    let api = config
+        .metrics
+        .api
+        .then(|| crate::http_api::Api::new(config.metrics.token.clone()));
     if !listen.ip().is_loopback() {
         tracing::warn!(%listen, "metrics listen on a non-loopback address");
     }
@@ -594,16 +608,34 @@ async fn serve_metrics(
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(%address, "metrics listening");
-    let server =
-        crate::metrics::serve_listener(listener, metrics.clone(), health.clone(), async move {
+    let server = crate::metrics::serve_listener(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        api.clone(),
+        async move {
             let _ = stop_metrics.changed().await;
-        });
+        },
+    );
     tokio::spawn(async move {
         if let Err(error) = server.await {
             tracing::error!(%error, "metrics server failed");
         }
     });
-    Ok(())
+    Ok(api)
+}
+
+/// The service's settings, shared by the NATS service and the HTTP read API.
+fn desk_settings(config: &Config) -> crate::service::Settings {
+    crate::service::Settings {
+        subject_prefix: config.service.subject_prefix.clone(),
+        queue_group: config.service.queue_group.clone(),
+        wait_max: config.service.wait_max,
+        input_prefix: config.input.subject_prefix.clone(),
+        partitions: config.engine.partitions,
+        shards: config.shard_count(),
+        publish_timeout: config.nats.request_timeout,
+    }
 }
 
 /// Step: the streams checked or created, the snapshots loaded and proven against the streams.
@@ -937,18 +969,10 @@ async fn serve(
                         .build(client.clone());
                     let desk = crate::service::Desk {
                         catalog,
-                        settings: crate::service::Settings {
-                            subject_prefix: config.service.subject_prefix.clone(),
-                            queue_group: config.service.queue_group.clone(),
-                            wait_max: config.service.wait_max,
-                            input_prefix: config.input.subject_prefix.clone(),
-                            partitions: config.engine.partitions,
-                            shards: config.shard_count(),
-                            publish_timeout: config.nats.request_timeout,
-                        },
+                        settings: desk_settings(&config),
                         questions,
                         health,
-                        jetstream,
+                        jetstream: Some(jetstream),
                     };
                     crate::service::start(client, Arc::new(desk))
                         .await

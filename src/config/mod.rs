@@ -321,6 +321,11 @@ pub struct MetricsConfig {
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` disables the server. The
     /// caller warns when it is not a loopback address.
     pub listen: Option<SocketAddr>,
+    /// Serve the HTTP read API (`/api/v1/...`) on the same server.
+    pub api: bool,
+    /// The bearer token the API requires; required when `api` is on and `listen` is not a
+    /// loopback address. Never printed.
+    pub token: Option<String>,
 }
 
 /// Log output format.

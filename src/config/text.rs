@@ -157,7 +157,20 @@ impl Config {
             .metrics
             .listen
             .map_or_else(String::new, |address| address.to_string());
-        write_section(&mut out, "metrics", &[("listen", Value::String(listen))]);
+        let token = if self.metrics.token.is_some() {
+            REDACTED.to_string()
+        } else {
+            String::new()
+        };
+        write_section(
+            &mut out,
+            "metrics",
+            &[
+                ("listen", Value::String(listen)),
+                ("api", Value::Boolean(self.metrics.api)),
+                ("token", Value::String(token)),
+            ],
+        );
         write_section(
             &mut out,
             "log",

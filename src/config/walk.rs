@@ -847,7 +847,22 @@ impl Loader {
                 }
             }
         };
-        MetricsConfig { listen }
+        let api = self.boolean("metrics", "api");
+        let token = Some(self.string("metrics", "token")).filter(|t| !t.is_empty());
+        if let Some(address) = listen {
+            if api && token.is_none() && !address.ip().is_loopback() && self.ok(&["metrics.token"])
+            {
+                self.error(
+                    "metrics.token",
+                    format!(
+                        "required when metrics.api is on and metrics.listen ({address}) is not a \
+                         loopback address: the API shows every account's balance (set it, or \
+                         CREDITFLOW_METRICS_TOKEN, or turn metrics.api off)"
+                    ),
+                );
+            }
+        }
+        MetricsConfig { listen, api, token }
     }
 
     fn log(&mut self) -> LogConfig {

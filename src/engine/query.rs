@@ -386,6 +386,66 @@ impl Partition {
     }
 }
 
+/// One credit type's totals over a set of accounts (the HTTP API's deployment totals).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TypeTotals {
+    /// Accounts with a balance in this credit type.
+    pub accounts: u64,
+    /// Σ balance (remaining minus debt), Σ held, Σ debt.
+    pub balance: Credits,
+    pub held: Credits,
+    pub debt: Credits,
+    /// Σ of each ledger total (lifetime).
+    pub granted: Credits,
+    pub consumed: Credits,
+    pub expired: Credits,
+    pub voided: Credits,
+    pub adjusted: Credits,
+}
+
+impl TypeTotals {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &TypeTotals) {
+        self.accounts += other.accounts;
+        self.balance += other.balance;
+        self.held += other.held;
+        self.debt += other.debt;
+        self.granted += other.granted;
+        self.consumed += other.consumed;
+        self.expired += other.expired;
+        self.voided += other.voided;
+        self.adjusted += other.adjusted;
+    }
+}
+
+impl Partition {
+    /// The partition's accounts and, per credit type (by id), the sums of their balances and
+    /// ledgers as they are (no account advanced): one pass over the accounts.
+    pub fn totals(&self, credit_types: usize) -> (u64, Vec<TypeTotals>) {
+        let mut totals = vec![TypeTotals::default(); credit_types];
+        for account in self.accounts() {
+            for t in &account.types {
+                let Some(into) = totals.get_mut(t.credit_type.0 as usize) else {
+                    continue;
+                };
+                let ledger = t.ledger();
+                into.add(&TypeTotals {
+                    accounts: 1,
+                    balance: account.balance(t.credit_type),
+                    held: account.held(t.credit_type),
+                    debt: t.debt(),
+                    granted: ledger.granted,
+                    consumed: ledger.consumed,
+                    expired: ledger.expired,
+                    voided: ledger.voided,
+                    adjusted: ledger.adjusted,
+                });
+            }
+        }
+        (self.accounts().len() as u64, totals)
+    }
+}
+
 /// A grant's id by its serial, or `#<serial>` when it has been pruned.
 fn grant_name(account: &Account, serial: u32) -> String {
     account

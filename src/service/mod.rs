@@ -106,8 +106,9 @@ pub struct Desk {
     /// One bounded queue per shard.
     pub questions: Vec<Sender<Question>>,
     pub health: Health,
-    /// JetStream on the service's connection, for publishing commands.
-    pub jetstream: async_nats::jetstream::Context,
+    /// JetStream on the service's connection, for publishing commands; `None` for a desk that
+    /// only answers queries (the HTTP read API).
+    pub jetstream: Option<async_nats::jetstream::Context>,
 }
 
 /// A running service; [`Running::stop`] unsubscribes every endpoint.
@@ -229,7 +230,7 @@ impl Desk {
 
     /// Asks the shard that owns `partition`, once it has applied through `min_seq`, and waits
     /// at most `wait_max` for the answer.
-    async fn ask<T: Send + 'static>(
+    pub(crate) async fn ask<T: Send + 'static>(
         &self,
         partition: u32,
         min_seq: u64,
@@ -541,8 +542,13 @@ impl Desk {
                 format!("the command could not be stored in the input stream: {e}"),
             )
         };
-        let ack = self
-            .jetstream
+        let Some(jetstream) = &self.jetstream else {
+            return Err(ServiceError::unavailable(
+                "read_only",
+                "this desk answers queries only; send commands to the NATS service",
+            ));
+        };
+        let ack = jetstream
             .send_publish(subject, message)
             .await
             .map_err(|e| unavailable(e.to_string()))?;
