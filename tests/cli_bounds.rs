@@ -340,3 +340,46 @@ fn a_byte_order_mark_at_the_start_of_a_file_is_skipped_by_publish() {
     });
     assert_eq!(stored, [first, second]);
 }
+
+/// A log line longer than any valid message (a file without newlines, `/dev/zero`) is refused
+/// with its line number once the limit is read, not read whole; a last line without a newline
+/// is still read.
+#[test]
+fn a_log_line_past_the_limit_is_refused_not_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = manifest("config/catalog.toml");
+    let long = dir.path().join("long.jsonl");
+    let first = r#"{"id":"e1","account":"a","meter":"api_call","quantity":"1","ts":"2026-11-24T10:00:00Z"}"#;
+    let mut bytes = format!("{first}\n").into_bytes();
+    bytes.extend(std::iter::repeat_n(
+        b'x',
+        creditflow::cli::replay::LOG_LINE_BYTES_MAX + 1,
+    ));
+    std::fs::write(&long, bytes).unwrap();
+    for events in [long.display().to_string(), "/dev/zero".to_string()] {
+        let output = creditflow(
+            &["replay", "--catalog", &catalog, "--events", &events],
+            dir.path(),
+        );
+        assert!(!output.status.success(), "{events}");
+        let message = stderr(&output);
+        let line = if events == "/dev/zero" { 1 } else { 2 };
+        assert!(
+            message.contains(&format!(":{line}: a line longer than 4194304 bytes")),
+            "{events}: {message}"
+        );
+    }
+    let unterminated = dir.path().join("unterminated.jsonl");
+    std::fs::write(&unterminated, first).unwrap();
+    let output = creditflow(
+        &[
+            "replay",
+            "--catalog",
+            &catalog,
+            "--events",
+            &unterminated.display().to_string(),
+        ],
+        dir.path(),
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+}

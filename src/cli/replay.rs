@@ -42,6 +42,10 @@ pub const PLAIN_SUBJECT: &str = "creditflow.in";
 /// The UTF-8 byte order mark some editors (and Windows tools) write at the start of a text file.
 pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// The longest line a log may have: room for the largest payload base64-encoded in an
+/// envelope, with its fields. A longer line is refused (no valid message is that long).
+pub const LOG_LINE_BYTES_MAX: usize = 4 << 20;
+
 /// Reads a log. Plain lines are payloads with `seq` = line number (blank lines skipped but
 /// counted, so sequences match the file). With `envelope`, each line is
 /// `{"seq":N,"subject":"…","received":"…","payload":"…"}` (or `payload_base64`; `received`
@@ -49,10 +53,30 @@ pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 /// is skipped.
 pub fn read_log(path: &Path, envelope: bool) -> anyhow::Result<Vec<LogEntry>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let reader = std::io::BufReader::new(file);
+    let mut reader = std::io::BufReader::new(file);
     let mut entries = Vec::new();
-    for (index, line) in reader.split(b'\n').enumerate() {
-        let mut line = line.with_context(|| format!("reading {}", path.display()))?;
+    for index in 0.. {
+        let mut line = Vec::new();
+        // Never more than the limit in memory for one line: a file without newlines (a
+        // device, a binary) is refused at the limit, not read whole.
+        let read = std::io::Read::take(&mut reader, LOG_LINE_BYTES_MAX as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        } else if line.len() > LOG_LINE_BYTES_MAX {
+            bail!(
+                "{}:{}: a line longer than {} bytes (a valid message is at most {} bytes; is \
+                 this a JSONL log?)",
+                path.display(),
+                index + 1,
+                LOG_LINE_BYTES_MAX,
+                crate::catalog::load::PAYLOAD_BYTES_MAX
+            );
+        }
         if line.last() == Some(&b'\r') {
             line.pop();
         }
