@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod dashboard;
 pub mod decimal;
 pub mod demo;
 pub mod engine;

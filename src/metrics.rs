@@ -731,10 +731,13 @@ pub async fn serve_listener(
         };
         let (metrics, health, api) = (metrics.clone(), health.clone(), api.clone());
         let service = service_fn(move |request: Request<Incoming>| {
+            let dashboard = api.is_some();
             let api = api
                 .clone()
                 .filter(|_| request.uri().path().starts_with("/api/"));
-            let plain = api.is_none().then(|| respond(&metrics, &health, &request));
+            let plain = api
+                .is_none()
+                .then(|| respond(&metrics, &health, dashboard, &request));
             async move {
                 let response = match (plain, api) {
                     (Some(response), _) => response,
@@ -794,9 +797,19 @@ async fn read_body(body: Incoming) -> Result<Bytes, String> {
     }
 }
 
-fn respond<B>(metrics: &Metrics, health: &Health, request: &Request<B>) -> Response<Full<Bytes>> {
+fn respond<B>(
+    metrics: &Metrics,
+    health: &Health,
+    dashboard: bool,
+    request: &Request<B>,
+) -> Response<Full<Bytes>> {
     if request.method() != Method::GET {
         return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if dashboard {
+        if let Some(response) = crate::dashboard::respond(request.uri().path()) {
+            return response;
+        }
     }
     match request.uri().path() {
         "/metrics" => {

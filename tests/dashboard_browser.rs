@@ -1,0 +1,137 @@
+//! The dashboard in a real browser: Debian's chromium, headless, driven by Playwright
+//! (`tests/browser/dashboard.mjs`; `scripts/test` installs chromium and the npm package when
+//! missing) against the real binary on a real `nats-server`. The balances the page shows equal
+//! the service's answer, the chart drew every charge, the page logged no error; the
+//! screenshots are kept in `target/dashboard-screenshots/`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
+    text.split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string()
+}
+
+#[test]
+fn the_dashboard_shows_the_service_balances_and_draws_the_chart() {
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "run `npm ci --prefix tests/browser` (scripts/test does)"
+    );
+    let server = creditflow::testkit::NatsServer::start();
+    let url = server.url();
+    let partitions = 4;
+    let setup = Setup::with_metrics(&url, partitions, 2, "", true);
+    let _processor = KillOnDrop(setup.start(&[]));
+    wait_until("metrics port", Duration::from_secs(60), || {
+        setup.metrics_port().is_some()
+    });
+    let port = setup.metrics_port().expect("port");
+    wait_until("the API answers", Duration::from_secs(60), || {
+        readyz(port).is_some_and(|(status, _)| status == 200)
+    });
+    let rt = runtime();
+    let lines = creditflow::sample::scenario(7, 12, 2000);
+    rt.block_on(publish(&url, &lines, partitions));
+    wait_caught_up(&url, &setup, Duration::from_secs(120));
+
+    // The account with the most recent charges.
+    let (account, statement) = (1..=12)
+        .map(|i| format!("acct_{i:02}"))
+        .filter_map(|a| {
+            let text = get(port, &format!("/api/v1/accounts/{a}/statement?limit=100"));
+            let v: Value = serde_json::from_str(&text).ok()?;
+            Some((a, v))
+        })
+        .max_by_key(|(_, v)| v["charges"].as_array().map_or(0, Vec::len))
+        .expect("an account");
+    let charges = statement["charges"].as_array().expect("charges").len();
+    assert!(charges > 0, "the account has charges");
+    let balance: Value =
+        serde_json::from_str(&get(port, &format!("/api/v1/accounts/{account}/balance")))
+            .expect("balance");
+    let totals: Value = serde_json::from_str(&get(port, "/api/v1/totals")).expect("totals");
+
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshot dir");
+    let output = Command::new("node")
+        .arg(browser_dir.join("dashboard.mjs"))
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(&account)
+        .arg(&shots)
+        .output()
+        .expect("node");
+    assert!(
+        output.status.success(),
+        "the browser run failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(
+        output
+            .stdout
+            .split(|b| *b == b'\n')
+            .rfind(|l| l.starts_with(b"{"))
+            .expect("the page's report"),
+    )
+    .expect("report json");
+    assert_eq!(seen["errors"], serde_json::json!([]), "page errors");
+    assert_eq!(seen["accounts"], totals["accounts"].to_string());
+    let expected_types: Vec<Value> = totals["credit_types"]
+        .as_array()
+        .expect("types")
+        .iter()
+        .map(|t| serde_json::json!([t["credit_type"], t["balance"]]))
+        .collect();
+    assert_eq!(seen["creditTypes"], Value::Array(expected_types));
+    let expected_balances: Vec<Value> = balance["balances"]
+        .as_array()
+        .expect("balances")
+        .iter()
+        .map(|b| serde_json::json!([b["credit_type"], b["balance"]]))
+        .collect();
+    assert_eq!(
+        seen["balances"],
+        Value::Array(expected_balances),
+        "{account}"
+    );
+    assert_eq!(seen["chartPoints"], charges, "every charge on the chart");
+    assert_eq!(
+        seen["polyline"],
+        serde_json::json!([charges]),
+        "one line through them"
+    );
+    assert_eq!(seen["charges"], charges);
+    assert_eq!(
+        seen["grants"],
+        balance["grants"].as_array().map_or(0, Vec::len).max(1),
+        "grants listed (an empty list shows one 'none' line)"
+    );
+    for shot in ["overview.png", "account.png"] {
+        assert!(
+            std::fs::metadata(shots.join(shot)).is_ok_and(|m| m.len() > 10_000),
+            "{shot} kept"
+        );
+    }
+}
