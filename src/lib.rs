@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod processor;
 pub mod recovery;
+pub mod refusals;
 pub mod sample;
 pub mod service;
 pub mod snapshot;

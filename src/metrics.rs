@@ -20,6 +20,7 @@
 //! recreation reason, is a programmer error and panics; every series exists (at 0) from the
 //! start, so `rate()` works from the first scrape.
 
+use crate::wire::input::DeadReason;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -102,6 +103,8 @@ struct Inner {
     registry: Registry,
     messages_applied: Vec<Counter>,
     dead_letters: Vec<Counter>,
+    /// In the order of [`DeadReason::ALL`].
+    dead_letter_reasons: Vec<Counter>,
     duplicates: Vec<Counter>,
     outputs_published: Counter,
     publish_retries: Counter,
@@ -227,6 +230,21 @@ impl Metrics {
             "Messages refused as dead letters (undecodable or invalid)",
             None,
             partitions,
+        );
+        let by_reason = Family::<ReasonLabel, Counter>::default();
+        let dead_letter_reasons = DeadReason::ALL
+            .iter()
+            .map(|reason| {
+                by_reason.get_or_create_owned(&ReasonLabel {
+                    reason: reason.name(),
+                })
+            })
+            .collect();
+        r.register(
+            "dead_letter_reasons",
+            "Dead letters by reason (SEMANTICS 2.1), as this process produced them: since its \
+             start, the log tail replayed at start included",
+            by_reason,
         );
         let duplicates = per_partition(
             r,
@@ -383,6 +401,7 @@ impl Metrics {
                 registry,
                 messages_applied,
                 dead_letters,
+                dead_letter_reasons,
                 duplicates,
                 outputs_published,
                 publish_retries,
@@ -446,6 +465,15 @@ impl Metrics {
 
     pub fn publish_retries(&self, n: u64) {
         self.inner.publish_retries.inc_by(n);
+    }
+
+    /// One dead letter of `reason` (a [`DeadReason`] name; another name panics).
+    pub fn dead_letter_reason(&self, reason: &str) {
+        let index = DeadReason::ALL.iter().position(|r| r.name() == reason);
+        let Some(index) = index else {
+            panic!("unknown dead-letter reason {reason:?}");
+        };
+        self.inner.dead_letter_reasons[index].inc();
     }
 
     pub fn nats_reconnects(&self) {
@@ -868,6 +896,8 @@ mod tests {
         metrics.messages_applied(3, 10);
         metrics.messages_applied(3, 5);
         metrics.dead_letters(0, 2);
+        metrics.dead_letter_reason("not_allowed_on_subject");
+        metrics.dead_letter_reason("not_allowed_on_subject");
         metrics.duplicates(1, 1);
         metrics.outputs_published(7);
         metrics.publish_retries(2);
@@ -909,6 +939,8 @@ mod tests {
             "creditflow_snapshot_size_bytes{partition=\"2\"} 4096",
             "creditflow_accounts{partition=\"0\"} 100",
             "creditflow_dedupe_entries{partition=\"0\"} 250",
+            "creditflow_dead_letter_reasons_total{reason=\"not_allowed_on_subject\"} 2",
+            "creditflow_dead_letter_reasons_total{reason=\"malformed_json\"} 0",
             "creditflow_apply_batch_duration_seconds_count{shard=\"0\"} 2",
             "creditflow_apply_batch_size_messages_sum{shard=\"0\"} 768",
             "creditflow_apply_batch_size_messages_count{shard=\"1\"} 0",

@@ -35,6 +35,7 @@ use crate::pipeline::shard::{Shard, ShardObserver};
 use crate::pipeline::streams::{ensure_stream, Ensured, StreamSettings};
 use crate::pipeline::{Outbound, SinkMessage};
 use crate::recovery::{recover, write_empty_snapshots, RecoveryReport, Streams};
+use crate::refusals::Refusals;
 use crate::snapshot::policy::{
     run_encoder, run_writer, FailedStage, Policy, SnapshotObserver, WriterObserver, Written,
 };
@@ -190,38 +191,111 @@ async fn connect_to(
         .map_err(|e| fail(e.to_string()))
 }
 
-/// Connects with the configured authentication and TLS; reconnects forever. `epoch` counts
-/// connections (the emitter resends unacked outputs of an older one first).
+/// The kind of readiness problem failing ticks raise.
+const TICKS_FAILING: &str = "ticks";
+
+/// Tick intervals that may fail in a row before the processor says it is not ready (at once
+/// when the server refused the tick subject: that does not heal by itself).
+const TICK_FAILURES_UNREADY: u64 = 3;
+
+/// What the tick publisher's intervals do to the metrics and readiness: without ticks no
+/// period ends and no grant expires, so failing ticks make `/readyz` 503 naming the error.
+fn tick_outcomes(
+    metrics: &Metrics,
+    health: &Health,
+    refusals: &Refusals,
+    input_prefix: &str,
+) -> impl Fn(Result<(), String>) + Send + 'static {
+    let (metrics, health, refusals) = (metrics.clone(), health.clone(), refusals.clone());
+    let prefix = format!("{input_prefix}.");
+    let failed = AtomicU64::new(0);
+    move |outcome| match outcome {
+        Ok(()) => {
+            failed.store(0, Ordering::Relaxed);
+            metrics.ticks_published();
+            health.set_problem(TICKS_FAILING, None);
+        }
+        Err(error) => {
+            let failures = failed.fetch_add(1, Ordering::Relaxed) + 1;
+            let refused = refusals.permission(&prefix).filter(|r| r.contains(".tick"));
+            if failures >= TICK_FAILURES_UNREADY || refused.is_some() {
+                let why = match refused {
+                    Some(refused) => format!(
+                        "the NATS server refused it ({refused}): the processor's user needs \
+                         publish permission on the tick subjects (config/nats-server.conf)"
+                    ),
+                    None => refusals.annotate(error),
+                };
+                health.set_problem(
+                    TICKS_FAILING,
+                    Some(format!(
+                        "ticks failed {failures} interval(s) in a row, so no period can end: {why}"
+                    )),
+                );
+            }
+        }
+    }
+}
+
+/// `error`, with what the NATS server refused this process when it refused anything: the
+/// timeouts a missing permission or wrong credentials cause say nothing of the cause.
+fn explain_refusals(refusals: &Refusals, error: ProcessorError) -> ProcessorError {
+    let message = error.to_string();
+    let annotated = refusals.annotate(&message);
+    if annotated == message {
+        error
+    } else {
+        ProcessorError::Other(annotated)
+    }
+}
+
+/// What the processor's connection reports to the rest of it, from the client's events.
+#[derive(Clone)]
+pub struct ConnectionEvents {
+    pub metrics: Metrics,
+    pub health: Health,
+    /// Counts connections (the emitter resends unacked outputs of an older one first).
+    pub epoch: Arc<AtomicU64>,
+    /// The same count, for the reader to recreate its consumer on a reconnect.
+    pub connections: Arc<tokio::sync::watch::Sender<u64>>,
+    /// What the server refused (permissions, credentials), to explain the timeouts they cause.
+    pub refusals: Refusals,
+}
+
+/// Connects with the configured authentication and TLS; reconnects forever, reporting to
+/// `events`.
 pub async fn connect(
     config: &Config,
-    metrics: Metrics,
-    health: Health,
-    epoch: Arc<AtomicU64>,
+    events: ConnectionEvents,
 ) -> Result<async_nats::Client, ProcessorError> {
     let options = connect_options(config, &config.nats.name)
         .await?
         .event_callback(move |event| {
-            let metrics = metrics.clone();
-            let health = health.clone();
-            let epoch = epoch.clone();
+            let events = events.clone();
             async move {
+                if let Some(refusal) = events.refusals.record(&event) {
+                    tracing::error!(
+                        refusal = refusal.text(),
+                        "the NATS server refused a request; a permissions violation means \
+                         the processor's user lacks that permission (config/nats-server.conf \
+                         lists what it needs), an authorization violation that its credentials \
+                         are wrong"
+                    );
+                    return;
+                }
                 match event {
                     async_nats::Event::Connected => {
-                        epoch.fetch_add(1, Ordering::AcqRel);
+                        let count = events.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+                        events.connections.send_replace(count);
                         tracing::info!("connected to NATS");
-                        metrics.nats_reconnects();
+                        events.metrics.nats_reconnects();
                     }
                     async_nats::Event::Disconnected => {
                         tracing::warn!("disconnected from NATS; reconnecting");
-                        health.set_ready(false, "disconnected from NATS");
+                        events.health.set_ready(false, "disconnected from NATS");
                     }
                     async_nats::Event::ServerError(error) => {
-                        tracing::error!(
-                            %error,
-                            "the NATS server refused a request; a permissions violation means \
-                             the processor's user lacks that permission (config/nats-server.conf \
-                             lists what it needs)"
-                        );
+                        tracing::error!(%error, "the NATS server reported an error");
                     }
                     other => tracing::info!(event = %other, "NATS event"),
                 }
@@ -305,6 +379,10 @@ impl ShardObserver for ShardMetrics {
                 *seen = now.clone();
             }
         }
+    }
+
+    fn dead_letter(&mut self, reason: &'static str) {
+        self.metrics.dead_letter_reason(reason);
     }
 }
 
@@ -401,15 +479,22 @@ pub async fn run(
     let api = serve_metrics(&config, &metrics, &health, &stop).await?;
 
     let connection_epoch = Arc::new(AtomicU64::new(0));
+    let (connections_sender, connections) = tokio::sync::watch::channel(0u64);
+    let refusals = Refusals::default();
     let client = connect(
         &config,
-        metrics.clone(),
-        health.clone(),
-        connection_epoch.clone(),
+        ConnectionEvents {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            epoch: connection_epoch.clone(),
+            connections: Arc::new(connections_sender),
+            refusals: refusals.clone(),
+        },
     )
     .await?;
     // Before anything touches the streams or the snapshots: one processor at a time.
-    let lease = take_lease(&config, &client).await?;
+    let explained = |error: ProcessorError| explain_refusals(&refusals, error);
+    let lease = take_lease(&config, &client).await.map_err(explained)?;
     let fence = lease.fence();
     let (release_lease, release) = tokio::sync::oneshot::channel::<()>();
     let mut lease_task = tokio::spawn(lease.keep(async move {
@@ -424,7 +509,9 @@ pub async fn run(
         .ack_timeout(config.nats.request_timeout)
         .backpressure_on_inflight(true)
         .build(client.clone());
-    let (store, recovered) = recover_state(&config, &catalog, &context, &options).await?;
+    let (store, recovered) = recover_state(&config, &catalog, &context, &options, &refusals)
+        .await
+        .map_err(explained)?;
     tracing::info!(report = ?recovered.report, "recovered");
     let report = recovered.report.clone();
 
@@ -435,7 +522,7 @@ pub async fn run(
         store,
         &context,
         (&metrics, &health),
-        connection_epoch,
+        (connection_epoch, connections),
         &stop,
         fence.clone(),
     )?;
@@ -449,7 +536,6 @@ pub async fn run(
         }));
     }
     if let Some(interval) = config.engine.tick_interval {
-        let metrics = metrics.clone();
         let fence = fence.clone();
         tokio::spawn(crate::pipeline::ticks::run(
             context.clone(),
@@ -457,7 +543,7 @@ pub async fn run(
             partitions,
             interval,
             stop.clone(),
-            move || metrics.ticks_published(),
+            tick_outcomes(&metrics, &health, &refusals, &config.input.subject_prefix),
             move || fence.holds(),
         ));
     }
@@ -644,6 +730,7 @@ async fn recover_state(
     catalog: &Catalog,
     context: &jetstream::Context,
     options: &RunOptions,
+    refusals: &Refusals,
 ) -> Result<(Store, crate::recovery::Recovered), ProcessorError> {
     let partitions = config.engine.partitions;
     let (_, input_ensured) = ensure_stream(context, &input_stream(config)).await?;
@@ -657,6 +744,7 @@ async fn recover_state(
             context,
             input: &config.input.stream,
             output: &config.output.stream,
+            refusals,
         },
         &store,
         catalog,
@@ -695,7 +783,7 @@ fn start_threads(
     store: Store,
     context: &jetstream::Context,
     (metrics, health): (&Metrics, &Health),
-    connection_epoch: Arc<AtomicU64>,
+    (connection_epoch, connections): (Arc<AtomicU64>, tokio::sync::watch::Receiver<u64>),
     stop: &tokio::sync::watch::Receiver<bool>,
     fence: Fence,
 ) -> Result<Threads, ProcessorError> {
@@ -831,6 +919,7 @@ fn start_threads(
             },
             observer: IngestMetrics(metrics.clone()),
             position: position.clone(),
+            connections,
         };
         let stop = stop.clone();
         std::thread::Builder::new()

@@ -154,6 +154,8 @@ pub struct Streams<'a> {
     pub context: &'a jetstream::Context,
     pub input: &'a str,
     pub output: &'a str,
+    /// What the server refused this connection (a request it refuses just times out).
+    pub refusals: &'a crate::refusals::Refusals,
 }
 
 fn nats(error: impl std::fmt::Display) -> RecoveryError {
@@ -363,6 +365,37 @@ async fn check_history(
     }
 }
 
+/// How long the output scan waits for its next message before giving up.
+const SCAN_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// The scan's next message; an error at once when the server refuses the scan's requests (a
+/// pull request the user may not make is dropped, and the scan would wait for nothing).
+async fn next_scanned(
+    messages: &mut jetstream::consumer::pull::Ordered,
+    streams: &Streams<'_>,
+) -> Result<Option<Result<jetstream::Message, impl std::fmt::Display>>, RecoveryError> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(next) = tokio::time::timeout(Duration::from_millis(250), messages.next()).await {
+            return Ok(next);
+        }
+        if let Some(refused) = streams.refusals.permission(streams.output) {
+            return Err(nats(format!(
+                "scanning the output stream {} for outputs already published: the NATS server \
+                 refused it ({refused}); the processor's user needs that permission \
+                 (config/nats-server.conf lists them)",
+                streams.output
+            )));
+        }
+        if started.elapsed() >= SCAN_WAIT_MAX {
+            return Err(nats(format!(
+                "timed out scanning the output stream {} (no message in {SCAN_WAIT_MAX:?})",
+                streams.output
+            )));
+        }
+    }
+}
+
 /// Ids of the outputs stored after output stream sequence `floor`.
 async fn scan_outputs(
     streams: &Streams<'_>,
@@ -391,9 +424,7 @@ async fn scan_outputs(
         .map_err(nats)?;
     let mut messages = consumer.messages().await.map_err(nats)?;
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(30), messages.next())
-            .await
-            .map_err(|_| nats("timed out scanning the output stream"))?;
+        let next = next_scanned(&mut messages, streams).await?;
         let Some(message) = next else { break };
         let message = message.map_err(nats)?;
         let sequence = message.info().map_err(nats)?.stream_sequence;

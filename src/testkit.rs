@@ -115,6 +115,12 @@ impl NatsServer {
         &self.store
     }
 
+    /// The config file the server runs with (a copy, for a test to rewrite before
+    /// [`NatsServer::restart`]), when started with one.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config.as_ref().map(|(path, _)| path.as_path())
+    }
+
     /// Kills the server with SIGKILL (no graceful shutdown) and waits for it to be gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

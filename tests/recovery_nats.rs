@@ -265,7 +265,8 @@ fn rewritten_history_is_refused() {
     );
 }
 
-/// nats-server SIGKILLed and restarted several times mid-run: the processor recovers by itself.
+/// nats-server SIGKILLed and restarted several times mid-run: the processor recovers by itself,
+/// recreating its input consumer on each reconnect (how fast: scripts/bench-broker-restart).
 #[test]
 fn broker_restarts_are_survived_without_help() {
     let mut server = NatsServer::start();
@@ -297,6 +298,18 @@ fn broker_restarts_are_survived_without_help() {
     assert!(
         processor.try_wait().unwrap().is_none(),
         "the processor kept running:\n{}",
+        setup.log()
+    );
+    // It acted on the reconnects rather than waiting for the stall timer or missed heartbeats.
+    let port = setup.metrics_port().expect("metrics port");
+    let reconnects = gauge(
+        port,
+        "creditflow_consumer_recreated_total{reason=\"reconnect\"}",
+    )
+    .unwrap_or(0);
+    assert!(
+        reconnects >= 1,
+        "no consumer recreated on reconnect:\n{}",
         setup.log()
     );
     finish_and_compare(&runtime, &url, &setup, &mut processor);

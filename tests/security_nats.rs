@@ -255,32 +255,54 @@ async fn outputs_as(url: &str, user: &str) -> Vec<(String, String)> {
     all
 }
 
-/// A missing permission is named, not mistaken for lost history: without
-/// `$JS.API.STREAM.MSG.GET.CREDITFLOW_IN` a restart cannot check the stream's history, and
-/// refuses saying which permission it may lack (it said the history was deleted or purged,
-/// which invites `--rebuild`); the server's refusals are logged as such.
-#[test]
-fn a_missing_permission_is_named() {
+/// The shipped server config without the lines containing `drop` (each must match some).
+fn shipped_config_without(drop: &[&str]) -> String {
     let shipped = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("config/nats-server.conf"),
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("nats-server.conf");
-    let without: Vec<&str> = shipped
+    for part in drop {
+        assert!(shipped.contains(part), "the shipped config has no {part}");
+    }
+    shipped
         .lines()
-        .filter(|l| !l.contains("MSG.GET.CREDITFLOW_IN"))
-        .collect();
-    assert!(without.len() < shipped.lines().count());
-    std::fs::write(&config, without.join("\n")).unwrap();
-    let server = creditflow::testkit::NatsServer::start_with_config(&config, &PASSWORDS);
+        .filter(|l| !drop.iter().any(|part| l.contains(part)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A server running the shipped config without the lines containing `drop`.
+fn server_without(dir: &Path, drop: &[&str]) -> creditflow::testkit::NatsServer {
+    let config = dir.join("nats-server.conf");
+    std::fs::write(&config, shipped_config_without(drop)).unwrap();
+    creditflow::testkit::NatsServer::start_with_config(&config, &PASSWORDS)
+}
+
+/// Waits for the processor to exit by itself; its status.
+fn exited(processor: &mut KillOnDrop, setup: &Setup) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = processor.try_wait().unwrap() {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", setup.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const AS_PROCESSOR: &str =
+    "[nats]\nuser = \"processor\"\npassword = \"processor-secret\"\nrequest_timeout = \"1s\"\n";
+
+/// A missing permission is named, not mistaken for lost history: without
+/// `$JS.API.STREAM.MSG.GET.CREDITFLOW_IN` a restart cannot check the stream's history, and
+/// refuses saying which permission it lacks (it said the history was deleted or purged,
+/// which invites `--rebuild`); the server's refusals are logged as such.
+#[test]
+fn a_missing_permission_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_without(dir.path(), &["MSG.GET.CREDITFLOW_IN"]);
     let url = server.url();
-    let setup = Setup::new(
-        &url,
-        2,
-        1,
-        "[nats]\nuser = \"processor\"\npassword = \"processor-secret\"\nrequest_timeout = \"1s\"\n",
-    );
+    let setup = Setup::new(&url, 2, 1, AS_PROCESSOR);
     let mut processor = KillOnDrop(setup.start(&[]));
     wait_until("the service", Duration::from_secs(60), || {
         cli(&url, "operator", &["grant", "perm_1", "10", "--id", "g1"]).0
@@ -288,20 +310,112 @@ fn a_missing_permission_is_named() {
     let status = terminate(&mut processor);
     assert!(status.success(), "{}", setup.log());
     let mut processor = KillOnDrop(setup.start(&[]));
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = processor.try_wait().unwrap() {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", setup.log());
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(!status.success());
+    assert!(!exited(&mut processor, &setup).success());
     let log = setup.log();
     assert!(
         log.contains("$JS.API.STREAM.MSG.GET.CREDITFLOW_IN"),
         "the refusal does not name the permission:\n{log}"
     );
+    assert!(
+        log.contains("the NATS server refused: Permissions Violation"),
+        "{log}"
+    );
     assert!(!log.contains("no longer holds the history"), "{log}");
     assert!(log.contains("the NATS server refused a request"), "{log}");
+}
+
+/// Without pull permission on the output stream, a start that must scan it for outputs already
+/// published stops naming `$JS.API.CONSUMER.MSG.NEXT.CREDITFLOW_OUT` (it waited, not ready).
+#[test]
+fn a_missing_pull_permission_on_the_output_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = server_without(dir.path(), &[]);
+    let url = server.url();
+    let setup = Setup::new(&url, 2, 1, AS_PROCESSOR);
+    let mut processor = KillOnDrop(setup.start(&[]));
+    wait_until("the service", Duration::from_secs(60), || {
+        cli(&url, "operator", &["grant", "perm_2", "10", "--id", "g2"]).0
+    });
+    // Killed, so its snapshots are behind the outputs and the next start scans them.
+    processor.kill().unwrap();
+    processor.wait().unwrap();
+    let config = server.config_path().unwrap().to_path_buf();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let without: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("CONSUMER.MSG.NEXT.CREDITFLOW_OUT"))
+        .collect();
+    assert!(without.len() < text.lines().count());
+    std::fs::write(&config, without.join("\n")).unwrap();
+    server.restart();
+    let mut processor = KillOnDrop(setup.start(&[]));
+    assert!(!exited(&mut processor, &setup).success());
+    let log = setup.log();
+    assert!(
+        log.contains("scanning the output stream CREDITFLOW_OUT")
+            && log.contains("$JS.API.CONSUMER.MSG.NEXT.CREDITFLOW_OUT"),
+        "the refusal does not name the permission:\n{log}"
+    );
+    assert_eq!(
+        log.matches("the NATS server refused:").count(),
+        0,
+        "said once:\n{log}"
+    );
+}
+
+/// Without publish permission on the tick subjects, the processor is not ready and `/readyz`
+/// names the subject it may not publish to (ticks failed forever while it said ready).
+#[test]
+fn ticks_refused_make_the_processor_not_ready_naming_the_subject() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_without(dir.path(), &["\"creditflow.in.*.tick\""]);
+    let url = server.url();
+    let setup = Setup::with_metrics(
+        &url,
+        2,
+        1,
+        &format!("{AS_PROCESSOR}[engine]\ntick_interval = \"200ms\"\n"),
+        true,
+    );
+    let _processor = KillOnDrop(setup.start(&[]));
+    let mut last = None;
+    wait_until(
+        "not ready, naming the tick subject",
+        Duration::from_secs(60),
+        || {
+            last = setup.metrics_port().and_then(readyz);
+            last.as_ref().is_some_and(|(status, body)| {
+                *status == 503
+                    && body.contains("ticks failed")
+                    && body.contains("Permissions Violation for Publish to \"creditflow.in.")
+            })
+        },
+    );
+    let (_, body) = last.unwrap();
+    assert!(body.contains(".tick"), "{body}");
+}
+
+/// A wrong password is said to be one, not "request error: timed out".
+#[test]
+fn a_wrong_password_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_without(dir.path(), &[]);
+    let url = server.url();
+    let setup = Setup::new(
+        &url,
+        2,
+        1,
+        "[nats]\nuser = \"processor\"\npassword = \"not-the-password\"\nrequest_timeout = \"1s\"\n",
+    );
+    let mut processor = KillOnDrop(setup.start(&[]));
+    assert!(!exited(&mut processor, &setup).success());
+    let log = setup.log();
+    assert!(
+        log.contains("refused this client's credentials") && log.contains("user and password"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("not-the-password"),
+        "the password is not printed:\n{log}"
+    );
 }

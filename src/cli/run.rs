@@ -160,14 +160,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let metrics = crate::metrics::Metrics::new(config.engine.partitions, config.shard_count());
-        let client = crate::processor::connect(
-            &config,
-            metrics,
-            crate::metrics::Health::new(),
-            Default::default(),
-        )
-        .await?;
+        let client = crate::processor::connect_plain(&config, &config.nats.name).await?;
         let context = async_nats::jetstream::new(client);
         let name = if args.stream == "input" {
             &config.input.stream

@@ -3,7 +3,8 @@
 //! Owns: the JetStream consumer (an ordered pull consumer: ephemeral, no acks, recreated by
 //! the client at the right sequence when it misses heartbeats), the next expected stream
 //! sequence, and the watchdog that recreates a consumer that stops delivering while the stream
-//! has messages for it.
+//! has messages for it, or at once when the connection to NATS comes back (a restarted server
+//! may have lost the consumer; waiting for missed heartbeats or the stall timer took 10-15 s).
 //!
 //! Must never: skip a sequence (a gap in an unfiltered consumer over a stream that denies
 //! deletes is lost history: the reader stops with the evidence), apply a redelivered message
@@ -74,6 +75,20 @@ pub struct Reader<O: IngestObserver> {
     pub settings: ReaderSettings,
     pub observer: O,
     pub position: Position,
+    /// Counts connections to NATS (changed by the client's `Connected` event): each change
+    /// after the first recreates the consumer.
+    pub connections: tokio::sync::watch::Receiver<u64>,
+}
+
+/// Longest wait between attempts to open the consumer: short, so the reader is back within
+/// about a second of JetStream answering again after a broker restart.
+const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Resolves when the connection count changes; never once its sender is gone.
+async fn next_connection(connections: &mut tokio::sync::watch::Receiver<u64>) {
+    if connections.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn received_of(published: &async_nats::jetstream::message::Info<'_>) -> Instant {
@@ -91,6 +106,7 @@ impl<O: IngestObserver> Reader<O> {
         let mut next_seq = self.settings.start_seq.max(1);
         self.position.store(next_seq, Ordering::Release);
         let mut backoff = Duration::from_millis(100);
+        self.connections.borrow_and_update();
         'consumers: loop {
             if *stop.borrow() {
                 break;
@@ -104,9 +120,10 @@ impl<O: IngestObserver> Reader<O> {
                     tracing::warn!(%error, next_seq, "cannot open the input consumer; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
+                        _ = next_connection(&mut self.connections) => {}
                         _ = stop.changed() => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(REOPEN_BACKOFF_MAX);
                     continue;
                 }
             };
@@ -126,6 +143,11 @@ impl<O: IngestObserver> Reader<O> {
                                     continue 'consumers;
                                 }
                                 continue;
+                            }
+                            _ = next_connection(&mut self.connections) => {
+                                tracing::info!(next_seq, "reconnected to NATS; recreating the input consumer");
+                                self.observer.consumer_recreated("reconnect");
+                                continue 'consumers;
                             }
                             _ = stop.changed() => break 'consumers,
                         }

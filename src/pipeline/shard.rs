@@ -99,6 +99,9 @@ pub trait ShardObserver: Send {
         elapsed: std::time::Duration,
         partitions: &[Option<Partition>],
     );
+
+    /// One dead letter produced, of `reason` (its wire name).
+    fn dead_letter(&mut self, _reason: &'static str) {}
 }
 
 pub struct NoObserver;
@@ -532,7 +535,8 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                 self.results
                     .result(partition, key, output.seq, outbound.payload.clone());
             }
-            (Body::DeadLetter { .. }, _) => {
+            (Body::DeadLetter { reason, .. }, _) => {
+                self.observer.dead_letter(reason);
                 self.results
                     .dead_letter(output.seq, outbound.payload.clone());
             }

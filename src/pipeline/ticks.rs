@@ -5,7 +5,8 @@
 //!
 //! Must never: publish a tick into the past of a previous one (ticks only move forward; the
 //! engine ignores a tick that does not advance its clock anyway), or block the pipeline: a
-//! publish that fails is logged and the next interval tries again.
+//! publish that fails is logged and reported (the processor goes not-ready while ticks fail:
+//! without them no period ends and no grant expires), and the next interval tries again.
 //!
 //! Invariants: every partition's tick subject (`<prefix>.<p>.tick`) gets one tick per interval
 //! with the same `ts`, each with a `Nats-Msg-Id` unique to (partition, ts), so a retried tick is
@@ -34,15 +35,16 @@ pub fn wall_clock() -> Instant {
     Instant(millis)
 }
 
-/// Publishes ticks every `interval` until `stop` changes, while `may_publish` holds. Counts ticks
-/// published with `on_tick`.
+/// Publishes ticks every `interval` until `stop` changes, while `may_publish` holds. Reports
+/// each interval's outcome to `on_interval`: `Ok` when every partition's tick was stored, the
+/// error otherwise.
 pub async fn run(
     context: jetstream::Context,
     input_prefix: String,
     partitions: u32,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
-    on_tick: impl Fn() + Send,
+    on_interval: impl Fn(Result<(), String>) + Send,
     may_publish: impl Fn() -> bool + Send,
 ) {
     let mut timer = tokio::time::interval(interval);
@@ -64,33 +66,30 @@ pub async fn run(
         last = at;
         let payload = bytes::Bytes::from(tick_payload(at));
         let mut acks = Vec::with_capacity(partitions as usize);
+        let mut failure = None;
         for partition in 0..partitions {
             let publish = jetstream::message::PublishMessage::build()
                 .payload(payload.clone())
                 .message_id(format!("tick-{}-{partition}", at.millis()));
-            match context
-                .send_publish(
-                    subject(&input_prefix, partition, SubjectKind::Tick),
-                    publish,
-                )
-                .await
-            {
-                Ok(ack) => acks.push(ack),
+            let tick_subject = subject(&input_prefix, partition, SubjectKind::Tick);
+            match context.send_publish(tick_subject.clone(), publish).await {
+                Ok(ack) => acks.push((tick_subject, ack)),
                 Err(error) => {
                     tracing::warn!(%error, "publishing a tick failed; the next interval retries");
+                    failure = Some(format!("publishing a tick to {tick_subject}: {error}"));
                     break;
                 }
             }
         }
-        let mut all = true;
-        for ack in acks {
+        for (tick_subject, ack) in acks {
             if let Err(error) = ack.await {
                 tracing::warn!(%error, "a tick was not acknowledged; the next interval retries");
-                all = false;
+                failure.get_or_insert(format!("a tick on {tick_subject} was not stored: {error}"));
             }
         }
-        if all {
-            on_tick();
-        }
+        on_interval(match failure {
+            None => Ok(()),
+            Some(error) => Err(error),
+        });
     }
 }

@@ -50,6 +50,30 @@ pub enum DeadReason {
 }
 
 impl DeadReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [DeadReason; 20] = [
+        DeadReason::PayloadTooLarge,
+        DeadReason::MalformedJson,
+        DeadReason::UnknownType,
+        DeadReason::InvalidField,
+        DeadReason::MissingField,
+        DeadReason::BadAccount,
+        DeadReason::BadId,
+        DeadReason::BadQuantity,
+        DeadReason::BadTimestamp,
+        DeadReason::UnknownMeter,
+        DeadReason::UnknownPlan,
+        DeadReason::UnknownCreditType,
+        DeadReason::TsTooFarAhead,
+        DeadReason::TsTooOld,
+        DeadReason::NoPriceInForce,
+        DeadReason::NoRateForDims,
+        DeadReason::CostOverflow,
+        DeadReason::AccountLimit,
+        DeadReason::WrongPartition,
+        DeadReason::NotAllowedOnSubject,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             DeadReason::PayloadTooLarge => "payload_too_large",
