@@ -101,7 +101,7 @@ impl Deployment {
     }
 }
 
-/// One request: the reply's body, or the error code and status of a `Nats-Service-Error`
+/// One request: the reply's body (checked against its schema), or the error code and status of a `Nats-Service-Error`
 /// reply (code 0 for a request that got no reply at all).
 async fn call(
     client: &async_nats::Client,
@@ -129,7 +129,18 @@ async fn call(
                 .unwrap_or(0);
             Err((code, status))
         }
-        None => Ok(String::from_utf8_lossy(&message.payload).into_owned()),
+        None => {
+            let body = String::from_utf8_lossy(&message.payload).into_owned();
+            // Every reply the service tests get is held to its contract (docs/schemas).
+            if let Some(schema) = common::schemas::reply_schema(subject) {
+                let value: serde_json::Value = serde_json::from_str(&body)
+                    .unwrap_or_else(|e| panic!("a reply on {subject} is not JSON ({e}): {body}"));
+                if let Err(errors) = common::schemas::Contracts::shared().check(&schema, &value) {
+                    panic!("the reply on {subject} does not match {schema}: {errors}\n{body}");
+                }
+            }
+            Ok(body)
+        }
     }
 }
 
