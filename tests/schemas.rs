@@ -190,3 +190,28 @@ fn the_asyncapi_document_names_every_schema_and_subject() {
         "creditflow.svc.command.grant"
     );
 }
+
+/// The AsyncAPI initiative's own parser accepts the document, its references resolved into the
+/// schema file, with no error and no warning (tests/browser/asyncapi.mjs).
+#[test]
+fn the_asyncapi_parser_accepts_the_document() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        root.join("tests/browser/node_modules/@asyncapi/parser")
+            .exists(),
+        "run `npm ci --prefix tests/browser` (scripts/test does)"
+    );
+    let output = std::process::Command::new("node")
+        .arg(root.join("tests/browser/asyncapi.mjs"))
+        .arg(root.join("docs/asyncapi.yaml"))
+        .current_dir(root.join("tests/browser"))
+        .output()
+        .expect("node");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{printed}");
+    assert!(printed.contains("parsed: "), "{printed}");
+}
