@@ -25,6 +25,9 @@ enum Command {
     Export(creditflow::cli::run::ExportArgs),
     /// Apply a JSONL log offline and print the final state and every output.
     Replay(creditflow::cli::replay::ReplayArgs),
+    /// The finance report over outputs, per month and credit type: revenue roll-forward
+    /// (identity checked), credits consumed and expired, allowances, top-ups, overage, usage.
+    Report(creditflow::cli::report::ReportArgs),
     /// Reprice a log under a candidate catalog; compare credits and revenue per account and meter.
     Simulate(creditflow::cli::simulate::SimulateArgs),
     /// Run the pipeline against an in-process log fed by a built-in generator (no NATS needed).
@@ -108,6 +111,7 @@ fn main() -> std::process::ExitCode {
         Command::Export(args) => creditflow::cli::run::export(args),
         Command::Replay(args) => creditflow::cli::replay::run(args),
         Command::Simulate(args) => creditflow::cli::simulate::run(args),
+        Command::Report(args) => creditflow::cli::report::run(args),
         Command::Demo {
             catalog,
             accounts,

@@ -2,6 +2,7 @@
 //! arguments and printing; the work itself lives in the library modules they call.
 pub mod publish;
 pub mod replay;
+pub mod report;
 pub mod run;
 pub mod service;
 pub mod simulate;
