@@ -25,10 +25,18 @@ fn names_used(dashboard: &Value) -> BTreeSet<String> {
     let mut exprs = Vec::new();
     for panel in dashboard["panels"].as_array().expect("panels") {
         for target in panel["targets"].as_array().into_iter().flatten() {
-            exprs.push(target["expr"].as_str().expect("a target's expr").to_string());
+            exprs.push(
+                target["expr"]
+                    .as_str()
+                    .expect("a target's expr")
+                    .to_string(),
+            );
         }
     }
-    for variable in dashboard["templating"]["list"].as_array().expect("variables") {
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+    {
         if let Some(query) = variable["definition"].as_str() {
             exprs.push(query.to_string());
         }
@@ -63,7 +71,10 @@ fn every_metric_the_dashboard_uses_is_exported() {
         "creditflow_outputs_published_total",
         "creditflow_dead_letter_reasons_total",
     ] {
-        assert!(used.contains(needed), "the dashboard does not show {needed}");
+        assert!(
+            used.contains(needed),
+            "the dashboard does not show {needed}"
+        );
     }
     // Panels are laid out and distinct.
     let mut ids = BTreeSet::new();
