@@ -499,6 +499,60 @@ fn a_retry_is_applied_once_and_min_seq_reads_your_writes() {
     d.stop();
 }
 
+/// A CloudEvent published on a usage subject (the sample catalog maps
+/// `com.example.llm.completion`) is charged like the native event with the same fields; one
+/// of a type nothing maps changes nothing.
+#[test]
+fn a_cloudevent_on_a_usage_subject_is_charged_like_the_native_event() {
+    let d = Deployment::start(2, 2, "");
+    for account in ["ce_cloud", "ce_native"] {
+        d.command(
+            "grant",
+            json!({"account": account, "id": "g", "amount": "50"}),
+        )
+        .unwrap();
+    }
+    let ts = now().to_string();
+    let cloud = json!({"specversion": "1.0", "type": "com.example.llm.completion", "id": "c1",
+        "source": "//llm-gateway/eu", "time": ts, "datacontenttype": "application/json",
+        "data": {"customer_id": "ce_cloud", "model": "large", "region": "eu",
+                 "usage": {"prompt_tokens": 700, "total_tokens": 1234}}});
+    let native = json!({"id": "c1", "account": "ce_native", "meter": "llm_token",
+        "quantity": "1234", "ts": ts, "dims": {"model": "large", "region": "eu"}});
+    let unmapped = json!({"specversion": "1.0", "type": "com.example.page.view", "id": "c2",
+        "source": "//web", "subject": "ce_cloud", "time": ts});
+    let client = d.client.clone();
+    let publish = |account: &str, body: &Value| {
+        let subject = format!("creditflow.in.{}.usage", partition_of(account, 2));
+        d.runtime.block_on(async {
+            let js = async_nats::jetstream::new(client.clone());
+            js.publish(subject, body.to_string().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .sequence
+        })
+    };
+    let balance = |account: &str, seq: u64| -> Value {
+        let reply = d
+            .query("balance", json!({"account": account, "min_seq": seq}))
+            .unwrap();
+        serde_json::from_str(&reply).unwrap()
+    };
+    let cloud_seq = publish("ce_cloud", &cloud);
+    let native_seq = publish("ce_native", &native);
+    let from_cloud = balance("ce_cloud", cloud_seq);
+    let from_native = balance("ce_native", native_seq);
+    // 1234 tokens × 0.00003 × 1.2 (the large/eu rule) = 0.044424 credits.
+    assert_eq!(from_native["balances"][0]["ledger"]["consumed"], "0.044424");
+    assert_eq!(from_cloud["balances"], from_native["balances"]);
+    let unmapped_seq = publish("ce_cloud", &unmapped);
+    let after = balance("ce_cloud", unmapped_seq);
+    assert_eq!(after["balances"], from_cloud["balances"], "nothing changes");
+    d.stop();
+}
+
 /// Every kind of bad request gets a typed error with its code and a status naming the field;
 /// the micro protocol's verbs answer.
 #[test]

@@ -42,6 +42,9 @@ pub struct Catalog {
     pub plans: Vec<Plan>,
     pub default_plan: PlanId,
     pub rules: Rules,
+    /// How CloudEvents on the usage subjects become usage events, one entry per CloudEvent
+    /// `type` (`[[cloudevents]]`; SEMANTICS §2.3). Empty: a CloudEvent is a dead letter.
+    pub cloudevents: Vec<CloudEventMapping>,
     pub(crate) credit_type_index: HashMap<String, CreditTypeId>,
     pub(crate) meter_index: HashMap<String, MeterId>,
     pub(crate) plan_index: HashMap<String, PlanId>,
@@ -71,6 +74,52 @@ impl Catalog {
     pub fn plan(&self, id: PlanId) -> &Plan {
         &self.plans[id.0 as usize]
     }
+
+    /// The mapping for CloudEvents of `event_type`, if the catalog has one.
+    pub fn cloudevent(&self, event_type: &str) -> Option<&CloudEventMapping> {
+        self.cloudevents.iter().find(|m| m.event_type == event_type)
+    }
+}
+
+/// How a CloudEvent of one `type` becomes a usage event (SEMANTICS §2.3).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CloudEventMapping {
+    /// The CloudEvent `type` this entry takes (unique in the catalog).
+    pub event_type: String,
+    pub meter: MeterId,
+    /// Where the account is read.
+    pub account: EventField,
+    pub quantity: EventQuantity,
+    /// Dimension name → where its value is read; sorted by name, names unique.
+    pub dims: Vec<(String, EventField)>,
+}
+
+/// A place in a CloudEvent: one of its attributes, or a value inside its `data`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventField {
+    Subject,
+    Source,
+    /// `data.<a>.<b>`: the object keys to follow from `data` (never empty).
+    Data(Vec<String>),
+}
+
+impl EventField {
+    /// The field as the catalog writes it (`subject`, `data.tokens`).
+    pub fn path(&self) -> String {
+        match self {
+            EventField::Subject => "subject".into(),
+            EventField::Source => "source".into(),
+            EventField::Data(keys) => format!("data.{}", keys.join(".")),
+        }
+    }
+}
+
+/// A CloudEvent's quantity: read from the event, or the same for every event (`"1"`: count).
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventQuantity {
+    Field(EventField),
+    /// The decimal as written in the catalog (checked like an event's quantity when applied).
+    Constant(String),
 }
 
 /// The money that invoice lines are billed in.

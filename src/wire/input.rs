@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::catalog::{Catalog, CreditTypeId, MeterId, PlanId, Policy, PolicySpec};
 use crate::decimal::{Credits, Dec, Price, Quantity};
 use crate::time::{Instant, Span};
+use crate::wire::cloudevent;
 use crate::wire::outline::{self, Entry, Outline};
 
 /// Why a message was dead-lettered (SEMANTICS §2.1). The name is the wire form.
@@ -47,11 +48,13 @@ pub enum DeadReason {
     WrongPartition,
     /// The message's subject does not carry its type (SEMANTICS §2.2).
     NotAllowedOnSubject,
+    /// A CloudEvent whose `type` no catalog `[[cloudevents]]` entry maps (SEMANTICS §2.3).
+    UnmappedCloudevent,
 }
 
 impl DeadReason {
     /// Every reason, in declaration order.
-    pub const ALL: [DeadReason; 20] = [
+    pub const ALL: [DeadReason; 21] = [
         DeadReason::PayloadTooLarge,
         DeadReason::MalformedJson,
         DeadReason::UnknownType,
@@ -72,6 +75,7 @@ impl DeadReason {
         DeadReason::AccountLimit,
         DeadReason::WrongPartition,
         DeadReason::NotAllowedOnSubject,
+        DeadReason::UnmappedCloudevent,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,6 +100,7 @@ impl DeadReason {
             DeadReason::AccountLimit => "account_limit",
             DeadReason::WrongPartition => "wrong_partition",
             DeadReason::NotAllowedOnSubject => "not_allowed_on_subject",
+            DeadReason::UnmappedCloudevent => "unmapped_cloudevent",
         }
     }
 }
@@ -112,7 +117,7 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    fn new(reason: DeadReason, detail: impl Into<String>) -> DeadLetter {
+    pub(crate) fn new(reason: DeadReason, detail: impl Into<String>) -> DeadLetter {
         DeadLetter {
             reason,
             detail: detail.into(),
@@ -809,6 +814,9 @@ fn decode_checked<'a>(payload: &'a [u8], catalog: &Catalog) -> Result<Message<'a
 
 /// Any message, read by serde (the size limit already checked).
 fn decode_serde<'a>(payload: &'a [u8], catalog: &Catalog) -> Result<Message<'a>, DeadLetter> {
+    if let Some(checked) = decode_cloudevent(payload, catalog) {
+        return checked;
+    }
     let raw: Raw<'a> = match serde_json::from_slice(payload) {
         Ok(raw) => raw,
         Err(error) => return Err(classify_parse_error(payload, &error)),
@@ -825,6 +833,38 @@ fn decode_serde<'a>(payload: &'a [u8], catalog: &Catalog) -> Result<Message<'a>,
         return Err(not_a_field(field, kind));
     }
     Checker::run(catalog, |checker| checker.message(kind, raw))
+}
+
+/// A CloudEvent (a top-level `specversion` key) mapped and checked as a usage event; `None`
+/// for any other message. Only payloads that contain the word are outlined, so commands pay
+/// one byte search.
+fn decode_cloudevent<'a>(
+    payload: &'a [u8],
+    catalog: &Catalog,
+) -> Option<Result<Message<'a>, DeadLetter>> {
+    const KEY: &[u8] = b"specversion";
+    if !payload.windows(KEY.len()).any(|window| window == KEY) {
+        return None;
+    }
+    let Ok(Outline::Object(entries)) = outline::read(payload) else {
+        return None;
+    };
+    if !cloudevent::is_cloudevent(&entries) {
+        return None;
+    }
+    let mapped = match cloudevent::read(payload, &entries, catalog) {
+        Ok(mapped) => mapped,
+        Err(dead) => return Some(Err(dead)),
+    };
+    let fields = fast::UsageFields {
+        id: Some(Cow::Owned(mapped.id)),
+        account: Some(Cow::Owned(mapped.account)),
+        ts: Some(Cow::Owned(mapped.ts)),
+        meter: Some(Cow::Owned(mapped.meter)),
+        quantity: Some(NumberText(Cow::Owned(mapped.quantity))),
+        dims: Some(mapped.dims),
+    };
+    Some(Checker::run(catalog, |checker| checker.usage(fields)))
 }
 
 fn unknown_type(written: &str) -> DeadLetter {

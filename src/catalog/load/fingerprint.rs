@@ -292,6 +292,18 @@ impl Catalog {
                 format!("{:?}", plan.expiring_lead),
             );
         }
+        for mapping in &self.cloudevents {
+            put(
+                format!("cloudevents.{:?}", mapping.event_type),
+                format!(
+                    "meter={:?};account={:?};quantity={:?};dims={:?}",
+                    self.meter(mapping.meter).name,
+                    mapping.account,
+                    mapping.quantity,
+                    mapping.dims
+                ),
+            );
+        }
         out
     }
 

@@ -18,7 +18,7 @@
 //!
 //! Files: this one holds the entry points, the errors and the walk's shared helpers;
 //! `values.rs` reads single values, `sections.rs` the root, currency, rules, credit types and
-//! meters, `prices.rs` price versions, `plans.rs` plans; `policy.rs` compiles policies and
+//! meters, `prices.rs` price versions, `plans.rs` plans, `cloudevents.rs` the CloudEvent mappings; `policy.rs` compiles policies and
 //! `fingerprint.rs` fingerprints versions; `tests.rs`.
 //!
 //! Invariants: a `Catalog` comes out of here only when the error list is empty; it then holds
@@ -273,6 +273,7 @@ struct Loader {
     plan_index: HashMap<String, PlanId>,
 }
 
+mod cloudevents;
 mod fingerprint;
 mod plans;
 mod policy;
@@ -280,6 +281,7 @@ mod prices;
 mod sections;
 mod values;
 
+pub use cloudevents::CLOUDEVENT_TYPE_BYTES_MAX;
 pub use fingerprint::fingerprint_version;
 pub use policy::compile_policy;
 use policy::{check_amount, compile_policy_with, unknown_credit_type};

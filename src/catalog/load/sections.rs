@@ -14,6 +14,7 @@ impl Loader {
                 "credit_types",
                 "meters",
                 "plans",
+                "cloudevents",
             ],
         );
         let currency = match self.table(root, "", "currency") {
@@ -53,6 +54,7 @@ impl Loader {
             Ok(None) => {}
             Err(Reported) => {}
         }
+        let cloudevents = self.cloudevents(root);
         match self.tables(root, "", "plans") {
             Ok(Some(entries)) => {
                 for (key, table) in entries {
@@ -109,6 +111,7 @@ impl Loader {
             plans,
             default_plan: default_plan?,
             rules: rules?,
+            cloudevents,
             credit_type_index: std::mem::take(&mut self.credit_type_index),
             meter_index: std::mem::take(&mut self.meter_index),
             plan_index: std::mem::take(&mut self.plan_index),
