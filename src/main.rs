@@ -59,6 +59,21 @@ enum Command {
         /// Print the closing report as JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Serve the dashboard, the HTTP read API (/api/v1/) and /metrics at this address while
+        /// the demo runs (e.g. 127.0.0.1:8080); with neither --messages nor --seconds the demo
+        /// then runs until Ctrl-C.
+        #[arg(long, value_name = "ADDRESS")]
+        serve: Option<std::net::SocketAddr>,
+        /// Bearer token for /api/ (required when --serve is not a loopback address).
+        #[arg(long, requires = "serve")]
+        token: Option<String>,
+        /// With --serve: messages per second, so balances burn down at a watchable pace (0: as
+        /// fast as the shards go).
+        #[arg(long, default_value_t = 2000, requires = "serve")]
+        rate: u64,
+        /// With --serve: keep serving after the workload ends, until Ctrl-C.
+        #[arg(long, requires = "serve")]
+        keep_running: bool,
     },
     /// Publish usage events (or commands) into the input stream, as a producer does: JSON lines
     /// from a file or standard input, or one `--usage ACCOUNT METER QUANTITY`.
@@ -123,6 +138,10 @@ fn main() -> std::process::ExitCode {
             queue_batches_max,
             seed,
             json,
+            serve,
+            token,
+            rate,
+            keep_running,
         } => run_demo(
             &catalog,
             creditflow::demo::DemoSettings {
@@ -132,8 +151,8 @@ fn main() -> std::process::ExitCode {
                     (_, Some(seconds)) => {
                         Some(std::time::Duration::from_secs_f64(seconds.max(0.0)))
                     }
-                    (None, None) => Some(std::time::Duration::from_secs(10)),
-                    (Some(_), None) => None,
+                    (None, None) if serve.is_none() => Some(std::time::Duration::from_secs(10)),
+                    _ => None,
                 },
                 partitions,
                 shards: shards
@@ -142,6 +161,12 @@ fn main() -> std::process::ExitCode {
                 queue_batches_max,
                 seed,
                 progress: !json,
+                serve: serve.map(|listen| creditflow::demo::DemoServe {
+                    listen,
+                    token,
+                    rate,
+                    keep_running,
+                }),
             },
             json,
         ),
@@ -198,7 +223,7 @@ fn run_demo(
             settings.accounts, settings.partitions, settings.shards
         );
     }
-    let report = creditflow::demo::run(std::sync::Arc::new(catalog), &settings);
+    let report = creditflow::demo::run(std::sync::Arc::new(catalog), &settings)?;
     if json {
         println!("{}", report.to_json());
     } else {

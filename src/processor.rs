@@ -347,9 +347,19 @@ impl Publisher for SkipEmitted {
 
 // ----------------------------------------------------------------- metrics observers
 
-struct ShardMetrics {
+/// A shard's observer that records into the Prometheus metrics (also used by `demo --serve`).
+pub(crate) struct ShardMetrics {
     metrics: Metrics,
     seen: HashMap<u32, crate::engine::Stats>,
+}
+
+impl ShardMetrics {
+    pub(crate) fn new(metrics: Metrics) -> ShardMetrics {
+        ShardMetrics {
+            metrics,
+            seen: HashMap::new(),
+        }
+    }
 }
 
 impl ShardObserver for ShardMetrics {
@@ -855,10 +865,7 @@ fn start_threads(
                 job_sender.clone(),
                 PauseMetrics(metrics.clone()),
             ),
-            observer: ShardMetrics {
-                metrics: metrics.clone(),
-                seen: HashMap::new(),
-            },
+            observer: ShardMetrics::new(metrics.clone()),
             questions,
             dispatched: dispatcher.dispatched(),
             results: ResultBook::new(config.service.results_max, DEAD_LETTERS_KEPT),

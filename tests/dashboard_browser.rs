@@ -2,7 +2,8 @@
 //! (`tests/browser/dashboard.mjs`; `scripts/test` installs chromium and the npm package when
 //! missing) against the real binary on a real `nats-server`. The balances the page shows equal
 //! the service's answer, the chart drew every charge, the page logged no error; the
-//! screenshots are kept in `target/dashboard-screenshots/`.
+//! screenshots are kept in `target/dashboard-screenshots/` (`processor/`, `demo/`). The same
+//! pages served by `creditflow demo --serve`, with no NATS, pass the same checks.
 
 mod common;
 
@@ -55,10 +56,90 @@ fn the_dashboard_shows_the_service_balances_and_draws_the_chart() {
     let lines = creditflow::sample::scenario(7, 12, 2000);
     rt.block_on(publish(&url, &lines, partitions));
     wait_caught_up(&url, &setup, Duration::from_secs(120));
+    let accounts: Vec<String> = (1..=12).map(|i| format!("acct_{i:02}")).collect();
+    check_dashboard(port, &accounts, "processor");
+}
 
+/// `creditflow demo --serve` serves the same dashboard and API with no NATS: after its
+/// workload (kept running), the page shows the API's balances and draws every charge.
+#[test]
+fn the_demo_serves_the_dashboard_without_nats() {
+    use std::io::BufRead;
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        browser_dir.join("node_modules/playwright-core").exists(),
+        "run `npm ci --prefix tests/browser` (scripts/test does)"
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_creditflow"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "demo",
+            "--serve",
+            "127.0.0.1:0",
+            "--accounts",
+            "20",
+            "--messages",
+            "20000",
+            "--rate",
+            "0",
+            "--keep-running",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the demo");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut demo = KillOnDrop(child);
+    let (lines, seen) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut port = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = seen
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("the demo says where it serves and when its workload is done");
+        if let Some(at) = line.find("http://127.0.0.1:") {
+            let rest = &line[at + "http://127.0.0.1:".len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            port = digits.parse::<u16>().ok();
+        }
+        if line.contains("workload done") {
+            break;
+        }
+    }
+    let port = port.expect("the demo's port");
+    assert!(get(port, "/readyz").starts_with("ready"));
+    let accounts: Vec<String> = (0..20).map(|i| format!("demo_{i:06}")).collect();
+    check_dashboard(port, &accounts, "demo");
+    // Ctrl-C (SIGINT) ends it cleanly, with its report.
+    let pid = demo.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let status = demo.0.wait().expect("wait");
+    assert!(status.success(), "the demo exits 0 after Ctrl-C: {status}");
+}
+
+/// Opens the overview and the page of the account (of `accounts`) with the most recent
+/// charges; checks what the page shows against the API's answers; keeps the screenshots in
+/// `target/dashboard-screenshots/<name>/`.
+fn check_dashboard(port: u16, accounts: &[String], name: &str) {
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     // The account with the most recent charges.
-    let (account, statement) = (1..=12)
-        .map(|i| format!("acct_{i:02}"))
+    let (account, statement) = accounts
+        .iter()
+        .cloned()
         .filter_map(|a| {
             let text = get(port, &format!("/api/v1/accounts/{a}/statement?limit=100"));
             let v: Value = serde_json::from_str(&text).ok()?;
@@ -73,7 +154,9 @@ fn the_dashboard_shows_the_service_balances_and_draws_the_chart() {
             .expect("balance");
     let totals: Value = serde_json::from_str(&get(port, "/api/v1/totals")).expect("totals");
 
-    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/dashboard-screenshots");
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/dashboard-screenshots")
+        .join(name);
     std::fs::create_dir_all(&shots).expect("screenshot dir");
     let output = Command::new("node")
         .arg(browser_dir.join("dashboard.mjs"))

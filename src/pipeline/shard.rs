@@ -106,6 +106,27 @@ pub trait ShardObserver: Send {
 
 pub struct NoObserver;
 
+/// An observer that may be absent (`demo` observes only when it serves its metrics).
+impl<O: ShardObserver> ShardObserver for Option<O> {
+    fn batch_applied(
+        &mut self,
+        shard: usize,
+        messages: usize,
+        elapsed: std::time::Duration,
+        partitions: &[Option<Partition>],
+    ) {
+        if let Some(observer) = self {
+            observer.batch_applied(shard, messages, elapsed, partitions);
+        }
+    }
+
+    fn dead_letter(&mut self, reason: &'static str) {
+        if let Some(observer) = self {
+            observer.dead_letter(reason);
+        }
+    }
+}
+
 impl ShardObserver for NoObserver {
     fn batch_applied(
         &mut self,

@@ -8,6 +8,13 @@
 //! Must never: differ from `run` in how messages are applied: it uses the same `Dispatcher`,
 //! `Shard` and `Partition` code; only the source (a generator instead of JetStream) and the sink
 //! (a counter instead of the output stream) are different.
+//!
+//! With `--serve` (`serve.rs`) it also serves the dashboard, the HTTP read API and the metrics
+//! while it runs, paces the workload, and can keep serving after it.
+
+pub mod serve;
+
+pub use serve::DemoServe;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,7 +28,7 @@ use crate::catalog::Catalog;
 use crate::decimal::Credits;
 use crate::engine::Partition;
 use crate::pipeline::dispatch::{shard_queues, Dispatcher};
-use crate::pipeline::shard::{NoObserver, NoSnapshots, Shard};
+use crate::pipeline::shard::{NoSnapshots, Shard};
 use crate::pipeline::{Inbound, SinkMessage};
 use crate::sample::Rng;
 use crate::time::Instant;
@@ -41,6 +48,9 @@ pub struct DemoSettings {
     pub seed: u64,
     /// Print a progress line every second.
     pub progress: bool,
+    /// Serve the dashboard and the HTTP read API while running (`--serve`); with it, neither
+    /// `messages` nor `duration` is needed (the demo runs until stopped).
+    pub serve: Option<DemoServe>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -225,34 +235,61 @@ impl Workload {
     }
 }
 
-/// Runs the demo and returns its report.
-pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> DemoReport {
+/// Runs the demo and returns its report; fails only when `--serve` cannot bind.
+pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> std::io::Result<DemoReport> {
     assert!(
-        settings.messages.is_some() || settings.duration.is_some(),
+        settings.messages.is_some() || settings.duration.is_some() || settings.serve.is_some(),
         "the demo needs a message count or a duration"
     );
     let shards = settings
         .shards
         .clamp(1, settings.partitions.max(1) as usize);
     let partitions = settings.partitions.max(1);
+    let (served, mut question_receivers) = match &settings.serve {
+        Some(serve) => {
+            let (served, receivers) =
+                serve::Served::start(serve, catalog.clone(), partitions, shards)?;
+            eprintln!(
+                "creditflow demo: dashboard at http://{}/dashboard/ (API /api/v1/, metrics /metrics)",
+                served.address
+            );
+            (Some(served), receivers.into_iter().map(Some).collect())
+        }
+        None => (None, vec![None; shards]),
+    };
     let (senders, receivers) = shard_queues(shards, settings.queue_batches_max);
     let mut dispatcher = Dispatcher::new(senders, settings.batch_size_max);
     let (sink_sender, sink_receiver) =
         crossbeam::channel::bounded::<SinkMessage>(shards * settings.queue_batches_max.max(1));
     let mut handles = Vec::new();
     for (number, receiver) in receivers.into_iter().enumerate() {
+        let statement_entries = if served.is_some() {
+            serve::STATEMENT_ENTRIES
+        } else {
+            0
+        };
         let shard = Shard {
             number,
             shards,
             catalog: catalog.clone(),
             partitions: (0..partitions)
                 .filter(|p| *p as usize % shards == number)
-                .map(|p| Partition::new(p, partitions))
+                .map(|p| {
+                    let mut partition = Partition::new(p, partitions);
+                    partition.keep_journal(statement_entries);
+                    partition
+                })
                 .collect(),
             output_prefix: "creditflow.out".to_string(),
             snapshots: NoSnapshots,
-            observer: NoObserver,
-            questions: crossbeam::channel::never(),
+            observer: served
+                .as_ref()
+                .map(|s| crate::processor::ShardMetrics::new(s.metrics.clone())),
+            // Without a server nobody asks; `never` (not a disconnected queue) keeps the
+            // shard's select from spinning on it.
+            questions: question_receivers[number]
+                .take()
+                .unwrap_or_else(crossbeam::channel::never),
             dispatched: dispatcher.dispatched(),
             results: crate::pipeline::question::ResultBook::new(0, 0),
         };
@@ -299,6 +336,10 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> DemoReport {
             while !done.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_secs(1));
                 let now = produced.load(Ordering::Relaxed);
+                if now == last && now > 0 {
+                    // Paused or done (a served demo keeps running): nothing new to say.
+                    continue;
+                }
                 eprintln!(
                     "  {:>5.1} s  {:>10} messages  {:>9} msg/s  {:>9} outputs",
                     start.elapsed().as_secs_f64(),
@@ -322,13 +363,34 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> DemoReport {
     let started = WallInstant::now();
     let mut workload = Workload::new(settings.seed, settings.accounts);
     let mut seq = 0u64;
+    let stopped = || served.as_ref().is_some_and(serve::Served::stopped);
+    let rate = settings.serve.as_ref().map_or(0, |s| s.rate);
+    // Paced in steps of 1/100 s of messages; between steps the dispatcher is flushed so the
+    // shards apply (and the pages see) what was generated.
+    let step = (rate / 100).max(1);
     loop {
         if settings.messages.is_some_and(|max| seq >= max) {
             break;
         }
         // Check the clock once per batch, not per message.
-        if seq % 1024 == 0 && settings.duration.is_some_and(|d| started.elapsed() >= d) {
+        if seq % 1024 == 0
+            && (settings.duration.is_some_and(|d| started.elapsed() >= d) || stopped())
+        {
             break;
+        }
+        if rate > 0 && seq % step == 0 {
+            let due = started + Duration::from_secs_f64(seq as f64 / rate as f64);
+            let now = WallInstant::now();
+            if due > now {
+                if dispatcher.flush().is_err() {
+                    break;
+                }
+                produced.store(seq, Ordering::Relaxed);
+                std::thread::sleep(due - now);
+                if stopped() {
+                    break;
+                }
+            }
         }
         seq += 1;
         let payload = Bytes::from(workload.next_message());
@@ -366,6 +428,26 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> DemoReport {
         }
     }
     produced.store(seq, Ordering::Relaxed);
+    let _ = dispatcher.flush();
+    // The workload's time, without the keep-running wait below (the shards may still be
+    // applying the last batches: `stop` below waits for them, and the wait is short).
+    let generated_in = started.elapsed();
+    if let Some(served) = &served {
+        if settings.serve.as_ref().is_some_and(|s| s.keep_running) && !served.stopped() {
+            let _ = dispatcher.flush();
+            if !served.wait_applied(seq, Duration::from_secs(60)) {
+                eprintln!("creditflow demo: the shards did not confirm the last messages");
+            }
+            eprintln!(
+                "creditflow demo: workload done ({seq} messages); still serving \
+                 http://{}/dashboard/ until Ctrl-C",
+                served.address
+            );
+            while !served.stopped() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
     let _ = dispatcher.stop();
     let mut all_partitions = Vec::new();
     for handle in handles {
@@ -373,7 +455,11 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> DemoReport {
             all_partitions.extend(partitions);
         }
     }
-    let elapsed = started.elapsed();
+    let elapsed = if settings.serve.as_ref().is_some_and(|s| s.keep_running) {
+        generated_in
+    } else {
+        started.elapsed()
+    };
     let outputs_by_type = sink.join().unwrap_or_default();
     done.store(true, Ordering::Relaxed);
     if let Some(progress) = progress {
@@ -391,7 +477,10 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> DemoReport {
             }
         }
     }
-    DemoReport {
+    if let Some(served) = served {
+        served.shutdown();
+    }
+    Ok(DemoReport {
         messages: seq,
         elapsed,
         accounts,
@@ -399,7 +488,7 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> DemoReport {
         consumed,
         shards,
         partitions,
-    }
+    })
 }
 
 /// The `"account"` value of a generated message (the generator writes it unescaped), so the
@@ -446,8 +535,9 @@ mod tests {
             queue_batches_max: 4,
             seed: 5,
             progress: false,
+            serve: None,
         };
-        let report = run(catalog.clone(), &settings);
+        let report = run(catalog.clone(), &settings).expect("no server to bind");
         // The oracle: the same messages through one Engine, single-threaded.
         let mut workload = Workload::new(5, 40);
         let mut engine = crate::engine::Engine::new(catalog, 8);
