@@ -199,6 +199,20 @@ fn check_dashboard(port: u16, accounts: &[String], name: &str) {
         Value::Array(expected_balances),
         "{account}"
     );
+    let expected_runways: Vec<Value> = balance["balances"]
+        .as_array()
+        .expect("balances")
+        .iter()
+        .map(|b| match &b["runway"]["runs_out_at"] {
+            Value::Null => Value::from("not at this rate"),
+            at => at.clone(),
+        })
+        .collect();
+    assert_eq!(
+        seen["runways"],
+        Value::Array(expected_runways),
+        "runway shown"
+    );
     assert_eq!(seen["chartPoints"], charges, "every charge on the chart");
     assert_eq!(
         seen["polyline"],

@@ -77,7 +77,11 @@ struct Run {
 
 impl Run {
     fn new() -> Run {
-        let catalog = creditflow::catalog::load::from_str(CATALOG).expect("test catalog");
+        Run::with_catalog(CATALOG)
+    }
+
+    fn with_catalog(text: &str) -> Run {
+        let catalog = creditflow::catalog::load::from_str(text).expect("test catalog");
         Run {
             engine: Engine::new(Arc::new(catalog), 1),
             outputs: Vec::new(),
@@ -1102,5 +1106,61 @@ fn many_grants_keep_ids_unique_and_burn_order_exact() {
     assert_eq!(
         result_of(&out),
         ("rejected".to_string(), "grant_exists".to_string())
+    );
+}
+
+/// SEMANTICS §5.6 and §10.5, by hand: a 1 h window, a plan alerting when the balance would run
+/// out within 2 h at its burn rate.
+#[test]
+fn runway_follows_the_burn_rate_and_alerts_once_per_crossing() {
+    let catalog = CATALOG.replace(
+        "[[plans]]\nname = \"soft\"",
+        "[[plans]]\nname = \"runway\"\nperiod = \"day\"\nrunway_alert = \"2h\"\n  [plans.policy]\n  kind = \"reject\"\n[[plans]]\nname = \"soft\"",
+    );
+    let mut run = Run::with_catalog(&catalog);
+    let set_plan =
+        r#"{"type":"set_plan","id":"p","account":"r","ts":"2026-11-24T10:00:00Z","plan":"runway"}"#;
+    run.apply(&[
+        set_plan,
+        &grant("g1", "r", "2026-11-24T10:00:00Z", "100", ""),
+    ]);
+    // 10 calls at 10:00: 10 burned in the window, 90 left: 9 h of runway.
+    let out = run.apply(&[&usage("u1", "r", "2026-11-24T10:00:00Z", "call", "10")]);
+    assert!(find(&out, "balance.runway_low").is_empty());
+    let runway = &run.state("r")["balances"][0]["runway"];
+    assert_eq!(runway["window"], "1h");
+    assert_eq!(runway["burned"], "10");
+    assert_eq!(runway["runs_out_at"], "2026-11-24T19:00:00.000Z");
+    // 40 more at 10:30: 50 per hour, 50 left: out at 11:30, within 2 h.
+    let out = run.apply(&[&usage("u2", "r", "2026-11-24T10:30:00Z", "call", "40")]);
+    let low = find(&out, "balance.runway_low");
+    assert_eq!(low.len(), 1, "{out:?}");
+    assert_eq!(low[0]["id"], "alert:r:credit:runway:low:1");
+    assert_eq!(low[0]["ts"], "2026-11-24T10:30:00.000Z");
+    assert_eq!(low[0]["threshold"], "runway");
+    assert_eq!(low[0]["runway_alert"], "2h");
+    assert_eq!(low[0]["burned"], "50");
+    assert_eq!(low[0]["runs_out_at"], "2026-11-24T11:30:00.000Z");
+    assert_eq!(low[0]["balance"], "50");
+    // 1 at 11:15 (the next window): 1 + 50 × 45/60 = 38.5 per hour, 49 left: still low,
+    // nothing new.
+    let out = run.apply(&[&usage("u3", "r", "2026-11-24T11:15:00Z", "call", "1")]);
+    assert!(find(&out, "balance.runway_low").is_empty());
+    assert_eq!(run.state("r")["balances"][0]["runway"]["burned"], "38.5");
+    // 200 granted at 11:20: 1 + 50 × 40/60 = 34.333333333 per hour (floored), 249 left:
+    // 249 / 34.333333333 h = 26,108,737 ms, past 2 h: recovered.
+    let out = run.apply(&[&grant("g2", "r", "2026-11-24T11:20:00Z", "200", "")]);
+    let recovered = find(&out, "balance.recovered");
+    assert_eq!(recovered.len(), 1, "{out:?}");
+    assert_eq!(recovered[0]["threshold"], "runway");
+    assert_eq!(recovered[0]["id"], "alert:r:credit:runway:recovered:1");
+    let runway = &run.state("r")["balances"][0]["runway"];
+    assert_eq!(runway["burned"], "34.333333333");
+    assert_eq!(runway["runs_out_at"], "2026-11-24T18:35:08.737Z");
+    // Two windows without usage: nothing burns, no runway figure.
+    run.apply(&[r#"{"type":"tick","id":"t","ts":"2026-11-24T13:00:00Z"}"#]);
+    assert_eq!(
+        run.state("r")["balances"][0]["runway"]["runs_out_at"],
+        serde_json::Value::Null
     );
 }

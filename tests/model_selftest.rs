@@ -36,6 +36,7 @@ fn catalog(default_plan: &str) -> ModelCatalog {
         policy,
         alerts: vec![],
         expiring_lead_ms: None,
+        runway_alert_ms: None,
     };
     let mut pro = plan("pro", "10", Policy::Reject);
     pro.allowances = vec![Allowance {

@@ -470,3 +470,41 @@ fn detail_masking_keeps_everything_else() {
         r#"{"type":"dead_letter","id":"dead:1","account":null,"seq":1,"ts":null,"reason":"malformed_json","detail":"…","subject":"creditflow.in","payload":"x"}"#
     );
 }
+
+/// The comparison is not vacuous for runways (SEMANTICS §5.6, §10.5): the generated logs make
+/// the standard catalog's plans cross their `runway_alert` both ways, and the engine agrees
+/// with the model on every one of those outputs.
+#[test]
+fn generated_logs_cross_runway_alerts_both_ways() {
+    let (model_catalog, catalog) = catalogs();
+    let (mut lows, mut recoveries) = (0, 0);
+    for seed in 0..40u64 {
+        let log = scenario_received(seed, LEN_MAX, model_catalog);
+        let mut engine = Engine::new(catalog.clone(), 4);
+        let mut out = Vec::new();
+        for (index, (payload, received)) in log.iter().enumerate() {
+            let envelope = Envelope {
+                payload,
+                seq: index as u64 + 1,
+                subject: SUBJECT,
+                received: Some(Instant(*received)),
+            };
+            engine.apply(&envelope, &mut out);
+        }
+        for output in &out {
+            let json = output.to_json();
+            if json.contains("\"type\":\"balance.runway_low\"") {
+                lows += 1;
+            }
+            if json.contains("\"type\":\"balance.recovered\"")
+                && json.contains("\"threshold\":\"runway\"")
+            {
+                recoveries += 1;
+            }
+        }
+    }
+    assert!(
+        lows > 0 && recoveries > 0,
+        "lows {lows}, recoveries {recoveries}"
+    );
+}

@@ -229,6 +229,9 @@ pub struct Plan {
     pub alerts: Vec<AlertRule>,
     /// `grant.expiring` fires this long before a grant's expiry; `None` disables it.
     pub expiring_lead: Option<Span>,
+    /// `balance.runway_low` fires when a credit type's balance would run out within this at
+    /// its burn rate (SEMANTICS §10.5); `None` disables it.
+    pub runway_alert: Option<Span>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -380,6 +383,8 @@ pub struct Rules {
     /// oldest are forgotten early.
     pub reversal_entries_max: usize,
     pub flush_interval: Span,
+    /// The window of event time a burn rate is measured over (SEMANTICS §5.6).
+    pub runway_window: Span,
     pub grants_per_account_max: usize,
     pub holds_per_account_max: usize,
     pub accounts_per_partition_max: usize,
@@ -396,6 +401,7 @@ impl Default for Rules {
             reversal_window: Span(35 * 86_400_000),
             reversal_entries_max: 1_000_000,
             flush_interval: Span(3_600_000),
+            runway_window: Span(3_600_000),
             grants_per_account_max: 1_000,
             holds_per_account_max: 64,
             accounts_per_partition_max: 10_000_000,

@@ -400,6 +400,9 @@ pub fn describe(output: &Output) -> String {
             format!("balance.low {credit_type}: {balance} < {threshold} ({threshold_amount})")
         }
         Body::BalanceDepleted { credit_type, balance } => format!("balance.depleted {credit_type}: {balance}"),
+        Body::RunwayLow { credit_type, runway_alert, runs_out_at, balance, .. } => {
+            format!("balance.runway_low {credit_type}: {balance} runs out at {runs_out_at}, within {runway_alert}")
+        }
         Body::BalanceRecovered { credit_type, threshold, balance } => {
             format!("balance.recovered {credit_type}: {balance} back above {threshold}")
         }

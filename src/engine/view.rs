@@ -31,7 +31,7 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
         out.push_str("{\"credit_type\":");
         push_json_string(&mut out, &catalog.credit_type(t.credit_type).name);
         out.push_str(&format!(
-            ",\"balance\":\"{}\",\"held\":\"{}\",\"debt\":\"{}\",\"ledger\":{{\"granted\":\"{}\",\"consumed\":\"{}\",\"expired\":\"{}\",\"voided\":\"{}\",\"adjusted\":\"{}\",\"settled\":\"{}\",\"returned\":\"{}\"}}}}",
+            ",\"balance\":\"{}\",\"held\":\"{}\",\"debt\":\"{}\",\"ledger\":{{\"granted\":\"{}\",\"consumed\":\"{}\",\"expired\":\"{}\",\"voided\":\"{}\",\"adjusted\":\"{}\",\"settled\":\"{}\",\"returned\":\"{}\"}}",
             account.balance(t.credit_type),
             account.held(t.credit_type),
             t.debt(),
@@ -43,6 +43,15 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
             l.settled,
             l.returned
         ));
+        let runway = account.runway(catalog, t);
+        out.push_str(&format!(
+            ",\"runway\":{{\"window\":\"{}\",\"burned\":\"{}\",\"runs_out_at\":",
+            catalog.rules.runway_window, runway.burned
+        ));
+        match runway.runs_out_at {
+            Some(at) => out.push_str(&format!("\"{at}\"}}}}")),
+            None => out.push_str("null}}"),
+        }
     }
     out.push_str("],\"grants\":[");
     for (index, g) in account.grants.iter().enumerate() {

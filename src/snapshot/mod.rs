@@ -3,7 +3,7 @@
 //! Owns: the file format, atomic writes, retention of the last K files per partition, loading
 //! with fallback, and the policy that decides when a shard snapshots a partition.
 //!
-//! # File format (version 10)
+//! # File format (version 11)
 //!
 //! One file per snapshot, `p<partition, 5 digits>-<applied_through, 20 digits>.snap`, in the
 //! snapshot directory. All integers little-endian.
@@ -63,7 +63,7 @@ use crate::engine::Partition;
 use crate::time::Instant;
 
 pub const MAGIC: &[u8; 8] = b"CFSNAP01";
-pub const FORMAT_VERSION: u32 = 10;
+pub const FORMAT_VERSION: u32 = 11;
 /// Largest header accepted (a header holds positions and catalog fingerprints only).
 pub const HEADER_BYTES_MAX: u32 = 1 << 20;
 

@@ -49,6 +49,15 @@ pub enum Body {
         credit_type: String,
         balance: Credits,
     },
+    /// The balance runs out within the plan's `runway_alert` at its burn rate (§10.5).
+    RunwayLow {
+        credit_type: String,
+        runway_alert: crate::time::Span,
+        /// Credits burned over the trailing `rules.runway_window`.
+        burned: Credits,
+        runs_out_at: Instant,
+        balance: Credits,
+    },
     BalanceRecovered {
         credit_type: String,
         threshold: String,
@@ -169,6 +178,7 @@ impl Body {
             Body::UsageRejected { .. } => "usage.rejected",
             Body::BalanceLow { .. } => "balance.low",
             Body::BalanceDepleted { .. } => "balance.depleted",
+            Body::RunwayLow { .. } => "balance.runway_low",
             Body::BalanceRecovered { .. } => "balance.recovered",
             Body::GrantExpiring { .. } => "grant.expiring",
             Body::GrantExpired { .. } => "grant.expired",
@@ -318,6 +328,20 @@ impl Output {
                 balance,
             } => {
                 w.string("credit_type", credit_type);
+                w.display("balance", balance);
+            }
+            Body::RunwayLow {
+                credit_type,
+                runway_alert,
+                burned,
+                runs_out_at,
+                balance,
+            } => {
+                w.string("credit_type", credit_type);
+                w.string("threshold", "runway");
+                w.display("runway_alert", runway_alert);
+                w.display("burned", burned);
+                w.display("runs_out_at", runs_out_at);
                 w.display("balance", balance);
             }
             Body::BalanceRecovered {

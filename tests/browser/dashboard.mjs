@@ -26,12 +26,14 @@ try {
   await page.waitForFunction((id) => document.querySelector("#account-id")?.textContent === id, account, { timeout: 20000 });
   const balances = await page.$$eval("#balances tbody tr", (rows) =>
     rows.map((r) => [r.querySelector(".col-credit_type").textContent, r.querySelector(".col-balance").textContent]));
+  const runways = await page.$$eval("#balances tbody tr", (rows) =>
+    rows.map((r) => r.querySelector(".col-runs_out_at").textContent));
   const chartPoints = Number(await page.getAttribute("#chart", "data-points"));
   const polyline = await page.$$eval("#chart polyline", (p) => p.map((x) => x.getAttribute("points").split(" ").length));
   const grants = await page.$$eval("#grants tbody tr", (rows) => rows.length);
   const charges = await page.$$eval("#charges tbody tr", (rows) => rows.length);
   await page.screenshot({ path: `${shots}/account.png`, fullPage: true });
-  console.log(JSON.stringify({ accounts, creditTypes, balances, chartPoints, polyline, grants, charges, errors }));
+  console.log(JSON.stringify({ accounts, creditTypes, balances, runways, chartPoints, polyline, grants, charges, errors }));
 } finally {
   await browser.close();
 }

@@ -57,6 +57,8 @@ pub struct Rules {
     pub dedupe_window_ms: i64,
     pub reversal_window_ms: i64,
     pub flush_interval_ms: i64,
+    /// The burn rate's window (§5.6).
+    pub runway_window_ms: i64,
     pub grants_per_account_max: usize,
     pub holds_per_account_max: usize,
 }
@@ -70,6 +72,7 @@ impl Default for Rules {
             dedupe_window_ms: 86_400_000,
             reversal_window_ms: 35 * 86_400_000,
             flush_interval_ms: 3_600_000,
+            runway_window_ms: 3_600_000,
             grants_per_account_max: 1_000,
             holds_per_account_max: 64,
         }
@@ -173,6 +176,8 @@ pub struct Plan {
     pub policy: Policy,
     pub alerts: Vec<Alert>,
     pub expiring_lead_ms: Option<i64>,
+    /// `balance.runway_low` below this runway (§10.5).
+    pub runway_alert_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -282,6 +287,9 @@ impl ModelCatalog {
                 // two windows.
                 reversal_window_ms: 3 * 86_400_000,
                 flush_interval_ms: 3_600_000,
+                // Shorter than the generated logs' spread of event time between an
+                // account's events, so windows roll, are skipped and decay.
+                runway_window_ms: 20 * 60_000,
                 grants_per_account_max: 40,
                 holds_per_account_max: 4,
             },
@@ -361,6 +369,7 @@ impl ModelCatalog {
                         threshold: Threshold::Amount(dec("10")),
                     }],
                     expiring_lead_ms: None,
+                    runway_alert_ms: Some(6 * 3_600_000),
                 },
                 Plan {
                     name: "pro".into(),
@@ -399,6 +408,7 @@ impl ModelCatalog {
                         },
                     ],
                     expiring_lead_ms: Some(3 * 3_600_000),
+                    runway_alert_ms: Some(2 * 3_600_000),
                 },
                 Plan {
                     name: "team".into(),
@@ -427,6 +437,7 @@ impl ModelCatalog {
                         threshold: Threshold::Amount(dec("5")),
                     }],
                     expiring_lead_ms: Some(2 * 86_400_000),
+                    runway_alert_ms: None,
                 },
                 Plan {
                     name: "topup_target".into(),
@@ -445,6 +456,7 @@ impl ModelCatalog {
                     }),
                     alerts: vec![],
                     expiring_lead_ms: Some(30 * 60_000),
+                    runway_alert_ms: None,
                 },
             ],
         }
@@ -485,6 +497,10 @@ impl ModelCatalog {
         out.push_str(&format!(
             "flush_interval = {}\n",
             q(&format_span(r.flush_interval_ms))
+        ));
+        out.push_str(&format!(
+            "runway_window = {}\n",
+            q(&format_span(r.runway_window_ms))
         ));
         out.push_str(&format!(
             "grants_per_account_max = {}\n",
@@ -534,6 +550,9 @@ impl ModelCatalog {
             out.push_str(&format!("price = {}\n", d(&plan.price)));
             if let Some(lead) = plan.expiring_lead_ms {
                 out.push_str(&format!("expiring_lead = {}\n", q(&format_span(lead))));
+            }
+            if let Some(alert) = plan.runway_alert_ms {
+                out.push_str(&format!("runway_alert = {}\n", q(&format_span(alert))));
             }
             for allowance in &plan.allowances {
                 out.push_str("  [[plans.allowances]]\n");

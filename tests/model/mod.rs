@@ -25,7 +25,7 @@ pub use json::{output_to_json_string, Obj, J};
 
 use input::{Body, GrantInput, Message, Refusal};
 use json::obj;
-use time::{format_ts, period_containing};
+use time::{format_span, format_ts, period_containing};
 
 // ---------------------------------------------------------------------------------------------
 // State
@@ -177,6 +177,42 @@ struct Balance {
     /// Per closed period (by its start): the debt its close settled, less what reversals of
     /// its charges took back (§9). Kept for ever: the model has no memory to save.
     settled_periods: Vec<(i64, Decimal)>,
+    /// §5.6: the start (ms) of the window of the last consumption, the credits consumed in it
+    /// and in the window just before it.
+    burn_start: i64,
+    burn_now: Decimal,
+    burn_before: Decimal,
+}
+
+/// §5.6: the credits burned over the trailing window at `t` and the instant `remaining` runs
+/// out at that rate. The estimate counts the window before the last one by the part of it the
+/// trailing window still covers, and is floored to 10^-9 credit; the runway in whole ms.
+fn runway(b: &Balance, window: i64, t: i64, remaining: Decimal) -> (Decimal, Option<i64>) {
+    let nano = Decimal::new(1, 9);
+    let w = Decimal::from(window);
+    let t = t.max(b.burn_start);
+    let end = b.burn_start + window;
+    let weighted = if t < end {
+        b.burn_now * w + b.burn_before * Decimal::from(end - t)
+    } else if t < end + window {
+        b.burn_now * Decimal::from(end + window - t)
+    } else {
+        Decimal::ZERO
+    };
+    // Floor to 10^-9 in integer units, so no division is ever rounded.
+    let units = |d: Decimal| -> i128 { (d / nano).trunc().mantissa() };
+    let burned_units = units(weighted) / i128::from(window);
+    let burned = Decimal::from_i128_with_scale(burned_units, 9).normalize();
+    let out = if remaining <= Decimal::ZERO {
+        Some(t)
+    } else if burned_units == 0 {
+        None
+    } else {
+        let ms = units(remaining) * i128::from(window) / burned_units;
+        let at = i128::from(t) + ms;
+        (at <= 253_402_300_799_999).then_some(at as i64)
+    };
+    (burned, out)
 }
 
 #[derive(Clone, Debug)]
@@ -432,6 +468,9 @@ impl Account {
                 revenue: Revenue::default(),
                 percent_base: Decimal::ZERO,
                 settled_periods: Vec::new(),
+                burn_start: 0,
+                burn_now: Decimal::ZERO,
+                burn_before: Decimal::ZERO,
             });
             self.balances
                 .sort_by_key(|b| cat.credit_type_index(&b.credit_type));
@@ -1101,6 +1140,29 @@ fn evaluate_alerts(cx: &mut Cx, a: &mut Account, ts: i64) {
             checks.push((alert.name.clone(), Some(threshold), balance < threshold));
         }
         checks.push(("depleted".to_string(), None, balance <= Decimal::ZERO));
+        // The runway alert (§10.5), judged at the account's clock.
+        let mut runway_low: Option<(i64, Decimal, i64)> = None;
+        if let Some(limit) = plan.runway_alert_ms {
+            let t = a.clock.max(ts);
+            let held: Decimal = a
+                .grants
+                .iter()
+                .filter(|g| g.credit_type == credit_type)
+                .map(|g| g.held)
+                .sum();
+            let entry = a
+                .balances
+                .iter()
+                .find(|b| b.credit_type == credit_type)
+                .expect("a balance being evaluated exists");
+            let (burned, out) = runway(entry, cat.rules.runway_window_ms, t, balance - held);
+            runway_low = Some((limit, burned, out.unwrap_or(t)));
+            checks.push((
+                "runway".to_string(),
+                None,
+                out.is_some_and(|end| end - t < limit),
+            ));
+        }
         for (name, threshold, below_now) in checks {
             let index = match a
                 .alerts
@@ -1126,6 +1188,23 @@ fn evaluate_alerts(cx: &mut Cx, a: &mut Account, ts: i64) {
                 let n = state.lows;
                 let id = format!("alert:{}:{}:{}:low:{}", a.id, credit_type, name, n);
                 match threshold {
+                    None if name == "runway" => {
+                        let (limit, burned, out) = runway_low.expect("a runway check");
+                        cx.emit(
+                            "balance.runway_low",
+                            id,
+                            &a.id,
+                            ts,
+                            vec![
+                                ("credit_type", J::s(credit_type.clone())),
+                                ("threshold", J::s("runway".to_string())),
+                                ("runway_alert", J::s(format_span(limit))),
+                                ("burned", J::d(burned)),
+                                ("runs_out_at", J::s(format_ts(out))),
+                                ("balance", J::d(balance)),
+                            ],
+                        )
+                    }
                     Some(threshold) => cx.emit(
                         "balance.low",
                         id,
@@ -1441,9 +1520,25 @@ fn charge(
     let charged = taken + overage;
     let overage_money = mul(overage, overage_price);
     let period_start = a.period_start;
+    let clock = a.clock;
     let entry = a.entry(cat, &credit_type);
     entry.debt += overage;
     entry.ledger.consumed += charged;
+    if charged > Decimal::ZERO {
+        let window = cat.rules.runway_window_ms;
+        let start = clock.div_euclid(window) * window;
+        if start <= entry.burn_start {
+            entry.burn_now += charged;
+        } else {
+            entry.burn_before = if start == entry.burn_start + window {
+                entry.burn_now
+            } else {
+                Decimal::ZERO
+            };
+            entry.burn_now = charged;
+            entry.burn_start = start;
+        }
+    }
     for d in &draws {
         entry.revenue.recognized += mul(d.amount, d.cost_basis);
         lot(
@@ -2474,6 +2569,16 @@ fn state_view(cat: &ModelCatalog, a: &Account) -> Obj {
                         ("returned", J::d(l.returned)),
                     ])),
                 ),
+                ("runway", {
+                    let window = cat.rules.runway_window_ms;
+                    let remaining = a.balance(&b.credit_type) - held;
+                    let (burned, out) = runway(b, window, a.clock, remaining);
+                    J::Obj(obj(vec![
+                        ("window", J::s(format_span(window))),
+                        ("burned", J::d(burned)),
+                        ("runs_out_at", J::opt_s(out.map(format_ts).as_deref())),
+                    ]))
+                }),
             ]))
         })
         .collect();

@@ -242,6 +242,10 @@ impl Catalog {
             rules.flush_interval.0.to_string(),
         );
         put(
+            "rules.runway_window".into(),
+            rules.runway_window.0.to_string(),
+        );
+        put(
             "rules.grants_per_account_max".into(),
             rules.grants_per_account_max.to_string(),
         );
@@ -291,6 +295,9 @@ impl Catalog {
                 format!("plans.{name}.expiring_lead"),
                 format!("{:?}", plan.expiring_lead),
             );
+            if let Some(alert) = plan.runway_alert {
+                put(format!("plans.{name}.runway_alert"), alert.0.to_string());
+            }
         }
         for mapping in &self.cloudevents {
             put(

@@ -63,6 +63,10 @@ pub const ANCHOR_DAY_MAX: i64 = 28;
 /// Most credit types, meters, plans, versions per meter, tiers, dimension rules or windows per
 /// version: ids and explain indexes are `u16`.
 pub const ENTRIES_MAX: usize = u16::MAX as usize;
+/// Shortest and longest `rules.runway_window`: a minute keeps the rate meaningful, 31 days
+/// keeps its arithmetic within `i128` for any balance.
+pub const RUNWAY_WINDOW_MIN: Span = Span(60_000);
+pub const RUNWAY_WINDOW_MAX: Span = Span(31 * 86_400_000);
 /// The credit type a meter, allowance, alert or top-up uses when it names none.
 pub const DEFAULT_CREDIT_TYPE: &str = "credit";
 /// Priority of an allowance grant when the catalog gives none (burns before purchases).

@@ -16,6 +16,7 @@ impl Loader {
                 "time_zone",
                 "price",
                 "expiring_lead",
+                "runway_alert",
                 "allowances",
                 "policy",
                 "alerts",
@@ -73,6 +74,14 @@ impl Loader {
         let expiring_lead = match self.span(table, key, "expiring_lead") {
             Ok(Some(span)) if span <= Span::ZERO => {
                 self.error(at(key, "expiring_lead"), "must be > 0 (omit it to disable)");
+                None
+            }
+            Ok(span) => span,
+            Err(Reported) => None,
+        };
+        let runway_alert = match self.span(table, key, "runway_alert") {
+            Ok(Some(span)) if span <= Span::ZERO => {
+                self.error(at(key, "runway_alert"), "must be > 0 (omit it to disable)");
                 None
             }
             Ok(span) => span,
@@ -142,6 +151,7 @@ impl Loader {
                 policy: policy?,
                 alerts,
                 expiring_lead,
+                runway_alert,
             })
         })();
         self.plans.push(plan);
@@ -341,6 +351,12 @@ impl Loader {
             self.error(
                 at(key, "name"),
                 "\"depleted\" is the built-in alert at balance <= 0; choose another name",
+            );
+        }
+        if name.as_deref() == Some("runway") {
+            self.error(
+                at(key, "name"),
+                "\"runway\" is the built-in alert of the plan's runway_alert; choose another name",
             );
         }
         let scale = credit_type.and_then(|(_, scale)| scale);

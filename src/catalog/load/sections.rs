@@ -154,6 +154,7 @@ impl Loader {
                 "reversal_window",
                 "reversal_entries_max",
                 "flush_interval",
+                "runway_window",
                 "grants_per_account_max",
                 "holds_per_account_max",
                 "accounts_per_partition_max",
@@ -206,6 +207,17 @@ impl Loader {
         let backdate_max = duration(self, "backdate_max", defaults.backdate_max, false);
         let dedupe_window = duration(self, "dedupe_window", defaults.dedupe_window, true);
         let flush_interval = duration(self, "flush_interval", defaults.flush_interval, true);
+        let runway_window = match self.span(table, key, "runway_window") {
+            Ok(Some(span)) if span < RUNWAY_WINDOW_MIN || span > RUNWAY_WINDOW_MAX => {
+                self.error(
+                    at(key, "runway_window"),
+                    format!("must be between {RUNWAY_WINDOW_MIN} and {RUNWAY_WINDOW_MAX}"),
+                );
+                defaults.runway_window
+            }
+            Ok(Some(span)) => span,
+            _ => defaults.runway_window,
+        };
         // A reversal needs the charge record, which the dedupe index keeps for its window: a
         // shorter reversal window would make a remembered event unreversible.
         let reversal_window = match self.span(table, key, "reversal_window") {
@@ -229,6 +241,7 @@ impl Loader {
             reversal_window,
             reversal_entries_max,
             flush_interval,
+            runway_window,
             grants_per_account_max,
             holds_per_account_max,
             accounts_per_partition_max,

@@ -157,6 +157,8 @@ async function account(id) {
     granted: b.ledger.granted,
     consumed: b.ledger.consumed,
     expired: b.ledger.expired,
+    [`burned per ${b.runway.window}`]: b.runway.burned,
+    runs_out_at: b.runway.runs_out_at ?? "not at this rate",
   }));
   const charges = statement.charges || [];
   main.replaceChildren(

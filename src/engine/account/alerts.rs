@@ -2,6 +2,17 @@
 
 use super::*;
 
+/// What a threshold of [`Account::alert_step`] says when it goes low.
+pub(super) enum Low {
+    Threshold(Threshold),
+    Depleted,
+    Runway {
+        limit: crate::time::Span,
+        burned: Credits,
+        runs_out_at: Instant,
+    },
+}
+
 impl Account {
     /// Evaluates every threshold of every credit type (SEMANTICS §10.5). Runs after every
     /// charge, so it allocates nothing unless an alert fires, and compares in fixed point.
@@ -34,7 +45,7 @@ impl Account {
                     ctx,
                     index,
                     &rule.name,
-                    Some(rule.threshold),
+                    Low::Threshold(rule.threshold),
                     below,
                     balance,
                     base,
@@ -42,7 +53,33 @@ impl Account {
                 );
             }
             let depleted = !balance.is_positive();
-            self.alert_step(ctx, index, "depleted", None, depleted, balance, base, at);
+            self.alert_step(
+                ctx,
+                index,
+                "depleted",
+                Low::Depleted,
+                depleted,
+                balance,
+                base,
+                at,
+            );
+            if let Some(limit) = plan.runway_alert {
+                // At the account's clock, which is where the burn was counted (`at` may be
+                // ahead of it during a transition; the clock follows right after).
+                let clock = self.clock.max(at);
+                let held = self.held(credit_type);
+                let runway =
+                    self.types[index].runway(catalog.rules.runway_window, clock, balance - held);
+                let below = runway
+                    .runs_out_at
+                    .is_some_and(|end| end.0 - clock.0 < limit.0);
+                let low = Low::Runway {
+                    limit,
+                    burned: runway.burned,
+                    runs_out_at: runway.runs_out_at.unwrap_or(clock),
+                };
+                self.alert_step(ctx, index, "runway", low, below, balance, base, at);
+            }
         }
     }
 
@@ -53,7 +90,7 @@ impl Account {
         ctx: &mut Context<'_>,
         index: usize,
         name: &str,
-        threshold: Option<Threshold>,
+        low: Low,
         below: bool,
         balance: Credits,
         base: Credits,
@@ -102,8 +139,8 @@ impl Account {
                 "alert:{}:{}:{}:low:{}",
                 self.id, credit_name, name, state.lows
             );
-            let body = match threshold {
-                Some(threshold) => Body::BalanceLow {
+            let body = match low {
+                Low::Threshold(threshold) => Body::BalanceLow {
                     credit_type: credit_name,
                     threshold: name.to_string(),
                     threshold_amount: match threshold {
@@ -117,8 +154,19 @@ impl Account {
                     },
                     balance,
                 },
-                None => Body::BalanceDepleted {
+                Low::Depleted => Body::BalanceDepleted {
                     credit_type: credit_name,
+                    balance,
+                },
+                Low::Runway {
+                    limit,
+                    burned,
+                    runs_out_at,
+                } => Body::RunwayLow {
+                    credit_type: credit_name,
+                    runway_alert: limit,
+                    burned,
+                    runs_out_at,
                     balance,
                 },
             };

@@ -184,6 +184,7 @@ impl Account {
         let state = &mut self.types[t];
         state.add_rare(|r| &mut r.debt, overage);
         state.consumed += charged;
+        state.record_burn(catalog.rules.runway_window, self.clock, charged);
         for &(_, amount, basis) in &draws {
             state.recognized += money(amount, basis);
         }

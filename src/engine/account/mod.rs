@@ -285,6 +285,11 @@ pub struct TypeState {
     /// Revenue this period: recognised.
     pub recognized: Revenue,
     rare: Option<Box<RareTotals>>,
+    /// Burn counters (§5.6; `runway.rs`): the window index of `burn_current`, the credits
+    /// consumed in it and in the window before, in 10^-9 units.
+    pub burn_window: u32,
+    pub burn_current: u64,
+    pub burn_previous: u64,
 }
 
 /// The parts of a [`TypeState`] that most accounts leave at zero or empty.
@@ -343,6 +348,9 @@ impl TypeState {
             revenue_granted: Revenue::ZERO,
             recognized: Revenue::ZERO,
             rare: None,
+            burn_window: 0,
+            burn_current: 0,
+            burn_previous: 0,
         }
     }
 
@@ -882,4 +890,7 @@ mod check;
 mod commands;
 mod grants;
 mod lines;
+mod runway;
 mod time;
+
+pub use runway::Runway;
