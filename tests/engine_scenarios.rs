@@ -1164,3 +1164,26 @@ fn runway_follows_the_burn_rate_and_alerts_once_per_crossing() {
         serde_json::Value::Null
     );
 }
+
+#[test]
+fn runway_settings_are_checked_all_at_once() {
+    let bad = CATALOG
+        .replace("future_max = \"5m\"", "future_max = \"5m\"\nrunway_window = \"30s\"")
+        .replace(
+            "[[plans]]\nname = \"soft\"\nperiod = \"day\"",
+            "[[plans]]\nname = \"soft\"\nperiod = \"day\"\nrunway_alert = \"0s\"\n  [[plans.alerts]]\n  name = \"runway\"\n  amount = \"1\"",
+        );
+    let errors = creditflow::catalog::load::from_str(&bad)
+        .expect_err("refused")
+        .to_string();
+    for expected in [
+        "rules.runway_window: must be between 1m and 31d",
+        "plans[1].runway_alert: must be > 0 (omit it to disable)",
+        "plans[1].alerts[0].name: \"runway\" is the built-in alert",
+    ] {
+        assert!(
+            errors.contains(expected),
+            "missing {expected:?} in:\n{errors}"
+        );
+    }
+}

@@ -71,22 +71,17 @@ impl Loader {
         };
         let time_zone = self.zone(table, key);
         let price = self.credits(table, key, "price", None, false);
-        let expiring_lead = match self.span(table, key, "expiring_lead") {
+        // Optional spans that disable a feature when absent, so 0 is no way to say "off".
+        let mut enabling = |name: &str| match self.span(table, key, name) {
             Ok(Some(span)) if span <= Span::ZERO => {
-                self.error(at(key, "expiring_lead"), "must be > 0 (omit it to disable)");
+                self.error(at(key, name), "must be > 0 (omit it to disable)");
                 None
             }
             Ok(span) => span,
             Err(Reported) => None,
         };
-        let runway_alert = match self.span(table, key, "runway_alert") {
-            Ok(Some(span)) if span <= Span::ZERO => {
-                self.error(at(key, "runway_alert"), "must be > 0 (omit it to disable)");
-                None
-            }
-            Ok(span) => span,
-            Err(Reported) => None,
-        };
+        let expiring_lead = enabling("expiring_lead");
+        let runway_alert = enabling("runway_alert");
         let mut allowances = Vec::new();
         let mut allowance_types = Vec::new();
         if let Ok(Some(entries)) = self.tables(table, key, "allowances") {
