@@ -262,12 +262,13 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> std::io::Result<De
     let (sink_sender, sink_receiver) =
         crossbeam::channel::bounded::<SinkMessage>(shards * settings.queue_batches_max.max(1));
     let mut handles = Vec::new();
+    // The statement and the dashboard's chart read each partition's recent charges.
+    let statement_entries = if served.is_some() {
+        serve::STATEMENT_ENTRIES
+    } else {
+        0
+    };
     for (number, receiver) in receivers.into_iter().enumerate() {
-        let statement_entries = if served.is_some() {
-            serve::STATEMENT_ENTRIES
-        } else {
-            0
-        };
         let shard = Shard {
             number,
             shards,

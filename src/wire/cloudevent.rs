@@ -12,7 +12,7 @@
 use serde_json::{Map, Value};
 
 use crate::catalog::{Catalog, CloudEventMapping, EventField, EventQuantity};
-use crate::wire::input::{DeadLetter, DeadReason};
+use crate::wire::input::{invalid, truncate, DeadLetter, DeadReason};
 use crate::wire::outline::Entry;
 
 /// The CloudEvents version this reader takes.
@@ -36,10 +36,6 @@ pub(crate) fn is_cloudevent(entries: &[Entry<'_>]) -> bool {
 
 fn missing(field: &str, why: &str) -> DeadLetter {
     DeadLetter::new(DeadReason::MissingField, format!("{field}: required{why}"))
-}
-
-fn invalid(field: &str, what: impl std::fmt::Display) -> DeadLetter {
-    DeadLetter::new(DeadReason::InvalidField, format!("{field}: {what}"))
 }
 
 /// Reads a CloudEvent (`entries` are its top-level entries, already read from `payload`).
@@ -108,8 +104,8 @@ pub(crate) fn read(
             DeadReason::UnmappedCloudevent,
             format!(
                 "type {:?} (source {:?}): no [[cloudevents]] entry of the catalog maps it",
-                truncate(event_type),
-                truncate(source)
+                truncate(event_type, 64),
+                truncate(source, 64)
             ),
         ));
     };
@@ -202,12 +198,4 @@ fn field<'e>(
         }
     }
     Ok(Some(at))
-}
-
-fn truncate(text: &str) -> &str {
-    let mut end = text.len().min(64);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }

@@ -960,7 +960,7 @@ fn field_error(entries: &[Entry<'_>], error: &serde_json::Error) -> DeadLetter {
     DeadLetter::new(DeadReason::InvalidField, error_text(error))
 }
 
-fn truncate(text: &str, max: usize) -> &str {
+pub(crate) fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }
@@ -998,7 +998,7 @@ fn missing(field: &str) -> DeadLetter {
     DeadLetter::new(DeadReason::MissingField, format!("{field}: required"))
 }
 
-fn invalid(field: &str, what: impl std::fmt::Display) -> DeadLetter {
+pub(crate) fn invalid(field: &str, what: impl std::fmt::Display) -> DeadLetter {
     DeadLetter::new(DeadReason::InvalidField, format!("{field}: {what}"))
 }
 
