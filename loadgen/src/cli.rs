@@ -1,5 +1,5 @@
 //! The subcommands: `run`, `raw`, `fill`, `drain`, `verify`, `baseline postgres|redis`,
-//! `query`, `echo-responder`.
+//! `query`, `echo-responder`, `sweep`.
 //!
 //! Owns: the flags (clap), turning them into a [`WorkloadSpec`] and options, and what each
 //! subcommand prints and writes (`--report-json`, `--plot`).
@@ -66,6 +66,9 @@ pub enum Command {
     /// Answer every request on a subject with a fixed body, doing nothing else: the broker's
     /// request-reply floor that `query --endpoint echo --echo-external` loads.
     EchoResponder(EchoResponderArgs),
+    /// Latency against offered load: the raw ceiling first, then at each level (default 10, 25,
+    /// 50, 75, 90% of it) the broker alone and the processor at that rate; a table and an SVG.
+    Sweep(crate::sweep::SweepArgs),
 }
 
 /// What to generate.
@@ -564,6 +567,9 @@ pub async fn execute(cli: Cli, command_line: &str) -> anyhow::Result<bool> {
         Command::Baseline(args) => baseline_command(args, command_line).await.map(|_| true),
         Command::Query(args) => query_command(args, command_line).await.map(|r| r.1),
         Command::EchoResponder(args) => echo_responder_command(args).await,
+        Command::Sweep(args) => crate::sweep::sweep_command(args, command_line)
+            .await
+            .map(|r| r.1),
     }
 }
 
