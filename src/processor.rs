@@ -33,7 +33,7 @@ use crate::pipeline::ingest::{IngestObserver, Reader, ReaderSettings};
 use crate::pipeline::question::{question_queues, Question, ResultBook};
 use crate::pipeline::shard::{Shard, ShardObserver};
 use crate::pipeline::streams::{ensure_stream, Ensured, StreamSettings};
-use crate::pipeline::{Outbound, SinkMessage};
+use crate::pipeline::Outbound;
 use crate::recovery::{recover, write_empty_snapshots, RecoveryReport, Streams};
 use crate::refusals::Refusals;
 use crate::snapshot::policy::{
@@ -806,7 +806,7 @@ fn start_threads(
     let (question_senders, question_receivers) =
         question_queues(shards, config.service.questions_max);
     let sink_capacity = shards * config.engine.queue_batches_max.max(1) + 16;
-    let (sink_sender, sink_receiver) = crossbeam::channel::bounded::<SinkMessage>(sink_capacity);
+    let (sink_sender, sink_receiver) = crate::pipeline::sink::sink_queue(sink_capacity);
     // Encoded snapshots wait for their watermark at the writer; unbounded, since at most one
     // per partition per interval is ever queued (while outputs cannot be acked, the shards
     // block on the sink and take no more).

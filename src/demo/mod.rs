@@ -260,7 +260,7 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> std::io::Result<De
     let (senders, receivers) = shard_queues(shards, settings.queue_batches_max);
     let mut dispatcher = Dispatcher::new(senders, settings.batch_size_max);
     let (sink_sender, sink_receiver) =
-        crossbeam::channel::bounded::<SinkMessage>(shards * settings.queue_batches_max.max(1));
+        crate::pipeline::sink::sink_queue(shards * settings.queue_batches_max.max(1));
     let mut handles = Vec::new();
     // The statement and the dashboard's chart read each partition's recent charges.
     let statement_entries = if served.is_some() {

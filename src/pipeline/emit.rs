@@ -21,13 +21,18 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
-use crossbeam::channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam::channel::TryRecvError;
 use futures::FutureExt;
 
+use super::sink::SinkReceiver;
 use super::{Outbound, SinkMessage, WatermarkReached};
 
-/// How long the emitter waits for the oldest ack before looking for new outputs to send.
-const ACK_POLL: Duration = Duration::from_millis(1);
+/// With room in the window, the emitter waits for the oldest ack or new outputs, whichever
+/// comes first (the sink wakes it); this is only the longest it waits for either.
+const ACK_POLL: Duration = Duration::from_millis(10);
+
+/// With nothing in flight, the longest wait for new outputs before looking again.
+const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// Why a publish failed; every failure is retried.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -96,7 +101,7 @@ pub struct Emitter<P: Publisher, O: EmitObserver> {
 
 impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
     /// Runs until every shard has stopped and everything is acked, or the input closes.
-    pub async fn run(mut self, input: Receiver<SinkMessage>) -> EmitReport {
+    pub async fn run(mut self, input: SinkReceiver) -> EmitReport {
         let mut report = EmitReport::default();
         let mut slots: VecDeque<Slot<P::Ack>> = VecDeque::new();
         let mut publishes = 0usize;
@@ -125,26 +130,13 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
                 if closed || stopped >= self.shards {
                     return report;
                 }
-                // Nothing in flight: wait for work (this thread runs only the emitter).
-                match input.recv_timeout(Duration::from_millis(100)) {
-                    Ok(message) => {
-                        self.accept(
-                            message,
-                            &mut slots,
-                            &mut publishes,
-                            &mut stopped,
-                            &mut report,
-                        )
-                        .await;
-                    }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => closed = true,
-                }
+                // Nothing in flight: wait for work (a closed queue is seen by `try_recv`).
+                let _ = tokio::time::timeout(IDLE_POLL, input.queued()).await;
                 continue;
             }
-            // With room in the window, wait for an ack only briefly: outputs arriving meanwhile
-            // are sent at once instead of queueing behind an ack round trip.
-            let wait = (publishes < self.window).then_some(ACK_POLL);
+            // With room in the window, wait for the oldest ack or new outputs: outputs that
+            // arrive meanwhile are sent at once instead of queueing behind an ack round trip.
+            let wait = (publishes < self.window).then_some(&input);
             self.settle_front(&mut slots, &mut publishes, &mut report, wait)
                 .await;
         }
@@ -152,13 +144,14 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
 
     /// Settles the oldest slot: a watermark is reported reached; a publish has its ack awaited
     /// (on failure it and everything after it is republished in order, then awaited again).
-    /// With `wait`, an ack that has not come within it is left pending.
+    /// With `wait`, an ack that has not come when new outputs are queued there (or within
+    /// [`ACK_POLL`]) is left pending.
     async fn settle_front(
         &mut self,
         slots: &mut VecDeque<Slot<P::Ack>>,
         publishes: &mut usize,
         report: &mut EmitReport,
-        wait: Option<Duration>,
+        wait: Option<&SinkReceiver>,
     ) {
         let Some(front) = slots.front_mut() else {
             return;
@@ -183,10 +176,12 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
             Slot::Publish { ack, .. } => {
                 let result = match (ack.as_mut(), wait) {
                     (Some(pending), None) => pending.await,
-                    (Some(pending), Some(wait)) => {
-                        match tokio::time::timeout(wait, pending).await {
-                            Ok(result) => result,
-                            Err(_) => return,
+                    (Some(pending), Some(input)) => {
+                        tokio::select! {
+                            biased;
+                            result = pending => result,
+                            _ = input.queued() => return,
+                            _ = tokio::time::sleep(ACK_POLL) => return,
                         }
                     }
                     (None, _) => Err(PublishFailure("not sent".into())),
@@ -388,7 +383,7 @@ mod tests {
 
     fn run(stream: FakeStream, messages: Vec<SinkMessage>) -> EmitReport {
         let stream_epoch = stream.epoch.clone();
-        let (sender, receiver) = crossbeam::channel::unbounded();
+        let (sender, receiver) = crate::pipeline::sink::sink_queue(1024);
         for message in messages {
             sender.send(message).unwrap();
         }
@@ -492,7 +487,7 @@ mod tests {
             outstanding: Arc::default(),
             capacity: 3,
         };
-        let (sender, receiver) = crossbeam::channel::unbounded();
+        let (sender, receiver) = crate::pipeline::sink::sink_queue(1024);
         sender
             .send(SinkMessage::Outputs((1..=50).map(outbound).collect()))
             .unwrap();
@@ -527,7 +522,7 @@ mod tests {
             capacity: 4,
         };
         let epoch = stream.epoch.clone();
-        let (sender, receiver) = crossbeam::channel::unbounded();
+        let (sender, receiver) = crate::pipeline::sink::sink_queue(1024);
         sender
             .send(SinkMessage::Outputs((1..=50).map(outbound).collect()))
             .unwrap();
@@ -573,5 +568,88 @@ mod tests {
         // The floor is a lower bound for what comes after the marker: o3 landed at 3.
         assert!(reached.output_seq_floor < 3);
         assert_eq!(report.last_output_seq, 3);
+    }
+
+    /// Publishes with the ack of `o1` held back until `o2` has been published, recording the
+    /// (paused) clock at each publish.
+    #[derive(Clone, Default)]
+    struct HeldFirstAck {
+        published: Arc<Mutex<Vec<(String, tokio::time::Instant)>>>,
+        first_ack: Arc<Mutex<Option<tokio::sync::oneshot::Sender<u64>>>>,
+    }
+
+    impl Publisher for HeldFirstAck {
+        type Ack = std::pin::Pin<Box<dyn Future<Output = Result<u64, PublishFailure>> + Send>>;
+        async fn publish(&self, output: &Outbound) -> Result<Self::Ack, PublishFailure> {
+            self.published
+                .lock()
+                .unwrap()
+                .push((output.id.clone(), tokio::time::Instant::now()));
+            if output.id == "o1" {
+                let (sender, receiver) = tokio::sync::oneshot::channel();
+                *self.first_ack.lock().unwrap() = Some(sender);
+                return Ok(Box::pin(async move {
+                    receiver
+                        .await
+                        .map_err(|_| PublishFailure("ack dropped".into()))
+                }));
+            }
+            if let Some(first) = self.first_ack.lock().unwrap().take() {
+                let _ = first.send(1);
+            }
+            Ok(Box::pin(std::future::ready(Ok(2))))
+        }
+    }
+
+    #[test]
+    fn an_output_queued_while_an_ack_is_awaited_is_sent_at_once() {
+        // o1's ack comes only after o2 is published; o2 is queued 5 ms (paused clock) after o1.
+        // The emitter must send o2 when it is queued, not when a poll timer next fires.
+        let publisher = HeldFirstAck::default();
+        let published = publisher.published.clone();
+        let (sender, receiver) = crate::pipeline::sink::sink_queue(16);
+        let emitter = Emitter {
+            publisher,
+            observer: NoEmitObserver,
+            window: 8,
+            retry_backoff_max: Duration::from_millis(10),
+            shards: 1,
+            connection_epoch: Arc::default(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let report = runtime.block_on(async move {
+            let start = tokio::time::Instant::now();
+            let shard = tokio::spawn(async move {
+                sender
+                    .send(SinkMessage::Outputs(vec![outbound(1)]))
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                sender
+                    .send(SinkMessage::Outputs(vec![outbound(2)]))
+                    .unwrap();
+                sender.send(SinkMessage::ShardStopped(0)).unwrap();
+            });
+            let report = emitter.run(receiver).await;
+            shard.await.unwrap();
+            let published: Vec<(String, Duration)> = published
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(id, at)| (id.clone(), *at - start))
+                .collect();
+            assert_eq!(
+                published,
+                [
+                    ("o1".to_string(), Duration::ZERO),
+                    ("o2".to_string(), Duration::from_millis(5))
+                ]
+            );
+            report
+        });
+        assert_eq!(report.published, 2);
     }
 }

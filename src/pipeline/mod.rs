@@ -29,6 +29,7 @@ pub mod emit;
 pub mod ingest;
 pub mod question;
 pub mod shard;
+pub mod sink;
 pub mod streams;
 pub mod ticks;
 

@@ -26,6 +26,7 @@ use crossbeam::channel::{Receiver, SendTimeoutError, Sender};
 
 use super::dispatch::ShardInput;
 use super::question::{Needs, Question, ResultBook, Seen};
+use super::sink::Sink;
 use super::{output_subject, Inbound, Outbound, SinkMessage};
 use crate::catalog::Catalog;
 use crate::engine::dedupe::dedupe_key;
@@ -62,13 +63,13 @@ pub trait SnapshotHook: Send {
         &mut self,
         partition: Partition,
         seq: u64,
-        sink: &Sender<SinkMessage>,
+        sink: &Sink,
         questions: &Receiver<Question>,
     ) -> Option<Partition>;
     /// Where lent partitions come back.
     fn returns(&self) -> Receiver<Partition>;
     /// The shard is stopping (every partition is home): take a final snapshot of each.
-    fn at_stop(&mut self, partition: &Partition, seq: u64, sink: &Sender<SinkMessage>);
+    fn at_stop(&mut self, partition: &Partition, seq: u64, sink: &Sink);
 }
 
 /// No snapshots (the demo, tests of the pipeline alone).
@@ -79,7 +80,7 @@ impl SnapshotHook for NoSnapshots {
         &mut self,
         partition: Partition,
         _: u64,
-        _: &Sender<SinkMessage>,
+        _: &Sink,
         _: &Receiver<Question>,
     ) -> Option<Partition> {
         Some(partition)
@@ -87,7 +88,7 @@ impl SnapshotHook for NoSnapshots {
     fn returns(&self) -> Receiver<Partition> {
         crossbeam::channel::never()
     }
-    fn at_stop(&mut self, _: &Partition, _: u64, _: &Sender<SinkMessage>) {}
+    fn at_stop(&mut self, _: &Partition, _: u64, _: &Sink) {}
 }
 
 /// Per batch timing, for the apply-latency metric.
@@ -160,8 +161,25 @@ pub struct Shard<S: SnapshotHook, O: ShardObserver> {
 /// What a shard works with while it runs: its partitions (`None` while lent to the snapshot
 /// encoder), the messages of lent partitions, waiting for them in stream order, and the
 /// questions waiting for a later position or for a partition to come home.
+/// One message of a batch being applied: its partition's index in the shard, the message, its
+/// decoding (none when it is not applied: no partition named, or already applied) and hashes.
+type Work<'a> = (usize, &'a Inbound, Option<Decoded<'a>>, Option<Hashes>);
+
+/// An empty vector of `U` in the buffer of `v` (emptied first). The standard library collects
+/// a vector's `into_iter` in place when the element layouts agree, as they do here (the types
+/// differ only in lifetimes), so the buffer is kept; if they ever did not, this would allocate.
+fn reuse<T, U>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
+}
+
 struct Home {
     partitions: Vec<Option<Partition>>,
+    /// The batch's work list, kept empty between batches so its buffer (a few hundred KiB at
+    /// 1024 messages) is allocated once, not per batch.
+    work: Vec<Work<'static>>,
     waiting: Vec<VecDeque<Inbound>>,
     lent: usize,
     /// The last sequence the shard has seen (all of its messages up to there are applied or
@@ -181,7 +199,7 @@ struct Home {
 
 impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
     /// Runs until `Stop` or until the input queue closes; returns the partitions.
-    pub fn run(mut self, input: Receiver<ShardInput>, sink: Sender<SinkMessage>) -> Vec<Partition> {
+    pub fn run(mut self, input: Receiver<ShardInput>, sink: Sink) -> Vec<Partition> {
         let count = self.partitions.len();
         let mut home = Home {
             partitions: std::mem::take(&mut self.partitions)
@@ -197,6 +215,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
             lent_through: vec![0; count],
             parked: Vec::new(),
             applying: false,
+            work: Vec::new(),
         };
         let returns = self.snapshots.returns();
         let questions = self.questions.clone();
@@ -214,7 +233,9 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                         Ok(ShardInput::Batch(batch)) => batch,
                         Ok(ShardInput::Stop) | Err(_) => break,
                     };
-                    if !self.batch(batch, &mut home, &mut outputs, &sink, &input) {
+                    let applied = self.batch(&batch.messages, &mut home, &mut outputs, &sink, &input);
+                    batch.recycle();
+                    if !applied {
                         failed = true;
                         break;
                     }
@@ -260,10 +281,10 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
     /// offers each partition at home to the snapshot hook. False when the sink is gone.
     fn batch(
         &mut self,
-        batch: Vec<Inbound>,
+        batch: &[Inbound],
         home: &mut Home,
         outputs: &mut Vec<Output>,
-        sink: &Sender<SinkMessage>,
+        sink: &Sink,
         input: &Receiver<ShardInput>,
     ) -> bool {
         let started = WallInstant::now();
@@ -283,9 +304,9 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
             }
         }
         // Each message's hashes (account index, dedupe key) once, for every stage and the apply.
-        let mut work: Vec<(usize, &Inbound, Option<Decoded<'_>>, Option<Hashes>)> =
-            Vec::with_capacity(messages);
-        for inbound in &batch {
+        let mut work: Vec<Work<'_>> = reuse(std::mem::take(&mut home.work));
+        work.reserve(messages);
+        for inbound in batch {
             let index = self.index_of(inbound);
             match &home.partitions[index] {
                 Some(partition) => {
@@ -334,6 +355,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
             }
         });
         home.applying = false;
+        home.work = reuse(work);
         if increasing {
             let payload_of = |seq: u64| {
                 batch
@@ -378,7 +400,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
     /// Sends to the sink, answering questions while its queue is full. False when it is gone.
     fn send(
         &mut self,
-        sink: &Sender<SinkMessage>,
+        sink: &Sink,
         message: SinkMessage,
         home: &mut Home,
         input: &Receiver<ShardInput>,
@@ -459,7 +481,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
         mut partition: Partition,
         home: &mut Home,
         outputs: &mut Vec<Output>,
-        sink: &Sender<SinkMessage>,
+        sink: &Sink,
         input: &Receiver<ShardInput>,
     ) -> bool {
         let index = partition.number as usize / self.shards;
@@ -564,5 +586,33 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
             _ => {}
         }
         outbound
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_work_list_keeps_its_buffer_across_batches() {
+        let mut kept: Vec<Work<'static>> = Vec::with_capacity(64);
+        let buffer = kept.as_ptr() as usize;
+        let inbound = Inbound {
+            seq: 1,
+            route: crate::wire::subject::Route::Partition {
+                number: 0,
+                kind: crate::wire::subject::SubjectKind::Usage,
+            },
+            subject: async_nats::Subject::from_static("creditflow.in.0.usage"),
+            payload: bytes::Bytes::new(),
+            received: None,
+        };
+        let mut work: Vec<Work<'_>> = reuse(std::mem::take(&mut kept));
+        work.push((0, &inbound, None, None));
+        assert_eq!(work.as_ptr() as usize, buffer);
+        kept = reuse(work);
+        assert!(kept.is_empty());
+        assert_eq!(kept.as_ptr() as usize, buffer, "the same buffer, emptied");
+        assert_eq!(kept.capacity(), 64);
     }
 }

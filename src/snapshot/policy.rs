@@ -29,6 +29,7 @@ use crate::catalog::{Catalog, CatalogOrder, SettingFingerprint};
 use crate::engine::Partition;
 use crate::pipeline::question::{Question, Seen};
 use crate::pipeline::shard::SnapshotHook;
+use crate::pipeline::sink::Sink;
 use crate::pipeline::{SinkMessage, WatermarkReached};
 
 /// A snapshot encoded (or whose encode failed), waiting for its watermark and its write.
@@ -135,7 +136,7 @@ impl<O: SnapshotObserver> Policy<O> {
     fn mark(
         &mut self,
         (number, applied_through, messages): (u32, u64, u64),
-        sink: &Sender<SinkMessage>,
+        sink: &Sink,
         done: Sender<WatermarkReached>,
     ) {
         let _ = sink.send(SinkMessage::Watermark {
@@ -150,7 +151,7 @@ impl<O: SnapshotObserver> Policy<O> {
     fn lend(
         &mut self,
         partition: Partition,
-        sink: &Sender<SinkMessage>,
+        sink: &Sink,
         questions: &Receiver<Question>,
     ) -> Option<Partition> {
         let started = WallInstant::now();
@@ -186,7 +187,7 @@ impl<O: SnapshotObserver> Policy<O> {
     }
 
     /// Encodes `partition` here and queues it for the writer (the final snapshots).
-    fn take(&mut self, partition: &Partition, sink: &Sender<SinkMessage>) {
+    fn take(&mut self, partition: &Partition, sink: &Sink) {
         let started = WallInstant::now();
         let payload = crate::codec::encode(partition).map_err(|error| error.to_string());
         let header = self.header(partition);
@@ -216,7 +217,7 @@ impl<O: SnapshotObserver> SnapshotHook for Policy<O> {
         &mut self,
         partition: Partition,
         seq: u64,
-        sink: &Sender<SinkMessage>,
+        sink: &Sink,
         questions: &Receiver<Question>,
     ) -> Option<Partition> {
         if self.taken_in_batch == Some(seq) {
@@ -243,7 +244,7 @@ impl<O: SnapshotObserver> SnapshotHook for Policy<O> {
         self.returns.1.clone()
     }
 
-    fn at_stop(&mut self, partition: &Partition, _seq: u64, sink: &Sender<SinkMessage>) {
+    fn at_stop(&mut self, partition: &Partition, _seq: u64, sink: &Sink) {
         let changed = self
             .last
             .get(&partition.number)
