@@ -91,10 +91,6 @@ async fn next_connection(connections: &mut tokio::sync::watch::Receiver<u64>) {
     }
 }
 
-fn received_of(published: &async_nats::jetstream::message::Info<'_>) -> Instant {
-    Instant((published.published.unix_timestamp_nanos() / 1_000_000) as i64)
-}
-
 impl<O: IngestObserver> Reader<O> {
     /// Reads until `stop` resolves, then flushes the dispatcher and stops the shards. Runs on a
     /// thread of its own (dispatching blocks when the shards are behind).
@@ -165,11 +161,18 @@ impl<O: IngestObserver> Reader<O> {
                         continue 'consumers;
                     }
                 };
-                let Ok(info) = message.info() else {
+                // The delivery metadata, read from the reply subject directly (see
+                // wire::ack_subject); then the subject and payload are moved out, not cloned.
+                let delivery = message
+                    .message
+                    .reply
+                    .as_deref()
+                    .and_then(crate::wire::ack_subject::delivery);
+                let Some(delivery) = delivery else {
                     tracing::warn!(subject = %message.subject, "a message without JetStream metadata on the input consumer; ignored");
                     continue;
                 };
-                let seq = info.stream_sequence;
+                let seq = delivery.stream_sequence;
                 if seq < next_seq {
                     // A redelivery (the ordered consumer was recreated behind us).
                     continue;
@@ -181,6 +184,7 @@ impl<O: IngestObserver> Reader<O> {
                         got: seq,
                     });
                 }
+                let jetstream::Message { message, .. } = message;
                 let inbound = Inbound {
                     seq,
                     route: pipeline_route(
@@ -188,9 +192,9 @@ impl<O: IngestObserver> Reader<O> {
                         &message.subject,
                         self.settings.partitions,
                     ),
-                    subject: message.subject.clone(),
-                    payload: message.payload.clone(),
-                    received: Some(received_of(&info)),
+                    subject: message.subject,
+                    payload: message.payload,
+                    received: Some(Instant(delivery.published_ms)),
                 };
                 dispatcher.push(inbound)?;
                 next_seq = seq + 1;
