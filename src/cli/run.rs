@@ -94,6 +94,24 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
+/// Opts this process out of transparent huge pages (`engine.huge_pages = false`): mimalloc
+/// asks for them, and each 2 MiB page is zeroed whole when first touched, which made growing
+/// state (a drain from empty) cost the shards a quarter to a third of their time. Affects
+/// faults from now on; a failure is logged and changes nothing else.
+fn opt_out_of_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes integer arguments and touches no memory of ours.
+        let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if result != 0 {
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "could not opt out of transparent huge pages; continuing with them"
+            );
+        }
+    }
+}
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let (config, catalog) = load(args.config.as_deref())?;
     if args.print_config {
@@ -101,6 +119,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(&config);
+    if !config.engine.huge_pages {
+        opt_out_of_huge_pages();
+    }
     // The async side is I/O only (NATS, metrics, ticks); the shards and the emitter have
     // threads of their own, so two workers are plenty.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -263,6 +263,8 @@ pub struct EngineConfig {
     pub queue_batches_max: usize,
     /// Messages per batch at most; >= 1.
     pub batch_size_max: usize,
+    /// Let the kernel back the heap with transparent huge pages (off: the process opts out).
+    pub huge_pages: bool,
     /// Wall-clock interval of published ticks; `None` when ticks are disabled (`"0"`).
     pub tick_interval: Option<Duration>,
 }

@@ -49,6 +49,7 @@ fn defaults_load_with_the_documented_values() {
     assert_eq!(config.engine.partitions, 16);
     assert_eq!(config.engine.shards, 0);
     assert_eq!(config.engine.tick_interval, Some(Duration::from_secs(1)));
+    assert!(!config.engine.huge_pages, "opted out by default");
     assert_eq!(config.snapshot.keep, 3);
     assert_eq!(config.snapshot.failures_unready, 3);
     assert_eq!(config.lease.bucket, "creditflow_leases");
@@ -160,6 +161,7 @@ duplicate_window = "60d"
 partitions = 4
 shards = 9
 tick_interval = "soon"
+huge_pages = "yes"
 [snapshot]
 keep = 1
 [metrics]
@@ -186,6 +188,7 @@ format = "xml"
         "output.stream",
         "output.duplicate_window",
         "engine.tick_interval",
+        "engine.huge_pages",
         "snapshot.keep",
         "metrics.listen",
         "log.format",
@@ -200,7 +203,7 @@ format = "xml"
     let mut want = expected.to_vec();
     want.sort_unstable();
     assert_eq!(got, want, "{listing}");
-    assert_eq!(errors.len(), 23, "{listing}");
+    assert_eq!(errors.len(), 24, "{listing}");
     for line in [
         "engine.batch_size_max: expected an integer, found \"lots\" (from \
          CREDITFLOW_ENGINE_BATCH_SIZE_MAX)",

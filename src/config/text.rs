@@ -110,6 +110,7 @@ impl Config {
                 ("shards", count_value(engine.shards)),
                 ("queue_batches_max", count_value(engine.queue_batches_max)),
                 ("batch_size_max", count_value(engine.batch_size_max)),
+                ("huge_pages", Value::Boolean(engine.huge_pages)),
                 (
                     "tick_interval",
                     duration_value(engine.tick_interval.unwrap_or(Duration::ZERO)),

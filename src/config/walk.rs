@@ -755,6 +755,7 @@ impl Loader {
             shards: self.count(s, "shards", 0, PARTITIONS_MAX as usize),
             queue_batches_max: self.count(s, "queue_batches_max", 1, usize::MAX),
             batch_size_max: self.count(s, "batch_size_max", 1, usize::MAX),
+            huge_pages: self.boolean(s, "huge_pages"),
             tick_interval: Some(self.duration(s, "tick_interval", true))
                 .filter(|interval| !interval.is_zero()),
         }
