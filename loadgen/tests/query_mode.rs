@@ -155,7 +155,14 @@ async fn counts_by_code_errors_and_the_histogram_add_up() {
     );
     // A timed-out request is recorded when its timeout fired.
     assert!(report.latency.max_ms >= 300.0, "{}", report.to_text());
-    assert!(report.latency.p50_ms < 50.0, "{}", report.to_text());
+    // The median is outside the stall: well below its tail. (Relative, not an absolute bound:
+    // on a starved machine the loader itself runs late for everyone, which the send delay
+    // shows, and the median moves with it; a full test run on 2 cores once had it at 80 ms.)
+    assert!(
+        report.latency.p50_ms < report.latency.p99_ms / 2.0,
+        "{}",
+        report.to_text()
+    );
     assert!((report.reply_bytes_mean - 600.0).abs() < 1.0);
     assert!(report.first_error.is_some());
     let written: serde_json::Value =
@@ -202,7 +209,14 @@ async fn a_stalled_responder_shows_from_the_scheduled_time_despite_the_concurren
     // at least ~200 ms, the top 1% at least ~290 ms.
     assert!(report.latency.p90_ms > 150.0, "{}", report.to_text());
     assert!(report.latency.p99_ms > 250.0, "{}", report.to_text());
-    assert!(report.latency.p50_ms < 50.0, "{}", report.to_text());
+    // The median is outside the stall: well below its tail. (Relative, not an absolute bound:
+    // on a starved machine the loader itself runs late for everyone, which the send delay
+    // shows, and the median moves with it; a full test run on 2 cores once had it at 80 ms.)
+    assert!(
+        report.latency.p50_ms < report.latency.p99_ms / 2.0,
+        "{}",
+        report.to_text()
+    );
     // Measured from the actual send, the stall is 4 slow requests: it hides below the p99.
     assert!(report.service_time.p99_ms < 100.0, "{}", report.to_text());
     assert!(report.service_time.max_ms > 250.0, "{}", report.to_text());
