@@ -10,6 +10,7 @@
 //! - `baseline`: the same debits in PostgreSQL and Redis, one round trip per event.
 //! - `query`: request load against the service (open or closed loop) and the echo responder.
 //! - `report`: text, JSON and the SVG percentile plot.
+//! - `svg`: the charts' page, frame, curves and legend (drawn by hand).
 //! - `sweep`: latency against offered load, broker alone and processor, as a table and an SVG.
 //! - `cli`: the subcommands (the binary only parses and calls these).
 //!
@@ -24,6 +25,7 @@ pub mod query;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod svg;
 pub mod sweep;
 pub mod verify;
 pub mod workload;

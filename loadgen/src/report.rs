@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::measure::{rate, Latency, Percentiles};
 use crate::query::{QueryResult, QuerySecond};
 use crate::run::{RunResult, Second};
+use crate::svg::Frame;
 use crate::workload::Counts;
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -368,16 +369,18 @@ pub fn percentiles_line(p: &Percentiles) -> String {
 /// An SVG of latency (ms, linear) against percentile (log scale of 1/(1−q), 0% to 99.999%),
 /// one curve per series, with a legend.
 pub fn percentile_svg(title: &str, series: &[(&str, &Latency)]) -> String {
-    const WIDTH: f64 = 900.0;
-    const HEIGHT: f64 = 520.0;
-    const LEFT: f64 = 80.0;
-    const RIGHT: f64 = 30.0;
-    const TOP: f64 = 50.0;
-    const BOTTOM: f64 = 70.0;
     const DECADES: f64 = 5.0; // up to 99.999%
     const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let plot_h = HEIGHT - TOP - BOTTOM;
+    let frame = Frame {
+        width: 900.0,
+        height: 520.0,
+        left: 80.0,
+        right: 30.0,
+        top: 50.0,
+        bottom: 70.0,
+    };
+    let plot_w = frame.plot_width();
+    let plot_h = frame.plot_height();
     let curves: Vec<(&str, Vec<(f64, f64)>)> = series
         .iter()
         .map(|(name, latency)| (*name, latency.curve(5)))
@@ -399,86 +402,32 @@ pub fn percentile_svg(title: &str, series: &[(&str, &Latency)]) -> String {
     let y_max = step * f64::from(lines);
     let x_of = |q: f64| {
         let decades = (1.0 / (1.0 - q.min(0.999_999_9))).log10().min(DECADES);
-        LEFT + decades / DECADES * plot_w
+        frame.left + decades / DECADES * plot_w
     };
-    let y_of = |ms: f64| TOP + plot_h - ms / y_max * plot_h;
-    let mut svg = String::new();
-    let _ = write!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="13">"#
-    );
-    let _ = write!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = write!(
-        svg,
-        r#"<text x="{}" y="28" text-anchor="middle" font-size="16">{}</text>"#,
-        WIDTH / 2.0,
-        escape(title)
-    );
-    // Axes and grid.
+    let y_of = |ms: f64| frame.top + plot_h - ms / y_max * plot_h;
+    let mut svg = frame.open(title, 16);
     for (i, label) in ["0%", "90%", "99%", "99.9%", "99.99%", "99.999%"]
         .iter()
         .enumerate()
     {
-        let x = LEFT + i as f64 / DECADES * plot_w;
-        let _ = write!(
-            svg,
-            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{label}</text>"##,
-            TOP + plot_h,
-            TOP + plot_h + 18.0
-        );
+        frame.x_grid(&mut svg, frame.left + i as f64 / DECADES * plot_w, label);
     }
     for i in 0..=lines {
         let ms = step * f64::from(i);
-        let y = y_of(ms);
-        let _ = write!(
-            svg,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            LEFT + plot_w,
-            LEFT - 6.0,
-            y + 4.0,
-            format_ms(ms)
-        );
+        frame.y_grid(&mut svg, y_of(ms), &format_ms(ms));
     }
-    let _ = write!(
-        svg,
-        r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>"##
-    );
-    let _ = write!(
-        svg,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">percentile (log scale of 1/(1−q))</text>"#,
-        LEFT + plot_w / 2.0,
-        HEIGHT - 20.0
-    );
-    let _ = write!(
-        svg,
-        r#"<text transform="translate(20,{:.1}) rotate(-90)" text-anchor="middle">latency (ms)</text>"#,
-        TOP + plot_h / 2.0
+    frame.axes(
+        &mut svg,
+        "percentile (log scale of 1/(1−q))",
+        "latency (ms)",
     );
     for (index, (name, curve)) in curves.iter().enumerate() {
         let colour = COLOURS[index % COLOURS.len()];
-        if !curve.is_empty() {
-            let points: Vec<String> = curve
-                .iter()
-                .map(|(q, ms)| format!("{:.1},{:.1}", x_of(*q), y_of(*ms)))
-                .collect();
-            let _ = write!(
-                svg,
-                r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
-                points.join(" ")
-            );
-        }
-        let ly = TOP + 16.0 + index as f64 * 18.0;
-        let _ = write!(
-            svg,
-            r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
-            LEFT + 12.0,
-            LEFT + 36.0,
-            LEFT + 42.0,
-            ly + 4.0,
-            escape(name)
-        );
+        let points: Vec<(f64, f64)> = curve.iter().map(|(q, ms)| (x_of(*q), y_of(*ms))).collect();
+        frame.curve(&mut svg, colour, "", &points);
+        frame.legend(&mut svg, index, colour, "", name);
     }
-    svg.push_str("</svg>\n");
+    Frame::close(&mut svg);
     svg
 }
 
@@ -492,10 +441,4 @@ fn format_ms(ms: f64) -> String {
     } else {
         format!("{ms:.3}")
     }
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }

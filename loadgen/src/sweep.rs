@@ -21,6 +21,7 @@ use serde::Serialize;
 use crate::cli::{self, NatsArgs, OutputArgs, RawArgs, RunArgs, WorkloadArgs};
 use crate::measure::Percentiles;
 use crate::schedule::parse_duration;
+use crate::svg::Frame;
 
 #[derive(Args, Debug, Clone)]
 pub struct SweepArgs {
@@ -228,16 +229,18 @@ pub async fn sweep_command(args: SweepArgs, command_line: &str) -> anyhow::Resul
 }
 
 /// Latency (ms, log scale) against offered load (% of the ceiling): p50 and p99 of the broker
-/// alone and of the processor, four polylines with a legend.
+/// alone and of the processor, four curves with a legend.
 pub fn load_svg(sweep: &Sweep) -> String {
-    const WIDTH: f64 = 900.0;
-    const HEIGHT: f64 = 540.0;
-    const LEFT: f64 = 80.0;
-    const RIGHT: f64 = 30.0;
-    const TOP: f64 = 50.0;
-    const BOTTOM: f64 = 70.0;
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let plot_h = HEIGHT - TOP - BOTTOM;
+    let frame = Frame {
+        width: 900.0,
+        height: 540.0,
+        left: 80.0,
+        right: 30.0,
+        top: 50.0,
+        bottom: 70.0,
+    };
+    let plot_w = frame.plot_width();
+    let plot_h = frame.plot_height();
     type Pick = fn(&Point) -> f64;
     let series: [(&str, &str, &str, Pick); 4] = [
         ("broker alone p50", "#1f77b4", "", |p| p.broker.e2e.p50_ms),
@@ -263,66 +266,33 @@ pub fn load_svg(sweep: &Sweep) -> String {
         let lo = low.log10().floor() as i32;
         (lo, (high.log10().ceil() as i32).max(lo + 1))
     };
-    let x_of = |percent: f64| LEFT + percent / 100.0 * plot_w;
+    let x_of = |percent: f64| frame.left + percent / 100.0 * plot_w;
     let y_of = |ms: f64| {
         let l = ms.max(10f64.powi(decade_low)).log10();
-        TOP + plot_h - (l - f64::from(decade_low)) / f64::from(decade_high - decade_low) * plot_h
+        frame.top + plot_h
+            - (l - f64::from(decade_low)) / f64::from(decade_high - decade_low) * plot_h
     };
-    let mut svg = String::new();
-    let _ = write!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="13">"#
-    );
-    let _ = write!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let title = format!(
         "end-to-end latency against offered load · ceiling {:.0} msg/s · nats-server {} · {} cores",
         sweep.ceiling_per_s, sweep.nats_server, sweep.cores
     );
-    let _ = write!(
-        svg,
-        r#"<text x="{}" y="28" text-anchor="middle" font-size="15">{}</text>"#,
-        WIDTH / 2.0,
-        escape(&title)
-    );
+    let mut svg = frame.open(&title, 15);
     for percent in (0..=100).step_by(10) {
-        let x = x_of(f64::from(percent));
-        let _ = write!(
-            svg,
-            r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#ddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{percent}%</text>"##,
-            TOP + plot_h,
-            TOP + plot_h + 18.0
-        );
+        frame.x_grid(&mut svg, x_of(f64::from(percent)), &format!("{percent}%"));
     }
     for decade in decade_low..=decade_high {
         let ms = 10f64.powi(decade);
-        let y = y_of(ms);
         let label = if decade >= 0 {
             format!("{ms:.0}")
         } else {
             format!("{ms:.*}", (-decade) as usize)
         };
-        let _ = write!(
-            svg,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ccc"/><text x="{:.1}" y="{:.1}" text-anchor="end">{label}</text>"##,
-            LEFT + plot_w,
-            LEFT - 6.0,
-            y + 4.0,
-        );
+        frame.y_grid(&mut svg, y_of(ms), &label);
     }
-    let _ = write!(
-        svg,
-        r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#333"/>"##
-    );
-    let _ = write!(
-        svg,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">offered load (% of the raw publish ceiling measured first in the same run)</text>"#,
-        LEFT + plot_w / 2.0,
-        HEIGHT - 20.0
-    );
-    let _ = write!(
-        svg,
-        r#"<text transform="translate(20,{:.1}) rotate(-90)" text-anchor="middle">probe due → seen (ms, log scale)</text>"#,
-        TOP + plot_h / 2.0
+    frame.axes(
+        &mut svg,
+        "offered load (% of the raw publish ceiling measured first in the same run)",
+        "probe due → seen (ms, log scale)",
     );
     for (index, (name, colour, dash, pick)) in series.iter().enumerate() {
         let points: Vec<(f64, f64)> = sweep
@@ -331,38 +301,15 @@ pub fn load_svg(sweep: &Sweep) -> String {
             .filter(|p| pick(p) > 0.0)
             .map(|p| (x_of(p.percent), y_of(pick(p))))
             .collect();
-        let text: Vec<String> = points
-            .iter()
-            .map(|(x, y)| format!("{x:.1},{y:.1}"))
-            .collect();
-        let _ = write!(
-            svg,
-            r#"<polyline fill="none" stroke="{colour}" stroke-width="2" stroke-dasharray="{dash}" points="{}"/>"#,
-            text.join(" ")
-        );
+        frame.curve(&mut svg, colour, dash, &points);
         for (x, y) in &points {
             let _ = write!(
                 svg,
                 r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{colour}"/>"#
             );
         }
-        let ly = TOP + 16.0 + index as f64 * 18.0;
-        let _ = write!(
-            svg,
-            r#"<line x1="{:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="3" stroke-dasharray="{dash}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
-            LEFT + 12.0,
-            LEFT + 36.0,
-            LEFT + 42.0,
-            ly + 4.0,
-            escape(name)
-        );
+        frame.legend(&mut svg, index, colour, dash, name);
     }
-    svg.push_str("</svg>\n");
+    Frame::close(&mut svg);
     svg
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }

@@ -4,14 +4,11 @@
 
 mod common;
 
-use std::time::Duration;
-
 use async_nats::jetstream;
 use clap::Parser;
 use common::{fake_processor, CATALOG};
 use creditflow::testkit::NatsServer;
 use loadgen::cli::{Cli, Command};
-use loadgen::nats::{INPUT_STREAM, OUTPUT_STREAM};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sweep_measures_both_sides_at_each_level_and_draws_them() {
@@ -50,14 +47,7 @@ async fn a_sweep_measures_both_sides_at_each_level_and_draws_them() {
     };
     let client = async_nats::connect(&url).await.unwrap();
     let js = jetstream::new(client);
-    for (name, subjects) in [
-        (INPUT_STREAM, "creditflow.in.*.*"),
-        (OUTPUT_STREAM, "creditflow.out.>"),
-    ] {
-        loadgen::nats::ensure_stream(&js, name, subjects, true, Duration::from_secs(120))
-            .await
-            .unwrap();
-    }
+    common::create_processor_streams(&js).await;
     let processor = tokio::spawn(fake_processor(url.clone()));
 
     let (sweep, passed) = loadgen::sweep::sweep_command(args, "sweep").await.unwrap();

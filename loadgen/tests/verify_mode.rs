@@ -76,14 +76,7 @@ async fn verify_passes_against_the_engine_and_catches_a_wrong_balance_and_a_lost
     // The streams exist before the fake processor starts reading.
     let client = async_nats::connect(&url).await.unwrap();
     let js = jetstream::new(client.clone());
-    for (name, subjects) in [
-        (INPUT_STREAM, "creditflow.in.*.*"),
-        (OUTPUT_STREAM, "creditflow.out.>"),
-    ] {
-        loadgen::nats::ensure_stream(&js, name, subjects, true, Duration::from_secs(120))
-            .await
-            .unwrap();
-    }
+    common::create_processor_streams(&js).await;
     let processor = tokio::spawn(fake_processor(url.clone()));
 
     let (report, passed) = loadgen::cli::run_command(args, "run --verify")

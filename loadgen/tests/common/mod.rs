@@ -6,7 +6,7 @@ use async_nats::jetstream;
 use creditflow::engine::{Engine, Envelope};
 use creditflow::time::Instant;
 use futures::StreamExt;
-use loadgen::nats::{INPUT_PREFIX, INPUT_STREAM, OUTPUT_PREFIX};
+use loadgen::nats::{INPUT_PREFIX, INPUT_STREAM, OUTPUT_PREFIX, OUTPUT_STREAM};
 use loadgen::verify::partition_of_subject;
 
 pub const CATALOG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/catalog.toml");
@@ -50,5 +50,23 @@ pub async fn fake_processor(url: String) {
         for ack in acks {
             ack.await.unwrap();
         }
+    }
+}
+
+/// Creates the processor's two streams, as the processor would, before a fake one reads them.
+pub async fn create_processor_streams(js: &jetstream::Context) {
+    for (name, subjects) in [
+        (INPUT_STREAM, "creditflow.in.*.*"),
+        (OUTPUT_STREAM, "creditflow.out.>"),
+    ] {
+        loadgen::nats::ensure_stream(
+            js,
+            name,
+            subjects,
+            true,
+            std::time::Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
     }
 }
