@@ -15,9 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam::channel::{
-    Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, TryRecvError,
-};
+use crossbeam::channel::{Receiver, RecvError, SendError, SendTimeoutError, Sender, TryRecvError};
 use tokio::sync::Notify;
 
 use super::SinkMessage;
@@ -75,10 +73,6 @@ impl SinkReceiver {
 
     pub fn recv(&self) -> Result<SinkMessage, RecvError> {
         self.receiver.recv()
-    }
-
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<SinkMessage, RecvTimeoutError> {
-        self.receiver.recv_timeout(timeout)
     }
 
     /// Resolves once a message has been queued since the last time it resolved (it may have
