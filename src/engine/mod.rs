@@ -947,6 +947,7 @@ impl Partition {
                     kind: message.type_name(),
                     ts,
                     charge: charge.clone(),
+                    grants: journal::GrantNames::default(),
                 },
                 |serial| grants.iter().find(|g| g.serial == serial).map(|g| &*g.id),
             );

@@ -361,9 +361,11 @@ impl Partition {
                         .charge
                         .draws
                         .iter()
-                        .map(|&(serial, credits, basis)| {
-                            let name = journal
-                                .grant_id(slot, serial)
+                        .enumerate()
+                        .map(|(index, &(serial, credits, basis))| {
+                            let name = entry
+                                .grants
+                                .get(index)
                                 .map_or_else(|| grant_name(account, serial), str::to_string);
                             (name, credits, basis)
                         })
