@@ -371,14 +371,7 @@ pub fn percentiles_line(p: &Percentiles) -> String {
 pub fn percentile_svg(title: &str, series: &[(&str, &Latency)]) -> String {
     const DECADES: f64 = 5.0; // up to 99.999%
     const COLOURS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
-    let frame = Frame {
-        width: 900.0,
-        height: 520.0,
-        left: 80.0,
-        right: 30.0,
-        top: 50.0,
-        bottom: 70.0,
-    };
+    let frame = Frame::chart(520.0);
     let plot_w = frame.plot_width();
     let plot_h = frame.plot_height();
     let curves: Vec<(&str, Vec<(f64, f64)>)> = series

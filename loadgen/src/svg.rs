@@ -16,6 +16,19 @@ pub struct Frame {
 }
 
 impl Frame {
+    /// A 900-pixel-wide chart of `height` with the margins both charts use (room for the
+    /// axis labels left and below, the title above).
+    pub fn chart(height: f64) -> Frame {
+        Frame {
+            width: 900.0,
+            height,
+            left: 80.0,
+            right: 30.0,
+            top: 50.0,
+            bottom: 70.0,
+        }
+    }
+
     pub fn plot_width(&self) -> f64 {
         self.width - self.left - self.right
     }

@@ -231,14 +231,7 @@ pub async fn sweep_command(args: SweepArgs, command_line: &str) -> anyhow::Resul
 /// Latency (ms, log scale) against offered load (% of the ceiling): p50 and p99 of the broker
 /// alone and of the processor, four curves with a legend.
 pub fn load_svg(sweep: &Sweep) -> String {
-    let frame = Frame {
-        width: 900.0,
-        height: 540.0,
-        left: 80.0,
-        right: 30.0,
-        top: 50.0,
-        bottom: 70.0,
-    };
+    let frame = Frame::chart(540.0);
     let plot_w = frame.plot_width();
     let plot_h = frame.plot_height();
     type Pick = fn(&Point) -> f64;

@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 
-use crate::engine::compact::ShortStr;
+use crate::engine::compact::{Draws, ShortStr};
 use crate::engine::dedupe::Charge;
 use crate::time::Instant;
 
@@ -35,8 +35,7 @@ pub struct JournalEntry {
     pub kind: &'static str,
     pub ts: Instant,
     pub charge: Charge,
-    /// The ids of the grants `charge.draws` drew from, in the same order (filled by
-    /// [`Journal::push`]).
+    /// The ids of the grants `charge.draws` drew from, in the same order.
     pub grants: GrantNames,
 }
 
@@ -48,6 +47,18 @@ pub struct GrantNames {
 }
 
 impl GrantNames {
+    /// The ids of the grants `draws` drew from; `grant_id` names the account's grants by
+    /// serial (they all exist when the charge is made).
+    pub fn of<'a>(draws: &Draws, grant_id: impl Fn(u32) -> Option<&'a str>) -> GrantNames {
+        let mut names = draws
+            .iter()
+            .map(|&(serial, _, _)| grant_id(serial).map(ShortStr::new));
+        GrantNames {
+            first: names.next().flatten(),
+            rest: names.collect(),
+        }
+    }
+
     /// The id of the grant of draw `index`, when it was known at the charge.
     pub fn get(&self, index: usize) -> Option<&str> {
         match index {
@@ -73,25 +84,14 @@ impl Journal {
         }
     }
 
-    /// Records a charge; `grant_id` names the grants of its account by serial (they all
-    /// exist when the charge is made).
-    pub fn push<'a>(&mut self, mut entry: JournalEntry, grant_id: impl Fn(u32) -> Option<&'a str>) {
+    /// Records a charge.
+    pub fn push(&mut self, entry: JournalEntry) {
         if self.capacity == 0 {
             return;
         }
         if self.entries.len() == self.capacity {
             self.entries.pop_front();
         }
-        let mut names = GrantNames::default();
-        for (index, &(serial, _, _)) in entry.charge.draws.iter().enumerate() {
-            let name = grant_id(serial).map(ShortStr::new);
-            if index == 0 {
-                names.first = name;
-            } else {
-                names.rest.push(name);
-            }
-        }
-        entry.grants = names;
         self.entries.push_back(entry);
     }
 
@@ -113,7 +113,6 @@ impl Journal {
 mod tests {
     use super::*;
     use crate::decimal::{Credits, Quantity, Revenue};
-    use crate::engine::compact::Draws;
 
     fn entry(seq: u64, slot: u32) -> JournalEntry {
         JournalEntry {
@@ -142,7 +141,7 @@ mod tests {
     fn the_oldest_charges_are_forgotten_first() {
         let mut journal = Journal::new(3);
         for seq in 1..=5 {
-            journal.push(entry(seq, (seq % 2) as u32), |_| None);
+            journal.push(entry(seq, (seq % 2) as u32));
         }
         assert_eq!(journal.len(), 3);
         let odd: Vec<u64> = journal.of_account(1).map(|e| e.seq).collect();
@@ -150,7 +149,7 @@ mod tests {
         let even: Vec<u64> = journal.of_account(0).map(|e| e.seq).collect();
         assert_eq!(even, [4]);
         let mut off = Journal::new(0);
-        off.push(entry(1, 0), |_| None);
+        off.push(entry(1, 0));
         assert!(off.is_empty());
     }
 
@@ -165,11 +164,12 @@ mod tests {
                 .push((serial, Credits::ZERO, crate::decimal::Price::ZERO));
         }
         let long = "a-grant-id-longer-than-twenty-two-bytes";
-        journal.push(charged, |serial| match serial {
+        charged.grants = GrantNames::of(&charged.charge.draws, |serial| match serial {
             7 => Some("promo"),
             3 => Some(long),
             _ => None,
         });
+        journal.push(charged);
         let kept = journal.of_account(0).next().unwrap();
         assert_eq!(kept.grants.get(0), Some("promo"));
         assert_eq!(kept.grants.get(1), Some(long));

@@ -939,18 +939,17 @@ impl Partition {
             (&mut self.journal, &remembered)
         {
             let grants = &account.grants;
-            journal.push(
-                journal::JournalEntry {
-                    seq,
-                    slot,
-                    event_id: message.id().into(),
-                    kind: message.type_name(),
-                    ts,
-                    charge: charge.clone(),
-                    grants: journal::GrantNames::default(),
-                },
-                |serial| grants.iter().find(|g| g.serial == serial).map(|g| &*g.id),
-            );
+            journal.push(journal::JournalEntry {
+                seq,
+                slot,
+                event_id: message.id().into(),
+                kind: message.type_name(),
+                ts,
+                charge: charge.clone(),
+                grants: journal::GrantNames::of(&charge.draws, |serial| {
+                    grants.iter().find(|g| g.serial == serial).map(|g| &*g.id)
+                }),
+            });
         }
         let reversals = &mut self.reversals;
         self.dedupe.insert_forgetting(
