@@ -288,6 +288,45 @@ pub struct Dedupe {
     table: Vec<Bucket>,
     /// Entries dropped before their window ended because `dedupe_entries_max` was reached.
     pub evicted_early: u64,
+    /// What changed since the last delta's baseline (incremental snapshots); never serialized.
+    changes: RingChanges,
+}
+
+/// The changes to a ring since a baseline: the back position then, and the positions before it
+/// whose slot was changed in place (a replaced flag, a charge marked reversed). Slots appended
+/// since are taken whole and slots forgotten at the front are told by the front position, so
+/// only these in-place changes need remembering.
+#[derive(Clone, Debug, Default)]
+struct RingChanges {
+    /// `front + ring.len()` at the baseline; `None` while no baseline is kept (nothing tracked).
+    since: Option<u64>,
+    touched: Vec<u64>,
+}
+
+/// What a ring became since a baseline ([`Dedupe::take_delta`]): applied to the ring as it was
+/// at the baseline, it gives the ring now, slot for slot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RingDelta {
+    /// The ring's back position at the baseline (where this delta applies).
+    base_back: u64,
+    /// The front position now.
+    front: u64,
+    /// Slots before `base_back` (and not forgotten) changed in place, ascending positions.
+    changed: Vec<(u64, Slot)>,
+    /// Slots from `max(base_back, front)` to the back, in order.
+    appended: Vec<Slot>,
+    evicted_early: u64,
+}
+
+impl RingDelta {
+    /// Slots this delta carries.
+    pub fn len(&self) -> usize {
+        self.changed.len() + self.appended.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// How far ahead of the front the bucket of an entry about to be forgotten is prefetched.
@@ -400,6 +439,7 @@ impl Dedupe {
         match self.find_live(key, tick_clock, window) {
             Some(index) => {
                 self.ring[index].what = Stored::from(what);
+                self.touch(index);
                 true
             }
             None => false,
@@ -413,6 +453,7 @@ impl Dedupe {
             return false;
         };
         self.ring[index].replaced = true;
+        self.touch(index);
         self.live -= 1;
         self.unlink(key, self.front + index as u64);
         true
@@ -440,6 +481,7 @@ impl Dedupe {
             if slot.is_charge() {
                 forgotten(key, slot.entry());
             }
+            self.touch(index);
             self.live -= 1;
             self.unlink(key, self.front + index as u64);
         }
@@ -563,6 +605,107 @@ impl Dedupe {
     }
 }
 
+/// Incremental snapshots: the ring's changes since a baseline, and applying them.
+impl Dedupe {
+    /// Starts (or restarts) tracking changes from the ring as it is now.
+    pub fn mark_baseline(&mut self) {
+        self.changes.since = Some(self.back());
+        self.changes.touched.clear();
+    }
+
+    /// Stops tracking (nothing is remembered for a delta any more).
+    pub fn stop_tracking(&mut self) {
+        self.changes = RingChanges::default();
+    }
+
+    fn back(&self) -> u64 {
+        self.front + self.ring.len() as u64
+    }
+
+    /// Remembers that the slot at ring index `index` changed in place, if it is older than the
+    /// baseline (a newer one is taken whole).
+    fn touch(&mut self, index: usize) {
+        if let Some(since) = self.changes.since {
+            let position = self.front + index as u64;
+            if position < since {
+                self.changes.touched.push(position);
+            }
+        }
+    }
+
+    /// What changed since the baseline, and a new baseline here; `None` without a baseline.
+    pub fn take_delta(&mut self) -> Option<RingDelta> {
+        let base_back = self.changes.since?;
+        let mut touched = std::mem::take(&mut self.changes.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        let front = self.front;
+        let changed = touched
+            .iter()
+            .filter(|&&position| position >= front && position < base_back)
+            .map(|&position| (position, self.ring[(position - front) as usize].clone()))
+            .collect();
+        let from = (base_back.max(front) - front) as usize;
+        let appended = self.ring.range(from..).cloned().collect();
+        touched.clear();
+        self.changes.touched = touched;
+        self.changes.since = Some(self.back());
+        Some(RingDelta {
+            base_back,
+            front,
+            changed,
+            appended,
+            evicted_early: self.evicted_early,
+        })
+    }
+
+    /// Applies a delta taken from this ring's state: slot for slot the ring it was taken from.
+    /// The lookup table is left stale until [`Dedupe::reindex`] (a chain of deltas is applied
+    /// before it is rebuilt once). An error leaves the ring unusable (the caller drops it).
+    pub fn apply_delta_unindexed(&mut self, delta: RingDelta) -> Result<(), String> {
+        let back = self.back();
+        if delta.base_back != back {
+            return Err(format!(
+                "a dedupe delta from position {} applied to a ring ending at {back}",
+                delta.base_back
+            ));
+        }
+        if delta.front < self.front {
+            return Err("a dedupe delta moves the front backwards".into());
+        }
+        for (position, slot) in delta.changed {
+            if position < delta.front || position >= back {
+                return Err(format!(
+                    "a dedupe delta changes position {position}, outside the ring"
+                ));
+            }
+            self.ring[(position - self.front) as usize] = slot;
+        }
+        while self.front < delta.front && !self.ring.is_empty() {
+            self.ring.pop_front();
+            self.front += 1;
+        }
+        self.front = delta.front;
+        if self
+            .front
+            .checked_add((self.ring.len() + delta.appended.len()) as u64)
+            .is_none()
+        {
+            return Err("dedupe positions overflow".into());
+        }
+        self.ring.extend(delta.appended);
+        self.evicted_early = delta.evicted_early;
+        self.live = self.ring.iter().filter(|slot| !slot.replaced).count();
+        Ok(())
+    }
+
+    /// Rebuilds the lookup table from the ring (after [`Dedupe::apply_delta_unindexed`]).
+    pub fn reindex(&mut self) {
+        let capacity = (self.live * 2).next_power_of_two().max(16);
+        self.rebuild(capacity);
+    }
+}
+
 /// The serialized form: the ring in order; the table is derived.
 #[derive(Serialize, Deserialize)]
 struct DedupeForm {
@@ -602,6 +745,7 @@ impl<'de> Deserialize<'de> for Dedupe {
             live,
             table: Vec::new(),
             evicted_early: form.evicted_early,
+            changes: RingChanges::default(),
         };
         let capacity = (live * 2).next_power_of_two().max(16);
         dedupe.rebuild(capacity);

@@ -16,6 +16,7 @@
 pub mod account;
 pub mod compact;
 pub mod dedupe;
+pub mod delta;
 pub mod journal;
 pub mod query;
 pub mod reversals;
@@ -191,6 +192,10 @@ pub struct Partition {
     /// `last_payload_hash` is not yet `last_seq`'s (deferred to the end of the batch).
     #[serde(skip)]
     unhashed: bool,
+    /// Which accounts changed since the last snapshot's baseline (incremental snapshots,
+    /// [`delta`]); never part of a snapshot.
+    #[serde(skip)]
+    changes: delta::Changes,
 }
 
 /// Heap bytes of a partition by what holds them ([`Partition::heap_breakdown`]).
@@ -300,6 +305,7 @@ impl Partition {
             journal: None,
             hash_deferred: false,
             unhashed: false,
+            changes: delta::Changes::default(),
         }
     }
 
@@ -678,6 +684,7 @@ impl Partition {
                 break;
             }
             self.timers.pop();
+            self.changes.touch(slot);
             let account = &mut self.accounts[slot as usize];
             if account.timer == due {
                 account.timer = NO_TIMER;
@@ -843,6 +850,7 @@ impl Partition {
             }
         };
         let tick_clock = self.tick_clock;
+        self.changes.touch(slot);
         let account = &mut self.accounts[slot as usize];
         account.advance(&mut ctx, tick_clock.map_or(ts, |t| t.max(ts)));
         let remembered = match message {
@@ -1110,6 +1118,11 @@ impl Engine {
 
     pub fn partitions(&self) -> &[Partition] {
         &self.partitions
+    }
+
+    /// The partitions, to take snapshots or deltas of (`tests/snapshot_deltas.rs`).
+    pub fn partitions_mut(&mut self) -> &mut [Partition] {
+        &mut self.partitions
     }
 
     pub fn into_partitions(self) -> Vec<Partition> {

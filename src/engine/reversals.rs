@@ -159,6 +159,51 @@ impl Reversals {
     }
 }
 
+/// What the archive became since a baseline (incremental snapshots).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReversalsDelta {
+    archive: crate::engine::dedupe::RingDelta,
+    evicted_through: Option<Instant>,
+}
+
+impl ReversalsDelta {
+    pub fn len(&self) -> usize {
+        self.archive.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.archive.is_empty()
+    }
+}
+
+impl Reversals {
+    pub fn mark_baseline(&mut self) {
+        self.archive.mark_baseline();
+    }
+
+    pub fn stop_tracking(&mut self) {
+        self.archive.stop_tracking();
+    }
+
+    pub fn take_delta(&mut self) -> Option<ReversalsDelta> {
+        Some(ReversalsDelta {
+            archive: self.archive.take_delta()?,
+            evicted_through: self.evicted_through,
+        })
+    }
+
+    /// See [`Dedupe::apply_delta_unindexed`]; [`Reversals::reindex`] afterwards.
+    pub fn apply_delta_unindexed(&mut self, delta: ReversalsDelta) -> Result<(), String> {
+        self.archive.apply_delta_unindexed(delta.archive)?;
+        self.evicted_through = delta.evicted_through;
+        Ok(())
+    }
+
+    pub fn reindex(&mut self) {
+        self.archive.reindex();
+    }
+}
+
 /// Whether the reversal window of an event at `ts` is still open at the tick clock.
 fn live(ts: Instant, tick_clock: Option<Instant>, rules: &Rules) -> bool {
     tick_clock.is_none_or(|clock| ts.saturating_add(rules.reversal_window) >= clock)

@@ -1,0 +1,234 @@
+//! Incremental snapshots, on the engine's side: what a partition changed since a baseline
+//! ([`Delta`]), taken in time proportional to the change, and applying such deltas to the
+//! baseline's state to get, byte for byte, the state they were taken from.
+//!
+//! Owns: the change tracker (which account slots were touched; the dedupe index's and the
+//! reversal archive's own trackers), taking a delta, applying a chain of them.
+//!
+//! Must never: miss a change. Every write to an account goes through the two places that mark
+//! it (the apply of a message, the tick's timers); the dedupe ring and the archive mark their
+//! own in-place changes. `tests/snapshot_deltas.rs` checks base + deltas against the live
+//! state's snapshot bytes at many cut points.
+//!
+//! Invariants: while tracking, every account slot written since the baseline is marked, and the
+//! baseline is the state as of `through`; a delta applies only to the state at its
+//! `previous` position (its ring deltas check their own positions too).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use serde::{Deserialize, Serialize};
+
+use super::account::Account;
+use super::reversals::ReversalsDelta;
+use super::{Partition, Stats};
+use crate::engine::dedupe::RingDelta;
+use crate::time::Instant;
+
+/// Which accounts changed since the baseline, and where the baseline is.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Changes {
+    /// The baseline's `applied_through`; `None` while not tracking.
+    through: Option<u64>,
+    /// One bit per account slot: written since the baseline.
+    marked: Vec<u64>,
+    /// The marked slots, in the order first marked.
+    slots: Vec<u32>,
+}
+
+impl Changes {
+    /// Marks `slot` as written (a no-op while not tracking): a bit test, and a push the first
+    /// time in an interval.
+    #[inline]
+    pub(super) fn touch(&mut self, slot: u32) {
+        if self.through.is_none() {
+            return;
+        }
+        let (word, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
+        if word >= self.marked.len() {
+            self.marked.resize(word + 1, 0);
+        }
+        if self.marked[word] & bit == 0 {
+            self.marked[word] |= bit;
+            self.slots.push(slot);
+        }
+    }
+
+    fn restart(&mut self, through: u64) {
+        for &slot in &self.slots {
+            self.marked[(slot / 64) as usize] = 0;
+        }
+        self.slots.clear();
+        self.through = Some(through);
+    }
+}
+
+/// What a partition became since a baseline: applied to the baseline's state (the state at
+/// `previous`), it gives the state at `applied_through`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Delta {
+    pub number: u32,
+    pub partition_count: u32,
+    /// The `applied_through` of the state this delta applies to.
+    pub previous: u64,
+    pub applied_through: u64,
+    last_seq: u64,
+    last_payload_hash: u64,
+    tick_clock: Option<Instant>,
+    stats: Stats,
+    /// Accounts in the partition now.
+    account_count: u32,
+    /// Every account written since the baseline (new ones included), by ascending slot.
+    accounts: Vec<(u32, Account)>,
+    /// The timer heap whole, as stored: 16 bytes an entry, a copy rather than an encode, and
+    /// its order is what the next ticks pop.
+    timers: Vec<Reverse<(Instant, u32)>>,
+    dedupe: RingDelta,
+    reversals: ReversalsDelta,
+}
+
+impl Delta {
+    /// Accounts this delta carries.
+    pub fn accounts(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// Dedupe and archive slots this delta carries.
+    pub fn remembered(&self) -> usize {
+        self.dedupe.len() + self.reversals.len()
+    }
+}
+
+impl Partition {
+    /// Starts (or restarts) tracking changes from the state as it is now, the state at
+    /// `applied_through`: the next [`Partition::take_delta`] is relative to it. Called when a
+    /// full snapshot of this state is taken, and on a state loaded from snapshots.
+    pub fn track_changes(&mut self) {
+        self.changes.restart(self.applied_through);
+        self.dedupe.mark_baseline();
+        self.reversals.mark_baseline();
+    }
+
+    /// Stops tracking (until [`Partition::track_changes`]): a delta could not be kept.
+    pub fn stop_tracking(&mut self) {
+        self.changes = Changes::default();
+        self.dedupe.stop_tracking();
+        self.reversals.stop_tracking();
+    }
+
+    /// Whether a delta can be taken (a baseline is kept).
+    pub fn is_tracking(&self) -> bool {
+        self.changes.through.is_some()
+    }
+
+    /// Takes what changed since the baseline and makes the state now the new baseline; `None`
+    /// while not tracking. Costs a copy of the accounts written, the dedupe and archive slots
+    /// changed or added, and the timer heap: never the whole partition.
+    pub fn take_delta(&mut self) -> Option<Delta> {
+        let previous = self.changes.through?;
+        let mut slots = std::mem::take(&mut self.changes.slots);
+        slots.sort_unstable();
+        let accounts = slots
+            .iter()
+            .map(|&slot| (slot, self.accounts[slot as usize].clone()))
+            .collect();
+        self.changes.slots = slots;
+        let dedupe = self.dedupe.take_delta()?;
+        let reversals = self.reversals.take_delta()?;
+        self.changes.restart(self.applied_through);
+        Some(Delta {
+            number: self.number,
+            partition_count: self.partition_count,
+            previous,
+            applied_through: self.applied_through,
+            last_seq: self.last_seq,
+            last_payload_hash: self.last_payload_hash,
+            tick_clock: self.tick_clock,
+            stats: self.stats.clone(),
+            account_count: self.accounts.len() as u32,
+            accounts,
+            timers: self.timers.clone().into_vec(),
+            dedupe,
+            reversals,
+        })
+    }
+
+    /// Applies deltas in order, each to the state the one before made. An error means the
+    /// chain does not fit this state (a delta of another partition or position, or corrupt);
+    /// the partition is then in no defined state and must be dropped.
+    pub fn apply_deltas(&mut self, deltas: impl IntoIterator<Item = Delta>) -> Result<(), String> {
+        let mut applied = false;
+        for delta in deltas {
+            self.apply_delta_unindexed(delta)?;
+            applied = true;
+        }
+        if applied {
+            self.dedupe.reindex();
+            self.reversals.reindex();
+        }
+        Ok(())
+    }
+
+    fn apply_delta_unindexed(&mut self, delta: Delta) -> Result<(), String> {
+        if (delta.number, delta.partition_count) != (self.number, self.partition_count) {
+            return Err(format!(
+                "a delta of partition {} of {} applied to partition {} of {}",
+                delta.number, delta.partition_count, self.number, self.partition_count
+            ));
+        }
+        if delta.previous != self.applied_through {
+            return Err(format!(
+                "a delta following position {} applied to the state at {}",
+                delta.previous, self.applied_through
+            ));
+        }
+        if delta.applied_through < delta.previous {
+            return Err("a delta moves the position backwards".into());
+        }
+        let count = delta.account_count as usize;
+        if count < self.accounts.len() {
+            return Err("a delta removes accounts".into());
+        }
+        for (slot, account) in delta.accounts {
+            let slot_index = slot as usize;
+            if slot_index < self.accounts.len() {
+                if self.accounts[slot_index].id != account.id {
+                    return Err(format!("a delta renames the account in slot {slot}"));
+                }
+                self.accounts[slot_index] = account;
+            } else if slot_index == self.accounts.len() && slot_index < count {
+                if self.slot(&account.id).is_some() {
+                    return Err(format!("a delta adds account {} twice", &*account.id));
+                }
+                self.accounts.push(account);
+                let accounts = &self.accounts;
+                self.index
+                    .insert(accounts[slot_index].id.as_bytes(), slot, |slot| {
+                        accounts[slot as usize].id.as_bytes()
+                    });
+            } else {
+                return Err(format!("a delta's account slot {slot} is out of order"));
+            }
+        }
+        if self.accounts.len() != count {
+            return Err(format!(
+                "a delta of {count} accounts left {}",
+                self.accounts.len()
+            ));
+        }
+        if let Some(&Reverse((_, slot))) = delta.timers.iter().find(|t| t.0 .1 as usize >= count) {
+            return Err(format!(
+                "a delta's timer names slot {slot}, past the accounts"
+            ));
+        }
+        self.dedupe.apply_delta_unindexed(delta.dedupe)?;
+        self.reversals.apply_delta_unindexed(delta.reversals)?;
+        self.timers = BinaryHeap::from(delta.timers);
+        self.applied_through = delta.applied_through;
+        self.last_seq = delta.last_seq;
+        self.last_payload_hash = delta.last_payload_hash;
+        self.tick_clock = delta.tick_clock;
+        self.stats = delta.stats;
+        Ok(())
+    }
+}
