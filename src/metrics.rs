@@ -57,7 +57,10 @@ pub const CONTENT_TYPE_OPENMETRICS: &str =
 pub const CONSUMER_RECREATED_REASONS: [&str; 3] = ["stall", "reconnect", "error"];
 
 /// The labels of `creditflow_snapshot_failures_total`: where a snapshot failed.
-pub const SNAPSHOT_FAILURE_STAGES: [&str; 2] = ["encode", "write"];
+pub const SNAPSHOT_FAILURE_STAGES: [&str; 3] = ["encode", "write", "fold"];
+
+/// The labels of `creditflow_snapshots_written_total`: a whole partition, or only its changes.
+pub const SNAPSHOT_KINDS: [&str; 2] = ["full", "delta"];
 /// HTTP connections served at once at most; further clients wait in the kernel's accept queue.
 pub const HTTP_CONNECTIONS_MAX: usize = 64;
 /// A client must send its request headers within this time, or is disconnected.
@@ -92,6 +95,11 @@ struct StageLabel {
     stage: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
 /// The processor's metrics: cheap to clone (one `Arc`), shared by every thread.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -114,6 +122,8 @@ struct Inner {
     ticks_published: Counter,
     /// In the order of [`SNAPSHOT_FAILURE_STAGES`].
     snapshot_failures: Vec<Counter>,
+    /// In the order of [`SNAPSHOT_KINDS`].
+    snapshots_written: Vec<Counter>,
     snapshot_consecutive_failures: GaugeU64,
     consumer_lag: GaugeU64,
     input_position: GaugeU64,
@@ -295,9 +305,20 @@ impl Metrics {
             .collect();
         r.register(
             "snapshot_failures",
-            "Snapshots that could not be encoded or written, by stage (encode, write); the \
-             last valid snapshot is kept",
+            "Snapshots that could not be encoded, written or folded, by stage (encode, write, \
+             fold); the last valid snapshot is kept",
             failures,
+        );
+        let written = Family::<KindLabel, Counter>::default();
+        let snapshots_written = SNAPSHOT_KINDS
+            .iter()
+            .map(|kind| written.get_or_create_owned(&KindLabel { kind }))
+            .collect();
+        r.register(
+            "snapshots_written",
+            "Snapshot files written, by kind: full (a whole partition, or deltas folded into \
+             one) or delta (only what changed since the snapshot before)",
+            written,
         );
 
         // Gauges.
@@ -409,6 +430,7 @@ impl Metrics {
                 consumer_recreated,
                 ticks_published,
                 snapshot_failures,
+                snapshots_written,
                 snapshot_consecutive_failures,
                 consumer_lag,
                 input_position,
@@ -507,8 +529,13 @@ impl Metrics {
         self.inner.snapshot_consecutive_failures.set(consecutive);
     }
 
-    /// A snapshot was written: the run of failures, if any, is over.
-    pub fn snapshot_succeeded(&self) {
+    /// A snapshot file of `kind` (one of [`SNAPSHOT_KINDS`]; anything else panics) was
+    /// written: the run of failures, if any, is over.
+    pub fn snapshot_written(&self, kind: &str) {
+        let Some(index) = SNAPSHOT_KINDS.iter().position(|k| *k == kind) else {
+            panic!("unknown snapshot kind {kind:?}: use one of {SNAPSHOT_KINDS:?}");
+        };
+        self.inner.snapshots_written[index].inc();
         self.inner.snapshot_consecutive_failures.set(0);
     }
 
@@ -906,6 +933,8 @@ mod tests {
         metrics.ticks_published();
         metrics.snapshot_failed("write", 1);
         metrics.snapshot_failed("write", 2);
+        metrics.snapshot_written("delta");
+        metrics.snapshot_written("delta");
         metrics.set_consumer_lag(42);
         metrics.set_queue_depth(1, 3);
         metrics.set_publish_in_flight(9);
@@ -931,7 +960,10 @@ mod tests {
             "creditflow_ticks_published_total 1",
             "creditflow_snapshot_failures_total{stage=\"write\"} 2",
             "creditflow_snapshot_failures_total{stage=\"encode\"} 0",
-            "creditflow_snapshot_consecutive_failures 2",
+            "creditflow_snapshot_failures_total{stage=\"fold\"} 0",
+            "creditflow_snapshots_written_total{kind=\"delta\"} 2",
+            "creditflow_snapshots_written_total{kind=\"full\"} 0",
+            "creditflow_snapshot_consecutive_failures 0",
             "creditflow_consumer_lag_messages 42",
             "creditflow_queue_depth_batches{shard=\"1\"} 3",
             "creditflow_publish_in_flight_messages 9",

@@ -37,9 +37,10 @@ use crate::pipeline::Outbound;
 use crate::recovery::{recover, write_empty_snapshots, RecoveryReport, Streams};
 use crate::refusals::Refusals;
 use crate::snapshot::policy::{
-    run_encoder, run_writer, FailedStage, Policy, SnapshotObserver, WriterObserver, Written,
+    run_encoder, run_writer, FailedStage, Folding, FullWanted, Policy, SnapshotObserver,
+    WriterObserver, Written,
 };
-use crate::snapshot::Store;
+use crate::snapshot::{Kind, Store};
 
 /// How long a graceful stop may take to drain the shards and publish every pending output.
 /// Past it the process exits non-zero without committing its final snapshots: nothing is lost,
@@ -443,10 +444,10 @@ struct WriteMetrics {
 const SNAPSHOTS_FAILING: &str = "snapshots";
 
 impl WriterObserver for WriteMetrics {
-    fn written(&mut self, partition: u32, bytes: u64, elapsed: Duration) {
+    fn written(&mut self, partition: u32, kind: Kind, bytes: u64, elapsed: Duration) {
         self.metrics.observe_snapshot_write(elapsed.as_secs_f64());
         self.metrics.set_snapshot_size_bytes(partition, bytes);
-        self.metrics.snapshot_succeeded();
+        self.metrics.snapshot_written(kind.label());
         self.health.set_problem(SNAPSHOTS_FAILING, None);
         if let Ok(mut written) = self.written_at.lock() {
             written.insert(partition, WallInstant::now());
@@ -813,7 +814,14 @@ fn start_threads(
     let (job_sender, job_receiver) = crossbeam::channel::unbounded();
     let (loan_sender, loan_receiver) = crossbeam::channel::bounded(shards * 2);
     let written_at: Arc<Mutex<HashMap<u32, WallInstant>>> = Arc::default();
+    let full_wanted = FullWanted::new(partitions);
+    let folding = (config.snapshot.deltas_max > 0).then(|| Folding {
+        deltas_max: config.snapshot.deltas_max,
+        ratio: f64::from(config.snapshot.fold_percent) / 100.0,
+        full_wanted: full_wanted.clone(),
+    });
 
+    let deltas_wanted = folding.as_ref().map(|f| f.full_wanted.clone());
     let writer = {
         let observer = WriteMetrics {
             metrics: metrics.clone(),
@@ -823,7 +831,7 @@ fn start_threads(
         };
         std::thread::Builder::new()
             .name("snapshot-writer".into())
-            .spawn(move || run_writer(store, job_receiver, observer))
+            .spawn(move || run_writer(store, job_receiver, observer, folding))
             .map_err(|e| spawn_failed("snapshot writer", e))?
     };
     let encoder = {
@@ -864,7 +872,8 @@ fn start_threads(
                 loan_sender.clone(),
                 job_sender.clone(),
                 PauseMetrics(metrics.clone()),
-            ),
+            )
+            .with_deltas(deltas_wanted.clone()),
             observer: ShardMetrics::new(metrics.clone()),
             questions,
             dispatched: dispatcher.dispatched(),

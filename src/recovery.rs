@@ -122,6 +122,7 @@ pub fn write_empty_snapshots(store: &Store, partitions: u32) -> Result<(), Recov
             fingerprints: Vec::new(),
             settings: Vec::new(),
             order: Default::default(),
+            previous: None,
         };
         store.write(&header, &payload)?;
     }
@@ -135,6 +136,8 @@ pub struct RecoveryReport {
     pub restored: u32,
     /// Partitions that fell back past at least one corrupt snapshot.
     pub fell_back: u32,
+    /// Snapshot deltas applied to full files, over all partitions.
+    pub deltas_applied: usize,
     /// Partitions starting empty (never snapshotted, or a rebuild).
     pub empty: u32,
     pub start_seq: u64,
@@ -256,7 +259,13 @@ pub async fn recover(
                 }
                 floor = floor.min(loaded.header.output_seq_floor);
                 report.restored += 1;
-                restored.push(loaded.partition);
+                report.deltas_applied += loaded.deltas;
+                let mut partition = loaded.partition;
+                if files.corrupt.is_empty() {
+                    // The chain goes on from the file loaded: the next snapshot can be a delta.
+                    partition.track_changes();
+                }
+                restored.push(partition);
             }
             None if !files.corrupt.is_empty() => {
                 return Err(RecoveryError::AllCorrupt {

@@ -131,6 +131,13 @@ fn sigkill_torture() {
         recoveries > kills - early,
         "{recoveries} recoveries for {kills} kills ({early} during start-up)"
     );
+    // Snapshots are deltas between full files (snapshot.deltas_max): recoveries applied them.
+    let log = setup.log();
+    let chains = log
+        .match_indices("deltas_applied: ")
+        .filter(|(at, found)| !log[at + found.len()..].starts_with('0'))
+        .count();
+    assert!(chains > 0, "no recovery applied a delta chain");
 }
 
 /// Corrupt snapshots: a truncated or bit-flipped newest file falls back to the previous one;
@@ -160,6 +167,13 @@ fn corrupt_snapshots_fall_back_or_refuse() {
     assert!(
         store.files(0).len() >= 2 && store.files(1).len() >= 2,
         "several snapshots kept"
+    );
+    assert!(
+        (0..partitions).any(|p| store
+            .entries(p)
+            .iter()
+            .any(|f| f.kind == creditflow::snapshot::Kind::Delta)),
+        "deltas between full snapshots"
     );
     let newest = store.files(0)[0].clone();
     let bytes = std::fs::read(&newest).unwrap();

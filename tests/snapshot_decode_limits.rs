@@ -54,6 +54,7 @@ fn a_corrupt_length_in_a_small_snapshot_allocates_no_gigabytes() {
         fingerprints: Vec::new(),
         settings: Vec::new(),
         order: Default::default(),
+        previous: None,
     };
     let file = snapshot::encode(&header, CRASHING_PAYLOAD).expect("a header encodes");
     LARGEST.store(0, Ordering::Relaxed);

@@ -124,6 +124,7 @@ fn main() {
             fingerprints: Vec::new(),
             settings: Vec::new(),
             order: Default::default(),
+            previous: None,
         };
         let file = snapshot::encode(&header, &payload).expect("a file encodes");
         snapshot::decode_file(Path::new("seed"), &file).expect("the seed decodes");

@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
         fingerprints: Vec::new(),
         settings: Vec::new(),
         order: Default::default(),
+        previous: None,
     };
     let file = snapshot::encode(&header, rest).expect("a header encodes");
     let _ = snapshot::decode_file(path, &file);

@@ -46,6 +46,9 @@ pub const PARTITIONS_MAX: u32 = 4096;
 pub const REPLICAS_MAX: usize = 5;
 /// Fewest snapshots kept per partition: the newest may be torn by a crash mid-write.
 pub const SNAPSHOTS_KEPT_MIN: usize = 2;
+
+/// Most `snapshot.deltas_max`: a longer chain only makes recovery read more files.
+pub const DELTAS_MAX: usize = 1024;
 /// Longest duration any key accepts: 100 years. JetStream holds durations as signed 64-bit
 /// nanoseconds (about 292 years), so anything longer could not be sent to it.
 pub const DURATION_MAX: Duration = Duration::from_secs(100 * 365 * 86_400);
@@ -282,6 +285,12 @@ pub struct SnapshotConfig {
     pub keep: usize,
     /// Consecutive snapshot failures after which `/readyz` says not ready; >= 1.
     pub failures_unready: u64,
+    /// Snapshots written as deltas (only what changed) between two full ones; 0 = every
+    /// snapshot full.
+    pub deltas_max: usize,
+    /// Fold the deltas into a full file once their bytes reach this percentage of the full
+    /// file's; 1..=1000.
+    pub fold_percent: u32,
 }
 
 /// `[lease]`: one processor at a time on the streams (`crate::lease`).

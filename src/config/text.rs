@@ -127,6 +127,8 @@ impl Config {
                 ("interval", duration_value(snapshot.interval)),
                 ("keep", count_value(snapshot.keep)),
                 ("failures_unready", count_value(snapshot.failures_unready)),
+                ("deltas_max", count_value(snapshot.deltas_max)),
+                ("fold_percent", count_value(snapshot.fold_percent)),
             ],
         );
         write_section(

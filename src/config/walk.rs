@@ -778,6 +778,8 @@ impl Loader {
             interval: self.duration(s, "interval", false),
             keep: self.count(s, "keep", SNAPSHOTS_KEPT_MIN, usize::MAX),
             failures_unready: self.count_u64(s, "failures_unready", 1),
+            deltas_max: self.count(s, "deltas_max", 0, DELTAS_MAX),
+            fold_percent: u32::try_from(self.integer(s, "fold_percent", 1, 1000)).unwrap_or(1),
         }
     }
 

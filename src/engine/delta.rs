@@ -116,9 +116,9 @@ impl Partition {
         self.reversals.stop_tracking();
     }
 
-    /// Whether a delta can be taken (a baseline is kept).
-    pub fn is_tracking(&self) -> bool {
-        self.changes.through.is_some()
+    /// The baseline's position, while a delta can be taken.
+    pub fn tracking_since(&self) -> Option<u64> {
+        self.changes.through
     }
 
     /// Takes what changed since the baseline and makes the state now the new baseline; `None`

@@ -69,7 +69,7 @@ pub trait SnapshotHook: Send {
     /// Where lent partitions come back.
     fn returns(&self) -> Receiver<Partition>;
     /// The shard is stopping (every partition is home): take a final snapshot of each.
-    fn at_stop(&mut self, partition: &Partition, seq: u64, sink: &Sink);
+    fn at_stop(&mut self, partition: &mut Partition, seq: u64, sink: &Sink);
 }
 
 /// No snapshots (the demo, tests of the pipeline alone).
@@ -88,7 +88,7 @@ impl SnapshotHook for NoSnapshots {
     fn returns(&self) -> Receiver<Partition> {
         crossbeam::channel::never()
     }
-    fn at_stop(&mut self, _: &Partition, _: u64, _: &Sink) {}
+    fn at_stop(&mut self, _: &mut Partition, _: u64, _: &Sink) {}
 }
 
 /// Per batch timing, for the apply-latency metric.
@@ -266,11 +266,11 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
             }
         }
         // Questions still waiting are dropped with the shard: their askers see it stop.
-        let partitions: Vec<Partition> = home.partitions.into_iter().flatten().collect();
+        let mut partitions: Vec<Partition> = home.partitions.into_iter().flatten().collect();
         if !failed {
-            for partition in &partitions {
-                self.snapshots
-                    .at_stop(partition, partition.applied_through, &sink);
+            for partition in &mut partitions {
+                let through = partition.applied_through;
+                self.snapshots.at_stop(partition, through, &sink);
             }
         }
         let _ = sink.send(SinkMessage::ShardStopped(self.number));

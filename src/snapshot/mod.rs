@@ -3,24 +3,32 @@
 //! Owns: the file format, atomic writes, retention of the last K files per partition, loading
 //! with fallback, and the policy that decides when a shard snapshots a partition.
 //!
-//! # File format (version 11)
+//! # File format (version 12)
 //!
-//! One file per snapshot, `p<partition, 5 digits>-<applied_through, 20 digits>.snap`, in the
-//! snapshot directory. All integers little-endian.
+//! A partition's snapshots are *full* (its whole state) or *deltas* (what changed since the
+//! snapshot before: `engine::delta`). Files are `p<partition, 5 digits>-<applied_through, 20
+//! digits>.snap` for a full snapshot and `...delta` for a delta, in the snapshot directory,
+//! both framed alike. All integers little-endian.
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `CFSNAP01` |
-//! | 8 | 4 | format version (10) |
+//! | 8 | 4 | format version (12) |
 //! | 12 | 4 | header length H (bytes of the header fields after this one, before the checksum) |
 //! | 16 | H | header: bincode of [`Header`] |
 //! | 16+H | 4 | CRC32C of bytes 0 .. 16+H |
 //! | 20+H | 8 | payload length P |
-//! | 28+H | P | payload: bincode of the `Partition` (via `codec`) |
+//! | 28+H | P | payload: bincode of the `Partition`, or of an `engine::delta::Delta` (via `codec`) |
 //! | 28+H+P | 4 | CRC32C of the payload |
 //!
+//! A delta's header names the position it follows (`previous`): the state at that position
+//! (a full file there, or a delta there applied to what it follows, and so on back to a full
+//! file) plus the delta is the state at the delta's position. The store folds a chain into a
+//! new full file now and then ([`store`]).
+//!
 //! The payload is the in-memory state's serde layout, so a change to that layout is a new
-//! format version. Version 10: a partition keeps the charge records its dedupe index forgot
+//! format version. Version 12: the header says which snapshot a delta follows (deltas are new).
+//! Version 11: the runway state. Version 10: a partition keeps the charge records its dedupe index forgot
 //! until their reversal window ends (SEMANTICS §9). Version 9: the header records the catalog's settings and names' order
 //! besides its price versions. Version 8: a charge record keeps its overage price, and a credit type's
 //! rare totals the debt each recently closed period settled (for reversals, SEMANTICS §9).
@@ -48,22 +56,23 @@
 //! and retried at the next snapshot, like a failed open or write.
 //!
 //! Invariants: a file under its final name is complete and fsynced, as is its directory entry;
-//! the newest K files per partition are kept, never fewer than the newest valid one.
+//! the newest K full files per partition are kept, with every delta after the oldest of them,
+//! never fewer than the newest valid one.
 
 pub mod policy;
+pub mod store;
 
-use std::fs::{self, File};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{CatalogOrder, SettingFingerprint, VersionFingerprint};
+use crate::engine::delta::Delta;
 use crate::engine::Partition;
 use crate::time::Instant;
 
 pub const MAGIC: &[u8; 8] = b"CFSNAP01";
-pub const FORMAT_VERSION: u32 = 11;
+pub const FORMAT_VERSION: u32 = 12;
 /// Largest header accepted (a header holds positions and catalog fingerprints only).
 pub const HEADER_BYTES_MAX: u32 = 1 << 20;
 
@@ -91,6 +100,8 @@ pub struct Header {
     pub settings: Vec<SettingFingerprint>,
     /// The catalog's names in order (the state refers to them by position).
     pub order: CatalogOrder,
+    /// A delta's: the `applied_through` of the snapshot it follows. `None`: a full snapshot.
+    pub previous: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,18 +125,59 @@ impl SnapshotError {
     }
 }
 
-/// The file name of a partition's snapshot at a position; names sort by position.
-pub fn file_name(partition: u32, applied_through: u64) -> String {
-    format!("p{partition:05}-{applied_through:020}.snap")
+/// Whether a snapshot file holds a partition's whole state or a delta.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Full,
+    Delta,
 }
 
-fn parse_file_name(name: &str) -> Option<(u32, u64)> {
-    let rest = name.strip_prefix('p')?.strip_suffix(".snap")?;
+impl Kind {
+    pub fn of(header: &Header) -> Kind {
+        if header.previous.is_some() {
+            Kind::Delta
+        } else {
+            Kind::Full
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            Kind::Full => "snap",
+            Kind::Delta => "delta",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Full => "full",
+            Kind::Delta => "delta",
+        }
+    }
+}
+
+/// The file name of a partition's full snapshot at a position; names sort by position.
+pub fn file_name(partition: u32, applied_through: u64) -> String {
+    kind_file_name(partition, applied_through, Kind::Full)
+}
+
+/// The file name of a snapshot of either kind.
+pub fn kind_file_name(partition: u32, applied_through: u64, kind: Kind) -> String {
+    format!("p{partition:05}-{applied_through:020}.{}", kind.extension())
+}
+
+/// `(partition, position, kind)` of a snapshot file's name.
+pub fn parse_file_name(name: &str) -> Option<(u32, u64, Kind)> {
+    let rest = name.strip_prefix('p')?;
+    let (rest, kind) = match rest.strip_suffix(".snap") {
+        Some(rest) => (rest, Kind::Full),
+        None => (rest.strip_suffix(".delta")?, Kind::Delta),
+    };
     let (partition, position) = rest.split_once('-')?;
     if partition.len() != 5 || position.len() != 20 {
         return None;
     }
-    Some((partition.parse().ok()?, position.parse().ok()?))
+    Some((partition.parse().ok()?, position.parse().ok()?, kind))
 }
 
 /// Encodes a snapshot file's bytes.
@@ -198,6 +250,12 @@ pub fn decode<'a>(path: &Path, bytes: &'a [u8]) -> Result<(Header, &'a [u8]), Sn
 /// file in errors. The fuzz target `snapshot_decode` runs this on any bytes.
 pub fn decode_file(path: &Path, bytes: &[u8]) -> Result<(Header, Partition), SnapshotError> {
     let (header, payload) = decode(path, bytes)?;
+    if header.previous.is_some() {
+        return Err(SnapshotError::corrupt(
+            path,
+            "a delta where a full snapshot was expected",
+        ));
+    }
     let partition: Partition =
         crate::codec::decode(payload).map_err(|e| SnapshotError::corrupt(path, e.to_string()))?;
     if partition.number != header.partition || partition.applied_through != header.applied_through {
@@ -209,498 +267,46 @@ pub fn decode_file(path: &Path, bytes: &[u8]) -> Result<(Header, Partition), Sna
     Ok((header, partition))
 }
 
-/// The directory holding every partition's snapshots.
-#[derive(Clone, Debug)]
-pub struct Store {
-    dir: PathBuf,
-    keep: usize,
+/// [`decode_file`] for a delta: framing and checksums, the delta, and the two agreeing.
+pub fn decode_delta_file(path: &Path, bytes: &[u8]) -> Result<(Header, Delta), SnapshotError> {
+    let (header, payload) = decode(path, bytes)?;
+    let Some(previous) = header.previous else {
+        return Err(SnapshotError::corrupt(
+            path,
+            "a full snapshot where a delta was expected",
+        ));
+    };
+    let delta: Delta =
+        crate::codec::decode(payload).map_err(|e| SnapshotError::corrupt(path, e.to_string()))?;
+    if delta.number != header.partition
+        || delta.applied_through != header.applied_through
+        || delta.previous != previous
+        || previous >= header.applied_through
+    {
+        return Err(SnapshotError::corrupt(
+            path,
+            "payload does not match its header",
+        ));
+    }
+    Ok((header, delta))
 }
 
-/// A loaded, verified snapshot.
-pub struct Loaded {
-    pub header: Header,
-    pub partition: Partition,
-    pub path: PathBuf,
-}
+pub use store::{Loaded, PartitionFiles, Store};
 
-/// What loading a partition found.
-pub struct PartitionFiles {
-    /// The newest valid snapshot, if any.
-    pub loaded: Option<Loaded>,
-    /// Files that failed verification (newest first), with why.
-    pub corrupt: Vec<SnapshotError>,
-}
-
-/// Whether a failed rename is known to have changed nothing (the kernel refused it before
-/// touching the disk): no space or quota for the entry, a read-only file system, the
-/// directory gone or not a directory, no permission. Anything else (EIO above all) aborts.
-fn rename_changed_nothing(error: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        error.kind(),
-        StorageFull
-            | QuotaExceeded
-            | ReadOnlyFilesystem
-            | NotFound
-            | NotADirectory
-            | PermissionDenied
-    )
-}
-
-/// A failure that must stop the process: see the module docs (no retry after fsync errors).
-fn fatal(what: &str, path: &Path, error: &std::io::Error) -> ! {
-    tracing::error!(%error, path = %path.display(), "snapshot {what} failed; aborting (never retry a failed fsync or rename)");
-    eprintln!(
-        "creditflow: snapshot {what} of {} failed: {error}; aborting",
-        path.display()
-    );
-    std::process::abort();
-}
-
-impl Store {
-    /// Opens (creating if missing) the snapshot directory, owner-only (0700): snapshots hold
-    /// every account's balances and grants.
-    pub fn open(dir: &Path, keep: usize) -> Result<Store, SnapshotError> {
-        let io = |source| SnapshotError::Io {
-            path: dir.to_path_buf(),
-            source,
-        };
-        fs::create_dir_all(dir).map_err(io)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
-        }
-        // A crash mid-write leaves a temporary file; it was never renamed, so never trusted.
-        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-            if entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.ends_with(".snap.tmp"))
-            {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-        Ok(Store {
-            dir: dir.to_path_buf(),
-            keep: keep.max(2),
-        })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Writes a snapshot atomically: temporary file, fsync, rename, fsync of the directory.
-    /// Returns the file's size. Any I/O failure on the way to durability aborts the process.
-    ///
-    /// On a full disk the files retention would delete after this write are deleted first
-    /// (never the partition's newest valid snapshot; [`Store::make_room`]) and the write is
-    /// tried once more; if it fails again the error is returned and nothing else is deleted.
-    pub fn write(&self, header: &Header, payload: &[u8]) -> Result<u64, SnapshotError> {
-        let bytes = encode(header, payload)
-            .map_err(|e| SnapshotError::corrupt(&self.dir, e.to_string()))?;
-        match self.write_bytes(header, &bytes) {
-            Err(SnapshotError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::StorageFull =>
-            {
-                let freed = self.make_room(header.partition);
-                tracing::warn!(
-                    partition = header.partition,
-                    freed,
-                    "the snapshot directory's disk is full; deleted what retention allows and \
-                     trying once more"
-                );
-                self.write_bytes(header, &bytes)
-            }
-            other => other,
-        }
-    }
-
-    /// Deletes the partition's files that retention would delete once one more is written
-    /// (all but the newest `keep - 1`), except the newest one that verifies, which stays even
-    /// when it is older. Returns how many were deleted.
-    fn make_room(&self, partition: u32) -> usize {
-        let files = self.files(partition);
-        let kept = self.keep.saturating_sub(1).max(1);
-        let kept_valid = files[..kept.min(files.len())]
-            .iter()
-            .any(|path| self.load_file(path).is_ok());
-        let mut newest_valid_kept = kept_valid;
-        let mut deleted = 0;
-        for path in files.iter().skip(kept) {
-            if !newest_valid_kept && self.load_file(path).is_ok() {
-                newest_valid_kept = true;
-                continue;
-            }
-            match fs::remove_file(path) {
-                Ok(()) => deleted += 1,
-                Err(error) => {
-                    tracing::warn!(%error, path = %path.display(), "could not remove an old snapshot")
-                }
-            }
-        }
-        deleted
-    }
-
-    fn write_bytes(&self, header: &Header, bytes: &[u8]) -> Result<u64, SnapshotError> {
-        let name = file_name(header.partition, header.applied_through);
-        let final_path = self.dir.join(&name);
-        let temp_path = self.dir.join(format!("{name}.tmp"));
-        // Owner-only (0600), like the directory; the rename keeps the mode.
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = match options.open(&temp_path) {
-            Ok(file) => file,
-            // Nothing was written yet: this is an ordinary error (disk full, permissions).
-            Err(source) => {
-                return Err(SnapshotError::Io {
-                    path: temp_path,
-                    source,
-                })
-            }
-        };
-        if let Err(error) = file.write_all(bytes) {
-            let _ = fs::remove_file(&temp_path);
-            return Err(SnapshotError::Io {
-                path: temp_path,
-                source: error,
-            });
-        }
-        if let Err(error) = file.sync_all() {
-            fatal("fsync", &temp_path, &error);
-        }
-        drop(file);
-        if let Err(error) = fs::rename(&temp_path, &final_path) {
-            if !rename_changed_nothing(&error) {
-                fatal("rename", &final_path, &error);
-            }
-            let _ = fs::remove_file(&temp_path);
-            return Err(SnapshotError::Io {
-                path: final_path,
-                source: error,
-            });
-        }
-        match File::open(&self.dir).and_then(|d| d.sync_all()) {
-            Ok(()) => {}
-            Err(error) => fatal("directory fsync", &self.dir, &error),
-        }
-        self.prune(header.partition);
-        Ok(bytes.len() as u64)
-    }
-
-    /// Snapshot files of a partition, newest first.
-    pub fn files(&self, partition: u32) -> Vec<PathBuf> {
-        let mut found: Vec<(u64, PathBuf)> = fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name();
-                let (p, position) = parse_file_name(name.to_str()?)?;
-                (p == partition).then(|| (position, entry.path()))
-            })
-            .collect();
-        found.sort_by_key(|b| std::cmp::Reverse(b.0));
-        found.into_iter().map(|(_, path)| path).collect()
-    }
-
-    /// True if the directory holds any snapshot file at all.
-    pub fn is_empty(&self) -> bool {
-        !fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|entry| {
-                entry
-                    .file_name()
-                    .to_str()
-                    .and_then(parse_file_name)
-                    .is_some()
-            })
-    }
-
-    /// Keeps the newest `keep` files of a partition; removes older ones and stray temp files.
-    fn prune(&self, partition: u32) {
-        for path in self.files(partition).into_iter().skip(self.keep) {
-            if let Err(error) = fs::remove_file(&path) {
-                tracing::warn!(%error, path = %path.display(), "could not remove an old snapshot");
-            }
-        }
-    }
-
-    /// Loads the newest snapshot of `partition` that verifies, falling back to older ones.
-    pub fn load(&self, partition: u32) -> PartitionFiles {
-        let mut corrupt = Vec::new();
-        for path in self.files(partition) {
-            match self.load_file(&path) {
-                Ok(loaded) if loaded.header.partition == partition => {
-                    return PartitionFiles {
-                        loaded: Some(loaded),
-                        corrupt,
-                    }
-                }
-                Ok(_) => corrupt.push(SnapshotError::corrupt(&path, "holds another partition")),
-                Err(error) => corrupt.push(error),
-            }
-        }
-        PartitionFiles {
-            loaded: None,
-            corrupt,
-        }
-    }
-
-    /// [`Store::load`] for partitions `0..partitions`, in order, on up to one thread per core:
-    /// reading, checking and decoding a million accounts' snapshots is seconds of CPU, and
-    /// partitions are independent.
-    pub fn load_all(&self, partitions: u32) -> Vec<PartitionFiles> {
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(partitions as usize)
-            .max(1);
-        let next = std::sync::atomic::AtomicU32::new(0);
-        let mut loaded: Vec<(u32, PartitionFiles)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut mine = Vec::new();
-                        loop {
-                            let number = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            if number >= partitions {
-                                return mine;
-                            }
-                            mine.push((number, self.load(number)));
-                        }
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|handle| match handle.join() {
-                    Ok(mine) => mine,
-                    Err(panic) => std::panic::resume_unwind(panic),
-                })
-                .collect()
-        });
-        loaded.sort_by_key(|(number, _)| *number);
-        loaded.into_iter().map(|(_, files)| files).collect()
-    }
-
-    pub fn load_file(&self, path: &Path) -> Result<Loaded, SnapshotError> {
-        let mut bytes = Vec::new();
-        File::open(path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|source| SnapshotError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let (header, partition) = decode_file(path, &bytes)?;
-        Ok(Loaded {
-            header,
-            partition,
-            path: path.to_path_buf(),
-        })
-    }
-}
-
+/// A header for tests: partition `partition` of 4 at `applied_through`, full.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn header(partition: u32, applied_through: u64) -> Header {
-        Header {
-            partition,
-            partition_count: 4,
-            applied_through,
-            last_seq: applied_through,
-            last_payload_hash: 7,
-            output_seq_floor: 3,
-            clock: Some(Instant(1)),
-            fingerprints: Vec::new(),
-            settings: Vec::new(),
-            order: Default::default(),
-        }
-    }
-
-    fn payload(partition: u32, applied_through: u64) -> Vec<u8> {
-        let mut p = Partition::new(partition, 4);
-        p.applied_through = applied_through;
-        crate::codec::encode(&p).unwrap()
-    }
-
-    #[test]
-    fn round_trip_and_file_names_sort_by_position() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 3).unwrap();
-        for position in [5, 50, 500, 5000] {
-            store
-                .write(&header(1, position), &payload(1, position))
-                .unwrap();
-        }
-        let files = store.files(1);
-        assert_eq!(files.len(), 3, "only the newest 3 are kept");
-        let loaded = store.load(1).loaded.unwrap();
-        assert_eq!(loaded.header.applied_through, 5000);
-        assert_eq!(loaded.partition.applied_through, 5000);
-        assert!(store.load(2).loaded.is_none());
-        assert_eq!(parse_file_name(&file_name(12, 34)), Some((12, 34)));
-    }
-
-    /// A full disk (the temporary file is /dev/full, which refuses every write with ENOSPC):
-    /// the write is tried once more after making room, and succeeds.
-    #[test]
-    fn a_full_disk_makes_room_and_tries_once_more() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 3).unwrap();
-        for position in [10, 20, 30] {
-            store
-                .write(&header(0, position), &payload(0, position))
-                .unwrap();
-        }
-        let temp = dir.path().join(format!("{}.tmp", file_name(0, 40)));
-        std::os::unix::fs::symlink("/dev/full", &temp).unwrap();
-        let written = store.write(&header(0, 40), &payload(0, 40));
-        assert!(written.is_ok(), "{written:?}");
-        let positions: Vec<u64> = store
-            .files(0)
-            .iter()
-            .filter_map(|p| parse_file_name(p.file_name()?.to_str()?).map(|(_, at)| at))
-            .collect();
-        assert_eq!(positions, [40, 30, 20]);
-        assert_eq!(store.load(0).loaded.unwrap().header.applied_through, 40);
-        assert!(!temp.exists(), "no temporary file left");
-    }
-
-    /// Making room deletes what retention would delete after one more write, but never the
-    /// partition's newest valid snapshot, even when every newer file is corrupt.
-    #[test]
-    fn making_room_keeps_the_newest_valid_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 3).unwrap();
-        for position in [10, 20, 30] {
-            store
-                .write(&header(0, position), &payload(0, position))
-                .unwrap();
-        }
-        store.write(&header(1, 10), &payload(1, 10)).unwrap();
-        // The two newest of partition 0 corrupt: only the oldest is valid.
-        for position in [20, 30] {
-            fs::write(dir.path().join(file_name(0, position)), b"torn").unwrap();
-        }
-        assert_eq!(store.make_room(0), 0, "the only valid one stays");
-        assert_eq!(store.files(0).len(), 3);
-        assert_eq!(store.load(0).loaded.unwrap().header.applied_through, 10);
-        // With the newest valid again, the oldest is what retention allows to go.
-        store.write(&header(0, 40), &payload(0, 40)).unwrap();
-        assert_eq!(store.files(0).len(), 3);
-        assert_eq!(store.make_room(0), 1);
-        let left: Vec<u64> = store
-            .files(0)
-            .iter()
-            .filter_map(|p| parse_file_name(p.file_name()?.to_str()?).map(|(_, at)| at))
-            .collect();
-        assert_eq!(left, [40, 30]);
-        assert_eq!(store.files(1).len(), 1, "other partitions untouched");
-    }
-
-    /// A rename the kernel refuses without touching the disk (the directory replaced by a
-    /// file) is an ordinary error, not an abort; the error says where.
-    #[test]
-    fn a_vanished_directory_is_an_ordinary_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("snapshots");
-        let store = Store::open(&path, 2).unwrap();
-        store.write(&header(0, 1), &payload(0, 1)).unwrap();
-        fs::rename(&path, dir.path().join("away")).unwrap();
-        fs::write(&path, b"a file").unwrap();
-        let error = store.write(&header(0, 2), &payload(0, 2)).unwrap_err();
-        assert!(error.to_string().contains("snapshots"), "{error}");
-        assert!(rename_changed_nothing(&std::io::Error::from_raw_os_error(
-            28
-        )));
-        assert!(!rename_changed_nothing(&std::io::Error::from_raw_os_error(
-            5
-        )));
-    }
-
-    #[test]
-    fn every_corruption_is_detected_and_falls_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 5).unwrap();
-        store.write(&header(0, 10), &payload(0, 10)).unwrap();
-        store.write(&header(0, 20), &payload(0, 20)).unwrap();
-        let newest = store.files(0)[0].clone();
-        let good = fs::read(&newest).unwrap();
-        // Truncation at every length, and a flip of every bit of a sample of positions.
-        for cut in [0, 1, 7, 8, 15, 16, good.len() / 2, good.len() - 1] {
-            assert!(decode(&newest, &good[..cut]).is_err(), "truncated at {cut}");
-        }
-        for position in (0..good.len()).step_by(7) {
-            for bit in 0..8 {
-                let mut bad = good.clone();
-                bad[position] ^= 1 << bit;
-                assert!(
-                    decode(&newest, &bad).is_err(),
-                    "bit {bit} of byte {position}"
-                );
-            }
-        }
-        let mut longer = good.clone();
-        longer.push(0);
-        assert!(decode(&newest, &longer).is_err());
-        // A corrupt newest file falls back to the previous one.
-        let mut bad = good.clone();
-        let middle = bad.len() / 2;
-        bad[middle] ^= 0x10;
-        fs::write(&newest, &bad).unwrap();
-        let files = store.load(0);
-        assert_eq!(files.loaded.unwrap().header.applied_through, 10);
-        assert_eq!(files.corrupt.len(), 1);
-        // All corrupt: nothing loads.
-        for path in store.files(0) {
-            fs::write(&path, b"garbage").unwrap();
-        }
-        let files = store.load(0);
-        assert!(files.loaded.is_none());
-        assert_eq!(files.corrupt.len(), 2);
-    }
-
-    #[test]
-    fn loading_all_partitions_in_parallel_gives_each_its_own_in_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 5).unwrap();
-        // Partition 0 and 3 hold two snapshots (3's newest corrupt), 1 one, 2 none.
-        for (partition, position) in [(0, 10), (0, 20), (1, 7), (3, 30), (3, 40)] {
-            store
-                .write(&header(partition, position), &payload(partition, position))
-                .unwrap();
-        }
-        let newest_of_3 = store.files(3)[0].clone();
-        fs::write(&newest_of_3, b"garbage").unwrap();
-        let all = store.load_all(4);
-        assert_eq!(all.len(), 4);
-        let summary: Vec<(Option<(u32, u64)>, usize)> = all
-            .iter()
-            .map(|files| {
-                (
-                    files
-                        .loaded
-                        .as_ref()
-                        .map(|l| (l.header.partition, l.partition.applied_through)),
-                    files.corrupt.len(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            summary,
-            vec![
-                (Some((0, 20)), 0),
-                (Some((1, 7)), 0),
-                (None, 0),
-                (Some((3, 30)), 1)
-            ]
-        );
+pub(crate) fn test_header(partition: u32, applied_through: u64) -> Header {
+    Header {
+        partition,
+        partition_count: 4,
+        applied_through,
+        last_seq: applied_through,
+        last_payload_hash: 7,
+        output_seq_floor: 3,
+        clock: Some(Instant(1)),
+        previous: None,
+        fingerprints: Vec::new(),
+        settings: Vec::new(),
+        order: Default::default(),
     }
 }

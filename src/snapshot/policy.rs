@@ -1,17 +1,26 @@
 //! When and how a shard snapshots its partitions, and the threads that encode and write them.
 //!
-//! Owns: the "every N messages or T time" decision per partition, lending a due partition to
+//! Owns: the "every N messages or T time" decision per partition; taking a *delta* of a due
+//! partition on the shard (a copy of what changed since its last snapshot, `engine::delta`,
+//! encoded and written by the writer: the partition never leaves), or, when no delta can be
+//! taken (no baseline yet, a snapshot of it failed, incremental snapshots off), lending it to
 //! the encoder thread (which encodes it and gives it straight back to its shard: the shard
 //! never stops; only that partition's messages wait, queued in the shard, for the encode; the
 //! questions about it that need nothing newer are answered by the encoder meanwhile, from the
 //! partition it holds), and the writer thread that commits a snapshot once the emitter says its
 //! outputs are durable.
 //!
-//! Must never: block ingest on encoding or disk (loans go to the encoder through a bounded
+//! Must never: write a delta whose predecessor is not on disk (the writer checks, and asks for
+//! a full snapshot of that partition next: [`FullWanted`]); block ingest on encoding or disk
+//! (loans go to the encoder through a bounded
 //! queue; when it is full the partition stays and is snapshotted at a later batch), lend more
 //! than one partition per shard per batch, keep a lent partition any longer than its encode
 //! (the encoder hands the job on and the partition back before anything else), or commit before
 //! the watermark.
+//!
+//! The writer folds a partition's deltas into a new full file (from the files, on its own
+//! thread) once they number `deltas_max` or their bytes reach `fold_percent` of the full file's,
+//! so a restart reads at most about `1 + fold_percent / 100` full snapshots' bytes.
 //!
 //! Invariants: a job's payload is the partition exactly as of `applied_through`; the header's
 //! `output_seq_floor` comes from the emitter's watermark for that same position. The final
@@ -19,25 +28,67 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant as WallInstant};
 
 use crossbeam::channel::{Receiver, Sender, TrySendError};
 
-use super::{Header, Store};
+use super::{Header, Kind, Store};
 use crate::catalog::{Catalog, CatalogOrder, SettingFingerprint};
+use crate::engine::delta::Delta;
 use crate::engine::Partition;
 use crate::pipeline::question::{Question, Seen};
 use crate::pipeline::shard::SnapshotHook;
 use crate::pipeline::sink::Sink;
 use crate::pipeline::{SinkMessage, WatermarkReached};
 
+/// What a job carries to the writer.
+pub enum Payload {
+    /// A full snapshot, encoded by the encoder (or at a stop, by the shard).
+    Encoded(Vec<u8>),
+    /// A delta taken on the shard, for the writer to encode (off the shard's thread).
+    Delta(Box<Delta>),
+}
+
+/// Partitions whose next snapshot must be full: one of theirs failed (or was not committed),
+/// so the state a delta would follow may not be on disk. The writer sets, policies clear.
+#[derive(Debug)]
+pub struct FullWanted(Vec<AtomicBool>);
+
+impl FullWanted {
+    pub fn new(partitions: u32) -> Arc<FullWanted> {
+        Arc::new(FullWanted(
+            (0..partitions).map(|_| AtomicBool::new(false)).collect(),
+        ))
+    }
+
+    pub fn want(&self, partition: u32) {
+        if let Some(flag) = self.0.get(partition as usize) {
+            flag.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether the partition's next snapshot must be full (an unknown partition: yes).
+    pub fn wanted(&self, partition: u32) -> bool {
+        self.0
+            .get(partition as usize)
+            .is_none_or(|flag| flag.load(Ordering::Acquire))
+    }
+
+    fn clear(&self, partition: u32) {
+        if let Some(flag) = self.0.get(partition as usize) {
+            flag.store(false, Ordering::Release);
+        }
+    }
+}
+
 /// A snapshot encoded (or whose encode failed), waiting for its watermark and its write.
 pub struct SnapshotJob {
     pub header: Header,
-    /// The encoded partition, or why it could not be encoded (the writer counts the failure
-    /// like a failed write: one place knows every snapshot's outcome).
-    pub payload: Result<Vec<u8>, String>,
+    /// The encoded partition or the delta, or why it could not be encoded (the writer counts
+    /// the failure like a failed write: one place knows every snapshot's outcome).
+    pub payload: Result<Payload, String>,
     pub watermark: Receiver<WatermarkReached>,
     /// How long the shard stopped for it (the ingest pause this snapshot caused).
     pub pause: Duration,
@@ -88,6 +139,8 @@ pub struct Policy<O: SnapshotObserver> {
     /// The catalog's settings and order, computed once (every header records them).
     settings: Vec<SettingFingerprint>,
     order: CatalogOrder,
+    /// Incremental snapshots: set (by [`Policy::with_deltas`]) when deltas are taken.
+    full_wanted: Option<Arc<FullWanted>>,
 }
 
 impl<O: SnapshotObserver> Policy<O> {
@@ -111,6 +164,53 @@ impl<O: SnapshotObserver> Policy<O> {
             returns: crossbeam::channel::unbounded(),
             last: HashMap::new(),
             taken_in_batch: None,
+            full_wanted: None,
+        }
+    }
+
+    /// Take deltas between full snapshots (`None`: every snapshot full); a partition's next
+    /// snapshot is full while `full_wanted` says so.
+    pub fn with_deltas(mut self, full_wanted: Option<Arc<FullWanted>>) -> Self {
+        self.full_wanted = full_wanted;
+        self
+    }
+
+    /// Whether `partition`'s snapshot now can be a delta.
+    fn delta_possible(&self, partition: &Partition) -> bool {
+        let Some(wanted) = &self.full_wanted else {
+            return false;
+        };
+        partition
+            .tracking_since()
+            .is_some_and(|since| since < partition.applied_through)
+            && !wanted.wanted(partition.number)
+    }
+
+    /// Takes a delta of `partition` here and queues it for the writer, which encodes it.
+    fn take_delta(&mut self, partition: &mut Partition, sink: &Sink) {
+        let started = WallInstant::now();
+        let Some(delta) = partition.take_delta() else {
+            return;
+        };
+        let mut header = self.header(partition);
+        header.previous = Some(delta.previous);
+        let pause = started.elapsed();
+        self.observer.paused(partition.number, pause);
+        let (done, watermark) = crossbeam::channel::bounded(1);
+        let job = SnapshotJob {
+            header,
+            payload: Ok(Payload::Delta(Box::new(delta))),
+            watermark,
+            pause,
+            held: pause,
+        };
+        if self.jobs.send(job).is_ok() {
+            let position = (
+                partition.number,
+                partition.applied_through,
+                partition.stats.messages,
+            );
+            self.mark(position, sink, done);
         }
     }
 
@@ -128,6 +228,7 @@ impl<O: SnapshotObserver> Policy<O> {
             fingerprints,
             settings: self.settings.clone(),
             order: self.order.clone(),
+            previous: None,
         }
     }
 
@@ -150,12 +251,16 @@ impl<O: SnapshotObserver> Policy<O> {
     /// Lends `partition` to the encoder; gives it back when the encoder's queue is full.
     fn lend(
         &mut self,
-        partition: Partition,
+        mut partition: Partition,
         sink: &Sink,
         questions: &Receiver<Question>,
     ) -> Option<Partition> {
         let started = WallInstant::now();
         let header = self.header(&partition);
+        if self.full_wanted.is_some() {
+            // The next delta follows this snapshot.
+            partition.track_changes();
+        }
         let (done, watermark) = crossbeam::channel::bounded(1);
         let position = (
             partition.number,
@@ -177,11 +282,17 @@ impl<O: SnapshotObserver> Policy<O> {
                 // The partition is away; the watermark goes after the batch's outputs.
                 self.mark(position, sink, done);
                 self.observer.paused(position.0, started.elapsed());
+                if let Some(wanted) = &self.full_wanted {
+                    wanted.clear(position.0);
+                }
                 None
             }
-            // The encoder is behind: try again at a later batch.
+            // The encoder is behind: try again at a later batch (a full snapshot again: no
+            // file will be at the baseline just set).
             Err(TrySendError::Full(loan)) | Err(TrySendError::Disconnected(loan)) => {
-                Some(loan.partition)
+                let mut partition = loan.partition;
+                partition.stop_tracking();
+                Some(partition)
             }
         }
     }
@@ -189,7 +300,9 @@ impl<O: SnapshotObserver> Policy<O> {
     /// Encodes `partition` here and queues it for the writer (the final snapshots).
     fn take(&mut self, partition: &Partition, sink: &Sink) {
         let started = WallInstant::now();
-        let payload = crate::codec::encode(partition).map_err(|error| error.to_string());
+        let payload = crate::codec::encode(partition)
+            .map(Payload::Encoded)
+            .map_err(|error| error.to_string());
         let header = self.header(partition);
         let pause = started.elapsed();
         self.observer.paused(partition.number, pause);
@@ -230,7 +343,16 @@ impl<O: SnapshotObserver> SnapshotHook for Policy<O> {
         let new_messages = partition.stats.messages.saturating_sub(messages_then);
         let due = new_messages >= self.interval_messages
             || (new_messages > 0 && at.elapsed() >= self.interval);
-        if !due || self.loans.is_full() {
+        if !due {
+            return Some(partition);
+        }
+        if self.delta_possible(&partition) {
+            let mut partition = partition;
+            self.take_delta(&mut partition, sink);
+            self.taken_in_batch = Some(seq);
+            return Some(partition);
+        }
+        if self.loans.is_full() {
             return Some(partition);
         }
         let kept = self.lend(partition, sink, questions);
@@ -244,13 +366,17 @@ impl<O: SnapshotObserver> SnapshotHook for Policy<O> {
         self.returns.1.clone()
     }
 
-    fn at_stop(&mut self, partition: &Partition, _seq: u64, sink: &Sink) {
+    fn at_stop(&mut self, partition: &mut Partition, _seq: u64, sink: &Sink) {
         let changed = self
             .last
             .get(&partition.number)
             .is_none_or(|(messages, _)| partition.stats.messages > *messages);
         if changed && partition.stats.messages > 0 {
-            self.take(partition, sink);
+            if self.delta_possible(partition) {
+                self.take_delta(partition, sink);
+            } else {
+                self.take(partition, sink);
+            }
         }
     }
 }
@@ -297,7 +423,9 @@ pub fn run_encoder(loans: Receiver<Loan>, jobs: Sender<SnapshotJob>) {
         // must reach the writer after this one. A failed encode goes too, to be counted.
         let _ = jobs.send(SnapshotJob {
             header,
-            payload: encoded.map_err(|error| error.to_string()),
+            payload: encoded
+                .map(Payload::Encoded)
+                .map_err(|error| error.to_string()),
             watermark,
             pause,
             held,
@@ -309,7 +437,8 @@ pub fn run_encoder(loans: Receiver<Loan>, jobs: Sender<SnapshotJob>) {
 
 /// What the writer reports.
 pub trait WriterObserver: Send {
-    fn written(&mut self, partition: u32, bytes: u64, elapsed: Duration);
+    /// A snapshot file was committed (a fold's too: `Kind::Full`).
+    fn written(&mut self, partition: u32, kind: Kind, bytes: u64, elapsed: Duration);
     /// A snapshot of `partition` could not be encoded or written; `consecutive` counts the
     /// failures since the last snapshot (of any partition) was written.
     fn failed(&mut self, partition: u32, stage: FailedStage, error: &str, consecutive: u64);
@@ -320,6 +449,8 @@ pub trait WriterObserver: Send {
 pub enum FailedStage {
     Encode,
     Write,
+    /// Folding deltas into a full file (nothing is lost: the deltas stay).
+    Fold,
 }
 
 impl FailedStage {
@@ -327,6 +458,7 @@ impl FailedStage {
         match self {
             FailedStage::Encode => "encode",
             FailedStage::Write => "write",
+            FailedStage::Fold => "fold",
         }
     }
 }
@@ -334,7 +466,7 @@ impl FailedStage {
 pub struct NoWriterObserver;
 
 impl WriterObserver for NoWriterObserver {
-    fn written(&mut self, _: u32, _: u64, _: Duration) {}
+    fn written(&mut self, _: u32, _: Kind, _: u64, _: Duration) {}
     fn failed(&mut self, _: u32, _: FailedStage, _: &str, _: u64) {}
 }
 
@@ -348,13 +480,40 @@ pub struct Written {
     pub last_failed: Vec<(u32, String)>,
 }
 
+/// When the writer folds a partition's deltas into a full file.
+#[derive(Clone, Debug)]
+pub struct Folding {
+    /// After this many deltas since the full file (>= 1).
+    pub deltas_max: usize,
+    /// Or once the deltas' bytes reach this fraction of the full file's.
+    pub ratio: f64,
+    /// Partitions whose next snapshot must be full (set here when one of theirs fails).
+    pub full_wanted: Arc<FullWanted>,
+}
+
+impl Folding {
+    fn due(&self, chain: super::store::ChainSize) -> bool {
+        chain.deltas >= self.deltas_max
+            || chain.delta_bytes as f64 >= self.ratio * chain.full_bytes as f64
+    }
+}
+
 /// Writes jobs in order until the job queue closes. A job whose watermark never comes (the
-/// emitter stopped without making its outputs durable) is dropped, not committed.
+/// emitter stopped without making its outputs durable) is dropped, not committed. A delta is
+/// encoded here, and written only if the snapshot it follows is on disk; after it, the chain
+/// is folded when `folding` says so. Any failure of a partition's snapshot makes its next one
+/// full (`folding.full_wanted`).
 pub fn run_writer(
     store: Store,
     jobs: Receiver<SnapshotJob>,
     mut observer: impl WriterObserver + 'static,
+    folding: Option<Folding>,
 ) -> Written {
+    let want_full = |partition: u32| {
+        if let Some(folding) = &folding {
+            folding.full_wanted.want(partition);
+        }
+    };
     let mut written = Written::default();
     // The outcome of each partition's latest attempt: None = written, Some = why not.
     let mut last: HashMap<u32, Option<String>> = HashMap::new();
@@ -377,9 +536,18 @@ pub fn run_writer(
     };
     while let Ok(mut job) = jobs.recv() {
         let partition = job.header.partition;
-        let payload = match std::mem::replace(&mut job.payload, Ok(Vec::new())) {
+        let kind = Kind::of(&job.header);
+        let encoded = match std::mem::replace(&mut job.payload, Err(String::new())) {
+            Ok(Payload::Encoded(bytes)) => Ok(bytes),
+            Ok(Payload::Delta(delta)) => {
+                crate::codec::encode(&*delta).map_err(|error| error.to_string())
+            }
+            Err(error) => Err(error),
+        };
+        let payload = match encoded {
             Ok(payload) => payload,
             Err(error) => {
+                want_full(partition);
                 let outcome = fail(
                     &mut observer,
                     &mut consecutive,
@@ -392,12 +560,30 @@ pub fn run_writer(
             }
         };
         let Ok(reached) = job.watermark.recv() else {
+            want_full(partition);
             tracing::warn!(
                 partition,
                 "a snapshot's outputs were not confirmed durable; it is not committed"
             );
             continue;
         };
+        if let Some(previous) = job.header.previous {
+            if store.file_at(partition, previous).is_none() {
+                want_full(partition);
+                let outcome = fail(
+                    &mut observer,
+                    &mut consecutive,
+                    partition,
+                    FailedStage::Write,
+                    format!(
+                        "a delta follows the snapshot at {previous}, which was not written; \
+                         the next snapshot of the partition is full"
+                    ),
+                );
+                last.insert(partition, outcome);
+                continue;
+            }
+        }
         debug_assert_eq!(
             (reached.partition, reached.seq),
             (partition, job.header.applied_through)
@@ -409,6 +595,7 @@ pub fn run_writer(
                 let elapsed = started.elapsed();
                 tracing::info!(
                     partition,
+                    kind = kind.label(),
                     applied_through = job.header.applied_through,
                     bytes,
                     pause_ms = job.pause.as_secs_f64() * 1e3,
@@ -417,23 +604,59 @@ pub fn run_writer(
                     "snapshot written"
                 );
                 consecutive = 0;
-                observer.written(partition, bytes, elapsed);
-                written.files.push(
-                    store
-                        .dir()
-                        .join(super::file_name(partition, job.header.applied_through)),
-                );
+                observer.written(partition, kind, bytes, elapsed);
+                written.files.push(store.dir().join(super::kind_file_name(
+                    partition,
+                    job.header.applied_through,
+                    kind,
+                )));
                 None
             }
-            Err(error) => fail(
-                &mut observer,
-                &mut consecutive,
-                partition,
-                FailedStage::Write,
-                error.to_string(),
-            ),
+            Err(error) => {
+                want_full(partition);
+                fail(
+                    &mut observer,
+                    &mut consecutive,
+                    partition,
+                    FailedStage::Write,
+                    error.to_string(),
+                )
+            }
         };
+        let written_now = outcome.is_none();
         last.insert(partition, outcome);
+        if let (Some(folding), Kind::Delta, true) = (&folding, kind, written_now) {
+            let chain = store.chain_size(partition);
+            if folding.due(chain) {
+                let started = WallInstant::now();
+                match store.fold(partition) {
+                    Ok(Some(bytes)) => {
+                        let elapsed = started.elapsed();
+                        tracing::info!(
+                            partition,
+                            deltas = chain.deltas,
+                            delta_bytes = chain.delta_bytes,
+                            bytes,
+                            fold_ms = elapsed.as_secs_f64() * 1e3,
+                            "snapshot deltas folded into a full snapshot"
+                        );
+                        observer.written(partition, Kind::Full, bytes, elapsed);
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        // The chain may be broken on disk: start a new one.
+                        want_full(partition);
+                        fail(
+                            &mut observer,
+                            &mut consecutive,
+                            partition,
+                            FailedStage::Fold,
+                            error.to_string(),
+                        );
+                    }
+                }
+            }
+        }
     }
     let mut last_failed: Vec<(u32, String)> = last
         .into_iter()
@@ -442,4 +665,146 @@ pub fn run_writer(
     last_failed.sort_by_key(|(partition, _)| *partition);
     written.last_failed = last_failed;
     written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{kind_file_name, test_header};
+    use std::sync::Mutex;
+
+    /// What the writer reported, as `(partition, "written full" | "failed write" ...)`.
+    #[derive(Clone, Default)]
+    struct Reports(Arc<Mutex<Vec<(u32, String)>>>);
+
+    impl WriterObserver for Reports {
+        fn written(&mut self, partition: u32, kind: Kind, _: u64, _: Duration) {
+            let line = format!("written {}", kind.label());
+            self.0.lock().unwrap().push((partition, line));
+        }
+        fn failed(&mut self, partition: u32, stage: FailedStage, _: &str, _: u64) {
+            let line = format!("failed {}", stage.label());
+            self.0.lock().unwrap().push((partition, line));
+        }
+    }
+
+    /// A job for the delta `live` has accumulated, `live` moved to `position` first; its
+    /// watermark already reached.
+    fn delta_job(live: &mut Partition, position: u64) -> SnapshotJob {
+        live.applied_through = position;
+        let delta = live.take_delta().expect("tracking");
+        let mut header = test_header(live.number, position);
+        header.previous = Some(delta.previous);
+        let (reached, watermark) = crossbeam::channel::bounded(1);
+        reached
+            .send(WatermarkReached {
+                partition: live.number,
+                seq: position,
+                output_seq_floor: 5,
+            })
+            .unwrap();
+        SnapshotJob {
+            header,
+            payload: Ok(Payload::Delta(Box::new(delta))),
+            watermark,
+            pause: Duration::ZERO,
+            held: Duration::ZERO,
+        }
+    }
+
+    fn write_all(
+        store: &Store,
+        jobs: Vec<SnapshotJob>,
+        deltas_max: usize,
+    ) -> (Written, Reports, Arc<FullWanted>) {
+        let (send, receive) = crossbeam::channel::unbounded();
+        for job in jobs {
+            send.send(job).unwrap();
+        }
+        drop(send);
+        let reports = Reports::default();
+        let full_wanted = FullWanted::new(4);
+        let folding = Folding {
+            deltas_max,
+            ratio: 100.0,
+            full_wanted: full_wanted.clone(),
+        };
+        let written = run_writer(store.clone(), receive, reports.clone(), Some(folding));
+        (written, reports, full_wanted)
+    }
+
+    fn start(store: &Store, partition: u32, position: u64) -> Partition {
+        let mut live = Partition::new(partition, 4);
+        live.applied_through = position;
+        let payload = crate::codec::encode(&live).unwrap();
+        store
+            .write(&test_header(partition, position), &payload)
+            .unwrap();
+        live.track_changes();
+        live
+    }
+
+    /// Deltas are written after the file they follow and folded after `deltas_max` of them.
+    #[test]
+    fn deltas_are_written_then_folded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 3).unwrap();
+        let mut live = start(&store, 2, 10);
+        let jobs = vec![delta_job(&mut live, 20), delta_job(&mut live, 30)];
+        let (written, reports, full_wanted) = write_all(&store, jobs, 2);
+        let names: Vec<PathBuf> = [20, 30]
+            .iter()
+            .map(|&at| dir.path().join(kind_file_name(2, at, Kind::Delta)))
+            .collect();
+        assert_eq!(written.files, names);
+        assert!(written.last_failed.is_empty());
+        let lines: Vec<String> = reports
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect();
+        assert_eq!(lines, ["written delta", "written delta", "written full"]);
+        assert!(!full_wanted.wanted(2));
+        let loaded = store.load(2).loaded.unwrap();
+        assert_eq!((loaded.deltas, loaded.header.applied_through), (0, 30));
+        assert_eq!(loaded.header.output_seq_floor, 5, "the watermark's floor");
+    }
+
+    /// A delta whose predecessor never reached the disk is not written, and the partition's
+    /// next snapshot must be full; other partitions are untouched.
+    #[test]
+    fn a_delta_after_a_missing_snapshot_is_refused_and_a_full_one_wanted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 3).unwrap();
+        let mut one = start(&store, 1, 10);
+        let mut three = start(&store, 3, 10);
+        // Partition 1's snapshot at 20 was lost (its job never came): 30 follows it.
+        one.applied_through = 20;
+        one.take_delta().unwrap();
+        let jobs = vec![delta_job(&mut one, 30), delta_job(&mut three, 15)];
+        let (written, reports, full_wanted) = write_all(&store, jobs, 8);
+        assert_eq!(
+            written.files,
+            [dir.path().join(kind_file_name(3, 15, Kind::Delta))]
+        );
+        assert_eq!(written.last_failed.len(), 1);
+        assert_eq!(written.last_failed[0].0, 1);
+        assert!(
+            written.last_failed[0].1.contains("not written"),
+            "{:?}",
+            written.last_failed
+        );
+        assert_eq!(
+            *reports.0.lock().unwrap(),
+            [
+                (1, "failed write".to_string()),
+                (3, "written delta".to_string())
+            ]
+        );
+        assert!(full_wanted.wanted(1));
+        assert!(!full_wanted.wanted(3));
+        assert_eq!(store.load(1).loaded.unwrap().header.applied_through, 10);
+    }
 }
