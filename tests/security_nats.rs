@@ -336,6 +336,19 @@ fn a_missing_pull_permission_on_the_output_is_named() {
     wait_until("the service", Duration::from_secs(60), || {
         cli(&url, "operator", &["grant", "perm_2", "10", "--id", "g2"]).0
     });
+    // The reply comes once the grant is applied; its outputs reach the stream a moment later,
+    // and only an output stream with messages is scanned (CI once killed before they did).
+    let runtime = runtime();
+    wait_until("the grant's outputs", Duration::from_secs(60), || {
+        runtime.block_on(async {
+            let js = async_nats::jetstream::new(connect_as(&url, "processor").await);
+            let mut stream = js
+                .get_stream("CREDITFLOW_OUT")
+                .await
+                .expect("output stream");
+            stream.info().await.expect("info").state.messages > 0
+        })
+    });
     // Killed, so its snapshots are behind the outputs and the next start scans them.
     processor.kill().unwrap();
     processor.wait().unwrap();

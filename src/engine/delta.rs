@@ -116,6 +116,11 @@ impl Partition {
         self.reversals.stop_tracking();
     }
 
+    /// Accounts written since the baseline (new ones included), and accounts in the partition.
+    pub fn changed_accounts(&self) -> (usize, usize) {
+        (self.changes.slots.len(), self.accounts.len())
+    }
+
     /// The baseline's position, while a delta can be taken.
     pub fn tracking_since(&self) -> Option<u64> {
         self.changes.through

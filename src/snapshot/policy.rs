@@ -346,7 +346,7 @@ impl<O: SnapshotObserver> SnapshotHook for Policy<O> {
         if !due {
             return Some(partition);
         }
-        if self.delta_possible(&partition) {
+        if self.delta_possible(&partition) && !mostly_changed(&partition) {
             let mut partition = partition;
             self.take_delta(&mut partition, sink);
             self.taken_in_batch = Some(seq);
@@ -380,6 +380,19 @@ impl<O: SnapshotObserver> SnapshotHook for Policy<O> {
         }
     }
 }
+
+/// Whether so many of the partition's accounts changed since its last snapshot (more than
+/// [`DELTA_ACCOUNTS_SMALL`] and more than a quarter: a state being built, a drain) that a
+/// delta would stop the shard for about as long as lending the partition holds its messages:
+/// the copy on the shard costs per account about what the encoder's encode does, and stops
+/// every partition of the shard, not one. A full snapshot is lent instead.
+fn mostly_changed(partition: &Partition) -> bool {
+    let (changed, accounts) = partition.changed_accounts();
+    changed > DELTA_ACCOUNTS_SMALL && changed > accounts / 4
+}
+
+/// A delta of at most this many accounts is always taken (a millisecond or two of copying).
+const DELTA_ACCOUNTS_SMALL: usize = 4096;
 
 /// How often the encoder, answering questions while it encodes, looks whether the encode is
 /// done (a question is answered as soon as it arrives).
