@@ -70,3 +70,36 @@ fn a_corrupt_length_in_a_small_snapshot_allocates_no_gigabytes() {
         file.len()
     );
 }
+
+/// The same bytes as a delta's payload: refused as corrupt, no gigabytes either (a delta's
+/// accounts, rings and timers are decoded with the same limits).
+#[test]
+fn a_corrupt_length_in_a_small_delta_allocates_no_gigabytes() {
+    let header = Header {
+        partition: 0,
+        partition_count: 1,
+        applied_through: 1,
+        last_seq: 1,
+        last_payload_hash: 0,
+        output_seq_floor: 0,
+        clock: None,
+        fingerprints: Vec::new(),
+        settings: Vec::new(),
+        order: Default::default(),
+        previous: Some(0),
+    };
+    for payload in [CRASHING_PAYLOAD, &[0xff; 64][..]] {
+        let file = snapshot::encode(&header, payload).expect("a header encodes");
+        LARGEST.store(0, Ordering::Relaxed);
+        let result = snapshot::decode_delta_file(Path::new("p00000.delta"), &file);
+        let largest = LARGEST.load(Ordering::Relaxed);
+        assert!(
+            matches!(result, Err(SnapshotError::Corrupt { .. })),
+            "a corrupt delta is refused as corrupt"
+        );
+        assert!(
+            largest <= 1 << 20,
+            "decoding a delta allocated {largest} bytes at once"
+        );
+    }
+}

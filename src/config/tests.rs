@@ -53,7 +53,7 @@ fn defaults_load_with_the_documented_values() {
     assert_eq!(config.snapshot.keep, 3);
     assert_eq!(config.snapshot.failures_unready, 3);
     assert_eq!(config.snapshot.deltas_max, 32);
-    assert_eq!(config.snapshot.fold_percent, 50);
+    assert_eq!(config.snapshot.fold_percent, 100);
     assert_eq!(config.lease.bucket, "creditflow_leases");
     assert_eq!(config.lease.ttl, Duration::from_secs(15));
     assert_eq!(

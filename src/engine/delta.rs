@@ -97,6 +97,11 @@ impl Delta {
     pub fn remembered(&self) -> usize {
         self.dedupe.len() + self.reversals.len()
     }
+
+    /// Timer heap entries this delta carries (the whole heap).
+    pub fn timers(&self) -> usize {
+        self.timers.len()
+    }
 }
 
 impl Partition {

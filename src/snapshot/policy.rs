@@ -550,13 +550,18 @@ pub fn run_writer(
     while let Ok(mut job) = jobs.recv() {
         let partition = job.header.partition;
         let kind = Kind::of(&job.header);
+        // A delta's contents, for the log: accounts, dedupe and archive slots, timers.
+        let mut carried = (0, 0, 0);
+        let encode_started = WallInstant::now();
         let encoded = match std::mem::replace(&mut job.payload, Err(String::new())) {
             Ok(Payload::Encoded(bytes)) => Ok(bytes),
             Ok(Payload::Delta(delta)) => {
+                carried = (delta.accounts(), delta.remembered(), delta.timers());
                 crate::codec::encode(&*delta).map_err(|error| error.to_string())
             }
             Err(error) => Err(error),
         };
+        let encode_ms = encode_started.elapsed().as_secs_f64() * 1e3;
         let payload = match encoded {
             Ok(payload) => payload,
             Err(error) => {
@@ -613,6 +618,10 @@ pub fn run_writer(
                     bytes,
                     pause_ms = job.pause.as_secs_f64() * 1e3,
                     held_ms = job.held.as_secs_f64() * 1e3,
+                    encode_ms,
+                    accounts = carried.0,
+                    remembered = carried.1,
+                    timers = carried.2,
                     write_ms = elapsed.as_secs_f64() * 1e3,
                     "snapshot written"
                 );
