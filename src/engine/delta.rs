@@ -16,6 +16,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -78,8 +79,9 @@ pub struct Delta {
     stats: Stats,
     /// Accounts in the partition now.
     account_count: u32,
-    /// Every account written since the baseline (new ones included), by ascending slot.
-    accounts: Vec<(u32, Account)>,
+    /// Every account written since the baseline (new ones included), by ascending slot;
+    /// shared with the partition (its next write to one copies it).
+    accounts: Vec<(u32, Arc<Account>)>,
     /// The timer heap whole, as stored: 16 bytes an entry, a copy rather than an encode, and
     /// its order is what the next ticks pop.
     timers: Vec<Reverse<(Instant, u32)>>,
@@ -140,7 +142,7 @@ impl Partition {
         slots.sort_unstable();
         let accounts = slots
             .iter()
-            .map(|&slot| (slot, self.accounts[slot as usize].clone()))
+            .map(|&slot| (slot, Arc::clone(&self.accounts[slot as usize])))
             .collect();
         self.changes.slots = slots;
         let dedupe = self.dedupe.take_delta()?;

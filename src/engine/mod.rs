@@ -153,7 +153,9 @@ pub struct Stats {
 pub struct Partition {
     pub number: u32,
     pub partition_count: u32,
-    accounts: Vec<Account>,
+    /// Shared with a snapshot delta until the writer has encoded it: an account written
+    /// meanwhile is copied then ([`Arc::make_mut`]), so taking a delta copies no account.
+    accounts: Vec<Arc<Account>>,
     index: AccountIndex,
     dedupe: Dedupe,
     /// Charge records past the dedupe window, for reversals.
@@ -309,12 +311,12 @@ impl Partition {
         }
     }
 
-    pub fn accounts(&self) -> &[Account] {
-        &self.accounts
+    pub fn accounts(&self) -> impl ExactSizeIterator<Item = &Account> + '_ {
+        self.accounts.iter().map(|account| &**account)
     }
 
     pub fn account(&self, id: &str) -> Option<&Account> {
-        self.slot(id).map(|slot| &self.accounts[slot as usize])
+        self.slot(id).map(|slot| &*self.accounts[slot as usize])
     }
 
     fn slot(&self, id: &str) -> Option<u32> {
@@ -355,7 +357,9 @@ impl Partition {
     pub fn heap_breakdown(&self) -> HeapBreakdown {
         use std::mem::size_of;
         let mut heap = HeapBreakdown {
-            records: self.accounts.capacity() * size_of::<Account>(),
+            // The slots (a pointer each), and each account behind its Arc's two counts.
+            records: self.accounts.capacity() * size_of::<Arc<Account>>()
+                + self.accounts.len() * (size_of::<Account>() + 2 * size_of::<usize>()),
             index: self.index.heap_bytes(),
             timers: self.timers.capacity() * size_of::<Reverse<(Instant, u32)>>(),
             dedupe: self.dedupe.heap_bytes(),
@@ -685,7 +689,7 @@ impl Partition {
             }
             self.timers.pop();
             self.changes.touch(slot);
-            let account = &mut self.accounts[slot as usize];
+            let account = Arc::make_mut(&mut self.accounts[slot as usize]);
             if account.timer == due {
                 account.timer = NO_TIMER;
             }
@@ -729,7 +733,7 @@ impl Partition {
         message: &Message<'_>,
         slot: Option<u32>,
     ) -> Result<Option<Priced>, DeadLetter> {
-        let account = slot.map(|s| &self.accounts[s as usize]);
+        let account = slot.map(|s| &*self.accounts[s as usize]);
         let (meter, quantity, dims, ts) = match message {
             Message::Usage(usage) => (usage.meter, usage.quantity, &usage.dims[..], usage.ts),
             Message::Command(command) => match &command.kind {
@@ -841,7 +845,7 @@ impl Partition {
                 let start = self.tick_clock.map_or(ts, |t| t.max(ts));
                 let account = Account::new(&mut ctx, account_id, plan, start);
                 let slot = self.accounts.len() as u32;
-                self.accounts.push(account);
+                self.accounts.push(Arc::new(account));
                 let accounts = &self.accounts;
                 self.index.insert(account_id.as_bytes(), slot, |slot| {
                     accounts[slot as usize].id.as_bytes()
@@ -851,7 +855,7 @@ impl Partition {
         };
         let tick_clock = self.tick_clock;
         self.changes.touch(slot);
-        let account = &mut self.accounts[slot as usize];
+        let account = Arc::make_mut(&mut self.accounts[slot as usize]);
         account.advance(&mut ctx, tick_clock.map_or(ts, |t| t.max(ts)));
         let remembered = match message {
             Message::Usage(usage) => {
@@ -978,7 +982,7 @@ impl Partition {
 
     /// Checks every account's invariants.
     pub fn check_invariants(&self) -> Result<(), String> {
-        self.accounts.iter().try_for_each(Account::check)
+        self.accounts.iter().try_for_each(|account| account.check())
     }
 }
 

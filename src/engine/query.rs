@@ -331,7 +331,7 @@ impl Partition {
     ) -> Option<Vec<StatementEntry>> {
         let hash = crate::engine::compact::AccountIndex::hash(account_id.as_bytes());
         let slot = self.slot_hashed(account_id, hash)?;
-        let account = &self.accounts[slot as usize];
+        let account = &*self.accounts[slot as usize];
         let Some(journal) = &self.journal else {
             return Some(Vec::new());
         };
