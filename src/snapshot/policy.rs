@@ -194,12 +194,26 @@ impl<O: SnapshotObserver> Policy<O> {
         };
         let mut header = self.header(partition);
         header.previous = Some(delta.previous);
+        let payload = Ok(Payload::Delta(Box::new(delta)));
+        self.queue(partition, header, payload, started, sink);
+    }
+
+    /// Queues a snapshot made here (the shard stopped since `started`) for the writer, and
+    /// its watermark after the batch's outputs.
+    fn queue(
+        &mut self,
+        partition: &Partition,
+        header: Header,
+        payload: Result<Payload, String>,
+        started: WallInstant,
+        sink: &Sink,
+    ) {
         let pause = started.elapsed();
         self.observer.paused(partition.number, pause);
         let (done, watermark) = crossbeam::channel::bounded(1);
         let job = SnapshotJob {
             header,
-            payload: Ok(Payload::Delta(Box::new(delta))),
+            payload,
             watermark,
             pause,
             held: pause,
@@ -304,24 +318,7 @@ impl<O: SnapshotObserver> Policy<O> {
             .map(Payload::Encoded)
             .map_err(|error| error.to_string());
         let header = self.header(partition);
-        let pause = started.elapsed();
-        self.observer.paused(partition.number, pause);
-        let (done, watermark) = crossbeam::channel::bounded(1);
-        let job = SnapshotJob {
-            header,
-            payload,
-            watermark,
-            pause,
-            held: pause,
-        };
-        if self.jobs.send(job).is_ok() {
-            let position = (
-                partition.number,
-                partition.applied_through,
-                partition.stats.messages,
-            );
-            self.mark(position, sink, done);
-        }
+        self.queue(partition, header, payload, started, sink);
     }
 }
 
