@@ -1,5 +1,6 @@
-//! Benchmark of one account with many grants: `n` grant commands applied to one account (each
-//! with its own priority, so each lands at its own place in the burn order), then one usage event
+//! Benchmark of one account with many grants: `n` grant commands applied to one account (in
+//! `one_account_grants` with scrambled priorities, so each lands at its own place in the burn
+//! order; in `one_account_grants_in_order` all of one priority), then one usage event
 //! that draws from every grant. Criterion reports the time per grant (throughput `n`): flat
 //! across `n` when adding and drawing are O(log n) per grant, rising with `n` when they are
 //! O(n) (the whole run then quadratic).
@@ -12,6 +13,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 
 use creditflow::catalog::Catalog;
 use creditflow::engine::{Engine, Envelope};
+use creditflow::time::Instant;
 
 const T0: &str = "2026-09-01T00:00:00Z";
 
@@ -22,21 +24,30 @@ fn catalog(grants_max: usize) -> Arc<Catalog> {
     Arc::new(catalog)
 }
 
-/// The grant commands and the usage event, as JSON payloads.
-fn inputs(n: usize) -> Vec<String> {
+/// The grant commands and the usage event, as JSON payloads. `scrambled`: priorities in a
+/// scrambled order and one instant, so inserts land all over the burn order; else one priority
+/// and a millisecond apart, so each grant goes after the others (grants of one priority and
+/// expiry arrive in burn order: it ends with the grant instant).
+fn inputs(n: usize, scrambled: bool) -> Vec<String> {
+    let t0: Instant = T0.parse().expect("T0");
+    let ts = |i: usize| match scrambled {
+        true => t0,
+        false => Instant(t0.0 + i as i64),
+    };
     let mut lines: Vec<String> = (0..n)
         .map(|i| {
-            // Priorities in a scrambled order: inserts land all over the burn order.
-            let priority = (i * 7919) % 1000;
+            let priority = if scrambled { (i * 7919) % 1000 } else { 100 };
             format!(
-                r#"{{"type":"grant","id":"g{i}","account":"acct_1","ts":"{T0}","amount":"1","cost_basis":"0.01","expires_at":"2027-06-01T00:00:00Z","priority":{priority}}}"#
+                r#"{{"type":"grant","id":"g{i}","account":"acct_1","ts":"{}","amount":"1","cost_basis":"0.01","expires_at":"2027-06-01T00:00:00Z","priority":{priority}}}"#,
+                ts(i)
             )
         })
         .collect();
     // 0.0015 credits a call: 666 calls a grant draw from (nearly) every grant.
     let calls = n * 666;
     lines.push(format!(
-        r#"{{"id":"u1","account":"acct_1","meter":"api_call","quantity":"{calls}","ts":"{T0}"}}"#
+        r#"{{"id":"u1","account":"acct_1","meter":"api_call","quantity":"{calls}","ts":"{}"}}"#,
+        ts(n)
     ));
     lines
 }
@@ -66,17 +77,22 @@ fn sizes() -> Vec<usize> {
 }
 
 fn grants(c: &mut Criterion) {
-    let mut group = c.benchmark_group("one_account_grants");
-    group.sample_size(10);
-    for n in sizes() {
-        let catalog = catalog(n);
-        let lines = inputs(n);
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(n), &lines, |b, lines| {
-            b.iter(|| run(&catalog, lines))
-        });
+    for (name, scrambled) in [
+        ("one_account_grants", true),
+        ("one_account_grants_in_order", false),
+    ] {
+        let mut group = c.benchmark_group(name);
+        group.sample_size(10);
+        for n in sizes() {
+            let catalog = catalog(n);
+            let lines = inputs(n, scrambled);
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_with_input(BenchmarkId::from_parameter(n), &lines, |b, lines| {
+                b.iter(|| run(&catalog, lines))
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, grants);

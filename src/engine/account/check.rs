@@ -6,6 +6,9 @@ impl Account {
     /// Checks every invariant of this account; `Err` describes the first broken one.
     pub fn check(&self) -> Result<(), String> {
         let fail = |what: String| Err(format!("account {}: {what}", self.id));
+        if let Err(what) = self.dues_check() {
+            return fail(what);
+        }
         for pair in self.grants.windows(2) {
             if pair[0].burn_order(&pair[1]) != Ordering::Less {
                 return fail(format!(

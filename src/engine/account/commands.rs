@@ -115,6 +115,7 @@ impl Account {
                 Remembered::Applied,
             );
         };
+        self.dues_leaving(index);
         let grant = &mut self.grants[index];
         let removed = grant.remaining;
         let (serial, credit_type, basis) = (grant.serial, grant.credit_type, grant.cost_basis);

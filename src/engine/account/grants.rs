@@ -64,6 +64,7 @@ impl Account {
             .grants
             .partition_point(|g| g.burn_order(&grant) == Ordering::Less);
         insert_one(&mut self.grants, position, grant);
+        self.dues_added(position);
         self.grant_id_added(id);
         if paid.is_positive() {
             let price = self.overage_price(ctx.catalog);

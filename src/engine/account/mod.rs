@@ -33,6 +33,7 @@ use crate::wire::input::{CommandKind, GrantCommand, ReserveCommand, Source};
 use crate::wire::output::{
     Body, CommandResult, InvoiceLine, Output, ResultDetail, RevenueLot, RevenuePeriod,
 };
+use dues::GrantDues;
 
 /// Where outputs go, and which input caused them.
 pub struct Context<'a> {
@@ -551,6 +552,10 @@ pub struct AccountRare {
     /// The grants' ids, once the account has [`GRANT_IDS_INDEXED`] grants or more.
     #[serde(skip)]
     pub grant_ids: GrantIds,
+    /// The grants' due instants in order, once the account has
+    /// [`dues::GRANT_DUES_INDEXED`] grants.
+    #[serde(skip)]
+    grant_dues: GrantDues,
 }
 
 static NO_ACCOUNT_RARE: AccountRare = AccountRare {
@@ -559,6 +564,7 @@ static NO_ACCOUNT_RARE: AccountRare = AccountRare {
     topups_in_period: 0,
     last_topup: None,
     grant_ids: GrantIds(None),
+    grant_dues: GrantDues(None),
 };
 
 /// From this many grants on, a grant command looks its id up in a set ([`GrantIds`]) instead
@@ -888,6 +894,7 @@ mod alerts;
 mod charging;
 mod check;
 mod commands;
+mod dues;
 mod grants;
 mod lines;
 mod runway;

@@ -5,6 +5,16 @@ use super::*;
 impl Account {
     /// The next transition due, if any, with its time.
     pub(super) fn next_due(&self, catalog: &Catalog) -> Option<(Instant, Due)> {
+        self.next_due_using(catalog, self.dues())
+    }
+
+    /// [`Account::next_due`] from the kept due instants of many grants when `dues` is given, by
+    /// walking every grant when not: the same answer either way.
+    pub(super) fn next_due_using(
+        &self,
+        catalog: &Catalog,
+        dues: Option<&dues::Dues>,
+    ) -> Option<(Instant, Due)> {
         let mut best: Option<(Instant, Due)> = None;
         let mut consider = |at: Instant, due: Due| {
             let better = match best {
@@ -19,14 +29,26 @@ impl Account {
             consider(hold.expires_at, Due::HoldExpiry(index));
         }
         let lead = self.plan(catalog).expiring_lead;
-        for (index, grant) in self.grants.iter().enumerate() {
-            if grant.status != GrantStatus::Live {
-                continue;
-            }
-            if let Some(expires_at) = grant.expires_at() {
+        if let Some(dues) = dues {
+            // The same answer as the walk below, without it (engine/account/dues.rs).
+            if let Some((expires_at, index)) = dues.first_expiry(&self.grants) {
                 consider(expires_at, Due::GrantExpiry(index));
-                if let (Some(lead), false) = (lead, grant.warned) {
+            }
+            if let Some(lead) = lead {
+                if let Some((expires_at, index)) = dues.first_unwarned(&self.grants) {
                     consider(expires_at.saturating_sub(lead), Due::Expiring(index));
+                }
+            }
+        } else {
+            for (index, grant) in self.grants.iter().enumerate() {
+                if grant.status != GrantStatus::Live {
+                    continue;
+                }
+                if let Some(expires_at) = grant.expires_at() {
+                    consider(expires_at, Due::GrantExpiry(index));
+                    if let (Some(lead), false) = (lead, grant.warned) {
+                        consider(expires_at.saturating_sub(lead), Due::Expiring(index));
+                    }
                 }
             }
         }
@@ -46,6 +68,7 @@ impl Account {
     /// `target` if it is later (SEMANTICS §3, §10). Returns the next transition's time after
     /// that ([`Account::next_due_time`], found on the way: callers need not compute it again).
     pub fn advance(&mut self, ctx: &mut Context<'_>, target: Instant) -> Instant {
+        self.dues_ensure();
         let mut next = NO_TIMER;
         while let Some((due_at, due)) = self.next_due(ctx.catalog) {
             if due_at > target {
@@ -100,6 +123,7 @@ impl Account {
     }
 
     pub(super) fn expire_grant(&mut self, ctx: &mut Context<'_>, index: usize, at: Instant) {
+        self.dues_leaving(index);
         let (serial, credit_type, remaining, basis, rollover_cap, source) = {
             let g = &mut self.grants[index];
             let remaining = g.remaining;
@@ -168,6 +192,7 @@ impl Account {
     }
 
     pub(super) fn warn_expiring(&mut self, ctx: &mut Context<'_>, index: usize, at: Instant) {
+        self.dues_warning(index);
         let grant = &mut self.grants[index];
         grant.warned = true;
         if !grant.remaining.is_positive() {
@@ -227,6 +252,7 @@ impl Account {
             g.status == GrantStatus::Live && (g.remaining.is_positive() || g.held().is_positive())
         });
         self.grants_removed();
+        self.dues_grants_removed();
         self.open_period(ctx, at, next_end, at);
     }
 
