@@ -75,6 +75,14 @@ const ACCEPT_ERROR_PAUSE_MS: u64 = 100;
 type GaugeU64 = Gauge<u64, AtomicU64>;
 type GaugeF64 = Gauge<f64, AtomicU64>;
 
+/// The connected nats-server, as checked at start-up (`pipeline::server`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabel {
+    version: String,
+    api_level: String,
+    level_from: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PartitionLabel {
     partition: u32,
@@ -125,6 +133,7 @@ struct Inner {
     /// In the order of [`SNAPSHOT_KINDS`].
     snapshots_written: Vec<Counter>,
     snapshot_consecutive_failures: GaugeU64,
+    nats_server: Family<ServerLabel, GaugeU64>,
     consumer_lag: GaugeU64,
     input_position: GaugeU64,
     queue_depth: Vec<GaugeU64>,
@@ -328,6 +337,13 @@ impl Metrics {
             "Snapshot failures since the last snapshot written (0 when the last one succeeded)",
             snapshot_consecutive_failures.clone(),
         );
+        let nats_server = Family::<ServerLabel, GaugeU64>::default();
+        r.register(
+            "nats_server_info",
+            "The nats-server connected to at start-up (1): its version and JetStream API level, \
+             and whether the level is the server's answer or its version's lowest",
+            nats_server.clone(),
+        );
         let consumer_lag = GaugeU64::default();
         r.register_with_unit(
             "consumer_lag",
@@ -432,6 +448,7 @@ impl Metrics {
                 snapshot_failures,
                 snapshots_written,
                 snapshot_consecutive_failures,
+                nats_server,
                 consumer_lag,
                 input_position,
                 queue_depth,
@@ -500,6 +517,19 @@ impl Metrics {
 
     pub fn nats_reconnects(&self) {
         self.inner.nats_reconnects.inc();
+    }
+
+    /// The server checked at start-up: one series at 1.
+    pub fn nats_server(&self, server: &crate::pipeline::server::Server) {
+        self.inner.nats_server.clear();
+        self.inner
+            .nats_server
+            .get_or_create(&ServerLabel {
+                version: server.version.to_string(),
+                api_level: server.api_level.to_string(),
+                level_from: server.level_from.name().to_string(),
+            })
+            .set(1);
     }
 
     /// `reason` is one of [`CONSUMER_RECREATED_REASONS`]; anything else panics (a fixed set of

@@ -503,8 +503,10 @@ pub async fn run(
         },
     )
     .await?;
-    // Before anything touches the streams or the snapshots: one processor at a time.
     let explained = |error: ProcessorError| explain_refusals(&refusals, error);
+    let server = check_server(&config, &client).await.map_err(explained)?;
+    metrics.nats_server(&server);
+    // Before anything touches the streams or the snapshots: one processor at a time.
     let lease = take_lease(&config, &client).await.map_err(explained)?;
     let fence = lease.fence();
     let (release_lease, release) = tokio::sync::oneshot::channel::<()>();
@@ -653,6 +655,36 @@ pub async fn run(
         snapshots_written: written.files.len(),
         last_applied_seq,
     })
+}
+
+/// Step: the server checked (version, JetStream on, API level; `pipeline::server`), or a
+/// refusal saying why creditflow cannot run against it.
+async fn check_server(
+    config: &Config,
+    client: &async_nats::Client,
+) -> Result<crate::pipeline::server::Server, ProcessorError> {
+    // The client stores the server's INFO just before it starts handling the connection (after
+    // the connected event): a flush answered proves it has.
+    let flushed = tokio::time::timeout(config.nats.request_timeout, client.flush()).await;
+    if !matches!(flushed, Ok(Ok(()))) {
+        return Err(ProcessorError::Other(
+            "the NATS server did not answer a flush after connecting".into(),
+        ));
+    }
+    let info = client.server_info();
+    let context = jetstream::ContextBuilder::new()
+        .timeout(config.nats.request_timeout)
+        .build(client.clone());
+    let reported = crate::pipeline::server::reported_api_level(&context).await;
+    let server = crate::pipeline::server::Server::check(&info.version, info.jetstream, reported)
+        .map_err(ProcessorError::Other)?;
+    tracing::info!(
+        version = %server.version,
+        api_level = server.api_level,
+        level_from = server.level_from.name(),
+        "NATS server checked"
+    );
+    Ok(server)
 }
 
 /// Step: the lease on the input stream (`[lease]`), or a refusal naming its holder.

@@ -432,3 +432,36 @@ fn a_wrong_password_is_named() {
         "the password is not printed:\n{log}"
     );
 }
+
+/// Without `$JS.API.INFO` (an older copy of the shipped config) the processor still runs: the
+/// server's JetStream API level is taken from its version, and the refusal is logged.
+#[test]
+fn without_the_api_info_permission_the_level_comes_from_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_without(dir.path(), &["\"$JS.API.INFO\""]);
+    let url = server.url();
+    let setup = Setup::new(&url, 2, 1, AS_PROCESSOR);
+    let _processor = KillOnDrop(setup.start(&[]));
+    wait_until("the service", Duration::from_secs(60), || {
+        cli(
+            &url,
+            "operator",
+            &["grant", "perm_info", "10", "--id", "g1"],
+        )
+        .0
+    });
+    let log = setup.log();
+    let checked = log
+        .lines()
+        .find(|line| line.contains("NATS server checked"))
+        .unwrap_or_else(|| panic!("no check logged:\n{log}"));
+    assert!(checked.contains("version"), "{checked}");
+    assert!(
+        checked.contains("level_from=\"version\"") || checked.contains("level_from=version"),
+        "{checked}"
+    );
+    assert!(
+        log.contains("$JS.API.INFO"),
+        "the refusal is logged:\n{log}"
+    );
+}

@@ -28,6 +28,7 @@ pub mod dispatch;
 pub mod emit;
 pub mod ingest;
 pub mod question;
+pub mod server;
 pub mod shard;
 pub mod sink;
 pub mod streams;
