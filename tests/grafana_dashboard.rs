@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
 
 use common::*;
 use creditflow::testkit::NatsServer;
@@ -86,14 +85,7 @@ fn every_metric_the_dashboard_uses_is_exported() {
     let server = NatsServer::start();
     let setup = Setup::with_metrics(&server.url(), 2, 1, "", true);
     let _processor = KillOnDrop(setup.start(&[]));
-    let mut text = String::new();
-    wait_until("the metrics", Duration::from_secs(60), || {
-        text = setup
-            .metrics_port()
-            .and_then(metrics_text)
-            .unwrap_or_default();
-        text.contains("creditflow_messages_applied_total")
-    });
+    let text = metrics_once(&setup, "creditflow_messages_applied_total");
     let exported: BTreeSet<&str> = text
         .lines()
         .filter(|line| line.starts_with("creditflow_"))

@@ -51,14 +51,7 @@ fn the_processor_reports_the_servers_version_and_api_level() {
     );
     let setup = Setup::with_metrics(&server.url(), 2, 1, "", true);
     let _processor = KillOnDrop(setup.start(&[]));
-    let mut text = String::new();
-    wait_until("the metrics", Duration::from_secs(60), || {
-        text = setup
-            .metrics_port()
-            .and_then(metrics_text)
-            .unwrap_or_default();
-        text.contains("creditflow_nats_server_info{")
-    });
+    let text = metrics_once(&setup, "creditflow_nats_server_info{");
     let from = if level > 0 { "server" } else { "version" };
     let expected = format!(
         "creditflow_nats_server_info{{version=\"{version}\",api_level=\"{level}\",level_from=\"{from}\"}} 1"

@@ -519,6 +519,19 @@ pub fn metrics_text(metrics_port: u16) -> Option<String> {
     Some(text)
 }
 
+/// The processor's `/metrics` text once it contains `needed` (waiting up to a minute).
+pub fn metrics_once(setup: &Setup, needed: &str) -> String {
+    let mut text = String::new();
+    wait_until("the metrics", Duration::from_secs(60), || {
+        text = setup
+            .metrics_port()
+            .and_then(metrics_text)
+            .unwrap_or_default();
+        text.contains(needed)
+    });
+    text
+}
+
 /// `GET /readyz`: the status code and the body, if the processor answers.
 pub fn readyz(metrics_port: u16) -> Option<(u16, String)> {
     use std::io::{Read, Write};

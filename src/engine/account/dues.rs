@@ -175,32 +175,29 @@ impl Account {
 
     /// The grant at `index` is about to stop being live (expiry, void): it has no due instants.
     pub(super) fn dues_leaving(&mut self, index: usize) {
-        let grant = &self.grants[index];
-        let Some(expiry) = grant.expires_at() else {
-            return;
-        };
-        if self.dues().is_none() {
-            return;
-        }
-        let key = (expiry, BurnKey::of(grant));
-        if let Some(dues) = self.dues_mut() {
-            dues.expiries.remove(&key);
-            dues.unwarned.remove(&key);
-        }
+        self.dues_forget(index, true);
     }
 
     /// The grant at `index` is about to be warned: no warning is due for it any more.
     pub(super) fn dues_warning(&mut self, index: usize) {
+        self.dues_forget(index, false);
+    }
+
+    /// Removes the grant at `index` from the unwarned set, and from all expiries if `expiry`.
+    fn dues_forget(&mut self, index: usize, expiry: bool) {
         let grant = &self.grants[index];
-        let Some(expiry) = grant.expires_at() else {
+        let Some(expires_at) = grant.expires_at() else {
             return;
         };
         if self.dues().is_none() {
             return;
         }
-        let key = (expiry, BurnKey::of(grant));
+        let key = (expires_at, BurnKey::of(grant));
         if let Some(dues) = self.dues_mut() {
             dues.unwarned.remove(&key);
+            if expiry {
+                dues.expiries.remove(&key);
+            }
         }
     }
 
