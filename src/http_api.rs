@@ -29,7 +29,8 @@ use hyper::body::Bytes;
 use hyper::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Response, StatusCode};
 
-use crate::engine::query::TypeTotals;
+use crate::engine::query::{TopConsumers, TypeTotals};
+use crate::metrics::{Metrics, ALERT_TYPES};
 use crate::pipeline::question::Needs;
 use crate::service::{Desk, ServiceError};
 use crate::wire::output::push_json_string;
@@ -41,13 +42,19 @@ pub const BODY_BYTES_MAX: usize = 64 * 1024;
 pub struct Api {
     desk: OnceLock<Arc<Desk>>,
     token: Option<String>,
+    /// The process's metrics: the totals' alerts of the last hour.
+    metrics: Metrics,
 }
 
+/// Accounts listed per credit type in the totals' `top_consumers`.
+pub const TOP_CONSUMERS: usize = 5;
+
 impl Api {
-    pub fn new(token: Option<String>) -> Arc<Api> {
+    pub fn new(token: Option<String>, metrics: Metrics) -> Arc<Api> {
         Arc::new(Api {
             desk: OnceLock::new(),
             token: token.filter(|t| !t.is_empty()),
+            metrics,
         })
     }
 
@@ -180,17 +187,21 @@ impl Api {
         let types = desk.catalog.credit_types.len();
         let mut accounts = 0u64;
         let mut sums = vec![TypeTotals::default(); types];
+        let mut tops = vec![TopConsumers::new(TOP_CONSUMERS); types];
         let mut as_of_seq = u64::MAX;
         for partition in 0..desk.settings.partitions {
-            let (n, totals, seq) = desk
+            let (n, totals, top, seq) = desk
                 .ask(partition, 0, Needs::State, move |seen| {
-                    let (n, totals) = seen.partition.totals(types);
-                    Ok((n, totals, seen.as_of_seq))
+                    let (n, totals, top) = seen.partition.totals(types, TOP_CONSUMERS);
+                    Ok((n, totals, top, seen.as_of_seq))
                 })
                 .await?;
             accounts += n;
             for (sum, part) in sums.iter_mut().zip(&totals) {
                 sum.add(part);
+            }
+            for (best, part) in tops.iter_mut().zip(&top) {
+                best.merge(part);
             }
             as_of_seq = as_of_seq.min(seq);
         }
@@ -208,7 +219,7 @@ impl Api {
             out.push_str(&format!(
                 ",\"accounts\":{},\"balance\":\"{}\",\"held\":\"{}\",\"debt\":\"{}\",\
                  \"granted\":\"{}\",\"consumed\":\"{}\",\"expired\":\"{}\",\"voided\":\"{}\",\
-                 \"adjusted\":\"{}\"}}",
+                 \"adjusted\":\"{}\",\"recognized\":\"{}\",\"breakage\":\"{}\",\"deferred\":\"{}\"}}",
                 sum.accounts,
                 sum.balance,
                 sum.held,
@@ -217,10 +228,35 @@ impl Api {
                 sum.consumed,
                 sum.expired,
                 sum.voided,
-                sum.adjusted
+                sum.adjusted,
+                sum.recognized,
+                sum.breakage,
+                sum.deferred
             ));
         }
-        out.push_str("]}");
+        out.push_str("],\"top_consumers\":[");
+        let mut first = true;
+        for (t, best) in desk.catalog.credit_types.iter().zip(&tops) {
+            for (consumed, account) in &best.accounts {
+                if !std::mem::take(&mut first) {
+                    out.push(',');
+                }
+                out.push_str("{\"credit_type\":");
+                push_json_string(&mut out, &t.name);
+                out.push_str(",\"account\":");
+                push_json_string(&mut out, account);
+                out.push_str(&format!(",\"consumed\":\"{consumed}\"}}"));
+            }
+        }
+        out.push_str("],\"alerts_last_hour\":{");
+        let counts = self.metrics.alerts_last_hour();
+        for (index, (kind, count)) in ALERT_TYPES.iter().zip(counts).enumerate() {
+            if index > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!("\"{kind}\":{count}"));
+        }
+        out.push_str("}}");
         Ok(out)
     }
 }
@@ -324,7 +360,7 @@ mod tests {
 
     #[test]
     fn the_token_is_required_exactly() {
-        let api = Api::new(Some("s3cret".into()));
+        let api = Api::new(Some("s3cret".into()), Metrics::new(1, 1));
         let header = |v: &str| HeaderValue::from_str(v).unwrap();
         assert!(api.authorized(Some(&header("Bearer s3cret"))));
         for wrong in [
@@ -337,9 +373,9 @@ mod tests {
             assert!(!api.authorized(Some(&header(wrong))), "{wrong}");
         }
         assert!(!api.authorized(None));
-        assert!(Api::new(None).authorized(None));
+        assert!(Api::new(None, Metrics::new(1, 1)).authorized(None));
         assert!(
-            Api::new(Some(String::new())).authorized(None),
+            Api::new(Some(String::new()), Metrics::new(1, 1)).authorized(None),
             "empty means none"
         );
     }

@@ -93,6 +93,60 @@ struct ShardLabel {
     shard: u64,
 }
 
+/// The balance alerts (SEMANTICS §10.5) by output type, in this order in the metrics.
+pub const ALERT_TYPES: [&str; 4] = [
+    "balance.low",
+    "balance.depleted",
+    "balance.runway_low",
+    "balance.recovered",
+];
+
+/// Alerts produced in the last hour of wall time: one-minute buckets, each stamped with its
+/// minute (a bucket of an older minute counts nothing and is reused).
+#[derive(Debug, Default)]
+struct AlertWindow {
+    buckets: Vec<(u64, [u64; ALERT_TYPES.len()])>,
+}
+
+impl AlertWindow {
+    const MINUTES: u64 = 60;
+
+    fn record(&mut self, index: usize, minute: u64) {
+        if self.buckets.is_empty() {
+            self.buckets = vec![(u64::MAX, [0; ALERT_TYPES.len()]); Self::MINUTES as usize];
+        }
+        let bucket = &mut self.buckets[(minute % Self::MINUTES) as usize];
+        if bucket.0 != minute {
+            *bucket = (minute, [0; ALERT_TYPES.len()]);
+        }
+        bucket.1[index] += 1;
+    }
+
+    /// Per type, the alerts of the 60 minutes up to and including `minute`.
+    fn last_hour(&self, minute: u64) -> [u64; ALERT_TYPES.len()] {
+        let mut sums = [0; ALERT_TYPES.len()];
+        for (stamp, counts) in &self.buckets {
+            if *stamp <= minute && minute - *stamp < Self::MINUTES {
+                for (sum, count) in sums.iter_mut().zip(counts) {
+                    *sum += count;
+                }
+            }
+        }
+        sums
+    }
+}
+
+fn wall_minute() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 60)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabel {
+    r#type: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
@@ -134,6 +188,9 @@ struct Inner {
     snapshots_written: Vec<Counter>,
     snapshot_consecutive_failures: GaugeU64,
     nats_server: Family<ServerLabel, GaugeU64>,
+    /// In the order of [`ALERT_TYPES`].
+    alerts: Vec<Counter>,
+    alert_window: std::sync::Mutex<AlertWindow>,
     consumer_lag: GaugeU64,
     input_position: GaugeU64,
     queue_depth: Vec<GaugeU64>,
@@ -264,6 +321,17 @@ impl Metrics {
             "Dead letters by reason (SEMANTICS 2.1), as this process produced them: since its \
              start, the log tail replayed at start included",
             by_reason,
+        );
+        let by_type = Family::<TypeLabel, Counter>::default();
+        let alerts = ALERT_TYPES
+            .iter()
+            .map(|r#type| by_type.get_or_create_owned(&TypeLabel { r#type }))
+            .collect();
+        r.register(
+            "alerts",
+            "Balance alerts by output type, as this process produced them: since its start, the \
+             log tail replayed at start included",
+            by_type,
         );
         let duplicates = per_partition(
             r,
@@ -449,6 +517,8 @@ impl Metrics {
                 snapshots_written,
                 snapshot_consecutive_failures,
                 nats_server,
+                alerts,
+                alert_window: std::sync::Mutex::new(AlertWindow::default()),
                 consumer_lag,
                 input_position,
                 queue_depth,
@@ -513,6 +583,25 @@ impl Metrics {
             panic!("unknown dead-letter reason {reason:?}");
         };
         self.inner.dead_letter_reasons[index].inc();
+    }
+
+    /// One alert produced, of `kind` (one of [`ALERT_TYPES`]; anything else is not counted).
+    pub fn alert(&self, kind: &str) {
+        let Some(index) = ALERT_TYPES.iter().position(|t| *t == kind) else {
+            return;
+        };
+        self.inner.alerts[index].inc();
+        if let Ok(mut window) = self.inner.alert_window.lock() {
+            window.record(index, wall_minute());
+        }
+    }
+
+    /// Per alert type ([`ALERT_TYPES`]), the alerts produced in the last hour of wall time.
+    pub fn alerts_last_hour(&self) -> [u64; ALERT_TYPES.len()] {
+        self.inner
+            .alert_window
+            .lock()
+            .map_or([0; ALERT_TYPES.len()], |w| w.last_hour(wall_minute()))
     }
 
     pub fn nats_reconnects(&self) {
@@ -941,6 +1030,22 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_alert_window_counts_the_last_sixty_minutes_only() {
+        let mut window = AlertWindow::default();
+        assert_eq!(window.last_hour(1_000), [0; 4]);
+        window.record(0, 1_000);
+        window.record(0, 1_000);
+        window.record(3, 1_030);
+        window.record(1, 1_059);
+        assert_eq!(window.last_hour(1_059), [2, 1, 0, 1]);
+        // Minute 1,000 leaves the window at 1,060; its bucket is reused at 1,060.
+        assert_eq!(window.last_hour(1_060), [0, 1, 0, 1]);
+        window.record(2, 1_060);
+        assert_eq!(window.last_hour(1_060), [0, 1, 1, 1]);
+        assert_eq!(window.last_hour(1_200), [0; 4]);
+    }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn line_of<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {

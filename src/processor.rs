@@ -395,6 +395,10 @@ impl ShardObserver for ShardMetrics {
     fn dead_letter(&mut self, reason: &'static str) {
         self.metrics.dead_letter_reason(reason);
     }
+
+    fn alert(&mut self, kind: &'static str) {
+        self.metrics.alert(kind);
+    }
 }
 
 struct EmitMetrics(Metrics);
@@ -723,7 +727,7 @@ async fn serve_metrics(
     let api = config
         .metrics
         .api
-        .then(|| crate::http_api::Api::new(config.metrics.token.clone()));
+        .then(|| crate::http_api::Api::new(config.metrics.token.clone(), metrics.clone()));
     if !listen.ip().is_loopback() {
         tracing::warn!(%listen, "metrics listen on a non-loopback address");
     }

@@ -188,6 +188,40 @@ fn check_dashboard(port: u16, accounts: &[String], name: &str) {
         .map(|t| serde_json::json!([t["credit_type"], t["balance"]]))
         .collect();
     assert_eq!(seen["creditTypes"], Value::Array(expected_types));
+    let expected_revenue: Vec<Value> = totals["credit_types"]
+        .as_array()
+        .expect("types")
+        .iter()
+        .map(|t| serde_json::json!([t["recognized"], t["deferred"]]))
+        .collect();
+    assert_eq!(
+        seen["revenue"],
+        Value::Array(expected_revenue),
+        "revenue shown"
+    );
+    let expected_top: Vec<Value> = totals["top_consumers"]
+        .as_array()
+        .expect("top consumers")
+        .iter()
+        .map(|t| serde_json::json!([t["credit_type"], t["account"], t["consumed"]]))
+        .collect();
+    assert!(!expected_top.is_empty(), "someone consumed");
+    assert_eq!(
+        seen["topConsumers"],
+        Value::Array(expected_top),
+        "top consumers shown"
+    );
+    let alerts: u64 = totals["alerts_last_hour"]
+        .as_object()
+        .expect("alerts")
+        .values()
+        .map(|v| v.as_u64().expect("count"))
+        .sum();
+    assert_eq!(
+        seen["alerts"],
+        alerts.to_string(),
+        "alerts of the last hour shown"
+    );
     let expected_balances: Vec<Value> = balance["balances"]
         .as_array()
         .expect("balances")

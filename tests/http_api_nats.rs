@@ -116,7 +116,7 @@ fn http_answers_equal_the_service_byte_for_byte() {
     wait_caught_up(&url, &setup, Duration::from_secs(120));
     let client = rt.block_on(async_nats::connect(&url)).expect("connect");
     let last = rt.block_on(stream_len(&url, "CREDITFLOW_IN"));
-    let (engine, _) = rt.block_on(oracle(&url, partitions));
+    let (engine, oracle_outputs) = rt.block_on(oracle(&url, partitions));
     let views = engine.state_view();
     assert_eq!(views.len(), 20);
     let ts = creditflow::pipeline::ticks::wall_clock().to_string();
@@ -246,6 +246,9 @@ fn http_answers_equal_the_service_byte_for_byte() {
     let (status, totals) = http(port, "GET", "/api/v1/totals", None, "");
     assert_eq!(status, 200, "{totals}");
     let totals: Value = serde_json::from_str(&totals).expect("totals json");
+    if let Err(problem) = common::schemas::Contracts::shared().check("reply.totals", &totals) {
+        panic!("the totals do not match their schema: {problem}\n{totals}");
+    }
     assert_eq!(totals["accounts"], 20);
     assert_eq!(totals["partitions"], partitions);
     assert!(totals["as_of_seq"].as_u64().expect("as_of_seq") >= last);
@@ -288,6 +291,100 @@ fn http_answers_equal_the_service_byte_for_byte() {
         expected.values().any(|(_, b, _)| !b.is_zero()),
         "a test with balances"
     );
+    // Deferred revenue: the live grants' remaining credits at their cost basis (exact: 10^-9
+    // credits times 10^-9 money per credit), summed from the oracle's views.
+    let mut deferred: std::collections::BTreeMap<String, Decimal> = Default::default();
+    // The top consumers: per credit type the five largest lifetime consumed, ties by account.
+    let mut consumers: std::collections::BTreeMap<String, Vec<(Decimal, String)>> =
+        Default::default();
+    for view in &views {
+        let view: Value = serde_json::from_str(view).expect("view");
+        let account = view["account"].as_str().expect("account").to_string();
+        for g in view["grants"].as_array().expect("grants") {
+            if g["status"] == "live" {
+                let dec = |f: &str| g[f].as_str().expect(f).parse::<Decimal>().expect("dec");
+                *deferred
+                    .entry(g["credit_type"].as_str().expect("type").to_string())
+                    .or_default() += dec("remaining") * dec("cost_basis");
+            }
+        }
+        for b in view["balances"].as_array().expect("balances") {
+            let consumed: Decimal = b["ledger"]["consumed"]
+                .as_str()
+                .expect("consumed")
+                .parse()
+                .expect("dec");
+            if consumed > Decimal::ZERO {
+                consumers
+                    .entry(b["credit_type"].as_str().expect("type").to_string())
+                    .or_default()
+                    .push((consumed, account.clone()));
+            }
+        }
+    }
+    for t in totals["credit_types"].as_array().expect("credit types") {
+        let name = t["credit_type"].as_str().expect("name");
+        let shown: Decimal = t["deferred"]
+            .as_str()
+            .expect("deferred")
+            .parse()
+            .expect("dec");
+        assert_eq!(
+            shown,
+            deferred.get(name).copied().unwrap_or_default(),
+            "{name} deferred"
+        );
+        for field in ["recognized", "breakage"] {
+            assert!(t[field].as_str().is_some(), "{name} {field}");
+        }
+    }
+    assert!(
+        deferred.values().any(|d| !d.is_zero()),
+        "a test with deferred revenue"
+    );
+    let mut expected_top = Vec::new();
+    for credit_type in totals["credit_types"].as_array().expect("types") {
+        let name = credit_type["credit_type"].as_str().expect("name");
+        let mut list = consumers.remove(name).unwrap_or_default();
+        list.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        for (consumed, account) in list.into_iter().take(5) {
+            expected_top.push((name.to_string(), account, consumed));
+        }
+    }
+    let shown_top: Vec<(String, String, Decimal)> = totals["top_consumers"]
+        .as_array()
+        .expect("top consumers")
+        .iter()
+        .map(|t| {
+            (
+                t["credit_type"].as_str().expect("type").to_string(),
+                t["account"].as_str().expect("account").to_string(),
+                t["consumed"]
+                    .as_str()
+                    .expect("consumed")
+                    .parse()
+                    .expect("dec"),
+            )
+        })
+        .collect();
+    assert_eq!(shown_top, expected_top, "top consumers");
+    // Alerts of the last hour: at least those the replayed log produced (the processor's own
+    // ticks may add more after the oracle read the stream), and none of another type.
+    let alerts = totals["alerts_last_hour"].as_object().expect("alerts");
+    let mut produced = 0;
+    for kind in creditflow::metrics::ALERT_TYPES {
+        let expected = oracle_outputs
+            .iter()
+            .filter(|o| o.body.type_name() == kind)
+            .count() as u64;
+        produced += expected;
+        assert!(
+            alerts[kind].as_u64().expect(kind) >= expected,
+            "{kind}: {alerts:?}"
+        );
+    }
+    assert_eq!(alerts.len(), creditflow::metrics::ALERT_TYPES.len());
+    assert!(produced > 0, "a log with alerts");
 }
 
 /// With a token configured the API answers only requests that carry it (metrics stay open);

@@ -82,7 +82,7 @@ impl Served {
         let health = Health::new();
         health.set_ready(true, "");
         let (senders, receivers) = question_queues(shards, QUESTIONS_MAX);
-        let api = crate::http_api::Api::new(token);
+        let api = crate::http_api::Api::new(token, metrics.clone());
         api.attach(Arc::new(crate::service::Desk {
             catalog,
             settings: crate::service::Settings {

@@ -17,7 +17,7 @@
 
 use crate::catalog::pricing::{self, PriceError, PriceRequest, Priced};
 use crate::catalog::{Catalog, CreditTypeId, MeterId};
-use crate::decimal::{Credits, Price, Quantity};
+use crate::decimal::{Credits, Price, Quantity, Revenue};
 use crate::engine::account::{Account, Context, Line};
 use crate::engine::dedupe::{dedupe_key, Remembered};
 use crate::engine::{check_future, Partition};
@@ -403,6 +403,10 @@ pub struct TypeTotals {
     pub expired: Credits,
     pub voided: Credits,
     pub adjusted: Credits,
+    /// Revenue of each account's open period: Σ recognised, Σ breakage; and Σ deferred now.
+    pub recognized: Revenue,
+    pub breakage: Revenue,
+    pub deferred: Revenue,
 }
 
 impl TypeTotals {
@@ -417,20 +421,71 @@ impl TypeTotals {
         self.expired += other.expired;
         self.voided += other.voided;
         self.adjusted += other.adjusted;
+        self.recognized += other.recognized;
+        self.breakage += other.breakage;
+        self.deferred += other.deferred;
+    }
+}
+
+/// The accounts that consumed the most of one credit type (lifetime ledger), most first, ties
+/// by account id; at most `n`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopConsumers {
+    n: usize,
+    pub accounts: Vec<(Credits, String)>,
+}
+
+impl TopConsumers {
+    pub fn new(n: usize) -> TopConsumers {
+        TopConsumers {
+            n,
+            accounts: Vec::with_capacity(n + 1),
+        }
+    }
+
+    /// Offers an account; kept if it is among the `n` largest so far.
+    pub fn offer(&mut self, consumed: Credits, account: &str) {
+        if self.n == 0 || !consumed.is_positive() {
+            return;
+        }
+        let before =
+            |(c, a): &(Credits, String)| *c > consumed || (*c == consumed && **a < *account);
+        let at = self.accounts.partition_point(before);
+        if at >= self.n {
+            return;
+        }
+        self.accounts.insert(at, (consumed, account.to_string()));
+        self.accounts.truncate(self.n);
+    }
+
+    /// Merges another partition's list into this one.
+    pub fn merge(&mut self, other: &TopConsumers) {
+        for (consumed, account) in &other.accounts {
+            self.offer(*consumed, account);
+        }
     }
 }
 
 impl Partition {
     /// The partition's accounts and, per credit type (by id), the sums of their balances and
     /// ledgers as they are (no account advanced): one pass over the accounts.
-    pub fn totals(&self, credit_types: usize) -> (u64, Vec<TypeTotals>) {
+    /// With them, per credit type the `top` accounts by credits consumed ([`TopConsumers`]).
+    pub fn totals(
+        &self,
+        credit_types: usize,
+        top: usize,
+    ) -> (u64, Vec<TypeTotals>, Vec<TopConsumers>) {
         let mut totals = vec![TypeTotals::default(); credit_types];
+        let mut tops = vec![TopConsumers::new(top); credit_types];
         for account in self.accounts() {
             for t in &account.types {
-                let Some(into) = totals.get_mut(t.credit_type.0 as usize) else {
+                let index = t.credit_type.0 as usize;
+                let (Some(into), Some(best)) = (totals.get_mut(index), tops.get_mut(index)) else {
                     continue;
                 };
                 let ledger = t.ledger();
+                let revenue = t.revenue();
+                best.offer(ledger.consumed, &account.id);
                 into.add(&TypeTotals {
                     accounts: 1,
                     balance: account.balance(t.credit_type),
@@ -441,10 +496,13 @@ impl Partition {
                     expired: ledger.expired,
                     voided: ledger.voided,
                     adjusted: ledger.adjusted,
+                    recognized: revenue.recognized,
+                    breakage: revenue.breakage,
+                    deferred: account.deferred(t.credit_type),
                 });
             }
         }
-        (self.accounts().len() as u64, totals)
+        (self.accounts().len() as u64, totals, tops)
     }
 }
 

@@ -103,6 +103,9 @@ pub trait ShardObserver: Send {
 
     /// One dead letter produced, of `reason` (its wire name).
     fn dead_letter(&mut self, _reason: &'static str) {}
+
+    /// One balance alert produced, of `kind` (its output type).
+    fn alert(&mut self, _kind: &'static str) {}
 }
 
 pub struct NoObserver;
@@ -124,6 +127,12 @@ impl<O: ShardObserver> ShardObserver for Option<O> {
     fn dead_letter(&mut self, reason: &'static str) {
         if let Some(observer) = self {
             observer.dead_letter(reason);
+        }
+    }
+
+    fn alert(&mut self, kind: &'static str) {
+        if let Some(observer) = self {
+            observer.alert(kind);
         }
     }
 }
@@ -583,6 +592,13 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                 self.results
                     .dead_letter(output.seq, outbound.payload.clone());
             }
+            (
+                Body::BalanceLow { .. }
+                | Body::BalanceDepleted { .. }
+                | Body::RunwayLow { .. }
+                | Body::BalanceRecovered { .. },
+                _,
+            ) => self.observer.alert(output.body.type_name()),
             _ => {}
         }
         outbound

@@ -19,6 +19,12 @@ try {
   const accounts = await page.textContent("#accounts");
   const creditTypes = await page.$$eval("#credit-types tbody tr", (rows) =>
     rows.map((r) => [r.querySelector(".col-credit_type").textContent, r.querySelector(".col-balance").textContent]));
+  const topConsumers = await page.$$eval("#top-consumers tbody tr", (rows) =>
+    rows.map((r) => [r.querySelector(".col-credit_type").textContent, r.querySelector(".col-account").textContent,
+      r.querySelector(".col-consumed").textContent]));
+  const alerts = await page.textContent("#alerts");
+  const revenue = await page.$$eval("#credit-types tbody tr", (rows) =>
+    rows.map((r) => [r.querySelector(".col-recognized").textContent, r.querySelector(".col-deferred").textContent]));
   await page.screenshot({ path: `${shots}/overview.png`, fullPage: true });
 
   await page.fill("#find-account", account);
@@ -33,7 +39,7 @@ try {
   const grants = await page.$$eval("#grants tbody tr", (rows) => rows.length);
   const charges = await page.$$eval("#charges tbody tr", (rows) => rows.length);
   await page.screenshot({ path: `${shots}/account.png`, fullPage: true });
-  console.log(JSON.stringify({ accounts, creditTypes, balances, runways, chartPoints, polyline, grants, charges, errors }));
+  console.log(JSON.stringify({ accounts, creditTypes, topConsumers, alerts, revenue, balances, runways, chartPoints, polyline, grants, charges, errors }));
 } finally {
   await browser.close();
 }

@@ -86,6 +86,9 @@ async function overview() {
   const rate = lastApplied ? ((applied - lastApplied.value) * 1000) / Math.max(1, now - lastApplied.at) : null;
   lastApplied = { value: applied, at: now };
   const figure = (label, value, id) => el("div", {}, el("div", { class: "muted" }, label), el("div", { class: "figure", id }, value));
+  const alerts = totals.alerts_last_hour || {};
+  const alertsTotal = Object.values(alerts).reduce((a, b) => a + b, 0);
+  const top = (totals.top_consumers || []).map((t) => ({ credit_type: t.credit_type, account: t.account, consumed: t.consumed }));
   main.replaceChildren(
     el("h1", {}, "Overview"),
     el("section", { class: "card wide" }, el("div", { class: "figures" },
@@ -94,10 +97,25 @@ async function overview() {
       figure("messages applied", applied, "applied"),
       figure("consumer lag", metricSum(metrics, "creditflow_consumer_lag_messages"), "lag"),
       figure("dead letters", metricSum(metrics, "creditflow_dead_letters_total"), "dead-letters"),
+      figure("alerts, last hour", alertsTotal, "alerts"),
       figure("as of input seq", totals.as_of_seq, "as-of"))),
-    el("section", { class: "card wide", id: "credit-types" }, el("h2", {}, "Credit types (Σ over accounts)"),
+    el("section", { class: "card wide", id: "credit-types" }, el("h2", {}, "Credit types (Σ over accounts; revenue of the open periods)"),
       table(totals.credit_types)),
+    el("section", { class: "card", id: "top-consumers" }, el("h2", {}, "Top accounts by credits consumed"),
+      topTable(top)),
+    el("section", { class: "card", id: "alerts-by-type" }, el("h2", {}, "Alerts in the last hour"),
+      table(Object.entries(alerts).map(([type, count]) => ({ type, count })))),
   );
+}
+
+// The top consumers, each account a link to its page.
+function topTable(rows) {
+  const t = table(rows, ["credit_type", "account", "consumed"]);
+  for (const td of t.querySelectorAll("td.col-account")) {
+    const id = td.textContent;
+    td.replaceChildren(el("a", { href: "#/account/" + encodeURIComponent(id) }, id));
+  }
+  return t;
 }
 
 // Cumulative credits of the statement's charges over event time, as an SVG line.

@@ -766,7 +766,8 @@ impl Account {
             .fold(Credits::ZERO, |sum, g| sum + g.held())
     }
 
-    fn deferred(&self, credit_type: CreditTypeId) -> Revenue {
+    /// The deferred revenue of `credit_type`: live grants' remaining credits at cost basis.
+    pub fn deferred(&self, credit_type: CreditTypeId) -> Revenue {
         self.grants
             .iter()
             .filter(|g| g.credit_type == credit_type && g.status == GrantStatus::Live)
