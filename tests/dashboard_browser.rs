@@ -254,6 +254,17 @@ fn check_dashboard(port: u16, accounts: &[String], name: &str) {
         "one line through them"
     );
     assert_eq!(seen["charges"], charges);
+    let usage: Value =
+        serde_json::from_str(&get(port, &format!("/api/v1/accounts/{account}/usage")))
+            .expect("usage");
+    let expected_lines: Vec<Value> = usage["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| serde_json::json!([l["kind"], l["money"]]))
+        .collect();
+    assert!(!expected_lines.is_empty(), "{account} has invoice lines");
+    assert_eq!(seen["lines"], Value::Array(expected_lines), "invoice lines shown");
     assert_eq!(
         seen["grants"],
         balance["grants"].as_array().map_or(0, Vec::len).max(1),
