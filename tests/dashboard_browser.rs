@@ -136,7 +136,14 @@ fn the_demo_serves_the_dashboard_without_nats() {
 /// `target/dashboard-screenshots/<name>/`.
 fn check_dashboard(port: u16, accounts: &[String], name: &str) {
     let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    // The account with the most recent charges.
+    // The account with the most recent charges, among those with alert states if any has.
+    let alerted = |a: &str| -> usize {
+        let text = get(port, &format!("/api/v1/accounts/{a}/balance"));
+        serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["alerts"].as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
     let (account, statement) = accounts
         .iter()
         .cloned()
@@ -145,7 +152,7 @@ fn check_dashboard(port: u16, accounts: &[String], name: &str) {
             let v: Value = serde_json::from_str(&text).ok()?;
             Some((a, v))
         })
-        .max_by_key(|(_, v)| v["charges"].as_array().map_or(0, Vec::len))
+        .max_by_key(|(a, v)| (alerted(a) > 0, v["charges"].as_array().map_or(0, Vec::len)))
         .expect("an account");
     let charges = statement["charges"].as_array().expect("charges").len();
     assert!(charges > 0, "the account has charges");
@@ -264,7 +271,25 @@ fn check_dashboard(port: u16, accounts: &[String], name: &str) {
         .map(|l| serde_json::json!([l["kind"], l["money"]]))
         .collect();
     assert!(!expected_lines.is_empty(), "{account} has invoice lines");
-    assert_eq!(seen["lines"], Value::Array(expected_lines), "invoice lines shown");
+    let expected_alerts: Vec<Value> = balance["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .map(|a| serde_json::json!([a["alert"], a["lows"].to_string()]))
+        .collect();
+    if name == "processor" {
+        assert!(!expected_alerts.is_empty(), "{account} has alert states");
+    }
+    assert_eq!(
+        seen["accountAlerts"],
+        Value::Array(expected_alerts),
+        "alert states shown"
+    );
+    assert_eq!(
+        seen["lines"],
+        Value::Array(expected_lines),
+        "invoice lines shown"
+    );
     assert_eq!(
         seen["grants"],
         balance["grants"].as_array().map_or(0, Vec::len).max(1),

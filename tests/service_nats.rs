@@ -212,9 +212,42 @@ fn balances_equal_the_replay_oracle() {
     let (answered, _) = d.runtime.block_on(asking).expect("asking task");
     assert!(answered > 100, "{answered} answered during ingest");
     let last = d.last_input_seq();
-    let (engine, _) = d.runtime.block_on(oracle(&d.url(), 4));
+    let (engine, outputs) = d.runtime.block_on(oracle(&d.url(), 4));
     let views = engine.state_view();
     assert_eq!(views.len(), 30);
+    // The alert states the oracle's outputs imply: per (account, credit type, threshold), low
+    // now or not, how often it went low and recovered.
+    let mut alert_states: std::collections::BTreeMap<(String, String, String), (bool, u64, u64)> =
+        Default::default();
+    for output in &outputs {
+        let value: Value = serde_json::from_str(&output.to_json()).expect("output json");
+        let kind = value["type"].as_str().unwrap_or_default();
+        let threshold = match kind {
+            "balance.depleted" => "depleted",
+            "balance.low" | "balance.runway_low" | "balance.recovered" => {
+                value["threshold"].as_str().expect("threshold")
+            }
+            _ => continue,
+        };
+        let key = (
+            value["account"].as_str().expect("account").to_string(),
+            value["credit_type"]
+                .as_str()
+                .expect("credit type")
+                .to_string(),
+            threshold.to_string(),
+        );
+        let state = alert_states.entry(key).or_default();
+        if kind == "balance.recovered" {
+            *state = (false, state.1, state.2 + 1);
+        } else {
+            *state = (true, state.1 + 1, state.2);
+        }
+    }
+    assert!(
+        alert_states.values().any(|s| s.2 > 0),
+        "a log with alerts and recoveries"
+    );
     for view in &views {
         let account = account_of_view(view);
         let reply = d
@@ -222,6 +255,32 @@ fn balances_equal_the_replay_oracle() {
             .unwrap_or_else(|e| panic!("balance of {account}: {e:?}"));
         assert_eq!(&view_of(&reply), view, "{account}");
         assert!(as_of(&reply) >= last);
+        let reply_value: Value = serde_json::from_str(&reply).expect("reply json");
+        let shown: Vec<(String, String, bool, u64, u64)> = reply_value["alerts"]
+            .as_array()
+            .expect("alerts")
+            .iter()
+            .map(|a| {
+                (
+                    a["credit_type"].as_str().expect("credit type").to_string(),
+                    a["alert"].as_str().expect("alert").to_string(),
+                    a["below"].as_bool().expect("below"),
+                    a["lows"].as_u64().expect("lows"),
+                    a["recoveries"].as_u64().expect("recoveries"),
+                )
+            })
+            .collect();
+        let mut expected: Vec<(String, String, bool, u64, u64)> = alert_states
+            .iter()
+            .filter(|((a, _, _), _)| *a == account)
+            .map(|((_, t, n), (below, lows, recoveries))| {
+                (t.clone(), n.clone(), *below, *lows, *recoveries)
+            })
+            .collect();
+        let mut shown_sorted = shown.clone();
+        shown_sorted.sort();
+        expected.sort();
+        assert_eq!(shown_sorted, expected, "{account}'s alert states");
         // The CLI prints exactly the service's reply.
         let cli = std::process::Command::new(env!("CARGO_BIN_EXE_creditflow"))
             .args(["balance", &account, "--json"])

@@ -84,7 +84,8 @@ impl Default for Object {
 }
 
 /// The balance reply: the account's state view (SEMANTICS §16, exactly as `replay --json`
-/// prints it) with `available` (per credit type, now) and `as_of_seq` added at the end.
+/// prints it) with `available` (per credit type, now), `alerts` (the thresholds crossed) and
+/// `as_of_seq` added at the end.
 pub fn balance(
     catalog: &Catalog,
     partition: &Partition,
@@ -106,10 +107,27 @@ pub fn balance(
                 .finish()
         })
         .collect();
+    // Every threshold the account has crossed (SEMANTICS §10.5): below now or not, and how
+    // often it went low and recovered. One never crossed has no state and is not listed.
+    let alerts: Vec<String> = account
+        .types
+        .iter()
+        .flat_map(|t| t.alert_states().iter().map(move |a| (t.credit_type, a)))
+        .map(|(credit_type, a)| {
+            Object::new()
+                .string("credit_type", &catalog.credit_type(credit_type).name)
+                .string("alert", &a.name)
+                .raw("below", if a.below { "true" } else { "false" })
+                .number("lows", a.lows)
+                .number("recoveries", a.recoveries)
+                .finish()
+        })
+        .collect();
     view.pop();
     format!(
-        "{view},\"available\":[{}],\"as_of_seq\":{as_of_seq}}}",
-        entries.join(",")
+        "{view},\"available\":[{}],\"alerts\":[{}],\"as_of_seq\":{as_of_seq}}}",
+        entries.join(","),
+        alerts.join(",")
     )
 }
 

@@ -38,10 +38,12 @@ try {
   const polyline = await page.$$eval("#chart polyline", (p) => p.map((x) => x.getAttribute("points").split(" ").length));
   const grants = await page.$$eval("#grants tbody tr", (rows) => rows.length);
   const charges = await page.$$eval("#charges tbody tr", (rows) => rows.length);
+  const accountAlerts = await page.$$eval("#alerts tbody tr", (rows) =>
+    rows.map((r) => [r.querySelector(".col-alert").textContent, r.querySelector(".col-lows").textContent]));
   const lines = await page.$$eval("#lines tbody tr", (rows) =>
     rows.map((r) => [r.querySelector(".col-kind").textContent, r.querySelector(".col-money").textContent]));
   await page.screenshot({ path: `${shots}/account.png`, fullPage: true });
-  console.log(JSON.stringify({ accounts, creditTypes, topConsumers, alerts, revenue, balances, runways, chartPoints, polyline, grants, charges, lines, errors }));
+  console.log(JSON.stringify({ accounts, creditTypes, topConsumers, alerts, revenue, balances, runways, chartPoints, polyline, grants, charges, lines, accountAlerts, errors }));
 } finally {
   await browser.close();
 }

@@ -194,6 +194,8 @@ async function account(id) {
     el("section", { class: "card wide", id: "grants" }, el("h2", {}, "Grants"),
       table(balance.grants, ["grant_id", "credit_type", "source", "status", "amount", "remaining", "held", "priority", "expires_at", "cost_basis"])),
     el("section", { class: "card", id: "holds" }, el("h2", {}, "Holds"), table(balance.holds)),
+    el("section", { class: "card", id: "alerts" }, el("h2", {}, "Alerts (thresholds crossed)"),
+      table(balance.alerts || [], ["credit_type", "alert", "below", "lows", "recoveries"])),
     el("section", { class: "card wide", id: "charges" }, el("h2", {}, "Recent charges"),
       table(charges.map((c) => ({ ts: c.ts, event_id: c.event_id, meter: c.meter, quantity: c.quantity, credits: c.credits,
         overage: c.overage, paid_by: (c.draws || []).map((d) => `${d.grant_id} ${d.credits}`).join(", "), reversed: c.reversed })))),

@@ -373,6 +373,11 @@ impl TypeState {
             .map_or(0, |_| std::mem::size_of::<RareTotals>())
     }
 
+    /// The alert states of the thresholds ever crossed (one that never was has none).
+    pub fn alert_states(&self) -> &[AlertState] {
+        &self.rare().alerts
+    }
+
     /// Heap bytes of the alert states, names included.
     pub fn alert_heap_bytes(&self) -> usize {
         let alerts = &self.rare().alerts;
