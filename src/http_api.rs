@@ -219,7 +219,8 @@ impl Api {
             out.push_str(&format!(
                 ",\"accounts\":{},\"balance\":\"{}\",\"held\":\"{}\",\"debt\":\"{}\",\
                  \"granted\":\"{}\",\"consumed\":\"{}\",\"expired\":\"{}\",\"voided\":\"{}\",\
-                 \"adjusted\":\"{}\",\"recognized\":\"{}\",\"breakage\":\"{}\",\"deferred\":\"{}\"}}",
+                 \"adjusted\":\"{}\",\"opening_deferred\":\"{}\",\"granted_value\":\"{}\",\
+                 \"recognized\":\"{}\",\"breakage\":\"{}\",\"removed\":\"{}\",\"deferred\":\"{}\"}}",
                 sum.accounts,
                 sum.balance,
                 sum.held,
@@ -229,8 +230,11 @@ impl Api {
                 sum.expired,
                 sum.voided,
                 sum.adjusted,
+                sum.opening_deferred,
+                sum.granted_value,
                 sum.recognized,
                 sum.breakage,
+                sum.removed,
                 sum.deferred
             ));
         }

@@ -403,9 +403,15 @@ pub struct TypeTotals {
     pub expired: Credits,
     pub voided: Credits,
     pub adjusted: Credits,
-    /// Revenue of each account's open period: Σ recognised, Σ breakage; and Σ deferred now.
+    /// Revenue of each account's open period, as its `revenue.period` will state it: Σ deferred
+    /// at the opening, Σ granted at cost basis (what was bought: its `granted`), Σ recognised,
+    /// Σ breakage, Σ removed; and Σ deferred now (the closing so far). Per account, so summed:
+    /// deferred = opening + granted − recognised − breakage − removed.
+    pub opening_deferred: Revenue,
+    pub granted_value: Revenue,
     pub recognized: Revenue,
     pub breakage: Revenue,
+    pub removed: Revenue,
     pub deferred: Revenue,
 }
 
@@ -421,6 +427,9 @@ impl TypeTotals {
         self.expired += other.expired;
         self.voided += other.voided;
         self.adjusted += other.adjusted;
+        self.opening_deferred += other.opening_deferred;
+        self.granted_value += other.granted_value;
+        self.removed += other.removed;
         self.recognized += other.recognized;
         self.breakage += other.breakage;
         self.deferred += other.deferred;
@@ -496,6 +505,9 @@ impl Partition {
                     expired: ledger.expired,
                     voided: ledger.voided,
                     adjusted: ledger.adjusted,
+                    opening_deferred: revenue.opening,
+                    granted_value: revenue.granted,
+                    removed: revenue.removed,
                     recognized: revenue.recognized,
                     breakage: revenue.breakage,
                     deferred: account.deferred(t.credit_type),
