@@ -57,7 +57,7 @@ pub const CONTENT_TYPE_OPENMETRICS: &str =
 pub const CONSUMER_RECREATED_REASONS: [&str; 3] = ["stall", "reconnect", "error"];
 
 /// The labels of `creditflow_snapshot_failures_total`: where a snapshot failed.
-pub const SNAPSHOT_FAILURE_STAGES: [&str; 3] = ["encode", "write", "fold"];
+pub const SNAPSHOT_FAILURE_STAGES: [&str; 4] = ["encode", "write", "fold", "mirror"];
 
 /// The labels of `creditflow_snapshots_written_total`: a whole partition, or only its changes.
 pub const SNAPSHOT_KINDS: [&str; 2] = ["full", "delta"];
@@ -646,6 +646,12 @@ impl Metrics {
         };
         self.inner.snapshot_failures[index].inc();
         self.inner.snapshot_consecutive_failures.set(consecutive);
+    }
+
+    /// Mirroring a partition's snapshots to the object store failed (`snapshot::remote`): the
+    /// local snapshot stands, so the run of snapshot failures is not touched.
+    pub fn snapshot_mirror_failed(&self) {
+        self.inner.snapshot_failures[3].inc();
     }
 
     /// A snapshot file of `kind` (one of [`SNAPSHOT_KINDS`]; anything else panics) was

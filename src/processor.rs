@@ -40,6 +40,7 @@ use crate::snapshot::policy::{
     run_encoder, run_writer, FailedStage, Folding, FullWanted, Policy, SnapshotObserver,
     WriterObserver, Written,
 };
+use crate::snapshot::remote::Remote;
 use crate::snapshot::{Kind, Store};
 
 /// How long a graceful stop may take to drain the shards and publish every pending output.
@@ -442,6 +443,8 @@ struct WriteMetrics {
     written_at: Arc<Mutex<HashMap<u32, WallInstant>>>,
     /// `snapshot.failures_unready`.
     failures_unready: u64,
+    /// `snapshot.object_store`: the bucket mirroring the directory, and the directory.
+    mirror: Option<(Remote, Store)>,
 }
 
 /// The kind of readiness problem failing snapshots raise.
@@ -455,6 +458,21 @@ impl WriterObserver for WriteMetrics {
         self.health.set_problem(SNAPSHOTS_FAILING, None);
         if let Ok(mut written) = self.written_at.lock() {
             written.insert(partition, WallInstant::now());
+        }
+        if let Some((remote, store)) = &self.mirror {
+            match remote.mirror(store, partition) {
+                Ok(done) => tracing::debug!(
+                    partition,
+                    uploaded = done.uploaded,
+                    deleted = done.deleted,
+                    bucket = remote.name(),
+                    "snapshots mirrored"
+                ),
+                Err(error) => {
+                    tracing::warn!(partition, %error, "mirroring the snapshots failed; retried after the next one");
+                    self.metrics.snapshot_mirror_failed();
+                }
+            }
         }
     }
 
@@ -526,9 +544,10 @@ pub async fn run(
         .ack_timeout(config.nats.request_timeout)
         .backpressure_on_inflight(true)
         .build(client.clone());
-    let (store, recovered) = recover_state(&config, &catalog, &context, &options, &refusals)
-        .await
-        .map_err(explained)?;
+    let (store, recovered, remote) =
+        recover_state(&config, &catalog, &context, &options, &refusals)
+            .await
+            .map_err(explained)?;
     tracing::info!(report = ?recovered.report, "recovered");
     let report = recovered.report.clone();
 
@@ -536,7 +555,7 @@ pub async fn run(
         &config,
         &catalog,
         recovered,
-        store,
+        (store, remote),
         &context,
         (&metrics, &health),
         (connection_epoch, connections),
@@ -778,13 +797,38 @@ async fn recover_state(
     context: &jetstream::Context,
     options: &RunOptions,
     refusals: &Refusals,
-) -> Result<(Store, crate::recovery::Recovered), ProcessorError> {
+) -> Result<(Store, crate::recovery::Recovered, Option<Remote>), ProcessorError> {
     let partitions = config.engine.partitions;
     let (_, input_ensured) = ensure_stream(context, &input_stream(config)).await?;
     ensure_stream(context, &output_stream(config)).await?;
     let store = Store::open(&config.snapshot.dir, config.snapshot.keep)?;
+    let remote = match &config.snapshot.object_store {
+        Some(bucket) => Some(
+            Remote::open(
+                context,
+                bucket,
+                config.input.replicas,
+                config.nats.request_timeout,
+            )
+            .await
+            .map_err(ProcessorError::Other)?,
+        ),
+        None => None,
+    };
     if input_ensured == Ensured::Created {
         write_empty_snapshots(&store, partitions)?;
+    } else if let Some(remote) = &remote {
+        // A stream just created has no history: objects left from another are not fetched.
+        let fetched = remote
+            .fetch(&store, partitions)
+            .await
+            .map_err(ProcessorError::Other)?;
+        tracing::info!(
+            bucket = remote.name(),
+            files = fetched.files,
+            bytes = fetched.bytes,
+            "snapshots fetched from the object store"
+        );
     }
     let recovered = recover(
         &Streams {
@@ -800,7 +844,7 @@ async fn recover_state(
         &options.accept_catalog_changes,
     )
     .await?;
-    Ok((store, recovered))
+    Ok((store, recovered, remote))
 }
 
 /// The threads of a running processor, and what the other steps need of them.
@@ -827,7 +871,7 @@ fn start_threads(
     config: &Config,
     catalog: &Arc<Catalog>,
     recovered: crate::recovery::Recovered,
-    store: Store,
+    (store, remote): (Store, Option<Remote>),
     context: &jetstream::Context,
     (metrics, health): (&Metrics, &Health),
     (connection_epoch, connections): (Arc<AtomicU64>, tokio::sync::watch::Receiver<u64>),
@@ -864,6 +908,7 @@ fn start_threads(
             health: health.clone(),
             written_at: written_at.clone(),
             failures_unready: config.snapshot.failures_unready,
+            mirror: remote.map(|remote| (remote, store.clone())),
         };
         std::thread::Builder::new()
             .name("snapshot-writer".into())

@@ -241,6 +241,71 @@ fn no_snapshot_with_history_is_refused() {
     );
 }
 
+/// With `snapshot.object_store` the snapshots are mirrored to a bucket: the bucket holds the
+/// directory's files exactly, and a processor whose directory is gone (a lost disk, another
+/// machine) fetches them and starts from them, where without the bucket it is refused (above);
+/// its state is the oracle's.
+#[test]
+fn a_lost_snapshot_directory_is_restored_from_the_object_store() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let partitions = 2;
+    let bucket = "cf_snapshots";
+    let setup = Setup::with_metrics(
+        &url,
+        partitions,
+        1,
+        &format!("[snapshot]\nobject_store = \"{bucket}\"\n"),
+        true,
+    );
+    let runtime = runtime();
+    let mut processor = KillOnDrop(setup.start(&[]));
+    wait_streams(&runtime, &url);
+    runtime.block_on(publish(&url, &workload(6, 5, 300), partitions));
+    wait_caught_up(&url, &setup, Duration::from_secs(60));
+    assert!(terminate(&mut processor).success(), "{}", setup.log());
+    let files: std::collections::BTreeSet<String> = std::fs::read_dir(setup.snapshots())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(files.len() >= partitions as usize, "{files:?}");
+    let objects: std::collections::BTreeSet<String> = runtime.block_on(async {
+        use futures::StreamExt;
+        let client = async_nats::connect(&url).await.unwrap();
+        let store = async_nats::jetstream::new(client)
+            .get_object_store(bucket)
+            .await
+            .expect("the bucket");
+        let mut list = store.list().await.unwrap();
+        let mut names = std::collections::BTreeSet::new();
+        while let Some(info) = list.next().await {
+            names.insert(info.unwrap().name);
+        }
+        names
+    });
+    assert_eq!(objects, files, "the bucket mirrors the directory");
+
+    std::fs::remove_dir_all(setup.snapshots()).unwrap();
+    let mut processor = KillOnDrop(setup.start(&[]));
+    wait_caught_up(&url, &setup, Duration::from_secs(60));
+    assert!(terminate(&mut processor).success(), "{}", setup.log());
+    let log = setup.log();
+    assert!(
+        log.contains("snapshots fetched from the object store"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("refusing to start with empty balances"),
+        "{log}"
+    );
+    let (engine, _) = runtime.block_on(oracle(&url, partitions));
+    assert_eq!(
+        snapshot_state(&setup.snapshots(), partitions),
+        engine.state_view(),
+        "the state restored from the bucket, then run on"
+    );
+}
+
 /// The input stream recreated with different history after a snapshot: refuse, with evidence.
 #[test]
 fn rewritten_history_is_refused() {

@@ -465,3 +465,42 @@ fn without_the_api_info_permission_the_level_comes_from_the_version() {
         "the refusal is logged:\n{log}"
     );
 }
+
+/// With the shipped config, the processor mirrors its snapshots to the bucket the config
+/// names (`creditflow_snapshots`) and a restart with its directory gone starts from them: the
+/// listed permissions are enough, and no mirror fails.
+#[test]
+fn the_processor_may_mirror_snapshots_to_the_shipped_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_without(dir.path(), &[]);
+    let url = server.url();
+    let setup = Setup::new(
+        &url,
+        2,
+        1,
+        &format!("{AS_PROCESSOR}[snapshot]\nobject_store = \"creditflow_snapshots\"\n"),
+    );
+    let mut processor = KillOnDrop(setup.start(&[]));
+    wait_until("the service", Duration::from_secs(60), || {
+        cli(&url, "operator", &["grant", "mirror_1", "10", "--id", "g1"]).0
+    });
+    let status = terminate(&mut processor);
+    assert!(status.success(), "{}", setup.log());
+    std::fs::remove_dir_all(setup.snapshots()).unwrap();
+    let _processor = KillOnDrop(setup.start(&[]));
+    wait_until(
+        "the balance after the restart",
+        Duration::from_secs(60),
+        || {
+            let (ok, out, _) = cli(&url, "reader", &["balance", "mirror_1", "--json"]);
+            ok && out.contains("\"balance\":\"10\"")
+        },
+    );
+    let log = setup.log();
+    assert!(
+        log.contains("snapshots fetched from the object store"),
+        "{log}"
+    );
+    assert!(!log.contains("mirroring the snapshots failed"), "{log}");
+    assert!(!log.contains("Permissions Violation"), "{log}");
+}

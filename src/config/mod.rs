@@ -291,6 +291,9 @@ pub struct SnapshotConfig {
     /// Fold the deltas into a full file once their bytes reach this percentage of the full
     /// file's; 1..=1000.
     pub fold_percent: u32,
+    /// A JetStream object store bucket the snapshots are mirrored to (`snapshot::remote`);
+    /// `None` (the key empty): local disk only.
+    pub object_store: Option<String>,
 }
 
 /// `[lease]`: one processor at a time on the streams (`crate::lease`).

@@ -129,6 +129,10 @@ impl Config {
                 ("failures_unready", count_value(snapshot.failures_unready)),
                 ("deltas_max", count_value(snapshot.deltas_max)),
                 ("fold_percent", count_value(snapshot.fold_percent)),
+                (
+                    "object_store",
+                    string(snapshot.object_store.as_deref().unwrap_or("")),
+                ),
             ],
         );
         write_section(

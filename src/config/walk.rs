@@ -515,6 +515,25 @@ impl Loader {
         strings
     }
 
+    /// A name like [`Walk::stream_name`]'s, or `None` when the key is empty (off).
+    fn optional_name(&mut self, section: &str, key: &str) -> Option<String> {
+        let name = self.string(section, key);
+        let path = format!("{section}.{key}");
+        if name.is_empty() {
+            return None;
+        }
+        if !self.bad.contains(&path) && !valid_stream_name(&name) {
+            self.error(
+                &path,
+                format!(
+                    "{name:?} is not a valid name: use 1 or more of A-Z, a-z, 0-9, _ and -, or \
+                     leave it empty"
+                ),
+            );
+        }
+        Some(name)
+    }
+
     fn stream_name(&mut self, section: &str, key: &str) -> String {
         let name = self.string(section, key);
         let path = format!("{section}.{key}");
@@ -780,6 +799,7 @@ impl Loader {
             failures_unready: self.count_u64(s, "failures_unready", 1),
             deltas_max: self.count(s, "deltas_max", 0, DELTAS_MAX),
             fold_percent: u32::try_from(self.integer(s, "fold_percent", 1, 1000)).unwrap_or(1),
+            object_store: self.optional_name(s, "object_store"),
         }
     }
 

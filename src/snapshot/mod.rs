@@ -60,6 +60,7 @@
 //! never fewer than the newest valid one.
 
 pub mod policy;
+pub mod remote;
 pub mod store;
 
 use std::path::{Path, PathBuf};

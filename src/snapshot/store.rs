@@ -219,7 +219,27 @@ impl Store {
 
     fn write_bytes(&self, header: &Header, bytes: &[u8]) -> Result<u64, SnapshotError> {
         let name = kind_file_name(header.partition, header.applied_through, Kind::of(header));
-        let final_path = self.dir.join(&name);
+        self.write_named(&name, bytes)?;
+        self.prune(header.partition);
+        Ok(bytes.len() as u64)
+    }
+
+    /// Puts a whole snapshot file fetched from elsewhere (`snapshot::remote`) in the directory
+    /// under `name`, atomically and durably like a written one; nothing is pruned. Its contents
+    /// are verified when it is loaded, like any file's. `name` must be a snapshot file's name.
+    pub fn put_file(&self, name: &str, bytes: &[u8]) -> Result<(), SnapshotError> {
+        if super::parse_file_name(name).is_none() {
+            return Err(SnapshotError::corrupt(
+                &self.dir.join(name),
+                "not a snapshot file's name".to_string(),
+            ));
+        }
+        self.write_named(name, bytes)
+    }
+
+    /// Temporary file, fsync, rename, fsync of the directory (see [`Store::write`]).
+    fn write_named(&self, name: &str, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let final_path = self.dir.join(name);
         let temp_path = self.dir.join(format!("{name}.tmp"));
         // Owner-only (0600), like the directory; the rename keeps the mode.
         let mut options = fs::OpenOptions::new();
@@ -261,8 +281,7 @@ impl Store {
             Ok(()) => {}
             Err(error) => fatal("directory fsync", &self.dir, &error),
         }
-        self.prune(header.partition);
-        Ok(bytes.len() as u64)
+        Ok(())
     }
 
     /// Snapshot files of a partition, newest first (a full file before a delta at the same

@@ -1,0 +1,180 @@
+//! Snapshots mirrored to a JetStream object store bucket (`snapshot.object_store`), so that a
+//! processor on another machine, or one whose disk was lost, starts from them instead of
+//! rebuilding from the whole stream.
+//!
+//! The local directory stays the working store ([`Store`]): every file is written, verified,
+//! folded and retired there exactly as without a bucket. The bucket is a mirror of it: after
+//! each snapshot the writer thread makes the partition's objects equal the partition's files
+//! (uploads the files the bucket lacks, then deletes the objects the directory no longer has),
+//! and at start every snapshot object the directory lacks is fetched into it before anything
+//! is loaded. So a fetched file goes through the same checks as one written here: its checksum,
+//! its header, the history checks against the stream; a torn or corrupt object is a corrupt
+//! file, and recovery falls back as it would on disk. Object names are the files' names.
+//!
+//! Must never: delete an object before the file that replaces it is uploaded (the upload comes
+//! first, so at every instant the bucket holds a loadable chain if the directory did); block
+//! the shards (the mirror runs on the writer thread, after the file is durable locally).
+//!
+//! A mirror that fails is logged and counted (`creditflow_snapshot_failures_total{stage=
+//! "mirror"}`) and tried again after the partition's next snapshot; the local snapshot stands.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+
+use super::{parse_file_name, Store};
+
+/// A bucket mirroring the snapshot directory.
+#[derive(Clone)]
+pub struct Remote {
+    bucket: jetstream::object_store::ObjectStore,
+    name: String,
+    timeout: Duration,
+    runtime: tokio::runtime::Handle,
+}
+
+/// What [`Remote::fetch`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fetched {
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// What [`Remote::mirror`] did for one partition.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mirrored {
+    pub uploaded: usize,
+    pub deleted: usize,
+}
+
+impl Remote {
+    /// Opens the bucket, creating it (file storage, `replicas`) when missing. `timeout` bounds
+    /// every request of the mirror. Must be called inside the runtime that the writer thread's
+    /// mirrors will use.
+    pub async fn open(
+        context: &jetstream::Context,
+        bucket: &str,
+        replicas: usize,
+        timeout: Duration,
+    ) -> Result<Remote, String> {
+        let store = match context.get_object_store(bucket).await {
+            Ok(store) => store,
+            Err(_) => context
+                .create_object_store(jetstream::object_store::Config {
+                    bucket: bucket.to_string(),
+                    description: Some("creditflow snapshots (snapshot.object_store)".into()),
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas.max(1),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("object store {bucket}: creating it: {e}"))?,
+        };
+        Ok(Remote {
+            bucket: store,
+            name: bucket.to_string(),
+            timeout,
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bucket's snapshot objects of partitions `< partitions` (or all), name → size.
+    async fn objects(&self, partition: Option<u32>) -> Result<BTreeMap<String, u64>, String> {
+        let mut list = self
+            .bucket
+            .list()
+            .await
+            .map_err(|e| format!("object store {}: listing: {e}", self.name))?;
+        let mut found = BTreeMap::new();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(|e| format!("object store {}: listing: {e}", self.name))?;
+            if let Some((p, _, _)) = parse_file_name(&info.name) {
+                if partition.is_none_or(|only| only == p) {
+                    found.insert(info.name, info.size as u64);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Fetches into `store` every snapshot object of a partition `< partitions` that the
+    /// directory does not have (by name), before recovery loads the directory.
+    pub async fn fetch(&self, store: &Store, partitions: u32) -> Result<Fetched, String> {
+        let mut fetched = Fetched::default();
+        for (name, _) in self.objects(None).await? {
+            let Some((partition, _, _)) = parse_file_name(&name) else {
+                continue;
+            };
+            if partition >= partitions || store.dir().join(&name).exists() {
+                continue;
+            }
+            let mut object = self
+                .bucket
+                .get(&name)
+                .await
+                .map_err(|e| format!("object store {}: getting {name}: {e}", self.name))?;
+            let mut bytes = Vec::new();
+            object
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| format!("object store {}: reading {name}: {e}", self.name))?;
+            store
+                .put_file(&name, &bytes)
+                .map_err(|e| format!("object store {}: storing {name}: {e}", self.name))?;
+            fetched.files += 1;
+            fetched.bytes += bytes.len() as u64;
+        }
+        Ok(fetched)
+    }
+
+    /// Makes the bucket's objects of `partition` equal its files in `store`: uploads each file
+    /// the bucket lacks (or holds at another size), then deletes each object with no file.
+    /// Blocking: for the writer thread (never a runtime thread).
+    pub fn mirror(&self, store: &Store, partition: u32) -> Result<Mirrored, String> {
+        let work = async {
+            let objects = self.objects(Some(partition)).await?;
+            let files = store.entries(partition);
+            let mut done = Mirrored::default();
+            let mut names = std::collections::BTreeSet::new();
+            for file in &files {
+                let Some(name) = file.path.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                names.insert(name.to_string());
+                let bytes = std::fs::read(&file.path)
+                    .map_err(|e| format!("reading {}: {e}", file.path.display()))?;
+                if objects.get(name) == Some(&(bytes.len() as u64)) {
+                    continue;
+                }
+                self.bucket
+                    .put(name, &mut bytes.as_slice())
+                    .await
+                    .map_err(|e| format!("object store {}: putting {name}: {e}", self.name))?;
+                done.uploaded += 1;
+            }
+            for name in objects.keys().filter(|name| !names.contains(*name)) {
+                self.bucket
+                    .delete(name)
+                    .await
+                    .map_err(|e| format!("object store {}: deleting {name}: {e}", self.name))?;
+                done.deleted += 1;
+            }
+            Ok(done)
+        };
+        let bounded = async {
+            // Each file's upload has the timeout; the whole a generous multiple of it.
+            let limit = self.timeout * (8 + 2 * store.entries(partition).len() as u32);
+            tokio::time::timeout(limit, work)
+                .await
+                .unwrap_or_else(|_| Err(format!("object store {}: timed out", self.name)))
+        };
+        self.runtime.block_on(bounded)
+    }
+}
