@@ -148,11 +148,12 @@ impl Remote {
                     continue;
                 };
                 names.insert(name.to_string());
-                let bytes = std::fs::read(&file.path)
-                    .map_err(|e| format!("reading {}: {e}", file.path.display()))?;
-                if objects.get(name) == Some(&(bytes.len() as u64)) {
+                let size = std::fs::metadata(&file.path).map(|m| m.len()).ok();
+                if size.is_some() && objects.get(name) == size.as_ref() {
                     continue;
                 }
+                let bytes = std::fs::read(&file.path)
+                    .map_err(|e| format!("reading {}: {e}", file.path.display()))?;
                 self.bucket
                     .put(name, &mut bytes.as_slice())
                     .await
