@@ -85,7 +85,7 @@ impl Remote {
         &self.name
     }
 
-    /// The bucket's snapshot objects of partitions `< partitions` (or all), name → size.
+    /// The bucket's snapshot objects of `partition` (or of all), name → size.
     async fn objects(&self, partition: Option<u32>) -> Result<BTreeMap<String, u64>, String> {
         let mut list = self
             .bucket
@@ -108,23 +108,28 @@ impl Remote {
     /// directory does not have (by name), before recovery loads the directory.
     pub async fn fetch(&self, store: &Store, partitions: u32) -> Result<Fetched, String> {
         let mut fetched = Fetched::default();
-        for (name, _) in self.objects(None).await? {
+        let objects = self.bounded("listing", 8, self.objects(None)).await?;
+        for (name, _) in objects {
             let Some((partition, _, _)) = parse_file_name(&name) else {
                 continue;
             };
             if partition >= partitions || store.dir().join(&name).exists() {
                 continue;
             }
-            let mut object = self
-                .bucket
-                .get(&name)
-                .await
-                .map_err(|e| format!("object store {}: getting {name}: {e}", self.name))?;
-            let mut bytes = Vec::new();
-            object
-                .read_to_end(&mut bytes)
-                .await
-                .map_err(|e| format!("object store {}: reading {name}: {e}", self.name))?;
+            let read = async {
+                let mut object = self
+                    .bucket
+                    .get(&name)
+                    .await
+                    .map_err(|e| format!("object store {}: getting {name}: {e}", self.name))?;
+                let mut bytes = Vec::new();
+                object
+                    .read_to_end(&mut bytes)
+                    .await
+                    .map_err(|e| format!("object store {}: reading {name}: {e}", self.name))?;
+                Ok::<_, String>(bytes)
+            };
+            let bytes = self.bounded(&name, 32, read).await?;
             store
                 .put_file(&name, &bytes)
                 .map_err(|e| format!("object store {}: storing {name}: {e}", self.name))?;
@@ -132,6 +137,19 @@ impl Remote {
             fetched.bytes += bytes.len() as u64;
         }
         Ok(fetched)
+    }
+
+    /// `work`, failed after `multiple` times the request timeout (a stalled read or listing
+    /// must not hold a start or the writer for ever).
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        multiple: u32,
+        work: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        tokio::time::timeout(self.timeout * multiple, work)
+            .await
+            .unwrap_or_else(|_| Err(format!("object store {}: {what}: timed out", self.name)))
     }
 
     /// Makes the bucket's objects of `partition` equal its files in `store`: uploads each file
@@ -169,13 +187,9 @@ impl Remote {
             }
             Ok(done)
         };
-        let bounded = async {
-            // Each file's upload has the timeout; the whole a generous multiple of it.
-            let limit = self.timeout * (8 + 2 * store.entries(partition).len() as u32);
-            tokio::time::timeout(limit, work)
-                .await
-                .unwrap_or_else(|_| Err(format!("object store {}: timed out", self.name)))
-        };
-        self.runtime.block_on(bounded)
+        // A generous multiple of the request timeout: a listing, and an upload per file.
+        let multiple = 8 + 8 * store.entries(partition).len() as u32;
+        self.runtime
+            .block_on(self.bounded("mirroring", multiple, work))
     }
 }
