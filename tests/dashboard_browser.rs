@@ -131,6 +131,17 @@ fn the_demo_serves_the_dashboard_without_nats() {
     assert!(status.success(), "the demo exits 0 after Ctrl-C: {status}");
 }
 
+/// The given fields of each row of the array `rows`, as an array per row (what a page's
+/// table shows, column by column).
+fn columns(rows: &Value, fields: &[&str]) -> Value {
+    let rows = rows.as_array().expect("an array of rows");
+    Value::Array(
+        rows.iter()
+            .map(|row| Value::Array(fields.iter().map(|f| row[*f].clone()).collect()))
+            .collect(),
+    )
+}
+
 /// Opens the overview and the page of the account (of `accounts`) with the most recent
 /// charges; checks what the page shows against the API's answers; keeps the screenshots in
 /// `target/dashboard-screenshots/<name>/`.
@@ -188,36 +199,22 @@ fn check_dashboard(port: u16, accounts: &[String], name: &str) {
     .expect("report json");
     assert_eq!(seen["errors"], serde_json::json!([]), "page errors");
     assert_eq!(seen["accounts"], totals["accounts"].to_string());
-    let expected_types: Vec<Value> = totals["credit_types"]
-        .as_array()
-        .expect("types")
-        .iter()
-        .map(|t| serde_json::json!([t["credit_type"], t["balance"]]))
-        .collect();
-    assert_eq!(seen["creditTypes"], Value::Array(expected_types));
-    let expected_revenue: Vec<Value> = totals["credit_types"]
-        .as_array()
-        .expect("types")
-        .iter()
-        .map(|t| serde_json::json!([t["recognized"], t["deferred"]]))
-        .collect();
+    let types = &totals["credit_types"];
+    assert_eq!(
+        seen["creditTypes"],
+        columns(types, &["credit_type", "balance"])
+    );
     assert_eq!(
         seen["revenue"],
-        Value::Array(expected_revenue),
+        columns(types, &["recognized", "deferred"]),
         "revenue shown"
     );
-    let expected_top: Vec<Value> = totals["top_consumers"]
-        .as_array()
-        .expect("top consumers")
-        .iter()
-        .map(|t| serde_json::json!([t["credit_type"], t["account"], t["consumed"]]))
-        .collect();
-    assert!(!expected_top.is_empty(), "someone consumed");
-    assert_eq!(
-        seen["topConsumers"],
-        Value::Array(expected_top),
-        "top consumers shown"
+    let expected_top = columns(
+        &totals["top_consumers"],
+        &["credit_type", "account", "consumed"],
     );
+    assert_ne!(expected_top, serde_json::json!([]), "someone consumed");
+    assert_eq!(seen["topConsumers"], expected_top, "top consumers shown");
     let alerts: u64 = totals["alerts_last_hour"]
         .as_object()
         .expect("alerts")
@@ -229,15 +226,9 @@ fn check_dashboard(port: u16, accounts: &[String], name: &str) {
         alerts.to_string(),
         "alerts of the last hour shown"
     );
-    let expected_balances: Vec<Value> = balance["balances"]
-        .as_array()
-        .expect("balances")
-        .iter()
-        .map(|b| serde_json::json!([b["credit_type"], b["balance"]]))
-        .collect();
     assert_eq!(
         seen["balances"],
-        Value::Array(expected_balances),
+        columns(&balance["balances"], &["credit_type", "balance"]),
         "{account}"
     );
     let expected_runways: Vec<Value> = balance["balances"]
@@ -264,13 +255,12 @@ fn check_dashboard(port: u16, accounts: &[String], name: &str) {
     let usage: Value =
         serde_json::from_str(&get(port, &format!("/api/v1/accounts/{account}/usage")))
             .expect("usage");
-    let expected_lines: Vec<Value> = usage["lines"]
-        .as_array()
-        .expect("lines")
-        .iter()
-        .map(|l| serde_json::json!([l["kind"], l["money"]]))
-        .collect();
-    assert!(!expected_lines.is_empty(), "{account} has invoice lines");
+    let expected_lines = columns(&usage["lines"], &["kind", "money"]);
+    assert_ne!(
+        expected_lines,
+        serde_json::json!([]),
+        "{account} has invoice lines"
+    );
     let expected_alerts: Vec<Value> = balance["alerts"]
         .as_array()
         .expect("alerts")
@@ -285,11 +275,7 @@ fn check_dashboard(port: u16, accounts: &[String], name: &str) {
         Value::Array(expected_alerts),
         "alert states shown"
     );
-    assert_eq!(
-        seen["lines"],
-        Value::Array(expected_lines),
-        "invoice lines shown"
-    );
+    assert_eq!(seen["lines"], expected_lines, "invoice lines shown");
     assert_eq!(
         seen["grants"],
         balance["grants"].as_array().map_or(0, Vec::len).max(1),
