@@ -460,11 +460,13 @@ impl WriterObserver for WriteMetrics {
             written.insert(partition, WallInstant::now());
         }
         if let Some((remote, store)) = &self.mirror {
+            let started = std::time::Instant::now();
             match remote.mirror(store, partition) {
-                Ok(done) => tracing::debug!(
+                Ok(done) => tracing::info!(
                     partition,
                     uploaded = done.uploaded,
                     deleted = done.deleted,
+                    mirror_ms = started.elapsed().as_millis() as u64,
                     bucket = remote.name(),
                     "snapshots mirrored"
                 ),
