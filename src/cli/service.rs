@@ -900,4 +900,45 @@ fn render_balance(out: &mut String, b: &Value) {
             text(&h["expires_at"])
         );
     }
+    for a in b["alerts"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  alert {} on {}: {} (went low {}, recovered {})",
+            text(&a["alert"]),
+            text(&a["credit_type"]),
+            if a["below"] == Value::Bool(true) {
+                "low now"
+            } else {
+                "not low"
+            },
+            text(&a["lows"]),
+            text(&a["recoveries"])
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_balance_table_lists_the_alert_states() {
+        let reply = serde_json::json!({
+            "account": "a", "plan": "pro", "clock": "t", "period_start": "s", "period_end": "e",
+            "as_of_seq": 7, "balances": [], "grants": [], "holds": [], "available": [],
+            "alerts": [
+                {"credit_type": "credit", "alert": "low_10", "below": true, "lows": 2, "recoveries": 1},
+                {"credit_type": "credit", "alert": "depleted", "below": false, "lows": 1, "recoveries": 1}
+            ]
+        });
+        let table = render("balance", &reply);
+        assert!(
+            table.contains("  alert low_10 on credit: low now (went low 2, recovered 1)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("  alert depleted on credit: not low (went low 1, recovered 1)"),
+            "{table}"
+        );
+    }
 }
