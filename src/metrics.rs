@@ -136,6 +136,16 @@ impl AlertWindow {
     }
 }
 
+/// The index of `stage` in [`SNAPSHOT_FAILURE_STAGES`]; anything else panics (a fixed set of
+/// labels keeps the series bounded).
+fn failure_stage(stage: &str) -> usize {
+    let index = SNAPSHOT_FAILURE_STAGES.iter().position(|s| *s == stage);
+    let Some(index) = index else {
+        panic!("unknown snapshot failure stage {stage:?}: use one of {SNAPSHOT_FAILURE_STAGES:?}");
+    };
+    index
+}
+
 fn wall_minute() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -638,20 +648,14 @@ impl Metrics {
     /// A snapshot failed at `stage` (one of [`SNAPSHOT_FAILURE_STAGES`]; anything else
     /// panics), the `consecutive`-th since the last one written.
     pub fn snapshot_failed(&self, stage: &str, consecutive: u64) {
-        let index = SNAPSHOT_FAILURE_STAGES.iter().position(|s| *s == stage);
-        let Some(index) = index else {
-            panic!(
-                "unknown snapshot failure stage {stage:?}: use one of {SNAPSHOT_FAILURE_STAGES:?}"
-            );
-        };
-        self.inner.snapshot_failures[index].inc();
+        self.inner.snapshot_failures[failure_stage(stage)].inc();
         self.inner.snapshot_consecutive_failures.set(consecutive);
     }
 
     /// Mirroring a partition's snapshots to the object store failed (`snapshot::remote`): the
     /// local snapshot stands, so the run of snapshot failures is not touched.
     pub fn snapshot_mirror_failed(&self) {
-        self.inner.snapshot_failures[3].inc();
+        self.inner.snapshot_failures[failure_stage("mirror")].inc();
     }
 
     /// A snapshot file of `kind` (one of [`SNAPSHOT_KINDS`]; anything else panics) was

@@ -156,9 +156,11 @@ impl Remote {
     /// the bucket lacks (or holds at another size), then deletes each object with no file.
     /// Blocking: for the writer thread (never a runtime thread).
     pub fn mirror(&self, store: &Store, partition: u32) -> Result<Mirrored, String> {
+        let files = store.entries(partition);
+        // A generous multiple of the request timeout: a listing, and an upload per file.
+        let multiple = 8 + 8 * files.len() as u32;
         let work = async {
             let objects = self.objects(Some(partition)).await?;
-            let files = store.entries(partition);
             let mut done = Mirrored::default();
             let mut names = std::collections::BTreeSet::new();
             for file in &files {
@@ -187,8 +189,6 @@ impl Remote {
             }
             Ok(done)
         };
-        // A generous multiple of the request timeout: a listing, and an upload per file.
-        let multiple = 8 + 8 * store.entries(partition).len() as u32;
         self.runtime
             .block_on(self.bounded("mirroring", multiple, work))
     }
