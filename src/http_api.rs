@@ -22,7 +22,7 @@
 //! Invariants: a 200 body is byte for byte what the NATS service replies to the same request
 //! (`tests/http_api_nats.rs`).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -31,7 +31,6 @@ use hyper::{Method, Response, StatusCode};
 
 use crate::engine::query::{TopConsumers, TypeTotals};
 use crate::metrics::{Metrics, ALERT_TYPES};
-use crate::pipeline::question::Needs;
 use crate::service::{Desk, ServiceError};
 use crate::wire::output::push_json_string;
 
@@ -40,7 +39,8 @@ pub const BODY_BYTES_MAX: usize = 64 * 1024;
 
 /// The read API: the desk it asks (set once the shards run) and the token it requires.
 pub struct Api {
-    desk: OnceLock<Arc<Desk>>,
+    /// The running generation's desk (`processor::generation`); none between two.
+    desk: RwLock<Option<Arc<Desk>>>,
     token: Option<String>,
     /// The process's metrics: the totals' alerts of the last hour.
     metrics: Metrics,
@@ -52,7 +52,7 @@ pub const TOP_CONSUMERS: usize = 5;
 impl Api {
     pub fn new(token: Option<String>, metrics: Metrics) -> Arc<Api> {
         Arc::new(Api {
-            desk: OnceLock::new(),
+            desk: RwLock::new(None),
             token: token.filter(|t| !t.is_empty()),
             metrics,
         })
@@ -60,7 +60,16 @@ impl Api {
 
     /// Connects the API to the running shards; until then it answers 503 `starting`.
     pub fn attach(&self, desk: Arc<Desk>) {
-        let _ = self.desk.set(desk);
+        if let Ok(mut attached) = self.desk.write() {
+            *attached = Some(desk);
+        }
+    }
+
+    /// Disconnects it (a generation ends: its shards stop); 503 `starting` until the next.
+    pub fn detach(&self) {
+        if let Ok(mut attached) = self.desk.write() {
+            *attached = None;
+        }
     }
 
     /// Whether `authorization` (the header's value) carries the configured token. Compares
@@ -166,9 +175,11 @@ impl Api {
         desk.handle(endpoint, false, request.as_bytes()).await
     }
 
-    fn desk(&self) -> Result<&Arc<Desk>, ServiceError> {
+    fn desk(&self) -> Result<Arc<Desk>, ServiceError> {
         self.desk
-            .get()
+            .read()
+            .ok()
+            .and_then(|desk| desk.clone())
             .ok_or_else(|| ServiceError::unavailable("starting", "the processor is starting"))
     }
 
@@ -189,21 +200,17 @@ impl Api {
         let mut sums = vec![TypeTotals::default(); types];
         let mut tops = vec![TopConsumers::new(TOP_CONSUMERS); types];
         let mut as_of_seq = u64::MAX;
+        // Partitions another processor owns answer through it (`service::route`).
         for partition in 0..desk.settings.partitions {
-            let (n, totals, top, seq) = desk
-                .ask(partition, 0, Needs::State, move |seen| {
-                    let (n, totals, top) = seen.partition.totals(types, TOP_CONSUMERS);
-                    Ok((n, totals, top, seen.as_of_seq))
-                })
-                .await?;
-            accounts += n;
-            for (sum, part) in sums.iter_mut().zip(&totals) {
+            let part = desk.partition_totals(partition).await?;
+            accounts += part.accounts;
+            for (sum, part) in sums.iter_mut().zip(&part.types) {
                 sum.add(part);
             }
-            for (best, part) in tops.iter_mut().zip(&top) {
+            for (best, part) in tops.iter_mut().zip(&part.top) {
                 best.merge(part);
             }
-            as_of_seq = as_of_seq.min(seq);
+            as_of_seq = as_of_seq.min(part.as_of_seq);
         }
         let mut out = format!(
             "{{\"partitions\":{},\"accounts\":{accounts},\"as_of_seq\":{},\"credit_types\":[",
@@ -321,7 +328,7 @@ fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 fn error(refused: &ServiceError) -> Response<Full<Bytes>> {
     let mut body = format!("{{\"error\":{{\"code\":{},\"reason\":", refused.code);
-    push_json_string(&mut body, refused.reason);
+    push_json_string(&mut body, &refused.reason);
     body.push_str(",\"detail\":");
     push_json_string(&mut body, &refused.detail);
     body.push_str("}}");
@@ -345,7 +352,10 @@ mod tests {
             r#"{"account":"acct 1","min_seq":12,"period":3}"#
         );
         let unknown = request_json("a", Some("limit=3"), &["min_seq"]).unwrap_err();
-        assert_eq!((unknown.code, unknown.reason), (400, "unknown_field"));
+        assert_eq!(
+            (unknown.code, unknown.reason.as_ref()),
+            (400, "unknown_field")
+        );
         for bad in [
             "min_seq=",
             "min_seq=-1",
@@ -355,7 +365,7 @@ mod tests {
         ] {
             let refused = request_json("a", Some(bad), &["min_seq"]).unwrap_err();
             assert_eq!(
-                (refused.code, refused.reason),
+                (refused.code, refused.reason.as_ref()),
                 (400, "invalid_field"),
                 "{bad}"
             );

@@ -205,11 +205,12 @@ pub enum LeaseError {
     Bucket { bucket: String, message: String },
 }
 
-/// What the publishing parts ask before each publish: does this process still hold the lease?
-/// Cheap (an atomic load and a monotonic clock read) and correct even when the renewal task has
-/// not run for a while.
+/// What the publishing parts ask before each publish: does this process still hold the lease
+/// (every one of its leases, for a fence made by [`Fence::all`])? Cheap (an atomic load and a
+/// monotonic clock read per lease) and correct even when the renewal task has not run for a
+/// while.
 #[derive(Clone, Debug)]
-pub struct Fence(Arc<FenceState>);
+pub struct Fence(Arc<[Arc<FenceState>]>);
 
 #[derive(Debug)]
 struct FenceState {
@@ -219,39 +220,61 @@ struct FenceState {
     lost: AtomicBool,
 }
 
+impl FenceState {
+    fn holds(&self, now: WallInstant) -> bool {
+        !self.lost.load(Ordering::Acquire)
+            && self.millis(now) < self.valid_until_ms.load(Ordering::Acquire)
+    }
+
+    fn millis(&self, at: WallInstant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
 impl Fence {
     fn new() -> Fence {
-        Fence(Arc::new(FenceState {
+        Fence(Arc::new([Arc::new(FenceState {
             base: WallInstant::now(),
             valid_until_ms: AtomicU64::new(0),
             lost: AtomicBool::new(false),
-        }))
+        })]))
     }
 
     /// A fence that always holds (a process that runs without a lease: tests, the demo).
     pub fn always() -> Fence {
         let fence = Fence::new();
-        fence.0.valid_until_ms.store(u64::MAX, Ordering::Release);
+        fence.0[0].valid_until_ms.store(u64::MAX, Ordering::Release);
         fence
     }
 
-    pub fn holds(&self) -> bool {
-        !self.0.lost.load(Ordering::Acquire)
-            && self.millis(WallInstant::now()) < self.0.valid_until_ms.load(Ordering::Acquire)
+    /// A fence that holds while every one of `fences` does (a processor owning several
+    /// partitions, each under its own lease, publishes only while it holds them all).
+    pub fn all<'a>(fences: impl IntoIterator<Item = &'a Fence>) -> Fence {
+        Fence(
+            fences
+                .into_iter()
+                .flat_map(|fence| fence.0.iter().cloned())
+                .collect(),
+        )
     }
 
-    fn millis(&self, at: WallInstant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.0.base).as_millis()).unwrap_or(u64::MAX)
+    pub fn holds(&self) -> bool {
+        let now = WallInstant::now();
+        self.0.iter().all(|state| state.holds(now))
     }
 
     /// Valid until `valid_for` after `sent` (never moves back).
     fn extend(&self, sent: WallInstant, valid_for: Duration) {
-        let until = self.millis(sent + valid_for);
-        self.0.valid_until_ms.fetch_max(until, Ordering::AcqRel);
+        for state in self.0.iter() {
+            let until = state.millis(sent + valid_for);
+            state.valid_until_ms.fetch_max(until, Ordering::AcqRel);
+        }
     }
 
     fn lose(&self) {
-        self.0.lost.store(true, Ordering::Release);
+        for state in self.0.iter() {
+            state.lost.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -262,6 +285,8 @@ pub struct Lease {
     holder: Holder,
     value: Bytes,
     revision: u64,
+    /// The revision the lease was taken at.
+    epoch: u64,
     fence: Fence,
 }
 
@@ -286,6 +311,7 @@ impl Lease {
             holder,
             value,
             revision: 0,
+            epoch: 0,
             fence,
         };
         // Twice at most: the value seen may expire or be deleted between the write and the read.
@@ -342,7 +368,51 @@ impl Lease {
         })
     }
 
+    /// Takes the lease in the open bucket `store` if nobody holds it: `None` when a live value
+    /// is there (a partition's lease between processors sharing the partitions: the holder is
+    /// not looked at, a free partition is simply another one).
+    pub async fn try_take(
+        store: kv::Store,
+        settings: LeaseSettings,
+        holder: Holder,
+    ) -> Result<Option<Lease>, LeaseError> {
+        let value =
+            Bytes::from(serde_json::to_vec(&holder).map_err(|e| bucket_error(&settings, e))?);
+        let lease = Lease {
+            store,
+            settings,
+            holder,
+            value,
+            revision: 0,
+            epoch: 0,
+            fence: Fence::new(),
+        };
+        let sent = WallInstant::now();
+        match tokio::time::timeout(
+            lease.settings.request_timeout(),
+            lease.store.create(&lease.settings.key, lease.value.clone()),
+        )
+        .await
+        {
+            Ok(Ok(revision)) => Ok(Some(lease.held(revision, sent))),
+            Ok(Err(error)) if error.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Ok(Err(error)) => Err(bucket_error(&lease.settings, error)),
+            Err(_) => Err(bucket_error(&lease.settings, "taking the lease timed out")),
+        }
+    }
+
+    /// The revision at which this holder took the lease (a renewal writes a new one): the
+    /// fencing epoch of its tenure, higher than every earlier holder's.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn settings(&self) -> &LeaseSettings {
+        &self.settings
+    }
+
     fn held(mut self, revision: u64, sent: WallInstant) -> Lease {
+        self.epoch = revision;
         self.revision = revision;
         self.fence.extend(sent, self.settings.valid_for());
         tracing::info!(
@@ -403,14 +473,23 @@ impl Lease {
                 }
             }
             if let Err(error) = self.renew().await {
-                self.fence.lose();
                 tracing::error!(%error, "lease lost");
                 return Err(error);
             }
         }
     }
 
-    async fn renew(&mut self) -> Result<(), LeaseError> {
+    /// One renewal (what [`Lease::keep`] does every TTL/3); `Err` once the lease is lost, the
+    /// fence already closed.
+    pub async fn renew(&mut self) -> Result<(), LeaseError> {
+        let renewed = self.renew_once().await;
+        if renewed.is_err() {
+            self.fence.lose();
+        }
+        renewed
+    }
+
+    async fn renew_once(&mut self) -> Result<(), LeaseError> {
         if !self.fence.holds() {
             return Err(self.expired());
         }
@@ -503,7 +582,8 @@ impl Lease {
 
     /// Gives the lease back (a delete expecting our revision), so the next start need not wait
     /// for the TTL. Best effort: a failure leaves the value to expire.
-    async fn release(&self) {
+    pub async fn release(&self) {
+        self.fence.lose();
         match self
             .store
             .delete_expect_revision(&self.settings.key, Some(self.revision))
@@ -533,7 +613,7 @@ fn time_since(at_unix_nanos: i128) -> Duration {
 }
 
 /// The bucket, created when missing; its TTL checked.
-async fn open_bucket(
+pub async fn open_bucket(
     context: &jetstream::Context,
     settings: &LeaseSettings,
 ) -> Result<kv::Store, LeaseError> {
@@ -637,5 +717,18 @@ mod tests {
         fence.lose();
         assert!(!fence.holds());
         assert!(Fence::always().holds());
+    }
+
+    #[test]
+    fn a_fence_of_several_holds_while_each_does() {
+        let (one, two) = (Fence::new(), Fence::new());
+        one.extend(WallInstant::now(), Duration::from_secs(60));
+        two.extend(WallInstant::now(), Duration::from_secs(60));
+        let both = Fence::all([&one, &two]);
+        assert!(both.holds());
+        two.lose();
+        assert!(!both.holds(), "one lost is enough");
+        assert!(one.holds());
+        assert!(Fence::all([]).holds(), "nothing to lose");
     }
 }

@@ -5,6 +5,7 @@
 //! `config` is the processor's operational config; `metrics` exports metrics and health.
 pub mod catalog;
 pub mod cli;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod dashboard;

@@ -192,6 +192,8 @@ struct Inner {
     /// In the order of [`CONSUMER_RECREATED_REASONS`].
     consumer_recreated: Vec<Counter>,
     ticks_published: Counter,
+    generations: Counter,
+    partitions_owned: GaugeU64,
     /// In the order of [`SNAPSHOT_FAILURE_STAGES`].
     snapshot_failures: Vec<Counter>,
     /// In the order of [`SNAPSHOT_KINDS`].
@@ -384,6 +386,19 @@ impl Metrics {
             "Tick commands published into the input stream",
             ticks_published.clone(),
         );
+        let generations = Counter::default();
+        r.register(
+            "generations",
+            "Times this processor started running its partitions: once alone; with cluster.\
+             enabled, again after every change of the partitions it owns",
+            generations.clone(),
+        );
+        let partitions_owned = GaugeU64::default();
+        r.register(
+            "partitions_owned",
+            "Partitions this processor owns now (all of them alone; its share with cluster.enabled)",
+            partitions_owned.clone(),
+        );
 
         let failures = Family::<StageLabel, Counter>::default();
         let snapshot_failures = SNAPSHOT_FAILURE_STAGES
@@ -523,6 +538,8 @@ impl Metrics {
                 nats_reconnects,
                 consumer_recreated,
                 ticks_published,
+                generations,
+                partitions_owned,
                 snapshot_failures,
                 snapshots_written,
                 snapshot_consecutive_failures,
@@ -639,6 +656,16 @@ impl Metrics {
             panic!("unknown consumer recreation reason {reason:?}: use one of {CONSUMER_RECREATED_REASONS:?}");
         };
         self.inner.consumer_recreated[index].inc();
+    }
+
+    /// A generation starts with `partitions` owned.
+    pub fn generation_started(&self, partitions: usize) {
+        self.inner.generations.inc();
+        self.inner.partitions_owned.set(partitions as u64);
+    }
+
+    pub fn set_partitions_owned(&self, partitions: usize) {
+        self.inner.partitions_owned.set(partitions as u64);
     }
 
     pub fn ticks_published(&self) {

@@ -157,6 +157,9 @@ pub struct Streams<'a> {
     pub context: &'a jetstream::Context,
     pub input: &'a str,
     pub output: &'a str,
+    /// The output stream's subject prefix (`output.subject_prefix`): an output's partition is
+    /// the token after it.
+    pub output_prefix: &'a str,
     /// What the server refused this connection (a request it refuses just times out).
     pub refusals: &'a crate::refusals::Refusals,
 }
@@ -171,6 +174,29 @@ pub async fn recover(
     store: &Store,
     catalog: &Catalog,
     partitions: u32,
+    rebuild: bool,
+    accepted_changes: &[String],
+) -> Result<Recovered, RecoveryError> {
+    let all: Vec<u32> = (0..partitions).collect();
+    recover_some(
+        streams,
+        store,
+        catalog,
+        (&all, partitions),
+        rebuild,
+        accepted_changes,
+    )
+    .await
+}
+
+/// Recovers the partitions `owned` of a deployment of `partitions` (a processor sharing the
+/// partitions with others recovers only its own: `cluster`). The already-emitted ids are
+/// those of the owned partitions' outputs.
+pub async fn recover_some(
+    streams: &Streams<'_>,
+    store: &Store,
+    catalog: &Catalog,
+    (owned, partitions): (&[u32], u32),
     rebuild: bool,
     accepted_changes: &[String],
 ) -> Result<Recovered, RecoveryError> {
@@ -190,12 +216,13 @@ pub async fn recover(
                 first: input_state.first_sequence,
             });
         }
-        report.empty = partitions;
+        report.empty = owned.len() as u32;
         report.start_seq = 1;
-        let already_emitted = scan_outputs(streams, 0, &mut report).await?;
+        let already_emitted = scan_outputs(streams, 0, (owned, partitions), &mut report).await?;
         return Ok(Recovered {
-            partitions: (0..partitions)
-                .map(|p| Partition::new(p, partitions))
+            partitions: owned
+                .iter()
+                .map(|p| Partition::new(*p, partitions))
                 .collect(),
             start_seq: 1,
             already_emitted,
@@ -203,7 +230,11 @@ pub async fn recover(
         });
     }
 
-    if store.is_empty() && history {
+    let files = store.load_some(owned);
+    let nothing = files
+        .iter()
+        .all(|f| f.loaded.is_none() && f.corrupt.is_empty());
+    if nothing && history && !owned.is_empty() {
         return Err(RecoveryError::NoSnapshotWithHistory {
             dir: store.dir().display().to_string(),
             stream: streams.input.to_string(),
@@ -211,9 +242,9 @@ pub async fn recover(
         });
     }
 
-    let mut restored = Vec::with_capacity(partitions as usize);
+    let mut restored = Vec::with_capacity(owned.len());
     let mut floor = u64::MAX;
-    for (number, files) in (0..partitions).zip(store.load_all(partitions)) {
+    for (&number, files) in owned.iter().zip(files) {
         match files.loaded {
             Some(loaded) => {
                 if loaded.header.partition_count != partitions {
@@ -298,6 +329,7 @@ pub async fn recover(
     let already_emitted = scan_outputs(
         streams,
         if floor == u64::MAX { 0 } else { floor },
+        (owned, partitions),
         &mut report,
     )
     .await?;
@@ -374,6 +406,17 @@ async fn check_history(
     }
 }
 
+/// The partition of an output published on `<prefix>.<partition>.<type>`.
+fn output_partition(subject: &str, prefix: &str) -> Option<u32> {
+    subject
+        .strip_prefix(prefix)?
+        .strip_prefix('.')?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// How long the output scan waits for its next message before giving up.
 const SCAN_WAIT_MAX: Duration = Duration::from_secs(30);
 
@@ -405,12 +448,21 @@ async fn next_scanned(
     }
 }
 
-/// Ids of the outputs stored after output stream sequence `floor`.
+/// Ids of the outputs of the partitions `owned` stored after output stream sequence `floor`
+/// (an output's partition is its subject's token after the output prefix: the stream's
+/// subjects are `<prefix>.<partition>.<type>`, so the token before the last ones of a subject
+/// whose partition this process does not own is skipped).
 async fn scan_outputs(
     streams: &Streams<'_>,
     floor: u64,
+    (owned, partitions): (&[u32], u32),
     report: &mut RecoveryReport,
 ) -> Result<HashSet<String>, RecoveryError> {
+    let mut mine = vec![false; partitions as usize];
+    for &p in owned {
+        mine[p as usize] = true;
+    }
+    let every = owned.len() == partitions as usize;
     let mut ids = HashSet::new();
     report.output_scan_from = floor + 1;
     let mut output = streams
@@ -437,9 +489,12 @@ async fn scan_outputs(
         let Some(message) = next else { break };
         let message = message.map_err(nats)?;
         let sequence = message.info().map_err(nats)?.stream_sequence;
-        if let Some(id) = message
-            .headers
-            .as_ref()
+        let ours = every
+            || output_partition(&message.subject, streams.output_prefix)
+                .is_some_and(|p| mine.get(p as usize).copied().unwrap_or(false));
+        if let Some(id) = ours
+            .then_some(&message)
+            .and_then(|message| message.headers.as_ref())
             .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
         {
             ids.insert(id.as_str().to_string());
@@ -450,4 +505,24 @@ async fn scan_outputs(
     }
     report.already_emitted = ids.len();
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::output_partition;
+
+    #[test]
+    fn an_outputs_partition_is_the_token_after_the_prefix() {
+        let prefix = "creditflow.out";
+        assert_eq!(
+            output_partition("creditflow.out.7.invoice.line", prefix),
+            Some(7)
+        );
+        assert_eq!(
+            output_partition("creditflow.out.12.dead_letter", prefix),
+            Some(12)
+        );
+        assert_eq!(output_partition("creditflow.outx.1.a", prefix), None);
+        assert_eq!(output_partition("other.1.a", prefix), None);
+    }
 }

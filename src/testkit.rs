@@ -42,6 +42,18 @@ pub fn nats_server_binary() -> PathBuf {
     PathBuf::from("nats-server")
 }
 
+/// The (major, minor) version of [`nats_server_binary`], from its `--version`.
+pub fn nats_server_version() -> (u32, u32) {
+    let output = Command::new(nats_server_binary())
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("running {} --version: {e}", nats_server_binary().display()));
+    let text = String::from_utf8_lossy(&output.stdout);
+    let version = text.trim().rsplit('v').next().unwrap_or_default();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -131,6 +143,12 @@ impl NatsServer {
 
     /// (Re)starts the server on the same port and store, waiting until it accepts connections.
     pub fn restart(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// (Re)starts the server process without waiting for it.
+    fn spawn(&mut self) {
         self.kill();
         let log = self.store.join("nats-server.log");
         let mut command = Command::new(nats_server_binary());
@@ -152,7 +170,12 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", nats_server_binary().display()));
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+    }
+
+    /// Waits until the server (started by [`NatsServer::spawn`]) accepts connections.
+    fn wait_ready(&mut self) {
+        let log = self.store.join("nats-server.log");
+        let deadline = Instant::now() + Duration::from_secs(30);
         // The port answering is not enough: JetStream must have recovered its store. The server
         // logs "Server is ready" once it accepts clients with JetStream enabled.
         loop {
@@ -189,6 +212,105 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A JetStream cluster of `nats-server` children on localhost (each on a free client and route
+/// port, with a store of its own), that a test can kill node by node (SIGKILL) and restart.
+pub struct NatsCluster {
+    nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes routed to each other, and waits until each accepts clients with
+    /// JetStream on (the cluster's meta leader may still be being elected: a client's first
+    /// JetStream request can need a retry; [`NatsCluster::wait_jetstream`]).
+    pub fn start(size: usize) -> NatsCluster {
+        let routes: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let route_urls: Vec<String> = routes
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect();
+        let mut nodes = Vec::with_capacity(size);
+        for (index, route) in routes.iter().enumerate() {
+            let dir = tempfile::tempdir().expect("temporary directory for a node's store");
+            let store = dir.path().join("store");
+            let text = format!(
+                "server_name: n{index}\n\
+                 jetstream {{\n  store_dir: {store:?}\n}}\n\
+                 cluster {{\n  name: creditflow_test\n  listen: 127.0.0.1:{route}\n  \
+                 routes: [{}]\n}}\n",
+                route_urls
+                    .iter()
+                    .enumerate()
+                    .filter(|(other, _)| *other != index)
+                    .map(|(_, url)| format!("{url:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                store = store.display().to_string(),
+            );
+            let config = dir.path().join("nats-server.conf");
+            std::fs::write(&config, text).expect("writing a node's config");
+            nodes.push(NatsServer {
+                port: free_port(),
+                store: dir.path().to_path_buf(),
+                child: None,
+                _dir: Some(dir),
+                config: Some((config, Vec::new())),
+            });
+        }
+        // Every node is started before any is waited for: a node's JetStream waits for the
+        // others to form the cluster.
+        for node in &mut nodes {
+            node.spawn();
+        }
+        for node in &mut nodes {
+            node.wait_ready();
+        }
+        NatsCluster { nodes }
+    }
+
+    /// The client URLs of every node, for a client that fails over between them.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(NatsServer::url).collect()
+    }
+
+    pub fn node(&mut self, index: usize) -> &mut NatsServer {
+        &mut self.nodes[index]
+    }
+
+    /// Waits until a JetStream request answers through `url` (a cluster elects its meta leader
+    /// after the nodes connect).
+    pub fn wait_jetstream(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let urls = self.urls();
+        loop {
+            let ready = runtime.block_on(async {
+                let Ok(client) = async_nats::connect(urls[0].as_str()).await else {
+                    return false;
+                };
+                // The account's JetStream info: an error (503) until the meta leader is elected.
+                let reply = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.request("$JS.API.INFO", bytes::Bytes::new()),
+                )
+                .await;
+                matches!(reply, Ok(Ok(message))
+                    if !String::from_utf8_lossy(&message.payload).contains("\"error\""))
+            });
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster's JetStream did not answer"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 

@@ -67,6 +67,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub snapshot: SnapshotConfig,
     pub lease: LeaseConfig,
+    pub cluster: ClusterConfig,
     pub service: ServiceConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
@@ -306,9 +307,23 @@ pub struct LeaseConfig {
     pub ttl: Duration,
 }
 
+/// `[cluster]`: several processors sharing the partitions (`crate::cluster`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterConfig {
+    /// false: this processor owns every partition under the lease on the input stream. true:
+    /// it owns the partitions whose leases it holds; needs `snapshot.object_store`.
+    pub enabled: bool,
+}
+
 /// Shortest `lease.ttl`: a renewal every third of it must fit a round trip to the broker with
 /// room to spare.
 pub const LEASE_TTL_MIN: Duration = Duration::from_secs(1);
+
+/// Shortest `lease.ttl` with a replicated bucket (`input.replicas` > 1): when the node leading
+/// the bucket dies, writes fail until the others elect a new leader (nats-server waits 4 to 9 s
+/// before electing), and the holder's fence closes 4/5 of the TTL after its last renewal, which
+/// may have been a third of the TTL before the death: 4/5 − 1/3 of 20 s is 9.3 s.
+pub const LEASE_TTL_REPLICATED_MIN: Duration = Duration::from_secs(20);
 
 /// `[service]`: the NATS micro service.
 #[derive(Clone, Debug, PartialEq)]

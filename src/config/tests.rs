@@ -285,6 +285,14 @@ fn cross_field_rules() {
             "lease.bucket: \"a.b\" is not a valid name",
         ),
         (
+            "[input]\nreplicas = 3\n",
+            "lease.ttl: 15s is shorter than 20s, the least with input.replicas = 3",
+        ),
+        (
+            "[cluster]\nenabled = true\n",
+            "cluster.enabled: processors sharing the partitions need snapshot.object_store",
+        ),
+        (
             "[service]\nwait_max = \"0\"\n",
             "service.wait_max: must be > 0",
         ),

@@ -143,6 +143,11 @@ impl Config {
                 ("ttl", duration_value(self.lease.ttl)),
             ],
         );
+        write_section(
+            &mut out,
+            "cluster",
+            &[("enabled", Value::Boolean(self.cluster.enabled))],
+        );
         let service = &self.service;
         write_section(
             &mut out,

@@ -574,6 +574,9 @@ impl Loader {
             engine: self.engine(),
             snapshot: self.snapshot(),
             lease: self.lease(),
+            cluster: ClusterConfig {
+                enabled: self.boolean("cluster", "enabled"),
+            },
             service: self.service(),
             metrics: self.metrics(),
             log: self.log(),
@@ -979,6 +982,32 @@ impl Loader {
                     ),
                 );
             }
+        }
+        if config.input.replicas > 1
+            && config.lease.ttl < LEASE_TTL_REPLICATED_MIN
+            && self.ok(&["lease.ttl", "input.replicas"])
+        {
+            self.error(
+                "lease.ttl",
+                format!(
+                    "{} is shorter than {}, the least with input.replicas = {} (the lease bucket's \
+                     replicas): while a dead node's leadership is elected anew (4 to 9 s) no \
+                     renewal succeeds, and the lease must outlast that",
+                    format_duration(config.lease.ttl),
+                    format_duration(LEASE_TTL_REPLICATED_MIN),
+                    config.input.replicas
+                ),
+            );
+        }
+        if config.cluster.enabled
+            && config.snapshot.object_store.is_none()
+            && self.ok(&["cluster.enabled", "snapshot.object_store"])
+        {
+            self.error(
+                "cluster.enabled",
+                "processors sharing the partitions need snapshot.object_store: a partition \
+                 taken over starts from the snapshots its last owner mirrored there",
+            );
         }
         let engine = &config.engine;
         if self.ok(&["engine.shards", "engine.partitions"])

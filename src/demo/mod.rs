@@ -258,7 +258,8 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> std::io::Result<De
         None => (None, vec![None; shards]),
     };
     let (senders, receivers) = shard_queues(shards, settings.queue_batches_max);
-    let mut dispatcher = Dispatcher::new(senders, settings.batch_size_max);
+    let layout = Arc::new(crate::pipeline::Layout::all(partitions, shards));
+    let mut dispatcher = Dispatcher::new(senders, settings.batch_size_max, layout.clone());
     let (sink_sender, sink_receiver) =
         crate::pipeline::sink::sink_queue(shards * settings.queue_batches_max.max(1));
     let mut handles = Vec::new();
@@ -271,10 +272,11 @@ pub fn run(catalog: Arc<Catalog>, settings: &DemoSettings) -> std::io::Result<De
     for (number, receiver) in receivers.into_iter().enumerate() {
         let shard = Shard {
             number,
-            shards,
+            layout: layout.clone(),
             catalog: catalog.clone(),
-            partitions: (0..partitions)
-                .filter(|p| *p as usize % shards == number)
+            partitions: layout
+                .of_shard(number)
+                .into_iter()
                 .map(|p| {
                     let mut partition = Partition::new(p, partitions);
                     partition.keep_journal(statement_entries);

@@ -389,7 +389,7 @@ impl Partition {
 }
 
 /// One credit type's totals over a set of accounts (the HTTP API's deployment totals).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TypeTotals {
     /// Accounts with a balance in this credit type.
     pub accounts: u64,
@@ -438,7 +438,7 @@ impl TypeTotals {
 
 /// The accounts that consumed the most of one credit type (lifetime ledger), most first, ties
 /// by account id; at most `n`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TopConsumers {
     n: usize,
     pub accounts: Vec<(Credits, String)>,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use crossbeam::channel::{Receiver, Sender};
 
-use super::{shard_of, Inbound};
+use super::{Inbound, Layout};
 
 /// What a shard thread receives.
 #[derive(Debug)]
@@ -47,6 +47,9 @@ const SPARE_PER_SHARD: usize = 8;
 
 pub struct Dispatcher {
     senders: Vec<Sender<ShardInput>>,
+    /// Which shard owns which partition; messages of partitions this process does not own
+    /// are passed over (another processor applies them: `cluster`).
+    layout: Arc<Layout>,
     pending: Vec<Vec<Inbound>>,
     spare: (Sender<Vec<Inbound>>, Receiver<Vec<Inbound>>),
     batch_size_max: usize,
@@ -66,10 +69,16 @@ pub fn shard_queues(
 }
 
 impl Dispatcher {
-    pub fn new(senders: Vec<Sender<ShardInput>>, batch_size_max: usize) -> Dispatcher {
+    pub fn new(
+        senders: Vec<Sender<ShardInput>>,
+        batch_size_max: usize,
+        layout: Arc<Layout>,
+    ) -> Dispatcher {
         let shards = senders.len();
+        assert_eq!(shards, layout.shards(), "one queue per shard of the layout");
         Dispatcher {
             senders,
+            layout,
             pending: (0..shards)
                 .map(|_| Vec::with_capacity(batch_size_max))
                 .collect(),
@@ -95,11 +104,15 @@ impl Dispatcher {
         self.senders.iter().map(Sender::len).collect()
     }
 
-    /// Adds one message; sends its shard's batch when full. `Err` when a shard has gone.
+    /// Adds one message; sends its shard's batch when full. `Err` when a shard has gone. A
+    /// message of a partition this process does not own is passed over (it still moves the
+    /// position: nothing of ours is before it).
     pub fn push(&mut self, message: Inbound) -> Result<(), ShardGone> {
-        // A subject that names no partition is dead-lettered by partition 0's shard.
-        let shard = shard_of(message.partition().unwrap_or(0), self.senders.len());
         self.pushed = self.pushed.max(message.seq);
+        // A subject that names no partition is dead-lettered by partition 0's shard.
+        let Some(shard) = self.layout.shard(message.partition().unwrap_or(0)) else {
+            return Ok(());
+        };
         self.pending[shard].push(message);
         if self.pending[shard].len() >= self.batch_size_max {
             self.send(shard)?;
@@ -174,10 +187,45 @@ mod tests {
         }
     }
 
+    fn layout(shards: usize) -> Arc<Layout> {
+        Arc::new(Layout::all(8, shards))
+    }
+
+    #[test]
+    fn messages_of_partitions_owned_elsewhere_are_passed_over() {
+        let (senders, receivers) = shard_queues(2, 8);
+        let owned = Arc::new(Layout::owned(&[1, 2], 4, 2));
+        let mut dispatcher = Dispatcher::new(senders, 8, owned);
+        let position = dispatcher.dispatched();
+        for (seq, partition) in [(1, 0), (2, 1), (3, 2), (4, 3)] {
+            dispatcher.push(message(seq, partition)).unwrap();
+        }
+        dispatcher.flush().unwrap();
+        assert_eq!(
+            position.load(Ordering::Acquire),
+            4,
+            "the position passes them too"
+        );
+        dispatcher.stop().unwrap();
+        let seqs = |receiver: &Receiver<ShardInput>| {
+            let mut seqs = Vec::new();
+            while let Ok(ShardInput::Batch(batch)) = receiver.recv() {
+                seqs.extend(batch.messages.iter().map(|m| m.seq));
+            }
+            seqs
+        };
+        assert_eq!(
+            seqs(&receivers[0]),
+            [2],
+            "partition 1 is the first owned: shard 0"
+        );
+        assert_eq!(seqs(&receivers[1]), [3]);
+    }
+
     #[test]
     fn batches_go_to_the_owning_shard_in_order() {
         let (senders, receivers) = shard_queues(2, 8);
-        let mut dispatcher = Dispatcher::new(senders, 2);
+        let mut dispatcher = Dispatcher::new(senders, 2, layout(2));
         for (seq, partition) in [(1, 0), (2, 1), (3, 2), (4, 3), (5, 4)] {
             dispatcher.push(message(seq, partition)).unwrap();
         }
@@ -196,7 +244,7 @@ mod tests {
     #[test]
     fn the_position_moves_only_once_everything_before_it_is_queued() {
         let (senders, receivers) = shard_queues(2, 8);
-        let mut dispatcher = Dispatcher::new(senders, 4);
+        let mut dispatcher = Dispatcher::new(senders, 4, layout(2));
         let position = dispatcher.dispatched();
         dispatcher.push(message(1, 0)).unwrap();
         dispatcher.push(message(2, 1)).unwrap();
@@ -213,7 +261,7 @@ mod tests {
     #[test]
     fn a_full_queue_blocks_instead_of_dropping() {
         let (senders, receivers) = shard_queues(1, 1);
-        let mut dispatcher = Dispatcher::new(senders, 1);
+        let mut dispatcher = Dispatcher::new(senders, 1, layout(1));
         dispatcher.push(message(1, 0)).unwrap();
         let handle = std::thread::spawn(move || {
             dispatcher.push(message(2, 0)).unwrap();
@@ -235,7 +283,7 @@ mod tests {
     #[test]
     fn an_emptied_batch_buffer_is_reused_for_a_later_batch() {
         let (senders, receivers) = shard_queues(1, 8);
-        let mut dispatcher = Dispatcher::new(senders, 4);
+        let mut dispatcher = Dispatcher::new(senders, 4, layout(1));
         dispatcher.push(message(1, 0)).unwrap();
         dispatcher.flush().unwrap();
         let ShardInput::Batch(first) = receivers[0].recv().unwrap() else {

@@ -307,15 +307,38 @@ fn discard<A: Future + Unpin>(ack: &mut Option<A>) {
 /// The NATS JetStream publisher.
 pub struct JetStreamPublisher {
     pub context: async_nats::jetstream::Context,
+    /// Processors sharing the partitions, on a server that checks it: each output expects its
+    /// partition's fence record to be the last message on `<subject_prefix>.<partition>`, so
+    /// the server refuses it once another owner has fenced the partition.
+    pub fences: Option<Fences>,
+}
+
+/// The fence records an owner published (`processor::generation`).
+#[derive(Clone, Debug)]
+pub struct Fences {
+    /// `<output prefix>.fence`: partition p's record is on `<subject_prefix>.<p>`.
+    pub subject_prefix: String,
+    /// By partition: the stream sequence of this owner's record.
+    pub sequences: std::sync::Arc<Vec<Option<u64>>>,
 }
 
 impl Publisher for JetStreamPublisher {
     type Ack = std::pin::Pin<Box<dyn Future<Output = Result<u64, PublishFailure>> + Send>>;
 
     async fn publish(&self, output: &Outbound) -> Result<Self::Ack, PublishFailure> {
-        let publish = async_nats::jetstream::message::PublishMessage::build()
+        let mut publish = async_nats::jetstream::message::PublishMessage::build()
             .payload(output.payload.clone())
             .message_id(output.id.as_str());
+        if let Some(fences) = &self.fences {
+            if let Some(Some(sequence)) = fences.sequences.get(output.partition as usize) {
+                publish = publish
+                    .header(
+                        "Nats-Expected-Last-Subject-Sequence-Subject",
+                        format!("{}.{}", fences.subject_prefix, output.partition).as_str(),
+                    )
+                    .expected_last_subject_sequence(*sequence);
+            }
+        }
         let ack = self
             .context
             .send_publish(output.subject.clone(), publish)

@@ -116,9 +116,84 @@ pub fn output_subject(prefix: &str, partition: u32, kind: &str) -> String {
     format!("{prefix}.{partition}.{kind}")
 }
 
-/// Which shard owns `partition`.
-pub fn shard_of(partition: u32, shards: usize) -> usize {
-    partition as usize % shards.max(1)
+/// Where each partition lives in this process: its shard and its index among that shard's
+/// partitions, or nowhere (another processor owns it: `cluster`).
+///
+/// The partitions a process owns, in increasing order, are dealt to the shards in turn: the
+/// i-th goes to shard `i % shards` at index `i / shards`. Owning every partition that is
+/// partition `p` on shard `p % shards` at index `p / shards`; owning a subset keeps the shards
+/// as even as the whole set does (dealing by partition number would not: the even partitions
+/// of two shards would all be shard 0's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    shards: usize,
+    /// Per partition number: (shard, index in the shard).
+    places: Vec<Option<(usize, usize)>>,
+}
+
+impl Layout {
+    /// Every partition of `partitions`, over `shards` shards.
+    pub fn all(partitions: u32, shards: usize) -> Layout {
+        Layout::owned(&(0..partitions).collect::<Vec<_>>(), partitions, shards)
+    }
+
+    /// The partitions `owned` (each `< partitions`; any order, no repeats) over `shards`
+    /// shards.
+    pub fn owned(owned: &[u32], partitions: u32, shards: usize) -> Layout {
+        let shards = shards.max(1);
+        let mut sorted = owned.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut places = vec![None; partitions as usize];
+        for (i, partition) in sorted.into_iter().enumerate() {
+            assert!(
+                partition < partitions,
+                "partition {partition} of {partitions}"
+            );
+            places[partition as usize] = Some((i % shards, i / shards));
+        }
+        Layout { shards, places }
+    }
+
+    /// The shard and index of `partition`, if this process owns it.
+    pub fn place(&self, partition: u32) -> Option<(usize, usize)> {
+        self.places.get(partition as usize).copied().flatten()
+    }
+
+    /// The shard that owns `partition`, if this process does.
+    pub fn shard(&self, partition: u32) -> Option<usize> {
+        self.place(partition).map(|(shard, _)| shard)
+    }
+
+    pub fn owns(&self, partition: u32) -> bool {
+        self.place(partition).is_some()
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// The partition count of the deployment (owned or not).
+    pub fn partitions(&self) -> u32 {
+        self.places.len() as u32
+    }
+
+    /// The partitions this process owns, in increasing order.
+    pub fn owned_partitions(&self) -> Vec<u32> {
+        (0..self.partitions()).filter(|p| self.owns(*p)).collect()
+    }
+
+    /// The partitions of `shard`, in index order.
+    pub fn of_shard(&self, shard: usize) -> Vec<u32> {
+        let mut of: Vec<(usize, u32)> = (0..self.partitions())
+            .filter_map(|p| match self.place(p) {
+                Some((s, index)) if s == shard => Some((index, p)),
+                _ => None,
+            })
+            .collect();
+        of.sort_unstable();
+        of.into_iter().map(|(_, p)| p).collect()
+    }
 }
 
 #[cfg(test)]
@@ -154,6 +229,24 @@ mod tests {
             output_subject("creditflow.out", 3, "invoice.line"),
             "creditflow.out.3.invoice.line"
         );
-        assert_eq!(shard_of(5, 2), 1);
+    }
+
+    #[test]
+    fn a_layout_deals_owned_partitions_to_the_shards_in_turn() {
+        let all = Layout::all(16, 2);
+        assert_eq!(
+            all.place(5),
+            Some((1, 2)),
+            "every partition: p % shards, p / shards"
+        );
+        assert_eq!(all.of_shard(0), [0, 2, 4, 6, 8, 10, 12, 14]);
+        let some = Layout::owned(&[9, 3, 1, 7], 16, 2);
+        assert_eq!(some.owned_partitions(), [1, 3, 7, 9]);
+        assert_eq!(some.of_shard(0), [1, 7]);
+        assert_eq!(some.of_shard(1), [3, 9]);
+        assert_eq!(some.place(7), Some((0, 1)));
+        assert_eq!(some.place(2), None);
+        assert_eq!(some.place(99), None, "past the partition count");
+        assert!(!Layout::owned(&[], 4, 2).owns(0));
     }
 }

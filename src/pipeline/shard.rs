@@ -27,7 +27,7 @@ use crossbeam::channel::{Receiver, SendTimeoutError, Sender};
 use super::dispatch::ShardInput;
 use super::question::{Needs, Question, ResultBook, Seen};
 use super::sink::Sink;
-use super::{output_subject, Inbound, Outbound, SinkMessage};
+use super::{output_subject, Inbound, Layout, Outbound, SinkMessage};
 use crate::catalog::Catalog;
 use crate::engine::dedupe::dedupe_key;
 use crate::engine::{apply_ahead, Envelope, Hashes, Partition};
@@ -150,9 +150,10 @@ impl ShardObserver for NoObserver {
 
 pub struct Shard<S: SnapshotHook, O: ShardObserver> {
     pub number: usize,
-    pub shards: usize,
+    /// Which partitions are whose; this shard's are `layout.of_shard(number)`.
+    pub layout: Arc<Layout>,
     pub catalog: Arc<Catalog>,
-    /// Partitions `number`, `number + shards`, … in that order.
+    /// This shard's partitions, in the layout's order (`layout.of_shard(number)`).
     pub partitions: Vec<Partition>,
     pub output_prefix: String,
     pub snapshots: S,
@@ -442,15 +443,18 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
     /// Answers `question` if its partition is at home and far enough, hands it to the holder of
     /// its lent partition if that can answer it, parks it otherwise; drops it past its deadline.
     fn ask(&mut self, question: Question, home: &mut Home, input: &Receiver<ShardInput>) {
-        let index = question.partition as usize / self.shards;
-        let ours = question.partition as usize % self.shards == self.number
-            && index < home.partitions.len();
+        let place = self.layout.place(question.partition);
         debug_assert!(
-            ours,
+            place.is_some_and(|(shard, _)| shard == self.number),
             "a question for partition {} reached shard {}",
-            question.partition, self.number
+            question.partition,
+            self.number
         );
-        if !ours || WallInstant::now() >= question.deadline {
+        let index = match place {
+            Some((shard, index)) if shard == self.number && index < home.partitions.len() => index,
+            _ => return,
+        };
+        if WallInstant::now() >= question.deadline {
             return;
         }
         match &home.partitions[index] {
@@ -493,7 +497,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
         sink: &Sink,
         input: &Receiver<ShardInput>,
     ) -> bool {
-        let index = partition.number as usize / self.shards;
+        let index = self.index(partition.number);
         let mut outbound = Vec::new();
         let waiting: Vec<Inbound> = home.waiting[index].drain(..).collect();
         for inbound in waiting {
@@ -516,9 +520,18 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
     /// partition are dead-lettered by partition 0 (this shard owns it, or the dispatcher would
     /// not have sent it here).
     fn index_of(&self, inbound: &Inbound) -> usize {
-        inbound
-            .partition()
-            .map_or(0, |number| number as usize / self.shards)
+        self.index(inbound.partition().unwrap_or(0))
+    }
+
+    /// The index of `partition` in this shard (the dispatcher sends only this shard's).
+    fn index(&self, partition: u32) -> usize {
+        match self.layout.place(partition) {
+            Some((shard, index)) if shard == self.number => index,
+            _ => panic!(
+                "partition {partition} reached shard {}, which does not own it",
+                self.number
+            ),
+        }
     }
 
     /// Applies one message to the partition that handles it; `decoded` is its decoding (by

@@ -8,8 +8,9 @@
 //! publish that fails is logged and reported (the processor goes not-ready while ticks fail:
 //! without them no period ends and no grant expires), and the next interval tries again.
 //!
-//! Invariants: every partition's tick subject (`<prefix>.<p>.tick`) gets one tick per interval
-//! with the same `ts`, each with a `Nats-Msg-Id` unique to (partition, ts), so a retried tick is
+//! Invariants: every owned partition's tick subject (`<prefix>.<p>.tick`) gets one tick per
+//! interval from its owner alone (processors sharing the partitions each tick their own, under
+//! their leases: one tick publisher per partition at a time), all with the same `ts`, each with a `Nats-Msg-Id` unique to (partition, ts), so a retried tick is
 //! stored once.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,13 +36,13 @@ pub fn wall_clock() -> Instant {
     Instant(millis)
 }
 
-/// Publishes ticks every `interval` until `stop` changes, while `may_publish` holds. Reports
-/// each interval's outcome to `on_interval`: `Ok` when every partition's tick was stored, the
-/// error otherwise.
+/// Publishes ticks into `partitions` (the ones this process owns) every `interval` until `stop`
+/// changes, while `may_publish` holds. Reports each interval's outcome to `on_interval`: `Ok`
+/// when every partition's tick was stored, the error otherwise.
 pub async fn run(
     context: jetstream::Context,
     input_prefix: String,
-    partitions: u32,
+    partitions: Vec<u32>,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
     on_interval: impl Fn(Result<(), String>) + Send,
@@ -65,9 +66,9 @@ pub async fn run(
         let at = wall_clock().max(last);
         last = at;
         let payload = bytes::Bytes::from(tick_payload(at));
-        let mut acks = Vec::with_capacity(partitions as usize);
+        let mut acks = Vec::with_capacity(partitions.len());
         let mut failure = None;
-        for partition in 0..partitions {
+        for &partition in &partitions {
             let publish = jetstream::message::PublishMessage::build()
                 .payload(payload.clone())
                 .message_id(format!("tick-{}-{partition}", at.millis()));

@@ -6,6 +6,7 @@
 //!
 //! Invariants: every request gets either a reply or one of these; none is left unanswered.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// One error reply.
@@ -14,7 +15,8 @@ pub struct ServiceError {
     /// 400 bad request, 404 unknown, 422 not applied, 500 internal, 503 unavailable.
     pub code: u16,
     /// Stable: `bad_request`, `invalid_field`, `unknown_account`, a dead-letter reason, …
-    pub reason: &'static str,
+    /// (borrowed, but for an error relayed from the processor that owns the partition).
+    pub reason: Cow<'static, str>,
     /// For people: what was wrong, naming the field when one was.
     pub detail: String,
 }
@@ -23,8 +25,19 @@ impl ServiceError {
     pub fn new(code: u16, reason: &'static str, detail: impl Into<String>) -> ServiceError {
         ServiceError {
             code,
-            reason,
+            reason: Cow::Borrowed(reason),
             detail: detail.into(),
+        }
+    }
+
+    /// An error as another processor sent it: its code and its `Nats-Service-Error` text
+    /// (`"<reason>: <detail>"`).
+    pub fn relayed(code: u16, status: &str) -> ServiceError {
+        let (reason, detail) = status.split_once(": ").unwrap_or((status, ""));
+        ServiceError {
+            code,
+            reason: Cow::Owned(reason.to_string()),
+            detail: detail.to_string(),
         }
     }
 
@@ -67,5 +80,19 @@ impl From<ServiceError> for async_nats::service::error::Error {
             status: error.status(),
             code: usize::from(error.code),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServiceError;
+
+    #[test]
+    fn a_relayed_error_is_the_one_its_owner_sent() {
+        let sent = ServiceError::unknown_account("acct_1");
+        let relayed = ServiceError::relayed(sent.code, &sent.status());
+        assert_eq!(relayed, sent);
+        let bare = ServiceError::relayed(503, "busy");
+        assert_eq!((bare.reason.as_ref(), bare.detail.as_str()), ("busy", ""));
     }
 }

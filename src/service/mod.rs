@@ -31,6 +31,7 @@
 pub mod error;
 pub mod reply;
 pub mod request;
+pub mod route;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant as WallInstant};
@@ -44,7 +45,7 @@ use crate::engine::dedupe::dedupe_key;
 use crate::engine::partition_of;
 use crate::metrics::Health;
 use crate::pipeline::question::{Needs, Question, Seen};
-use crate::pipeline::shard_of;
+use crate::pipeline::Layout;
 use crate::time::Instant;
 use crate::wire::subject::SubjectKind;
 pub use error::ServiceError;
@@ -84,7 +85,6 @@ pub struct Settings {
     /// The input stream's subject prefix (commands are published under it).
     pub input_prefix: String,
     pub partitions: u32,
-    pub shards: usize,
     /// Time allowed for the publish of a command to be acknowledged.
     pub publish_timeout: Duration,
 }
@@ -105,10 +105,21 @@ pub struct Desk {
     pub settings: Settings,
     /// One bounded queue per shard.
     pub questions: Vec<Sender<Question>>,
+    /// Which shard owns which partition (none: another processor owns it).
+    pub layout: Arc<Layout>,
     pub health: Health,
     /// JetStream on the service's connection, for publishing commands; `None` for a desk that
     /// only answers queries (the HTTP read API).
     pub jetstream: Option<async_nats::jetstream::Context>,
+    /// Where requests for partitions owned elsewhere go (processors sharing the partitions:
+    /// [`route`]); `None` when this processor owns every partition.
+    pub router: Option<route::Router>,
+}
+
+/// The endpoint called `name` (a query, or a command when `command`), by its static name.
+pub fn endpoint_name(command: bool, name: &str) -> Option<&'static str> {
+    let names: &[&'static str] = if command { &COMMANDS } else { &QUERIES };
+    names.iter().copied().find(|n| *n == name)
 }
 
 /// A running service; [`Running::stop`] unsubscribes every endpoint.
@@ -158,6 +169,18 @@ pub async fn start(client: async_nats::Client, desk: Arc<Desk>) -> Result<Runnin
         .await
         .map_err(fail)?;
     let mut tasks = Vec::new();
+    if desk.router.is_some() {
+        // Requests other processors forward for this one's partitions.
+        let owned = desk.layout.owned_partitions();
+        tasks = route::serve_owned(
+            client.clone(),
+            desk.clone(),
+            &settings.subject_prefix,
+            &owned,
+        )
+        .await
+        .map_err(|e| StartError(e.to_string()))?;
+    }
     let endpoints = QUERIES
         .iter()
         .map(|name| (*name, query_subject(&settings.subject_prefix, name), false))
@@ -197,8 +220,91 @@ pub async fn start(client: async_nats::Client, desk: Arc<Desk>) -> Result<Runnin
 }
 
 impl Desk {
-    /// Answers one request of endpoint `name`.
+    /// Answers one request of endpoint `name`: here when this processor owns the account's
+    /// partition (or the request names no account), else through its owner ([`route`]).
     pub async fn handle(
+        &self,
+        name: &'static str,
+        command: bool,
+        payload: &[u8],
+    ) -> Result<String, ServiceError> {
+        if let (Some(router), Some(partition)) = (&self.router, self.elsewhere(payload)) {
+            return router
+                .forward(partition, name, command, payload, self.settings.wait_max)
+                .await;
+        }
+        self.handle_here(name, command, payload).await
+    }
+
+    /// The partition of the request's account when another processor owns it. A request
+    /// without a valid account is answered here (its error is the same everywhere).
+    fn elsewhere(&self, payload: &[u8]) -> Option<u32> {
+        #[derive(serde::Deserialize)]
+        struct Named<'a> {
+            #[serde(borrow)]
+            account: Option<std::borrow::Cow<'a, str>>,
+        }
+        let named: Named<'_> = serde_json::from_slice(payload).ok()?;
+        let account = named.account?;
+        if !crate::wire::input::account_is_valid(&account) {
+            return None;
+        }
+        let partition = self.partition(&account);
+        (!self.layout.owns(partition)).then_some(partition)
+    }
+
+    /// One partition's share of the deployment totals, from this processor or its owner.
+    pub async fn partition_totals(
+        &self,
+        partition: u32,
+    ) -> Result<route::PartitionTotals, ServiceError> {
+        match &self.router {
+            Some(router) if !self.layout.owns(partition) => {
+                router.totals(partition, self.settings.wait_max).await
+            }
+            _ => {
+                let text = self.partition_totals_here(partition).await?;
+                serde_json::from_str(&text)
+                    .map_err(|e| ServiceError::new(500, "internal", e.to_string()))
+            }
+        }
+    }
+
+    /// [`Desk::partition_totals`] of a partition this processor owns, as JSON.
+    pub async fn partition_totals_here(&self, partition: u32) -> Result<String, ServiceError> {
+        self.ready()?;
+        let types = self.catalog.credit_types.len();
+        let top = crate::http_api::TOP_CONSUMERS;
+        let totals = self
+            .ask(partition, 0, Needs::State, move |seen| {
+                let (accounts, types, top) = seen.partition.totals(types, top);
+                Ok(route::PartitionTotals {
+                    accounts,
+                    types,
+                    top,
+                    as_of_seq: seen.as_of_seq,
+                })
+            })
+            .await?;
+        serde_json::to_string(&totals)
+            .map_err(|e| ServiceError::new(500, "internal", e.to_string()))
+    }
+
+    /// 503 `not_ready` while the processor is not caught up with its input.
+    fn ready(&self) -> Result<(), ServiceError> {
+        if self.health.is_ready() {
+            return Ok(());
+        }
+        let (_, reason) = self.health.readiness();
+        Err(ServiceError::unavailable(
+            "not_ready",
+            format!("the processor is not caught up with its input yet ({reason})"),
+        ))
+    }
+
+    /// Answers one request of endpoint `name` from this processor's partitions (a partition it
+    /// does not own: 503 `not_owner`).
+    pub async fn handle_here(
         &self,
         name: &'static str,
         command: bool,
@@ -248,7 +354,12 @@ impl Desk {
                 let _ = reply.send(answer(seen));
             }),
         };
-        let shard = shard_of(partition, self.settings.shards);
+        let Some(shard) = self.layout.shard(partition) else {
+            return Err(ServiceError::unavailable(
+                "not_owner",
+                format!("partition {partition} is not this processor's; retry"),
+            ));
+        };
         match self.questions[shard].try_send(question) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {

@@ -31,6 +31,7 @@ use super::{parse_file_name, Store};
 #[derive(Clone)]
 pub struct Remote {
     bucket: jetstream::object_store::ObjectStore,
+    context: jetstream::Context,
     name: String,
     timeout: Duration,
     runtime: tokio::runtime::Handle,
@@ -75,6 +76,7 @@ impl Remote {
         };
         Ok(Remote {
             bucket: store,
+            context: context.clone(),
             name: bucket.to_string(),
             timeout,
             runtime: tokio::runtime::Handle::current(),
@@ -86,34 +88,74 @@ impl Remote {
     }
 
     /// The bucket's snapshot objects of `partition` (or of all), name → size.
+    ///
+    /// Read from the objects' metadata messages (one per object, the last of its subject)
+    /// through an ordered consumer that stops after the messages pending when it was created:
+    /// the client's `list` reads until nothing is pending, which never happens while other
+    /// processors keep writing to the bucket (processors sharing the partitions each mirror
+    /// theirs), so it never ended.
     async fn objects(&self, partition: Option<u32>) -> Result<BTreeMap<String, u64>, String> {
-        let mut list = self
-            .bucket
-            .list()
+        let fail = |e: String| format!("object store {}: listing: {e}", self.name);
+        let stream = self
+            .bucket_stream()
             .await
-            .map_err(|e| format!("object store {}: listing: {e}", self.name))?;
+            .map_err(|e| fail(e.to_string()))?;
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: format!("$O.{}.M.>", self.name),
+                deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let mut left = consumer.cached_info().num_pending;
         let mut found = BTreeMap::new();
-        while let Some(info) = list.next().await {
-            let info = info.map_err(|e| format!("object store {}: listing: {e}", self.name))?;
-            if let Some((p, _, _)) = parse_file_name(&info.name) {
-                if partition.is_none_or(|only| only == p) {
-                    found.insert(info.name, info.size as u64);
+        if left == 0 {
+            return Ok(found);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| fail(e.to_string()))?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| fail(e.to_string()))?;
+            let pending = message.info().map_err(|e| fail(e.to_string()))?.pending;
+            let info: jetstream::object_store::ObjectInfo =
+                serde_json::from_slice(&message.payload).map_err(|e| fail(e.to_string()))?;
+            if !info.deleted {
+                if let Some((p, _, _)) = parse_file_name(&info.name) {
+                    if partition.is_none_or(|only| only == p) {
+                        found.insert(info.name, info.size as u64);
+                    }
                 }
+            }
+            left = left.saturating_sub(1);
+            if left == 0 || pending == 0 {
+                break;
             }
         }
         Ok(found)
     }
 
-    /// Fetches into `store` every snapshot object of a partition `< partitions` that the
-    /// directory does not have (by name), before recovery loads the directory.
-    pub async fn fetch(&self, store: &Store, partitions: u32) -> Result<Fetched, String> {
+    /// The bucket's stream (`OBJ_<bucket>`).
+    async fn bucket_stream(
+        &self,
+    ) -> Result<jetstream::stream::Stream, jetstream::context::GetStreamError> {
+        self.context.get_stream(format!("OBJ_{}", self.name)).await
+    }
+
+    /// Fetches into `store` every snapshot object of a partition `< partitions` and `wanted`
+    /// that the directory does not have (by name), before recovery loads the directory.
+    pub async fn fetch(
+        &self,
+        store: &Store,
+        partitions: u32,
+        wanted: impl Fn(u32) -> bool,
+    ) -> Result<Fetched, String> {
         let mut fetched = Fetched::default();
         let objects = self.bounded("listing", 8, self.objects(None)).await?;
         for (name, _) in objects {
             let Some((partition, _, _)) = parse_file_name(&name) else {
                 continue;
             };
-            if partition >= partitions || store.dir().join(&name).exists() {
+            if partition >= partitions || !wanted(partition) || store.dir().join(&name).exists() {
                 continue;
             }
             let read = async {
@@ -129,7 +171,9 @@ impl Remote {
                     .map_err(|e| format!("object store {}: reading {name}: {e}", self.name))?;
                 Ok::<_, String>(bytes)
             };
-            let bytes = self.bounded(&name, 32, read).await?;
+            // A read can wait for chunks that are gone (a replica behind the leader answered
+            // the object's metadata): bounded, and the start tried again.
+            let bytes = self.bounded(&name, 4, read).await?;
             store
                 .put_file(&name, &bytes)
                 .map_err(|e| format!("object store {}: storing {name}: {e}", self.name))?;
@@ -181,11 +225,19 @@ impl Remote {
                 done.uploaded += 1;
             }
             for name in objects.keys().filter(|name| !names.contains(*name)) {
-                self.bucket
-                    .delete(name)
-                    .await
-                    .map_err(|e| format!("object store {}: deleting {name}: {e}", self.name))?;
-                done.deleted += 1;
+                match self.bucket.delete(name).await {
+                    Ok(()) => done.deleted += 1,
+                    // Gone already (a replica's listing can run behind the bucket's leader):
+                    // what the delete was for.
+                    Err(error)
+                        if error.kind() == jetstream::object_store::DeleteErrorKind::NotFound => {}
+                    Err(error) => {
+                        return Err(format!(
+                            "object store {}: deleting {name}: {error}",
+                            self.name
+                        ))
+                    }
+                }
             }
             Ok(done)
         };

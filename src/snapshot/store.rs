@@ -447,9 +447,15 @@ impl Store {
     /// reading, checking and decoding a million accounts' snapshots is seconds of CPU, and
     /// partitions are independent.
     pub fn load_all(&self, partitions: u32) -> Vec<PartitionFiles> {
+        self.load_some(&(0..partitions).collect::<Vec<_>>())
+    }
+
+    /// [`Store::load`] for each of `partitions`, in that order, on up to one thread per core.
+    pub fn load_some(&self, partitions: &[u32]) -> Vec<PartitionFiles> {
+        let count = partitions.len() as u32;
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
-            .min(partitions as usize)
+            .min(partitions.len())
             .max(1);
         let next = std::sync::atomic::AtomicU32::new(0);
         let mut loaded: Vec<(u32, PartitionFiles)> = std::thread::scope(|scope| {
@@ -459,10 +465,10 @@ impl Store {
                         let mut mine = Vec::new();
                         loop {
                             let number = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            if number >= partitions {
+                            if number >= count {
                                 return mine;
                             }
-                            mine.push((number, self.load(number)));
+                            mine.push((number, self.load(partitions[number as usize])));
                         }
                     })
                 })

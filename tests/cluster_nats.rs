@@ -1,0 +1,389 @@
+//! Processors sharing the partitions (`cluster.enabled`), as real processes against a real
+//! nats-server (and a real 3-node cluster): a processor killed with SIGKILL has its partitions
+//! taken over by the others, one added mid-run takes its share, one paused past its lease's TTL
+//! publishes nothing when it runs again and rejoins, a broker node killed and restarted changes
+//! nothing. Each ends with the final state equal to the oracle (`replay` of the input stream)
+//! and the output stream holding every expected output exactly once.
+
+mod common;
+
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::*;
+use creditflow::engine::{Engine, Partition};
+use creditflow::testkit::{NatsCluster, NatsServer};
+
+const SETTLE_MAX: Duration = Duration::from_secs(120);
+const BUCKET: &str = "cf_cluster_snapshots";
+
+/// A processor that shares the partitions: lease TTL 3 s (renewals and looks every second),
+/// snapshots mirrored to the bucket every half second.
+fn member(urls: &[String], partitions: u32, extra: &str) -> Setup {
+    member_with_ttl(urls, partitions, "3s", extra)
+}
+
+/// [`member`] with another lease TTL.
+fn member_with_ttl(urls: &[String], partitions: u32, ttl: &str, extra: &str) -> Setup {
+    let quoted: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
+    Setup::with_metrics(
+        &urls[0],
+        partitions,
+        1,
+        &format!(
+            "[nats]\nurls = [{}]\n[cluster]\nenabled = true\n[lease]\nttl = \"{ttl}\"\n\
+             [snapshot]\nobject_store = \"{BUCKET}\"\ninterval = \"500ms\"\n\
+             interval_events = 2000\n{extra}",
+            quoted.join(", ")
+        ),
+        true,
+    )
+}
+
+fn gauge_of(setup: &Setup, name: &str) -> Option<u64> {
+    setup.metrics_port().and_then(|port| gauge(port, name))
+}
+
+fn last_sequence(runtime: &tokio::runtime::Runtime, url: &str) -> u64 {
+    runtime.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect");
+        let mut stream = async_nats::jetstream::new(client)
+            .get_stream("CREDITFLOW_IN")
+            .await
+            .expect("input stream");
+        stream.info().await.expect("info").state.last_sequence
+    })
+}
+
+/// Waits until the running processors own every partition between them (each exactly its
+/// even share when `even`), and each that owns any has read the input stream through its end.
+fn wait_settled(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    running: &[&Setup],
+    partitions: u32,
+    even: bool,
+) {
+    let last = last_sequence(runtime, url);
+    let deadline = Instant::now() + SETTLE_MAX;
+    loop {
+        let owned: Vec<Option<u64>> = running
+            .iter()
+            .map(|s| gauge_of(s, "creditflow_partitions_owned"))
+            .collect();
+        let total: u64 = owned.iter().flatten().sum();
+        let n = running.len() as u64;
+        let fair = |o: &Option<u64>| {
+            !even
+                || o.is_some_and(|o| {
+                    o == u64::from(partitions) / n || o == u64::from(partitions) / n + 1
+                })
+        };
+        let read = running.iter().zip(&owned).all(|(setup, owned)| {
+            *owned == Some(0)
+                || gauge_of(setup, "creditflow_input_position").is_some_and(|p| p >= last)
+        });
+        if total == u64::from(partitions) && owned.iter().all(fair) && read {
+            return;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = running
+                .iter()
+                .map(|s| {
+                    let log = s.log();
+                    let tail: Vec<&str> = log.lines().rev().take(25).collect();
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                })
+                .collect();
+            panic!(
+                "not settled within {SETTLE_MAX:?}: owned {owned:?} of {partitions}, input through \
+                 {last}\n{}",
+                logs.join("\n-----\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The newest snapshot of each partition among the processors' directories: after a graceful
+/// stop, the one its last owner wrote when it stopped.
+fn newest_state(dirs: &[&Path], partitions: u32) -> Vec<String> {
+    let restored: Vec<Partition> = (0..partitions)
+        .map(|p| {
+            dirs.iter()
+                .filter_map(|dir| {
+                    creditflow::snapshot::Store::open(dir, 3)
+                        .expect("snapshot store")
+                        .load(p)
+                        .loaded
+                })
+                .max_by_key(|loaded| loaded.header.applied_through)
+                .map_or_else(|| Partition::new(p, partitions), |l| l.partition)
+        })
+        .collect();
+    Engine::from_partitions(catalog(), restored).state_view()
+}
+
+/// SIGTERM to every processor at once; each must exit 0.
+fn stop_all(processors: &mut [(&Setup, &mut Child)]) {
+    for (_, child) in processors.iter() {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+    }
+    for (setup, child) in processors.iter_mut() {
+        let status = terminate(child);
+        assert!(status.success(), "exit {status}; log:\n{}", setup.log());
+    }
+}
+
+/// Everything the processors did against the oracle: the state in their last snapshots and
+/// the output stream, every expected output exactly once.
+fn compare(runtime: &tokio::runtime::Runtime, url: &str, setups: &[&Setup], partitions: u32) {
+    let (engine, expected) = runtime.block_on(oracle(url, partitions));
+    let actual = runtime.block_on(outputs(url));
+    assert_outputs_match(&actual, &expected);
+    let dirs: Vec<std::path::PathBuf> = setups.iter().map(|s| s.snapshots()).collect();
+    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    assert_eq!(
+        newest_state(&dirs, partitions),
+        engine.state_view(),
+        "final state"
+    );
+}
+
+fn wait_streams(runtime: &tokio::runtime::Runtime, url: &str) {
+    wait_until("the input stream", Duration::from_secs(60), || {
+        runtime.block_on(async {
+            match async_nats::connect(url).await {
+                Ok(client) => async_nats::jetstream::new(client)
+                    .get_stream("CREDITFLOW_IN")
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        })
+    });
+}
+
+/// Per processor, how many times its log says it took partitions.
+fn takes(setup: &Setup) -> usize {
+    setup.log().matches("took partitions").count()
+}
+
+/// Three processors share 12 partitions; one is killed (SIGKILL) while usage flows and its
+/// partitions resume on the other two; a fourth joins and takes its share.
+#[test]
+fn a_killed_processors_partitions_move_and_a_new_one_takes_its_share() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let urls = vec![url.clone()];
+    let partitions = 12;
+    let runtime = runtime();
+    let setups: Vec<Setup> = (0..4).map(|_| member(&urls, partitions, "")).collect();
+    let mut a = KillOnDrop(setups[0].start(&[]));
+    wait_streams(&runtime, &url);
+    let mut b = KillOnDrop(setups[1].start(&[]));
+    let mut c = KillOnDrop(setups[2].start(&[]));
+    let lines = creditflow::sample::scenario(21, 80, 24_000);
+    let (first, second) = lines.split_at(16_000);
+    let producer = {
+        let (url, first) = (url.clone(), first.to_vec());
+        runtime.spawn(async move { publish_resilient(&url, &first, partitions, 4_000).await })
+    };
+    wait_settled(
+        &runtime,
+        &url,
+        &[&setups[0], &setups[1], &setups[2]],
+        partitions,
+        true,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    b.kill().expect("SIGKILL");
+    let _ = b.wait();
+    let killed = Instant::now();
+    runtime.block_on(producer).expect("producer");
+    wait_settled(&runtime, &url, &[&setups[0], &setups[2]], partitions, true);
+    eprintln!(
+        "the killed processor's partitions were served again after {:?}",
+        killed.elapsed()
+    );
+
+    let mut d = KillOnDrop(setups[3].start(&[]));
+    runtime.block_on(publish(&url, second, partitions));
+    wait_settled(
+        &runtime,
+        &url,
+        &[&setups[0], &setups[2], &setups[3]],
+        partitions,
+        true,
+    );
+    assert!(takes(&setups[3]) >= 1, "the new processor took partitions");
+    stop_all(&mut [
+        (&setups[0], &mut a.0),
+        (&setups[2], &mut c.0),
+        (&setups[3], &mut d.0),
+    ]);
+    compare(
+        &runtime,
+        &url,
+        &setups.iter().collect::<Vec<_>>(),
+        partitions,
+    );
+}
+
+/// A processor stopped (SIGSTOP) past its lease's TTL while usage flows: the other takes its
+/// partitions; when it runs again (SIGCONT) it publishes nothing for them, finds its leases
+/// lost and exits non-zero, and started again (as its supervisor would) it rejoins and takes
+/// its share. On a server that checks the output fence (2.11 and later) the output stream's
+/// duplicate window is 1 s, so anything it still sent would be stored twice unless the server
+/// refused it; before 2.11 the window (2 minutes) is the fence.
+#[test]
+fn a_paused_processor_publishes_nothing_for_what_it_lost_and_rejoins() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let urls = vec![url.clone()];
+    let partitions = 8;
+    let runtime = runtime();
+    let fenced = creditflow::testkit::nats_server_version() >= (2, 11);
+    let extra = if fenced {
+        "[output]\nduplicate_window = \"1s\"\n"
+    } else {
+        ""
+    };
+    let setups: Vec<Setup> = (0..2).map(|_| member(&urls, partitions, extra)).collect();
+    let mut a = KillOnDrop(setups[0].start(&[]));
+    wait_streams(&runtime, &url);
+    let mut b = KillOnDrop(setups[1].start(&[]));
+    let lines = creditflow::sample::scenario(22, 60, 30_000);
+    let producer = {
+        let (url, lines) = (url.clone(), lines.clone());
+        runtime.spawn(async move { publish_resilient(&url, &lines, partitions, 3_000).await })
+    };
+    wait_settled(&runtime, &url, &[&setups[0], &setups[1]], partitions, true);
+    let pid = b.id().to_string();
+    let signal = |name: &str| {
+        std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .expect("kill");
+    };
+    signal("-STOP");
+    wait_until(
+        "the other processor owns every partition",
+        SETTLE_MAX,
+        || gauge_of(&setups[0], "creditflow_partitions_owned") == Some(u64::from(partitions)),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    signal("-CONT");
+    let status = b.wait().expect("wait");
+    assert!(
+        !status.success(),
+        "the paused one exits once it finds its leases lost"
+    );
+    let log = setups[1].log();
+    assert!(log.contains("lease lost"), "{log}");
+    let mut b = KillOnDrop(setups[1].start(&[]));
+    runtime.block_on(producer).expect("producer");
+    wait_settled(&runtime, &url, &[&setups[0], &setups[1]], partitions, true);
+    stop_all(&mut [(&setups[0], &mut a.0), (&setups[1], &mut b.0)]);
+    compare(
+        &runtime,
+        &url,
+        &setups.iter().collect::<Vec<_>>(),
+        partitions,
+    );
+}
+
+/// Three processors on a 3-node JetStream cluster (streams and buckets with 3 replicas): a
+/// node killed (SIGKILL) mid-run and restarted changes nothing; then a processor is killed and
+/// its partitions move.
+#[test]
+fn a_three_node_cluster_survives_a_node_and_a_processor() {
+    let mut cluster = NatsCluster::start(3);
+    cluster.wait_jetstream(Duration::from_secs(60));
+    let urls = cluster.urls();
+    // The test's own clients go through node 0 (node 1 is the one killed); the processors know
+    // all three.
+    let url = urls[0].clone();
+    let partitions = 9;
+    let runtime = runtime();
+    // The lease bucket has 3 replicas too: its writes fail while a dead node's leadership is
+    // elected anew (4 to 9 s in nats-server), so the TTL outlasts that (lease.ttl >= 20 s with
+    // replicas, checked by the config).
+    let extra = "[input]\nreplicas = 3\n[output]\nreplicas = 3\n";
+    let setups: Vec<Setup> = (0..3)
+        .map(|_| member_with_ttl(&urls, partitions, "24s", extra))
+        .collect();
+    let mut processors: Vec<KillOnDrop> = Vec::new();
+    processors.push(KillOnDrop(setups[0].start(&[])));
+    wait_streams(&runtime, &url);
+    processors.push(KillOnDrop(setups[1].start(&[])));
+    processors.push(KillOnDrop(setups[2].start(&[])));
+    let lines = creditflow::sample::scenario(23, 60, 20_000);
+    let producer = {
+        let (url, lines) = (url.clone(), lines.clone());
+        runtime.spawn(async move { publish_resilient(&url, &lines, partitions, 2_500).await })
+    };
+    let running: Vec<&Setup> = setups.iter().collect();
+    wait_settled(&runtime, &url, &running, partitions, true);
+    cluster.node(1).kill();
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.node(1).restart();
+    std::thread::sleep(Duration::from_secs(1));
+    processors[2].kill().expect("SIGKILL");
+    let _ = processors[2].wait();
+    runtime.block_on(producer).expect("producer");
+    wait_settled(&runtime, &url, &running[..2], partitions, true);
+    let (first, rest) = processors.split_at_mut(1);
+    stop_all(&mut [(&setups[0], &mut first[0].0), (&setups[1], &mut rest[0].0)]);
+    compare(&runtime, &url, &running, partitions);
+}
+
+/// A processor alone refuses to start beside processors that share the streams, and the other
+/// way round, each naming the other.
+#[test]
+fn a_processor_alone_and_sharing_ones_refuse_each_other() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let partitions = 4;
+    let runtime = runtime();
+    let sharing = member(std::slice::from_ref(&url), partitions, "");
+    let mut shared = KillOnDrop(sharing.start(&[]));
+    wait_streams(&runtime, &url);
+    wait_until("a partition owned", SETTLE_MAX, || {
+        gauge_of(&sharing, "creditflow_partitions_owned") == Some(u64::from(partitions))
+    });
+    let alone = Setup::with_metrics(
+        &url,
+        partitions,
+        1,
+        &format!("[snapshot]\nobject_store = \"{BUCKET}\"\n[lease]\nttl = \"3s\"\n"),
+        true,
+    );
+    let mut refused = alone.start(&[]);
+    let status = refused.wait().expect("wait");
+    assert!(!status.success());
+    assert!(
+        alone.log().contains("refusing to run alone beside them"),
+        "{}",
+        alone.log()
+    );
+    assert!(terminate(&mut shared).success(), "{}", sharing.log());
+
+    let mut alone_running = KillOnDrop(alone.start(&[]));
+    wait_until("the lone processor's metrics", SETTLE_MAX, || {
+        gauge_of(&alone, "creditflow_partitions_owned") == Some(u64::from(partitions))
+    });
+    let mut refused = sharing.start(&[]);
+    let status = refused.wait().expect("wait");
+    assert!(!status.success());
+    assert!(
+        sharing.log().contains("refusing to share them with it"),
+        "{}",
+        sharing.log()
+    );
+    assert!(terminate(&mut alone_running).success(), "{}", alone.log());
+}
