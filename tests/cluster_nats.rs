@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -386,4 +387,143 @@ fn a_processor_alone_and_sharing_ones_refuse_each_other() {
         sharing.log()
     );
     assert!(terminate(&mut alone_running).success(), "{}", alone.log());
+}
+
+/// The SIGKILL torture with three processors sharing 12 partitions: while a producer publishes,
+/// one of them (at random) is killed with SIGKILL, or stopped with SIGTERM (it hands its
+/// partitions over), and started again, many times; ticks are on. At the end the state equals
+/// the oracle and every output is stored once.
+#[test]
+fn sigkill_torture_with_three_processors() {
+    let rounds: usize = std::env::var("CLUSTER_TORTURE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let seed: u64 = std::env::var("CLUSTER_TORTURE_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
+    eprintln!("sigkill_torture_with_three_processors: seed {seed}, {rounds} rounds");
+    let server = NatsServer::start();
+    let url = server.url();
+    let urls = vec![url.clone()];
+    let partitions = 12;
+    let runtime = runtime();
+    let extra = "[engine]\ntick_interval = \"300ms\"\n";
+    let setups: Vec<Setup> = (0..3).map(|_| member(&urls, partitions, extra)).collect();
+    let mut processors: Vec<KillOnDrop> = vec![KillOnDrop(setups[0].start(&[]))];
+    wait_streams(&runtime, &url);
+    processors.push(KillOnDrop(setups[1].start(&[])));
+    processors.push(KillOnDrop(setups[2].start(&[])));
+    let lines = creditflow::sample::scenario(seed, 80, 40_000);
+    let producer = {
+        let (url, lines) = (url.clone(), lines.clone());
+        runtime.spawn(async move { publish_resilient(&url, &lines, partitions, 2_500).await })
+    };
+    let mut rng = creditflow::sample::Rng::new(seed);
+    for round in 0..rounds {
+        std::thread::sleep(Duration::from_millis(500 + rng.below(2000)));
+        let victim = rng.below(3) as usize;
+        if round % 3 == 2 {
+            let status = terminate(&mut processors[victim]);
+            assert!(
+                status.success(),
+                "exit {status}; log:\n{}",
+                setups[victim].log()
+            );
+        } else {
+            processors[victim].kill().expect("SIGKILL");
+            let _ = processors[victim].wait();
+        }
+        processors[victim] = KillOnDrop(setups[victim].start(&[]));
+    }
+    runtime.block_on(producer).expect("producer");
+    let running: Vec<&Setup> = setups.iter().collect();
+    wait_settled(&runtime, &url, &running, partitions, true);
+    let (first, rest) = processors.split_at_mut(1);
+    let (second, third) = rest.split_at_mut(1);
+    stop_all(&mut [
+        (&setups[0], &mut first[0].0),
+        (&setups[1], &mut second[0].0),
+        (&setups[2], &mut third[0].0),
+    ]);
+    compare_at_positions(&runtime, &url, &running, partitions);
+}
+
+/// As [`compare`], when ticks go on while the processors stop: each processor stops at its own
+/// position, so each partition is compared with the oracle through its last owner's position
+/// (its newest snapshot's), and so are the outputs its inputs caused.
+fn compare_at_positions(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    setups: &[&Setup],
+    partitions: u32,
+) {
+    let dirs: Vec<std::path::PathBuf> = setups.iter().map(|s| s.snapshots()).collect();
+    let positions: Vec<u64> = (0..partitions)
+        .map(|p| {
+            dirs.iter()
+                .filter_map(|dir| {
+                    creditflow::snapshot::Store::open(dir, 3)
+                        .expect("snapshot store")
+                        .load(p)
+                        .loaded
+                        .map(|l| l.header.applied_through)
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let log: Vec<creditflow::cli::replay::LogEntry> = runtime.block_on(async {
+        let client = async_nats::connect(url).await.expect("connect");
+        let context = async_nats::jetstream::new(client);
+        let lines = creditflow::cli::run::export_stream(&context, "CREDITFLOW_IN")
+            .await
+            .expect("export");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("input.jsonl");
+        std::fs::write(&file, lines.join("\n")).expect("write export");
+        creditflow::cli::replay::read_log(&file, true).expect("read export")
+    });
+    let partition_at: BTreeMap<u64, u32> = log
+        .iter()
+        .map(|entry| {
+            let route =
+                creditflow::pipeline::pipeline_route("creditflow.in", &entry.subject, partitions);
+            (entry.seq, route.partition().unwrap_or(0))
+        })
+        .collect();
+    let mut expected_partitions: Vec<Option<Partition>> = vec![None; partitions as usize];
+    let mut expected_outputs = Vec::new();
+    let distinct: std::collections::BTreeSet<u64> = positions.iter().copied().collect();
+    for position in distinct {
+        let through: Vec<_> = log.iter().filter(|e| e.seq <= position).cloned().collect();
+        let (engine, outputs) =
+            creditflow::cli::replay::run_log(catalog(), partitions, &through, None);
+        let mut states = engine.into_partitions();
+        for p in 0..partitions {
+            if positions[p as usize] == position {
+                expected_partitions[p as usize] = Some(std::mem::replace(
+                    &mut states[p as usize],
+                    Partition::new(p, partitions),
+                ));
+            }
+        }
+        expected_outputs.extend(outputs.into_iter().filter(|o| {
+            let p = partition_at.get(&o.seq).copied().unwrap_or(0);
+            positions[p as usize] == position
+        }));
+    }
+    let actual = runtime.block_on(outputs(url));
+    assert_outputs_match(&actual, &expected_outputs);
+    let expected = Engine::from_partitions(
+        catalog(),
+        expected_partitions.into_iter().flatten().collect(),
+    );
+    let dirs: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    assert_eq!(
+        newest_state(&dirs, partitions),
+        expected.state_view(),
+        "final state"
+    );
 }
