@@ -27,10 +27,14 @@ pub enum ShardInput {
     Stop,
 }
 
-/// Messages for one shard, in stream order, with the way back for their buffer.
+/// Messages for one shard, in stream order per partition, with the way back for their buffer.
 #[derive(Debug)]
 pub struct Batch {
     pub messages: Vec<Inbound>,
+    /// Every message at or before this stream sequence of the partitions this process owns
+    /// has been handed to its shard: it is in this batch or an earlier one, so after this batch
+    /// the shard's partitions have applied everything of theirs through it.
+    pub through: u64,
     back: Sender<Vec<Inbound>>,
 }
 
@@ -55,6 +59,13 @@ pub struct Dispatcher {
     batch_size_max: usize,
     /// The highest sequence pushed so far.
     pushed: u64,
+    /// Every message of the owned partitions through this sequence has been pushed: `pushed`
+    /// for a source that reads the stream in order ([`Dispatcher::push`]), what the source says
+    /// for one that reads each partition on its own ([`Dispatcher::complete_through`]).
+    through: u64,
+    /// The source reads each partition on its own (messages of two partitions may come out of
+    /// stream order): `through` is the source's, not `pushed`.
+    partitioned: bool,
     dispatched: Arc<AtomicU64>,
 }
 
@@ -85,6 +96,8 @@ impl Dispatcher {
             batch_size_max: batch_size_max.max(1),
             spare: crossbeam::channel::bounded(shards * SPARE_PER_SHARD),
             pushed: 0,
+            through: 0,
+            partitioned: false,
             dispatched: Arc::default(),
         }
     }
@@ -109,6 +122,10 @@ impl Dispatcher {
     /// position: nothing of ours is before it).
     pub fn push(&mut self, message: Inbound) -> Result<(), ShardGone> {
         self.pushed = self.pushed.max(message.seq);
+        if !self.partitioned {
+            // In stream order: everything before this message has been pushed.
+            self.through = self.pushed;
+        }
         // A subject that names no partition is dead-lettered by partition 0's shard.
         let Some(shard) = self.layout.shard(message.partition().unwrap_or(0)) else {
             return Ok(());
@@ -120,6 +137,13 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// For a source that reads each partition on its own: every message of the owned
+    /// partitions through `seq` has been pushed (never moves back).
+    pub fn complete_through(&mut self, seq: u64) {
+        self.partitioned = true;
+        self.through = self.through.max(seq);
+    }
+
     /// Sends every non-empty batch (the source calls this when no message is immediately
     /// available, so a quiet stream does not leave messages waiting for a full batch).
     pub fn flush(&mut self) -> Result<(), ShardGone> {
@@ -128,7 +152,7 @@ impl Dispatcher {
                 self.send(shard)?;
             }
         }
-        self.dispatched.store(self.pushed, Ordering::Release);
+        self.dispatched.store(self.through, Ordering::Release);
         Ok(())
     }
 
@@ -146,6 +170,7 @@ impl Dispatcher {
         let messages = std::mem::replace(&mut self.pending[shard], fresh);
         let batch = Batch {
             messages,
+            through: self.through,
             back: self.spare.0.clone(),
         };
         self.senders[shard]

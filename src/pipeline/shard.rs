@@ -243,7 +243,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                         Ok(ShardInput::Batch(batch)) => batch,
                         Ok(ShardInput::Stop) | Err(_) => break,
                     };
-                    let applied = self.batch(&batch.messages, &mut home, &mut outputs, &sink, &input);
+                    let applied = self.batch(&batch.messages, batch.through, &mut home, &mut outputs, &sink, &input);
                     batch.recycle();
                     if !applied {
                         failed = true;
@@ -292,6 +292,7 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
     fn batch(
         &mut self,
         batch: &[Inbound],
+        through: u64,
         home: &mut Home,
         outputs: &mut Vec<Output>,
         sink: &Sink,
@@ -299,9 +300,14 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
     ) -> bool {
         let started = WallInstant::now();
         let messages = batch.len();
-        let Some(last_seq) = batch.last().map(|last| last.seq) else {
+        if batch.is_empty() {
             return true;
-        };
+        }
+        // Every message of this shard's partitions through here is in this batch or was in an
+        // earlier one (the dispatcher's `through`: the batch's last sequence or later for a
+        // reader of the whole stream; for one reading each partition on its own, where every
+        // partition has applied through its own last message too, possibly earlier).
+        let last_seq = through;
         let mut outbound = Vec::new();
         // Messages of lent partitions wait for them, in order. The rest are decoded first, then
         // applied in order with fetching ahead (engine::apply_ahead): at many accounts per
@@ -379,7 +385,10 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
         }
         home.last_seq = last_seq;
         for partition in home.partitions.iter_mut().flatten() {
-            partition.applied_through = partition.applied_through.max(last_seq);
+            partition.applied_through = partition
+                .applied_through
+                .max(last_seq)
+                .max(partition.last_seq);
         }
         // Questions that came during the batch are answered before its outputs queue up.
         self.serve(home, input);
@@ -506,7 +515,10 @@ impl<S: SnapshotHook, O: ShardObserver> Shard<S, O> {
                 outbound.push(self.outbound(partition.number, output));
             }
         }
-        partition.applied_through = partition.applied_through.max(home.last_seq);
+        partition.applied_through = partition
+            .applied_through
+            .max(home.last_seq)
+            .max(partition.last_seq);
         home.partitions[index] = Some(partition);
         home.lent -= 1;
         // What the encoder did not get to is answered here.
