@@ -29,6 +29,7 @@ use crate::metrics::{Health, Metrics};
 use crate::pipeline::dispatch::{shard_queues, Dispatcher};
 use crate::pipeline::emit::{Emitter, JetStreamPublisher, PublishFailure, Publisher};
 use crate::pipeline::ingest::{Reader, ReaderSettings};
+use crate::pipeline::partitioned::PartitionReader;
 use crate::pipeline::question::{question_queues, Question, ResultBook};
 use crate::pipeline::shard::Shard;
 use crate::pipeline::streams::{ensure_stream, Ensured, StreamSettings};
@@ -506,6 +507,12 @@ fn start_threads(
     } else {
         0
     };
+    // Each owned partition's first sequence to read, for a reader of the partitions alone.
+    let starts: Vec<(u32, u64)> = recovered
+        .partitions
+        .iter()
+        .map(|p| (p.number, p.applied_through + 1))
+        .collect();
     let mut by_shard: Vec<Vec<Partition>> = (0..shards).map(|_| Vec::new()).collect();
     for mut partition in recovered.partitions {
         partition.keep_journal(statement_entries);
@@ -593,21 +600,34 @@ fn start_threads(
     let position = Arc::new(AtomicU64::new(recovered.start_seq));
     let (reader_done_sender, reader_done) = tokio::sync::oneshot::channel();
     let reader = {
-        let reader = Reader {
+        let settings = ReaderSettings {
+            stream: config.input.stream.clone(),
+            input_prefix: config.input.subject_prefix.clone(),
+            partitions,
+            start_seq: recovered.start_seq,
+            stall_timeout: config.input.stall_timeout,
+            fetch_batch_max: config.input.fetch_batch_max,
+            fetch_bytes_max: config.input.fetch_bytes_max,
+        };
+        // Sharing the partitions, a processor reads only its own, unless it owns partition 0,
+        // which dead-letters the messages on subjects that name no partition: it reads the
+        // whole stream (`pipeline::partitioned`).
+        let alone = !config.cluster.enabled || layout.owns(0);
+        let whole = alone.then(|| Reader {
             context: context.clone(),
-            settings: ReaderSettings {
-                stream: config.input.stream.clone(),
-                input_prefix: config.input.subject_prefix.clone(),
-                partitions,
-                start_seq: recovered.start_seq,
-                stall_timeout: config.input.stall_timeout,
-                fetch_batch_max: config.input.fetch_batch_max,
-                fetch_bytes_max: config.input.fetch_bytes_max,
-            },
+            settings: settings.clone(),
             observer: IngestMetrics(metrics.clone()),
             position: position.clone(),
             connections: base.connections.clone(),
-        };
+        });
+        let own = (!alone).then(|| PartitionReader {
+            context: context.clone(),
+            settings,
+            starts,
+            observer: IngestMetrics(metrics.clone()),
+            position: position.clone(),
+            connections: base.connections.clone(),
+        });
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("reader".into())
@@ -618,7 +638,13 @@ fn start_threads(
                     .map_err(|e| ProcessorError::Other(e.to_string()))
                     .and_then(|runtime| {
                         runtime
-                            .block_on(reader.run(dispatcher, stop))
+                            .block_on(async move {
+                                match (whole, own) {
+                                    (Some(reader), _) => reader.run(dispatcher, stop).await,
+                                    (None, Some(reader)) => reader.run(dispatcher, stop).await,
+                                    (None, None) => unreachable!("one reader or the other"),
+                                }
+                            })
                             .map_err(ProcessorError::from)
                     });
                 let _ = reader_done_sender.send(());
