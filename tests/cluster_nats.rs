@@ -527,3 +527,153 @@ fn compare_at_positions(
         "final state"
     );
 }
+
+/// One request to the service: its body, or the code and status of its `Nats-Service-Error`.
+async fn request(
+    client: &async_nats::Client,
+    subject: &str,
+    body: String,
+) -> Result<String, (u16, String)> {
+    let request = async_nats::client::Request::new()
+        .payload(body.into())
+        .timeout(Some(Duration::from_secs(15)));
+    let message = client
+        .send_request(subject.to_string(), request)
+        .await
+        .map_err(|e| (0, e.to_string()))?;
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    };
+    match header("Nats-Service-Error") {
+        Some(status) => Err((
+            header("Nats-Service-Error-Code")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
+            status,
+        )),
+        None => Ok(String::from_utf8_lossy(&message.payload).into_owned()),
+    }
+}
+
+/// Two processors sharing 4 partitions answer the service for every account, whichever gets
+/// the request (one forwards to the other): every balance equals the oracle's state view, a
+/// command for another processor's account is applied once (a retry is a duplicate), a typed
+/// error comes back through the forwarding, and either one's HTTP totals count every account.
+#[test]
+fn the_service_answers_every_account_from_any_processor() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let urls = vec![url.clone()];
+    let partitions = 4;
+    let runtime = runtime();
+    let setups: Vec<Setup> = (0..2).map(|_| member(&urls, partitions, "")).collect();
+    let mut a = KillOnDrop(setups[0].start(&[]));
+    wait_streams(&runtime, &url);
+    let mut b = KillOnDrop(setups[1].start(&[]));
+    let lines = creditflow::sample::scenario(5, 30, 4000);
+    runtime.block_on(publish(&url, &lines, partitions));
+    wait_settled(&runtime, &url, &[&setups[0], &setups[1]], partitions, true);
+    let client = runtime
+        .block_on(async_nats::connect(&url))
+        .expect("connect");
+    let accounts: Vec<String> = (1..=30).map(|i| format!("acct_{i:02}")).collect();
+
+    // Commands, forwarded or not, each applied once.
+    for account in &accounts[..10] {
+        let grant =
+            serde_json::json!({"account": account, "id": format!("svc-{account}"), "amount": "5"});
+        let first = runtime
+            .block_on(request(
+                &client,
+                "creditflow.svc.command.grant",
+                grant.to_string(),
+            ))
+            .unwrap_or_else(|e| panic!("grant for {account}: {e:?}"));
+        let again = runtime
+            .block_on(request(
+                &client,
+                "creditflow.svc.command.grant",
+                grant.to_string(),
+            ))
+            .unwrap_or_else(|e| panic!("retried grant for {account}: {e:?}"));
+        let again: serde_json::Value = serde_json::from_str(&again).expect("json");
+        assert_eq!(again["duplicate"], true, "{first}\n{again}");
+    }
+    let last = last_sequence(&runtime, &url);
+    let (engine, _) = runtime.block_on(oracle(&url, partitions));
+    let views: BTreeMap<String, String> = engine
+        .state_view()
+        .into_iter()
+        .map(|view| {
+            let value: serde_json::Value = serde_json::from_str(&view).expect("view");
+            (
+                value["account"].as_str().expect("account").to_string(),
+                view,
+            )
+        })
+        .collect();
+    assert_eq!(views.len(), 30);
+    for account in &accounts {
+        // Several times each: the queue group sends them to either processor.
+        for _ in 0..3 {
+            let reply = runtime
+                .block_on(request(
+                    &client,
+                    "creditflow.svc.query.balance",
+                    serde_json::json!({"account": account, "min_seq": last}).to_string(),
+                ))
+                .unwrap_or_else(|e| panic!("balance of {account}: {e:?}"));
+            let at = reply.find(",\"available\":[").expect("a balance reply");
+            assert_eq!(format!("{}}}", &reply[..at]), views[account], "{account}");
+        }
+    }
+    for _ in 0..6 {
+        let refused = runtime.block_on(request(
+            &client,
+            "creditflow.svc.query.balance",
+            serde_json::json!({"account": "acct_nobody"}).to_string(),
+        ));
+        assert!(
+            matches!(&refused, Err((404, status)) if status.starts_with("unknown_account")),
+            "{refused:?}"
+        );
+    }
+    for setup in &setups {
+        let port = setup.metrics_port().expect("metrics port");
+        let totals = http_get(port, "/api/v1/totals");
+        let value: serde_json::Value =
+            serde_json::from_str(&totals).unwrap_or_else(|e| panic!("{e}: {totals}"));
+        assert_eq!(value["accounts"], 30, "{totals}");
+    }
+    stop_all(&mut [(&setups[0], &mut a.0), (&setups[1], &mut b.0)]);
+    compare(
+        &runtime,
+        &url,
+        &setups.iter().collect::<Vec<_>>(),
+        partitions,
+    );
+}
+
+/// The body of `GET path` on the processor's metrics server.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    text.split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
