@@ -126,7 +126,31 @@ fn newest_state(dirs: &[&Path], partitions: u32) -> Vec<String> {
     Engine::from_partitions(catalog(), restored).state_view()
 }
 
-/// SIGTERM to every processor at once; each must exit 0.
+/// SIGTERM, and the exit status within a minute; past it, a panic with the log's tail.
+fn terminate_explained(child: &mut Child, setup: &Setup) -> std::process::ExitStatus {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let log = setup.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            panic!(
+                "the processor did not stop within 60 s of SIGTERM; log tail:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM to every processor at once; each must exit 0 (else every log is kept in
+/// `target/cluster-test-logs/` for the post-mortem).
 fn stop_all(processors: &mut [(&Setup, &mut Child)]) {
     for (_, child) in processors.iter() {
         let _ = std::process::Command::new("kill")
@@ -134,10 +158,36 @@ fn stop_all(processors: &mut [(&Setup, &mut Child)]) {
             .arg(child.id().to_string())
             .status();
     }
-    for (setup, child) in processors.iter_mut() {
+    let mut failed = Vec::new();
+    for (index, (setup, child)) in processors.iter_mut().enumerate() {
         let status = terminate(child);
-        assert!(status.success(), "exit {status}; log:\n{}", setup.log());
+        if !status.success() {
+            failed.push(format!("processor {index}: exit {status}"));
+        }
+        let _ = setup;
     }
+    if !failed.is_empty() {
+        let kept = keep_logs(&processors.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+        panic!("{}; logs in {kept}", failed.join(", "));
+    }
+}
+
+/// Copies the processors' logs to `target/cluster-test-logs/<time>/` (the temporary
+/// directories go with the test); returns that directory.
+fn keep_logs(setups: &[&Setup]) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/cluster-test-logs")
+        .join(format!(
+            "{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+        ));
+    let _ = std::fs::create_dir_all(&dir);
+    for (index, setup) in setups.iter().enumerate() {
+        let _ = std::fs::write(dir.join(format!("processor-{index}.log")), setup.log());
+    }
+    dir.display().to_string()
 }
 
 /// Everything the processors did against the oracle: the state in their last snapshots and
@@ -425,7 +475,7 @@ fn sigkill_torture_with_three_processors() {
         std::thread::sleep(Duration::from_millis(500 + rng.below(2000)));
         let victim = rng.below(3) as usize;
         if round % 3 == 2 {
-            let status = terminate(&mut processors[victim]);
+            let status = terminate_explained(&mut processors[victim], &setups[victim]);
             assert!(
                 status.success(),
                 "exit {status}; log:\n{}",

@@ -177,7 +177,11 @@ pub(crate) async fn run(
         };
         match ran {
             Ok(ran) => {
-                before = set;
+                // A generation stopped before it had recovered leaves the directory as it
+                // found it, fetched in part: fetch those partitions again next time.
+                if ran.recovery.restored + ran.recovery.empty > 0 {
+                    before = set;
+                }
                 summary.recovery = ran.recovery;
                 summary.outputs_published += ran.outputs_published;
                 summary.snapshots_written += ran.snapshots_written;

@@ -17,9 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as WallInstant};
 
 use async_nats::jetstream;
+use futures::FutureExt;
 
 use super::observers::{
-    tick_outcomes, EmitMetrics, IngestMetrics, PauseMetrics, ShardMetrics, WriteMetrics,
+    tick_outcomes, EmitMetrics, IngestMetrics, MirrorMetrics, PauseMetrics, ShardMetrics,
+    WriteMetrics,
 };
 use super::{Base, ProcessorError, RunOptions, RunSummary, SHUTDOWN_DRAIN_MAX};
 use crate::config::{Config, Discard, Storage};
@@ -36,7 +38,7 @@ use crate::pipeline::streams::{ensure_stream, Ensured, StreamSettings};
 use crate::pipeline::{Layout, Outbound};
 use crate::recovery::{recover_some, write_empty_snapshots, Streams};
 use crate::snapshot::policy::{run_encoder, run_writer, Folding, FullWanted, Policy, Written};
-use crate::snapshot::remote::Remote;
+use crate::snapshot::remote::{Mirror, Remote};
 use crate::snapshot::Store;
 
 fn input_stream(config: &Config) -> StreamSettings {
@@ -185,9 +187,19 @@ pub(crate) async fn run(
     let config = &base.config;
     let (metrics, health) = (&base.metrics, &base.health);
     let (stop_sender, stopping) = tokio::sync::watch::channel(false);
-    let (store, recovered, remote, fences) = recover_state(base, &ownership, options)
-        .await
-        .map_err(|e| base.explained(e))?;
+    let stop = stop.fuse();
+    tokio::pin!(stop);
+    // A stop (or a lost lease) while recovering ends the generation before anything runs:
+    // recovery only reads, and a fence record written already is harmless.
+    let recovered = tokio::select! {
+        recovered = recover_state(base, &ownership, options) => recovered,
+        _ = &mut stop => {
+            tracing::info!("stopped while recovering");
+            return Ok(RunSummary::default());
+        }
+        error = &mut lost => return Err(error),
+    };
+    let (store, recovered, remote, fences) = recovered.map_err(|e| base.explained(e))?;
     tracing::info!(report = ?recovered.report, partitions = ?ownership.layout.owned_partitions(), "recovered");
     metrics.generation_started(ownership.layout.owned_partitions().len());
     let report = recovered.report.clone();
@@ -238,12 +250,13 @@ pub(crate) async fn run(
         shards: shard_handles,
         emitter,
         writer,
+        mirror,
         encoder,
         skipped,
         ..
     } = threads;
     tokio::select! {
-        _ = stop => tracing::info!("stopping: draining shards, publishing pending outputs, snapshotting"),
+        _ = &mut stop => tracing::info!("stopping: draining shards, publishing pending outputs, snapshotting"),
         _ = reader_done => tracing::error!("the reader stopped; stopping the processor"),
         error = &mut lost => return Err(error),
     }
@@ -268,7 +281,13 @@ pub(crate) async fn run(
             }
             // The encoder ends when the shards have (their loan senders are gone).
             let encoded = encoder.join();
-            (reader, partitions, emitter.join(), writer.join(), encoded)
+            let written = writer.join();
+            // The mirror ends once the writer has, after mirroring what it was told of (the
+            // final snapshots a partition handed over starts from).
+            if let Some(mirror) = mirror {
+                let _ = mirror.join();
+            }
+            (reader, partitions, emitter.join(), written, encoded)
         }),
     );
     // The leases are kept while the last outputs are published; the caller gives them back
@@ -432,6 +451,8 @@ struct Threads {
     shards: Vec<std::thread::JoinHandle<Vec<Partition>>>,
     emitter: std::thread::JoinHandle<std::io::Result<crate::pipeline::emit::EmitReport>>,
     writer: std::thread::JoinHandle<Written>,
+    /// The object store mirror, when configured (ends once the writer has).
+    mirror: Option<std::thread::JoinHandle<()>>,
     encoder: std::thread::JoinHandle<()>,
     /// Outputs the emitter skipped as already in the output stream.
     skipped: Arc<AtomicU64>,
@@ -480,14 +501,33 @@ fn start_threads(
     });
 
     let deltas_wanted = folding.as_ref().map(|f| f.full_wanted.clone());
+    // The mirror to the object store runs beside the writer: a slow bucket must not hold the
+    // snapshots (or a graceful stop) behind its uploads.
+    let (mirror, mirror_thread) = match remote {
+        Some(remote) => {
+            let bucket = remote.name().to_string();
+            let fence = fence.clone();
+            let (mirror, thread) = Mirror::start(
+                remote,
+                store.clone(),
+                MirrorMetrics {
+                    metrics: metrics.clone(),
+                    bucket,
+                },
+                move || fence.holds(),
+            )
+            .map_err(|e| spawn_failed("snapshot mirror", e))?;
+            (Some(mirror), Some(thread))
+        }
+        None => (None, None),
+    };
     let writer = {
         let observer = WriteMetrics {
             metrics: metrics.clone(),
             health: health.clone(),
             written_at: written_at.clone(),
             failures_unready: config.snapshot.failures_unready,
-            mirror: remote.map(|remote| (remote, store.clone())),
-            fence: fence.clone(),
+            mirror,
         };
         std::thread::Builder::new()
             .name("snapshot-writer".into())
@@ -658,6 +698,7 @@ fn start_threads(
         shards: shard_handles,
         emitter,
         writer,
+        mirror: mirror_thread,
         encoder,
         skipped,
         position,

@@ -2,8 +2,8 @@
 //! the emitter, the reader, the snapshot encoder and writer (with the object store mirror),
 //! and the tick publisher.
 //!
-//! Must never: block the component that reports (each call is a few atomic updates, except the
-//! writer's mirror, which runs on the writer thread by design).
+//! Must never: block the component that reports (each call is a few atomic updates; the
+//! writer's snapshots are mirrored to the object store on a thread of their own).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,15 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as WallInstant};
 
 use crate::engine::Partition;
-use crate::lease::Fence;
 use crate::metrics::{Health, Metrics};
 use crate::pipeline::emit::EmitObserver;
 use crate::pipeline::ingest::IngestObserver;
 use crate::pipeline::shard::ShardObserver;
 use crate::refusals::Refusals;
 use crate::snapshot::policy::{FailedStage, SnapshotObserver, WriterObserver};
-use crate::snapshot::remote::Remote;
-use crate::snapshot::{Kind, Store};
+use crate::snapshot::remote::{Mirror, MirrorObserver, Mirrored};
+use crate::snapshot::Kind;
 
 /// The kind of readiness problem failing ticks raise.
 const TICKS_FAILING: &str = "ticks";
@@ -161,11 +160,33 @@ pub(super) struct WriteMetrics {
     pub written_at: Arc<Mutex<HashMap<u32, WallInstant>>>,
     /// `snapshot.failures_unready`.
     pub failures_unready: u64,
-    /// `snapshot.object_store`: the bucket mirroring the directory, and the directory.
-    pub mirror: Option<(Remote, Store)>,
-    /// The generation's leases: a processor that may have lost a partition must not change
-    /// the bucket its successor reads.
-    pub fence: Fence,
+    /// `snapshot.object_store`: the thread mirroring the directory to the bucket, told of
+    /// each partition whose files changed.
+    pub mirror: Option<Mirror>,
+}
+
+/// What the mirror thread reports: each mirror logged, each failure counted.
+pub(super) struct MirrorMetrics {
+    pub metrics: Metrics,
+    pub bucket: String,
+}
+
+impl MirrorObserver for MirrorMetrics {
+    fn mirrored(&mut self, partition: u32, done: &Mirrored, elapsed: Duration) {
+        tracing::info!(
+            partition,
+            uploaded = done.uploaded,
+            deleted = done.deleted,
+            mirror_ms = elapsed.as_millis() as u64,
+            bucket = %self.bucket,
+            "snapshots mirrored"
+        );
+    }
+
+    fn failed(&mut self, partition: u32, error: &str) {
+        tracing::warn!(partition, %error, "mirroring the snapshots failed; retried after the next one");
+        self.metrics.snapshot_mirror_failed();
+    }
 }
 
 /// The kind of readiness problem failing snapshots raise.
@@ -180,22 +201,8 @@ impl WriterObserver for WriteMetrics {
         if let Ok(mut written) = self.written_at.lock() {
             written.insert(partition, WallInstant::now());
         }
-        if let Some((remote, store)) = self.mirror.as_ref().filter(|_| self.fence.holds()) {
-            let started = std::time::Instant::now();
-            match remote.mirror(store, partition) {
-                Ok(done) => tracing::info!(
-                    partition,
-                    uploaded = done.uploaded,
-                    deleted = done.deleted,
-                    mirror_ms = started.elapsed().as_millis() as u64,
-                    bucket = remote.name(),
-                    "snapshots mirrored"
-                ),
-                Err(error) => {
-                    tracing::warn!(partition, %error, "mirroring the snapshots failed; retried after the next one");
-                    self.metrics.snapshot_mirror_failed();
-                }
-            }
+        if let Some(mirror) = &self.mirror {
+            mirror.mark(partition);
         }
     }
 

@@ -90,16 +90,26 @@ impl Remote {
     /// The bucket's snapshot objects of `partition` (or of all), name → size.
     ///
     /// Read from the objects' metadata messages (one per object, the last of its subject)
-    /// through an ordered consumer that stops after the messages pending when it was created:
-    /// the client's `list` reads until nothing is pending, which never happens while other
-    /// processors keep writing to the bucket (processors sharing the partitions each mirror
-    /// theirs), so it never ended.
+    /// through an ordered consumer that stops after the messages pending when it was created,
+    /// or at the bucket's last sequence when it began: the client's `list` reads until
+    /// nothing is pending, which never happens while other processors keep writing to the
+    /// bucket (processors sharing the partitions each mirror theirs), so it never ended.
     async fn objects(&self, partition: Option<u32>) -> Result<BTreeMap<String, u64>, String> {
         let fail = |e: String| format!("object store {}: listing: {e}", self.name);
-        let stream = self
+        let mut stream = self
             .bucket_stream()
             .await
             .map_err(|e| fail(e.to_string()))?;
+        // Objects written after this are not waited for: the listing ends at the first
+        // metadata message at or past the bucket's last sequence now (a newer version of an
+        // object, rolled up over the one that was pending, can only come later), or when
+        // nothing more is pending.
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .state
+            .last_sequence;
         let consumer = stream
             .create_consumer(jetstream::consumer::pull::OrderedConfig {
                 filter_subject: format!("$O.{}.M.>", self.name),
@@ -116,7 +126,8 @@ impl Remote {
         let mut messages = consumer.messages().await.map_err(|e| fail(e.to_string()))?;
         while let Some(message) = messages.next().await {
             let message = message.map_err(|e| fail(e.to_string()))?;
-            let pending = message.info().map_err(|e| fail(e.to_string()))?.pending;
+            let info = message.info().map_err(|e| fail(e.to_string()))?;
+            let (pending, sequence) = (info.pending, info.stream_sequence);
             let info: jetstream::object_store::ObjectInfo =
                 serde_json::from_slice(&message.payload).map_err(|e| fail(e.to_string()))?;
             if !info.deleted {
@@ -127,7 +138,7 @@ impl Remote {
                 }
             }
             left = left.saturating_sub(1);
-            if left == 0 || pending == 0 {
+            if left == 0 || pending == 0 || sequence >= last {
                 break;
             }
         }
@@ -201,8 +212,9 @@ impl Remote {
     /// Blocking: for the writer thread (never a runtime thread).
     pub fn mirror(&self, store: &Store, partition: u32) -> Result<Mirrored, String> {
         let files = store.entries(partition);
-        // A generous multiple of the request timeout: a listing, and an upload per file.
-        let multiple = 8 + 8 * files.len() as u32;
+        // A multiple of the request timeout: a listing, and an upload per file (a stalled
+        // broker must not hold the writer, and a graceful stop, for minutes).
+        let multiple = 4 + 2 * files.len() as u32;
         let work = async {
             let objects = self.objects(Some(partition)).await?;
             let mut done = Mirrored::default();
@@ -243,5 +255,67 @@ impl Remote {
         };
         self.runtime
             .block_on(self.bounded("mirroring", multiple, work))
+    }
+}
+
+/// What the mirror thread reports (metrics).
+pub trait MirrorObserver: Send {
+    fn mirrored(&mut self, partition: u32, done: &Mirrored, elapsed: std::time::Duration);
+    fn failed(&mut self, partition: u32, error: &str);
+}
+
+/// The mirror thread's handle: [`Mirror::mark`] a partition whose files changed; it is
+/// mirrored soon, once however many times it was marked meanwhile (a partition snapshotted
+/// twice while its first upload runs is uploaded once more, not twice), so the writer never
+/// waits for the bucket and the uploads never queue behind each other. Dropping every handle
+/// ends the thread once what was marked is mirrored.
+#[derive(Clone)]
+pub struct Mirror {
+    marks: crossbeam::channel::Sender<u32>,
+}
+
+impl Mirror {
+    /// Starts the thread mirroring `store` to `remote` while `may_write` holds (a processor
+    /// that may have lost a partition must not change what its successor reads).
+    pub fn start(
+        remote: Remote,
+        store: Store,
+        mut observer: impl MirrorObserver + 'static,
+        may_write: impl Fn() -> bool + Send + 'static,
+    ) -> std::io::Result<(Mirror, std::thread::JoinHandle<()>)> {
+        let (marks, marked) = crossbeam::channel::unbounded::<u32>();
+        let thread = std::thread::Builder::new()
+            .name("snapshot-mirror".into())
+            .spawn(move || {
+                let mut pending = std::collections::BTreeSet::new();
+                loop {
+                    if pending.is_empty() {
+                        match marked.recv() {
+                            Ok(partition) => {
+                                pending.insert(partition);
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                    pending.extend(marked.try_iter());
+                    let Some(partition) = pending.pop_first() else {
+                        continue;
+                    };
+                    if !may_write() {
+                        continue;
+                    }
+                    let started = std::time::Instant::now();
+                    match remote.mirror(&store, partition) {
+                        Ok(done) => observer.mirrored(partition, &done, started.elapsed()),
+                        Err(error) => observer.failed(partition, &error),
+                    }
+                }
+            })?;
+        Ok((Mirror { marks }, thread))
+    }
+
+    /// The files of `partition` changed: mirror them.
+    pub fn mark(&self, partition: u32) {
+        let _ = self.marks.send(partition);
     }
 }
