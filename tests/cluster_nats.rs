@@ -727,3 +727,74 @@ fn http_get(port: u16, path: &str) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// The output fence, through the processor's own publisher against the real server: once a
+/// later owner has written its fence record for a partition, an output expecting the earlier
+/// record is refused by nats-server 2.11 and later (API level 1). An older server does not know
+/// `Nats-Expected-Last-Subject-Sequence-Subject` and may hold the expectation against the
+/// output's own subject, refusing even the owner's own output (2.9.10 did in some runs): the
+/// processor fences only on a server that reports API level 1 (before it, the output duplicate
+/// window is the fence: docs/SCALE-OUT.md).
+#[test]
+fn a_previous_owners_output_is_refused_once_a_successor_fenced_the_partition() {
+    use creditflow::pipeline::emit::{Fences, JetStreamPublisher, Publisher};
+    let server = NatsServer::start();
+    let runtime = runtime();
+    let checks = creditflow::testkit::nats_server_version() >= (2, 11);
+    runtime.block_on(async {
+        let client = async_nats::connect(server.url()).await.expect("connect");
+        let context = async_nats::jetstream::new(client);
+        context
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: "CREDITFLOW_OUT".into(),
+                subjects: vec!["creditflow.out.>".into()],
+                ..Default::default()
+            })
+            .await
+            .expect("stream");
+        let fence = |owner: &'static str| {
+            let context = context.clone();
+            async move {
+                context
+                    .publish(
+                        "creditflow.out.fence.3",
+                        format!(r#"{{"type":"fence","partition":3,"owner":"{owner}"}}"#).into(),
+                    )
+                    .await
+                    .expect("publish")
+                    .await
+                    .expect("fence record")
+                    .sequence
+            }
+        };
+        let publisher = |sequence: u64| JetStreamPublisher {
+            context: context.clone(),
+            fences: Some(Fences {
+                subject_prefix: "creditflow.out.fence".into(),
+                sequences: std::sync::Arc::new(vec![None, None, None, Some(sequence)]),
+            }),
+        };
+        let output = |id: &str| creditflow::pipeline::Outbound {
+            partition: 3,
+            seq: 1,
+            subject: "creditflow.out.3.dead_letter".into(),
+            id: id.to_string(),
+            payload: bytes::Bytes::from_static(b"{}"),
+        };
+        if !checks {
+            // What an older server does with the header is no contract (2.9.10 refused the
+            // owner's own output in some runs and stored it in others): the processor never
+            // sends it there, and scripts/test runs this test again against 2.12.8.
+            eprintln!("nats-server before 2.11: the output fence is not used; nothing to check");
+            return;
+        }
+        let first = fence("first").await;
+        let previous = publisher(first);
+        let stored = previous.publish(&output("o1")).await.expect("sent").await;
+        assert!(stored.is_ok(), "the owner's own output: {stored:?}");
+        let _second = fence("second").await;
+        let late = previous.publish(&output("o2")).await.expect("sent").await;
+        let refused = late.expect_err("a previous owner's output after the successor's record");
+        assert!(refused.0.contains("wrong last sequence"), "{}", refused.0);
+    });
+}
