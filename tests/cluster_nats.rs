@@ -205,20 +205,6 @@ fn compare(runtime: &tokio::runtime::Runtime, url: &str, setups: &[&Setup], part
     );
 }
 
-fn wait_streams(runtime: &tokio::runtime::Runtime, url: &str) {
-    wait_until("the input stream", Duration::from_secs(60), || {
-        runtime.block_on(async {
-            match async_nats::connect(url).await {
-                Ok(client) => async_nats::jetstream::new(client)
-                    .get_stream("CREDITFLOW_IN")
-                    .await
-                    .is_ok(),
-                Err(_) => false,
-            }
-        })
-    });
-}
-
 /// Per processor, how many times its log says it took partitions.
 fn takes(setup: &Setup) -> usize {
     setup.log().matches("took partitions").count()
@@ -578,37 +564,6 @@ fn compare_at_positions(
     );
 }
 
-/// One request to the service: its body, or the code and status of its `Nats-Service-Error`.
-async fn request(
-    client: &async_nats::Client,
-    subject: &str,
-    body: String,
-) -> Result<String, (u16, String)> {
-    let request = async_nats::client::Request::new()
-        .payload(body.into())
-        .timeout(Some(Duration::from_secs(15)));
-    let message = client
-        .send_request(subject.to_string(), request)
-        .await
-        .map_err(|e| (0, e.to_string()))?;
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_string())
-    };
-    match header("Nats-Service-Error") {
-        Some(status) => Err((
-            header("Nats-Service-Error-Code")
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0),
-            status,
-        )),
-        None => Ok(String::from_utf8_lossy(&message.payload).into_owned()),
-    }
-}
-
 /// Two processors sharing 4 partitions answer the service for every account, whichever gets
 /// the request (one forwards to the other): every balance equals the oracle's state view, a
 /// command for another processor's account is applied once (a retry is a duplicate), a typed
@@ -637,14 +592,14 @@ fn the_service_answers_every_account_from_any_processor() {
         let grant =
             serde_json::json!({"account": account, "id": format!("svc-{account}"), "amount": "5"});
         let first = runtime
-            .block_on(request(
+            .block_on(service_request(
                 &client,
                 "creditflow.svc.command.grant",
                 grant.to_string(),
             ))
             .unwrap_or_else(|e| panic!("grant for {account}: {e:?}"));
         let again = runtime
-            .block_on(request(
+            .block_on(service_request(
                 &client,
                 "creditflow.svc.command.grant",
                 grant.to_string(),
@@ -671,7 +626,7 @@ fn the_service_answers_every_account_from_any_processor() {
         // Several times each: the queue group sends them to either processor.
         for _ in 0..3 {
             let reply = runtime
-                .block_on(request(
+                .block_on(service_request(
                     &client,
                     "creditflow.svc.query.balance",
                     serde_json::json!({"account": account, "min_seq": last}).to_string(),
@@ -682,7 +637,7 @@ fn the_service_answers_every_account_from_any_processor() {
         }
     }
     for _ in 0..6 {
-        let refused = runtime.block_on(request(
+        let refused = runtime.block_on(service_request(
             &client,
             "creditflow.svc.query.balance",
             serde_json::json!({"account": "acct_nobody"}).to_string(),

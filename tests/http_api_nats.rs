@@ -47,31 +47,11 @@ fn service(
     endpoint: &str,
     body: &str,
 ) -> Result<String, (u16, String)> {
-    runtime().block_on(async {
-        let request = async_nats::client::Request::new()
-            .payload(body.to_string().into())
-            .timeout(Some(Duration::from_secs(15)));
-        let message = client
-            .send_request(format!("{PREFIX}.query.{endpoint}"), request)
-            .await
-            .map_err(|e| (0, e.to_string()))?;
-        let header = |name: &str| {
-            message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_string())
-        };
-        match header("Nats-Service-Error") {
-            Some(status) => Err((
-                header("Nats-Service-Error-Code")
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(0),
-                status,
-            )),
-            None => Ok(String::from_utf8_lossy(&message.payload).into_owned()),
-        }
-    })
+    runtime().block_on(service_request(
+        client,
+        &format!("{PREFIX}.query.{endpoint}"),
+        body.to_string(),
+    ))
 }
 
 fn wait_http_ready(setup: &Setup, token: Option<&str>) -> u16 {

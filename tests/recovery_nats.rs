@@ -17,20 +17,6 @@ fn workload(seed: u64, accounts: usize, messages: usize) -> Vec<String> {
     creditflow::sample::scenario(seed, accounts, messages)
 }
 
-fn wait_streams(runtime: &tokio::runtime::Runtime, url: &str) {
-    wait_until("the input stream", Duration::from_secs(30), || {
-        runtime.block_on(async {
-            match async_nats::connect(url).await {
-                Ok(client) => async_nats::jetstream::new(client)
-                    .get_stream("CREDITFLOW_IN")
-                    .await
-                    .is_ok(),
-                Err(_) => false,
-            }
-        })
-    });
-}
-
 /// Stops the processor gracefully and checks everything against the oracle.
 fn finish_and_compare(
     runtime: &tokio::runtime::Runtime,

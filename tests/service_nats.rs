@@ -108,40 +108,16 @@ async fn call(
     subject: &str,
     body: String,
 ) -> Result<String, (u16, String)> {
-    let request = async_nats::client::Request::new()
-        .payload(body.into())
-        .timeout(Some(Duration::from_secs(15)));
-    let message = client
-        .send_request(subject.to_string(), request)
-        .await
-        .map_err(|e| (0, e.to_string()))?;
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_string())
-    };
-    match header("Nats-Service-Error") {
-        Some(status) => {
-            let code = header("Nats-Service-Error-Code")
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            Err((code, status))
-        }
-        None => {
-            let body = String::from_utf8_lossy(&message.payload).into_owned();
-            // Every reply the service tests get is held to its contract (docs/schemas).
-            if let Some(schema) = common::schemas::reply_schema(subject) {
-                let value: serde_json::Value = serde_json::from_str(&body)
-                    .unwrap_or_else(|e| panic!("a reply on {subject} is not JSON ({e}): {body}"));
-                if let Err(errors) = common::schemas::Contracts::shared().check(&schema, &value) {
-                    panic!("the reply on {subject} does not match {schema}: {errors}\n{body}");
-                }
-            }
-            Ok(body)
+    let body = service_request(client, subject, body).await?;
+    // Every reply the service tests get is held to its contract (docs/schemas).
+    if let Some(schema) = common::schemas::reply_schema(subject) {
+        let value: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("a reply on {subject} is not JSON ({e}): {body}"));
+        if let Err(errors) = common::schemas::Contracts::shared().check(&schema, &value) {
+            panic!("the reply on {subject} does not match {schema}: {errors}\n{body}");
         }
     }
+    Ok(body)
 }
 
 /// The state view part of a balance reply (everything before `available`), closed.

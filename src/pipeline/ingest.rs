@@ -91,6 +91,33 @@ async fn next_connection(connections: &mut tokio::sync::watch::Receiver<u64>) {
     }
 }
 
+/// What a delivered message becomes: its stream sequence and stored time read from the reply
+/// subject directly (`wire::ack_subject`), its subject and payload moved out, not cloned.
+/// `None` (logged) for a message without JetStream metadata.
+pub(crate) fn inbound(message: jetstream::Message, settings: &ReaderSettings) -> Option<Inbound> {
+    let delivery = message
+        .message
+        .reply
+        .as_deref()
+        .and_then(crate::wire::ack_subject::delivery);
+    let Some(delivery) = delivery else {
+        tracing::warn!(subject = %message.subject, "a message without JetStream metadata on an input consumer; ignored");
+        return None;
+    };
+    let jetstream::Message { message, .. } = message;
+    Some(Inbound {
+        seq: delivery.stream_sequence,
+        route: pipeline_route(
+            &settings.input_prefix,
+            &message.subject,
+            settings.partitions,
+        ),
+        subject: message.subject,
+        payload: message.payload,
+        received: Some(Instant(delivery.published_ms)),
+    })
+}
+
 impl<O: IngestObserver> Reader<O> {
     /// Reads until `stop` resolves, then flushes the dispatcher and stops the shards. Runs on a
     /// thread of its own (dispatching blocks when the shards are behind).
@@ -161,18 +188,10 @@ impl<O: IngestObserver> Reader<O> {
                         continue 'consumers;
                     }
                 };
-                // The delivery metadata, read from the reply subject directly (see
-                // wire::ack_subject); then the subject and payload are moved out, not cloned.
-                let delivery = message
-                    .message
-                    .reply
-                    .as_deref()
-                    .and_then(crate::wire::ack_subject::delivery);
-                let Some(delivery) = delivery else {
-                    tracing::warn!(subject = %message.subject, "a message without JetStream metadata on the input consumer; ignored");
+                let Some(inbound) = inbound(message, &self.settings) else {
                     continue;
                 };
-                let seq = delivery.stream_sequence;
+                let seq = inbound.seq;
                 if seq < next_seq {
                     // A redelivery (the ordered consumer was recreated behind us).
                     continue;
@@ -184,18 +203,6 @@ impl<O: IngestObserver> Reader<O> {
                         got: seq,
                     });
                 }
-                let jetstream::Message { message, .. } = message;
-                let inbound = Inbound {
-                    seq,
-                    route: pipeline_route(
-                        &self.settings.input_prefix,
-                        &message.subject,
-                        self.settings.partitions,
-                    ),
-                    subject: message.subject,
-                    payload: message.payload,
-                    received: Some(Instant(delivery.published_ms)),
-                };
                 dispatcher.push(inbound)?;
                 next_seq = seq + 1;
                 self.position.store(next_seq, Ordering::Release);

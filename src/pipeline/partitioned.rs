@@ -37,9 +37,7 @@ use futures::stream::{BoxStream, SelectAll};
 use futures::{FutureExt, StreamExt};
 
 use super::dispatch::Dispatcher;
-use super::ingest::{IngestError, IngestObserver, Position, ReaderSettings};
-use super::{pipeline_route, Inbound};
-use crate::time::Instant;
+use super::ingest::{inbound, IngestError, IngestObserver, Position, ReaderSettings};
 
 /// How often an idle reader probes the partitions that may be behind the stream's end.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
@@ -168,19 +166,13 @@ impl<O: IngestObserver> PartitionReader<O> {
                         continue 'consumers;
                     }
                 };
-                let delivery = message
-                    .message
-                    .reply
-                    .as_deref()
-                    .and_then(crate::wire::ack_subject::delivery);
-                let Some(delivery) = delivery else {
-                    tracing::warn!(subject = %message.subject, "a message without JetStream metadata on a partition's consumer; ignored");
+                let Some(inbound) = inbound(message, &self.settings) else {
                     continue;
                 };
                 let Some(place) = places.get_mut(&partition) else {
                     continue;
                 };
-                let seq = delivery.stream_sequence;
+                let seq = inbound.seq;
                 if seq < place.next {
                     // A redelivery (a consumer recreated behind us).
                     continue;
@@ -189,18 +181,6 @@ impl<O: IngestObserver> PartitionReader<O> {
                 place.complete = place.complete.max(seq);
                 place.behind_since = None;
                 place.moving = true;
-                let jetstream::Message { message, .. } = message;
-                let inbound = Inbound {
-                    seq,
-                    route: pipeline_route(
-                        &self.settings.input_prefix,
-                        &message.subject,
-                        self.settings.partitions,
-                    ),
-                    subject: message.subject,
-                    payload: message.payload,
-                    received: Some(Instant(delivery.published_ms)),
-                };
                 dispatcher.push(inbound)?;
                 if *stop.borrow() {
                     break 'consumers;

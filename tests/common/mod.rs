@@ -560,3 +560,50 @@ pub fn readyz(metrics_port: u16) -> Option<(u16, String)> {
         .to_string();
     Some((status, body))
 }
+
+/// Waits until the input stream exists (the first processor creates it).
+pub fn wait_streams(runtime: &tokio::runtime::Runtime, url: &str) {
+    wait_until("the input stream", Duration::from_secs(60), || {
+        runtime.block_on(async {
+            match async_nats::connect(url).await {
+                Ok(client) => async_nats::jetstream::new(client)
+                    .get_stream("CREDITFLOW_IN")
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        })
+    });
+}
+
+/// One request to the NATS service: the reply's body, or the code and status of its
+/// `Nats-Service-Error` (code 0 when no reply came at all).
+pub async fn service_request(
+    client: &async_nats::Client,
+    subject: &str,
+    body: String,
+) -> Result<String, (u16, String)> {
+    let request = async_nats::client::Request::new()
+        .payload(body.into())
+        .timeout(Some(Duration::from_secs(15)));
+    let message = client
+        .send_request(subject.to_string(), request)
+        .await
+        .map_err(|e| (0, e.to_string()))?;
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    };
+    match header("Nats-Service-Error") {
+        Some(status) => Err((
+            header("Nats-Service-Error-Code")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0),
+            status,
+        )),
+        None => Ok(String::from_utf8_lossy(&message.payload).into_owned()),
+    }
+}
