@@ -134,8 +134,10 @@ fn a_second_processor_refuses_until_the_holder_is_gone() {
     // A stopped, not dead: B still refuses (nothing proves A gone); after the TTL the lease
     // expires and B takes it.
     signal(&a, "STOP");
-    assert_refused(&b_setup, &[], &holder);
+    // Measured from the signal: what B's refusal below takes (a whole start, up to the lease
+    // bucket's listing) counts toward A's remaining time.
     let stopped_at = Instant::now();
+    assert_refused(&b_setup, &[], &holder);
     let mut b = start_when_free(&b_setup, stopped_at);
     let b_instance = wait_for_lease(&b_setup, &mut b);
     // A renewed at most TTL/3 before it was stopped, so its value lived at least 2/3 of the TTL
