@@ -428,20 +428,45 @@ impl Lease {
 
     /// The live value under the key: its holder (or its text if it is not one), revision and
     /// age. `None` when there is none (never written, expired, deleted).
+    ///
+    /// Read from the bucket stream's leader (`STREAM.MSG.GET`), never from a replica: the
+    /// client's `entry` uses Direct Get, which any replica may answer, and a replica behind the
+    /// leader (a node restarted in a cluster, catching up) can hold a previous holder's value,
+    /// which would read as "taken over" and end a lease that is still ours (the 3-node test
+    /// saw it).
     async fn current(&self) -> Result<Option<(Result<Holder, String>, u64, Duration)>, LeaseError> {
-        let entry = self
+        use jetstream::stream::LastRawMessageErrorKind;
+        let subject = format!("$KV.{}.{}", self.settings.bucket, self.settings.key);
+        let message = match self
             .store
-            .entry(&self.settings.key)
+            .stream
+            .get_last_raw_message_by_subject(&subject)
             .await
-            .map_err(|e| bucket_error(&self.settings, e))?;
-        Ok(entry
-            .filter(|entry| entry.operation == kv::Operation::Put)
-            .map(|entry| {
-                let holder = serde_json::from_slice::<Holder>(&entry.value)
-                    .map_err(|_| String::from_utf8_lossy(&entry.value).into_owned());
-                let age = time_since(entry.created.unix_timestamp_nanos());
-                (holder, entry.revision, age)
-            }))
+        {
+            Ok(message) => message,
+            Err(error) => {
+                let none = match error.kind() {
+                    LastRawMessageErrorKind::NoMessageFound => true,
+                    LastRawMessageErrorKind::JetStream(e) => {
+                        e.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND
+                    }
+                    _ => false,
+                };
+                return if none {
+                    Ok(None)
+                } else {
+                    Err(bucket_error(&self.settings, error))
+                };
+            }
+        };
+        // A delete or a purge leaves a marker message with this header.
+        if message.headers.get("KV-Operation").is_some() {
+            return Ok(None);
+        }
+        let holder = serde_json::from_slice::<Holder>(&message.payload)
+            .map_err(|_| String::from_utf8_lossy(&message.payload).into_owned());
+        let age = time_since(message.time.unix_timestamp_nanos());
+        Ok(Some((holder, message.sequence, age)))
     }
 
     pub fn holder(&self) -> &Holder {
