@@ -436,27 +436,55 @@ impl fmt::Display for Dec {
     }
 }
 
+/// Writes `mantissa / 10^scale` in plain notation, the fraction's trailing zeros dropped. The
+/// digits are made in a stack buffer, least significant first, with 64-bit arithmetic while the
+/// rest fits (dividing a `u128` is a library call, and formatting one through `fmt` divides by
+/// 10^19 chunks): the output JSON and the service's replies write several amounts each.
 fn write_scaled(f: &mut impl fmt::Write, mantissa: i128, scale: u8) -> fmt::Result {
+    // At most 39 digits, or a scale of 38 and a leading "0"; a point and a sign.
+    let mut buf = [0u8; 48];
+    let mut at = buf.len();
+    let mut rest = mantissa.unsigned_abs();
+    fn digit(rest: &mut u128) -> u8 {
+        match u64::try_from(*rest) {
+            Ok(small) => {
+                *rest = u128::from(small / 10);
+                (small % 10) as u8
+            }
+            Err(_) => {
+                let d = (*rest % 10) as u8;
+                *rest /= 10;
+                d
+            }
+        }
+    }
+    let mut fraction = false;
+    for _ in 0..scale {
+        let d = digit(&mut rest);
+        if d == 0 && !fraction {
+            continue;
+        }
+        fraction = true;
+        at -= 1;
+        buf[at] = b'0' + d;
+    }
+    if fraction {
+        at -= 1;
+        buf[at] = b'.';
+    }
+    loop {
+        at -= 1;
+        buf[at] = b'0' + digit(&mut rest);
+        if rest == 0 {
+            break;
+        }
+    }
     if mantissa < 0 {
-        f.write_char('-')?;
+        at -= 1;
+        buf[at] = b'-';
     }
-    let abs = mantissa.unsigned_abs();
-    if scale == 0 {
-        return write!(f, "{abs}");
-    }
-    let divisor = POW10[scale as usize].unsigned_abs();
-    let int = abs / divisor;
-    let mut frac = abs % divisor;
-    let mut width = scale as usize;
-    while width > 0 && frac % 10 == 0 {
-        frac /= 10;
-        width -= 1;
-    }
-    if width == 0 {
-        write!(f, "{int}")
-    } else {
-        write!(f, "{int}.{frac:0width$}")
-    }
+    // Only ASCII digits, '.' and '-' were written.
+    f.write_str(std::str::from_utf8(&buf[at..]).map_err(|_| fmt::Error)?)
 }
 
 impl Serialize for Dec {
@@ -683,6 +711,65 @@ mod tests {
 
     fn d(text: &str) -> Dec {
         text.parse().unwrap()
+    }
+
+    /// The digit loop against the formatting it replaced (`fmt` of the integer and the
+    /// fraction), over both sides of 64 bits, every scale and the extremes.
+    #[test]
+    fn write_scaled_matches_fmt() {
+        fn plain(mantissa: i128, scale: u8) -> String {
+            let mut f = String::new();
+            if mantissa < 0 {
+                f.push('-');
+            }
+            let abs = mantissa.unsigned_abs();
+            if scale == 0 {
+                return format!("{f}{abs}");
+            }
+            let divisor = POW10[scale as usize].unsigned_abs();
+            let int = abs / divisor;
+            let mut frac = abs % divisor;
+            let mut width = scale as usize;
+            while width > 0 && frac % 10 == 0 {
+                frac /= 10;
+                width -= 1;
+            }
+            if width == 0 {
+                format!("{f}{int}")
+            } else {
+                format!("{f}{int}.{frac:0width$}")
+            }
+        }
+        let mut rng = crate::sample::Rng::new(11);
+        let mut cases: Vec<i128> = vec![
+            0,
+            1,
+            -1,
+            10,
+            -100,
+            5,
+            -5,
+            i128::from(u64::MAX),
+            i128::from(u64::MAX) + 1,
+            -i128::from(u64::MAX) - 1,
+            i128::MAX,
+            i128::MIN + 1,
+            i128::MIN,
+            123_456_789_000,
+        ];
+        for _ in 0..2000 {
+            let bits = rng.below(127) as u32;
+            let value = (i128::from(rng.next_u64()) << 64 | i128::from(rng.next_u64())) >> bits;
+            cases.push(value);
+            cases.push(value / 1000 * 1000);
+        }
+        for &mantissa in &cases {
+            for scale in 0..=SCALE_MAX {
+                let mut ours = String::new();
+                write_scaled(&mut ours, mantissa, scale).unwrap();
+                assert_eq!(ours, plain(mantissa, scale), "{mantissa} scale {scale}");
+            }
+        }
     }
 
     #[test]

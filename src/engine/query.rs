@@ -130,22 +130,19 @@ impl Partition {
         copy
     }
 
-    /// What the account can spend now, per credit type it has a balance in (the state view's
-    /// order); `None` for an account this partition does not have.
-    pub fn available(&self, catalog: &Catalog, account_id: &str) -> Option<Vec<Available>> {
-        let account = self.account(account_id)?;
+    /// What `account` (one of this partition's) can spend now, per credit type it has a balance
+    /// in (the state view's order).
+    pub fn available_of(&self, catalog: &Catalog, account: &Account) -> Vec<Available> {
         let now = self.now_of(account);
         let copy = Self::advanced_copy(catalog, account, now);
-        Some(
-            copy.types
-                .iter()
-                .map(|t| Available {
-                    credit_type: t.credit_type,
-                    spendable: copy.spendable_any_meter(t.credit_type, now),
-                    overage_room: copy.overage_room(catalog, t.credit_type),
-                })
-                .collect(),
-        )
+        copy.types
+            .iter()
+            .map(|t| Available {
+                credit_type: t.credit_type,
+                spendable: copy.spendable_any_meter(t.credit_type, now),
+                overage_room: copy.overage_room(catalog, t.credit_type),
+            })
+            .collect()
     }
 
     /// Whether `usage` would be paid if it were applied now (`received`: the instant the stream

@@ -1,6 +1,8 @@
 //! The state view of an account (SEMANTICS §16): what `replay --json` prints and what the model
 //! test compares. Read-only; field order is part of the format.
 
+use std::fmt::Write as _;
+
 use crate::catalog::Catalog;
 use crate::engine::account::Account;
 use crate::wire::output::push_json_string;
@@ -18,10 +20,11 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
         Some(over) => out.push_str(&over.0),
         None => out.push_str("null"),
     }
-    out.push_str(&format!(
+    let _ = write!(
+        out,
         ",\"clock\":\"{}\",\"period_start\":\"{}\",\"period_end\":\"{}\"",
         account.clock, account.period_start, account.period_end
-    ));
+    );
     out.push_str(",\"balances\":[");
     for (index, t) in account.types.iter().enumerate() {
         if index > 0 {
@@ -30,7 +33,8 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
         let l = t.ledger();
         out.push_str("{\"credit_type\":");
         push_json_string(&mut out, &catalog.credit_type(t.credit_type).name);
-        out.push_str(&format!(
+        let _ = write!(
+            out,
             ",\"balance\":\"{}\",\"held\":\"{}\",\"debt\":\"{}\",\"ledger\":{{\"granted\":\"{}\",\"consumed\":\"{}\",\"expired\":\"{}\",\"voided\":\"{}\",\"adjusted\":\"{}\",\"settled\":\"{}\",\"returned\":\"{}\"}}",
             account.balance(t.credit_type),
             account.held(t.credit_type),
@@ -42,14 +46,17 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
             l.adjusted,
             l.settled,
             l.returned
-        ));
+        );
         let runway = account.runway(catalog, t);
-        out.push_str(&format!(
+        let _ = write!(
+            out,
             ",\"runway\":{{\"window\":\"{}\",\"burned\":\"{}\",\"runs_out_at\":",
             catalog.rules.runway_window, runway.burned
-        ));
+        );
         match runway.runs_out_at {
-            Some(at) => out.push_str(&format!("\"{at}\"}}}}")),
+            Some(at) => {
+                let _ = write!(out, "\"{at}\"}}}}");
+            }
             None => out.push_str("null}}"),
         }
     }
@@ -62,7 +69,8 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
         push_json_string(&mut out, &g.id);
         out.push_str(",\"credit_type\":");
         push_json_string(&mut out, &catalog.credit_type(g.credit_type).name);
-        out.push_str(&format!(
+        let _ = write!(
+            out,
             ",\"source\":\"{}\",\"status\":\"{}\",\"amount\":\"{}\",\"remaining\":\"{}\",\"held\":\"{}\",\"priority\":{},\"effective_at\":\"{}\",\"expires_at\":",
             g.source.name(),
             g.status.name(),
@@ -71,12 +79,14 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
             g.held(),
             g.priority,
             g.effective_at
-        ));
+        );
         match g.expires_at() {
-            Some(at) => out.push_str(&format!("\"{at}\"")),
+            Some(at) => {
+                let _ = write!(out, "\"{at}\"");
+            }
             None => out.push_str("null"),
         }
-        out.push_str(&format!(",\"cost_basis\":\"{}\",\"scope\":", g.cost_basis));
+        let _ = write!(out, ",\"cost_basis\":\"{}\",\"scope\":", g.cost_basis);
         match g.scope() {
             None => out.push_str("null"),
             Some(meters) => {
@@ -101,11 +111,12 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
         push_json_string(&mut out, &h.id);
         out.push_str(",\"meter\":");
         push_json_string(&mut out, &catalog.meter(h.meter).name);
-        out.push_str(&format!(
+        let _ = write!(
+            out,
             ",\"credits_held\":\"{}\",\"expires_at\":\"{}\"}}",
             h.credits(),
             h.expires_at
-        ));
+        );
     }
     out.push_str("]}");
     out

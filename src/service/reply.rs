@@ -37,9 +37,25 @@ impl Object {
         self
     }
 
-    /// A value's text as a JSON string (amounts, instants).
-    pub fn text(self, name: &str, value: impl std::fmt::Display) -> Object {
-        self.string(name, &value.to_string())
+    /// A value's text as a JSON string (amounts, instants), written in place: escaped only in
+    /// the rare case that the text needs it.
+    pub fn text(mut self, name: &str, value: impl std::fmt::Display) -> Object {
+        use std::fmt::Write as _;
+        self.key(name);
+        let start = self.0.len();
+        self.0.push('"');
+        let _ = write!(self.0, "{value}");
+        if self.0.as_bytes()[start + 1..]
+            .iter()
+            .any(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        {
+            let written = self.0.split_off(start + 1);
+            self.0.truncate(start);
+            push_json_string(&mut self.0, &written);
+        } else {
+            self.0.push('"');
+        }
+        self
     }
 
     pub fn optional_text(self, name: &str, value: Option<impl std::fmt::Display>) -> Object {
@@ -51,7 +67,7 @@ impl Object {
 
     pub fn number(mut self, name: &str, value: impl Into<i128>) -> Object {
         self.key(name);
-        self.0.push_str(&value.into().to_string());
+        let _ = std::fmt::Write::write_fmt(&mut self.0, format_args!("{}", value.into()));
         self
     }
 
@@ -93,9 +109,7 @@ pub fn balance(
     as_of_seq: u64,
 ) -> String {
     let mut view = crate::engine::view::account_json(catalog, account);
-    let available = partition
-        .available(catalog, &account.id)
-        .unwrap_or_default();
+    let available = partition.available_of(catalog, account);
     let entries: Vec<String> = available
         .iter()
         .map(|a| {
@@ -327,4 +341,24 @@ pub fn statement(
         .array("charges", entries)
         .number("as_of_seq", as_of_seq)
         .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_written_in_place_and_escaped_when_needed() {
+        let json = Object::new()
+            .text("amount", crate::decimal::Dec::new(-1250, 3).unwrap())
+            .text("odd", "a \"quoted\"\\ line\n")
+            .number("n", -42i64)
+            .finish();
+        assert_eq!(
+            json,
+            r#"{"amount":"-1.25","odd":"a \"quoted\"\\ line\n","n":-42}"#
+        );
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed["odd"], "a \"quoted\"\\ line\n");
+    }
 }
