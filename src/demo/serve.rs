@@ -98,6 +98,7 @@ impl Served {
             router: None,
             health: health.clone(),
             jetstream: None,
+            post: None,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let listener = {

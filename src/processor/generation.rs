@@ -219,6 +219,7 @@ pub(crate) async fn run(
         health: health.clone(),
         jetstream: None,
         router: ownership.router.clone(),
+        post: None,
     });
     if let Some(api) = &base.api {
         api.attach(desk);
@@ -813,6 +814,8 @@ async fn serve(
                     let jetstream = jetstream::ContextBuilder::new()
                         .timeout(config.nats.request_timeout)
                         .build(client.clone());
+                    // The post's task lives as long as the runtime (it ends with the thread).
+                    let (post, _delivering) = crate::service::post::Post::start();
                     let desk = crate::service::Desk {
                         catalog,
                         settings: desk_settings(&config),
@@ -822,6 +825,7 @@ async fn serve(
                         jetstream: Some(jetstream),
                         // Requests for other processors' partitions leave on this connection.
                         router: router.map(|r| r.on(client.clone())),
+                        post: Some(post),
                     };
                     crate::service::start(client, Arc::new(desk))
                         .await

@@ -29,6 +29,7 @@
 //! the same `command.result`.
 
 pub mod error;
+pub mod post;
 pub mod reply;
 pub mod request;
 pub mod route;
@@ -114,6 +115,9 @@ pub struct Desk {
     /// Where requests for partitions owned elsewhere go (processors sharing the partitions:
     /// [`route`]); `None` when this processor owns every partition.
     pub router: Option<route::Router>,
+    /// Where the shards deliver answers in bursts ([`post`]), on the runtime the requests run
+    /// on; `None`: each answer completes its request directly.
+    pub post: Option<post::Post>,
 }
 
 /// The endpoint called `name` (a query, or a command when `command`), by its static name.
@@ -345,14 +349,26 @@ impl Desk {
     ) -> Result<T, ServiceError> {
         let (reply, answered) = tokio::sync::oneshot::channel();
         let wait = self.settings.wait_max;
+        let answer: Box<dyn FnOnce(Seen<'_>) + Send> = match &self.post {
+            Some(post) => {
+                let post = post.clone();
+                Box::new(move |seen| {
+                    let answer = answer(seen);
+                    post.send(Box::new(move || {
+                        let _ = reply.send(answer);
+                    }));
+                })
+            }
+            None => Box::new(move |seen| {
+                let _ = reply.send(answer(seen));
+            }),
+        };
         let question = Question {
             partition,
             min_seq,
             needs,
             deadline: WallInstant::now() + wait,
-            answer: Box::new(move |seen| {
-                let _ = reply.send(answer(seen));
-            }),
+            answer,
         };
         let Some(shard) = self.layout.shard(partition) else {
             return Err(ServiceError::unavailable(
