@@ -510,17 +510,7 @@ fn compare_at_positions(
                 .unwrap_or(0)
         })
         .collect();
-    let log: Vec<creditflow::cli::replay::LogEntry> = runtime.block_on(async {
-        let client = async_nats::connect(url).await.expect("connect");
-        let context = async_nats::jetstream::new(client);
-        let lines = creditflow::cli::run::export_stream(&context, "CREDITFLOW_IN")
-            .await
-            .expect("export");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let file = dir.path().join("input.jsonl");
-        std::fs::write(&file, lines.join("\n")).expect("write export");
-        creditflow::cli::replay::read_log(&file, true).expect("read export")
-    });
+    let log = runtime.block_on(common::exported_log(url));
     let partition_at: BTreeMap<u64, u32> = log
         .iter()
         .map(|entry| {

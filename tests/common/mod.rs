@@ -309,8 +309,8 @@ pub async fn outputs(url: &str) -> Vec<(String, String)> {
     all
 }
 
-/// The oracle: `replay` of what the input stream holds, with the same partition count.
-pub async fn oracle(url: &str, partitions: u32) -> (Engine, Vec<Output>) {
+/// What the input stream holds, exported and read back as `replay` reads a log.
+pub async fn exported_log(url: &str) -> Vec<LogEntry> {
     let client = async_nats::connect(url).await.expect("connect");
     let context = async_nats::jetstream::new(client);
     let lines = creditflow::cli::run::export_stream(&context, "CREDITFLOW_IN")
@@ -319,7 +319,12 @@ pub async fn oracle(url: &str, partitions: u32) -> (Engine, Vec<Output>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("input.jsonl");
     std::fs::write(&file, lines.join("\n")).expect("write export");
-    let log: Vec<LogEntry> = creditflow::cli::replay::read_log(&file, true).expect("read export");
+    creditflow::cli::replay::read_log(&file, true).expect("read export")
+}
+
+/// The oracle: `replay` of what the input stream holds, with the same partition count.
+pub async fn oracle(url: &str, partitions: u32) -> (Engine, Vec<Output>) {
+    let log = exported_log(url).await;
     creditflow::cli::replay::run_log(catalog(), partitions, &log, None)
 }
 
