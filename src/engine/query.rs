@@ -570,7 +570,7 @@ mod tests {
             r#"{"id":"u1","account":"acme","meter":"api_call","quantity":"3","ts":"2026-01-01T00:01:00Z"}"#,
             r#"{"id":"u2","account":"acme","meter":"api_call","quantity":"5","ts":"2026-01-01T00:02:00Z"}"#,
         ];
-        let mut apply = |engine: &mut Engine, n: usize| {
+        let apply = |engine: &mut Engine, n: usize| {
             let mut out = Vec::new();
             engine.apply(
                 &Envelope {
