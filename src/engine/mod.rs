@@ -319,15 +319,6 @@ impl Partition {
         self.slot(id).map(|slot| &*self.accounts[slot as usize])
     }
 
-    /// The account's state now, shared with the partition for a reader on another thread: the
-    /// partition copies an account before writing it while such a share is held (as for a
-    /// snapshot delta), so the holder keeps exactly this state and costs the partition nothing
-    /// unless the account is written meanwhile.
-    pub fn account_shared(&self, id: &str) -> Option<Arc<Account>> {
-        self.slot(id)
-            .map(|slot| self.accounts[slot as usize].clone())
-    }
-
     fn slot(&self, id: &str) -> Option<u32> {
         self.slot_hashed(id, AccountIndex::hash(id.as_bytes()))
     }

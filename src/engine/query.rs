@@ -138,10 +138,13 @@ impl Partition {
         std::borrow::Cow::Owned(copy)
     }
 
-    /// What `account` can spend at `now` (for "now", [`Partition::now_of`] the account, taken
-    /// where the partition is), per credit type it has a balance in (the state view's order).
-    /// Needs only the account, so a reader holding it away from its partition can ask.
-    pub fn available_at(catalog: &Catalog, account: &Account, now: Instant) -> Vec<Available> {
+    /// What `account` (one of this partition's) can spend now, per credit type it has a balance
+    /// in (the state view's order).
+    pub fn available_of(&self, catalog: &Catalog, account: &Account) -> Vec<Available> {
+        Self::available_at(catalog, account, self.now_of(account))
+    }
+
+    fn available_at(catalog: &Catalog, account: &Account, now: Instant) -> Vec<Available> {
         let copy = Self::advanced_copy(catalog, account, now);
         copy.types
             .iter()
@@ -557,48 +560,6 @@ fn price_dead(catalog: &Catalog, meter: MeterId, error: PriceError) -> DeadLette
 mod tests {
     use super::*;
     use crate::engine::{Engine, Envelope};
-
-    /// A shared account keeps the state it was shared at while the partition goes on writing
-    /// the account (copy on write), and the partition's own state moves on.
-    #[test]
-    fn a_shared_account_keeps_its_state_while_the_partition_writes() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/catalog.toml");
-        let catalog = std::sync::Arc::new(crate::catalog::load::from_path(&path).unwrap());
-        let mut engine = Engine::new(catalog.clone(), 1);
-        let lines = [
-            r#"{"type":"grant","id":"g1","account":"acme","ts":"2026-01-01T00:00:00Z","amount":"100"}"#,
-            r#"{"id":"u1","account":"acme","meter":"api_call","quantity":"3","ts":"2026-01-01T00:01:00Z"}"#,
-            r#"{"id":"u2","account":"acme","meter":"api_call","quantity":"5","ts":"2026-01-01T00:02:00Z"}"#,
-        ];
-        let apply = |engine: &mut Engine, n: usize| {
-            let mut out = Vec::new();
-            engine.apply(
-                &Envelope {
-                    payload: lines[n].as_bytes(),
-                    seq: n as u64 + 1,
-                    subject: "creditflow.in",
-                    received: None,
-                },
-                &mut out,
-            );
-        };
-        apply(&mut engine, 0);
-        apply(&mut engine, 1);
-        let shared = engine.partitions()[0].account_shared("acme").unwrap();
-        let view = |a: &Account| crate::engine::view::account_json(&catalog, a);
-        let before = view(&shared);
-        assert_eq!(
-            before,
-            view(engine.partitions()[0].account("acme").unwrap())
-        );
-        apply(&mut engine, 2);
-        assert_eq!(view(&shared), before);
-        assert_ne!(
-            view(engine.partitions()[0].account("acme").unwrap()),
-            before
-        );
-        assert!(engine.partitions()[0].account_shared("nobody").is_none());
-    }
 
     /// Answering from the account itself when nothing is due gives what the advanced copy
     /// gives, at instants from the account's clock to a year past it (grants expiring, holds

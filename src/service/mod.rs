@@ -415,25 +415,25 @@ impl Desk {
     async fn balance(&self, payload: &[u8]) -> Result<String, ServiceError> {
         let fields = Fields::parse(payload, &["account", "min_seq"])?;
         let account = fields.account()?;
-        // The shard hands over the account's state (shared, copy on write: no copy unless it
-        // writes the account meanwhile) and its "now"; the reply is written here, off the
-        // shard, which is busy applying input.
-        let (state, now, as_of_seq) = self
-            .ask(
-                self.partition(&account),
-                fields.min_seq()?,
-                Needs::State,
-                move |seen| {
-                    let state = seen
-                        .partition
-                        .account_shared(&account)
-                        .ok_or_else(|| ServiceError::unknown_account(&account))?;
-                    let now = seen.partition.now_of(&state);
-                    Ok((state, now, seen.as_of_seq))
-                },
-            )
-            .await?;
-        Ok(reply::balance(&self.catalog, &state, now, as_of_seq))
+        let catalog = self.catalog.clone();
+        self.ask(
+            self.partition(&account),
+            fields.min_seq()?,
+            Needs::State,
+            move |seen| {
+                let state = seen
+                    .partition
+                    .account(&account)
+                    .ok_or_else(|| ServiceError::unknown_account(&account))?;
+                Ok(reply::balance(
+                    &catalog,
+                    seen.partition,
+                    state,
+                    seen.as_of_seq,
+                ))
+            },
+        )
+        .await
     }
 
     async fn authorize(&self, payload: &[u8]) -> Result<String, ServiceError> {
@@ -727,10 +727,10 @@ fn command_reply(
             format!("the command was dead-lettered ({reason}): {detail}"),
         ));
     }
-    let balance = seen.partition.account(account).map(|state| {
-        let now = seen.partition.now_of(state);
-        reply::balance(catalog, state, now, seen.as_of_seq)
-    });
+    let balance = seen
+        .partition
+        .account(account)
+        .map(|state| reply::balance(catalog, seen.partition, state, seen.as_of_seq));
     let balance = balance.as_deref().unwrap_or("null");
     let object = match book.find_result(partition, key) {
         Some((at, result)) => Object::new()

@@ -100,11 +100,16 @@ impl Default for Object {
 }
 
 /// The balance reply: the account's state view (SEMANTICS §16, exactly as `replay --json`
-/// prints it) with `available` (per credit type at `now`, the partition's "now" for it:
-/// [`Partition::now_of`]), `alerts` (the thresholds crossed) and `as_of_seq` added at the end.
-pub fn balance(catalog: &Catalog, account: &Account, now: Instant, as_of_seq: u64) -> String {
+/// prints it) with `available` (per credit type, now), `alerts` (the thresholds crossed) and
+/// `as_of_seq` added at the end.
+pub fn balance(
+    catalog: &Catalog,
+    partition: &Partition,
+    account: &Account,
+    as_of_seq: u64,
+) -> String {
     let mut view = crate::engine::view::account_json(catalog, account);
-    let available = Partition::available_at(catalog, account, now);
+    let available = partition.available_of(catalog, account);
     let entries: Vec<String> = available
         .iter()
         .map(|a| {
