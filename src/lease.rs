@@ -291,6 +291,26 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// A lease of `holder` in `store` not taken yet (revision and epoch 0, a fresh fence): what
+    /// [`Lease::acquire`] and [`Lease::try_take`] then try to write.
+    fn unheld(
+        store: kv::Store,
+        settings: LeaseSettings,
+        holder: Holder,
+    ) -> Result<Lease, LeaseError> {
+        let value =
+            Bytes::from(serde_json::to_vec(&holder).map_err(|e| bucket_error(&settings, e))?);
+        Ok(Lease {
+            store,
+            settings,
+            holder,
+            value,
+            revision: 0,
+            epoch: 0,
+            fence: Fence::new(),
+        })
+    }
+
     /// Takes the lease, or says who holds it. Creates the bucket when it does not exist; refuses
     /// one whose `max_age` is not `settings.ttl` (every processor of a bucket must share one TTL).
     pub async fn acquire(
@@ -302,18 +322,7 @@ impl Lease {
             .timeout(settings.request_timeout())
             .build(client);
         let store = open_bucket(&context, &settings).await?;
-        let value =
-            Bytes::from(serde_json::to_vec(&holder).map_err(|e| bucket_error(&settings, e))?);
-        let fence = Fence::new();
-        let lease = Lease {
-            store,
-            settings,
-            holder,
-            value,
-            revision: 0,
-            epoch: 0,
-            fence,
-        };
+        let lease = Lease::unheld(store, settings, holder)?;
         // Twice at most: the value seen may expire or be deleted between the write and the read.
         for _ in 0..2 {
             let sent = WallInstant::now();
@@ -376,17 +385,7 @@ impl Lease {
         settings: LeaseSettings,
         holder: Holder,
     ) -> Result<Option<Lease>, LeaseError> {
-        let value =
-            Bytes::from(serde_json::to_vec(&holder).map_err(|e| bucket_error(&settings, e))?);
-        let lease = Lease {
-            store,
-            settings,
-            holder,
-            value,
-            revision: 0,
-            epoch: 0,
-            fence: Fence::new(),
-        };
+        let lease = Lease::unheld(store, settings, holder)?;
         let sent = WallInstant::now();
         match tokio::time::timeout(
             lease.settings.request_timeout(),

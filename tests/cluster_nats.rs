@@ -126,29 +126,6 @@ fn newest_state(dirs: &[&Path], partitions: u32) -> Vec<String> {
     Engine::from_partitions(catalog(), restored).state_view()
 }
 
-/// SIGTERM, and the exit status within a minute; past it, a panic with the log's tail.
-fn terminate_explained(child: &mut Child, setup: &Setup) -> std::process::ExitStatus {
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let log = setup.log();
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            panic!(
-                "the processor did not stop within 60 s of SIGTERM; log tail:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// SIGTERM to every processor at once; each must exit 0 (else every log is kept in
 /// `target/cluster-test-logs/` for the post-mortem).
 fn stop_all(processors: &mut [(&Setup, &mut Child)]) {
@@ -461,7 +438,14 @@ fn sigkill_torture_with_three_processors() {
         std::thread::sleep(Duration::from_millis(500 + rng.below(2000)));
         let victim = rng.below(3) as usize;
         if round % 3 == 2 {
-            let status = terminate_explained(&mut processors[victim], &setups[victim]);
+            let status = common::terminate_explained(&mut processors[victim], || {
+                let log = setups[victim].log();
+                let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                format!(
+                    "; log tail:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            });
             assert!(
                 status.success(),
                 "exit {status}; log:\n{}",

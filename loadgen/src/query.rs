@@ -179,26 +179,15 @@ pub enum Outcome {
 /// Classifies what `send_request` returned.
 pub fn classify(result: Result<async_nats::Message, RequestError>) -> Outcome {
     match result {
-        Ok(message) => {
-            let header = |name: &str| {
-                message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(name))
-                    .map(|v| v.as_str().to_string())
-            };
-            match header(async_nats::service::NATS_SERVICE_ERROR) {
-                Some(status) => Outcome::Code {
-                    code: header(async_nats::service::NATS_SERVICE_ERROR_CODE)
-                        .and_then(|c| c.trim().parse().ok())
-                        .unwrap_or(0),
-                    status,
-                },
-                None => Outcome::Ok {
-                    bytes: message.payload.len(),
-                },
-            }
-        }
+        Ok(message) => match creditflow::service::error::reply_error(&message) {
+            Some((status, code)) => Outcome::Code {
+                code: code.trim().parse().unwrap_or(0),
+                status,
+            },
+            None => Outcome::Ok {
+                bytes: message.payload.len(),
+            },
+        },
         Err(error) => match error.kind() {
             RequestErrorKind::TimedOut => Outcome::TimedOut,
             RequestErrorKind::NoResponders => Outcome::NoResponders,

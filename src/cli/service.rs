@@ -567,15 +567,7 @@ async fn request(call: &Call<'_>) -> anyhow::Result<String> {
             }
         }
     };
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_string())
-    };
-    if let Some(status) = header(async_nats::service::NATS_SERVICE_ERROR) {
-        let code = header(async_nats::service::NATS_SERVICE_ERROR_CODE).unwrap_or_default();
+    if let Some((status, code)) = crate::service::error::reply_error(&message) {
         bail!("{code} {status}");
     }
     Ok(String::from_utf8_lossy(&message.payload).into_owned())

@@ -199,6 +199,15 @@ pub struct ShardGone(pub usize);
 mod tests {
     use super::*;
 
+    /// The sequences a shard's queue received, in order, until the dispatcher stopped.
+    fn seqs(receiver: &Receiver<ShardInput>) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while let Ok(ShardInput::Batch(batch)) = receiver.recv() {
+            seqs.extend(batch.messages.iter().map(|m| m.seq));
+        }
+        seqs
+    }
+
     fn message(seq: u64, partition: u32) -> Inbound {
         Inbound {
             seq,
@@ -232,13 +241,6 @@ mod tests {
             "the position passes them too"
         );
         dispatcher.stop().unwrap();
-        let seqs = |receiver: &Receiver<ShardInput>| {
-            let mut seqs = Vec::new();
-            while let Ok(ShardInput::Batch(batch)) = receiver.recv() {
-                seqs.extend(batch.messages.iter().map(|m| m.seq));
-            }
-            seqs
-        };
         assert_eq!(
             seqs(&receivers[0]),
             [2],
@@ -255,13 +257,6 @@ mod tests {
             dispatcher.push(message(seq, partition)).unwrap();
         }
         dispatcher.stop().unwrap();
-        let seqs = |receiver: &Receiver<ShardInput>| {
-            let mut seqs = Vec::new();
-            while let Ok(ShardInput::Batch(batch)) = receiver.recv() {
-                seqs.extend(batch.messages.iter().map(|m| m.seq));
-            }
-            seqs
-        };
         assert_eq!(seqs(&receivers[0]), [1, 3, 5]);
         assert_eq!(seqs(&receivers[1]), [2, 4]);
     }

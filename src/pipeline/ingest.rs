@@ -85,10 +85,25 @@ pub struct Reader<O: IngestObserver> {
 const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Resolves when the connection count changes; never once its sender is gone.
-async fn next_connection(connections: &mut tokio::sync::watch::Receiver<u64>) {
+pub(super) async fn next_connection(connections: &mut tokio::sync::watch::Receiver<u64>) {
     if connections.changed().await.is_err() {
         std::future::pending::<()>().await;
     }
+}
+
+/// After a failed open: waits `backoff` (cut short by a new connection or a stop) and doubles
+/// it, up to [`REOPEN_BACKOFF_MAX`]. Both readers retry their consumers this way.
+pub(super) async fn reopen_pause(
+    backoff: &mut Duration,
+    connections: &mut tokio::sync::watch::Receiver<u64>,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = next_connection(connections) => {}
+        _ = stop.changed() => {}
+    }
+    *backoff = (*backoff * 2).min(REOPEN_BACKOFF_MAX);
 }
 
 /// What a delivered message becomes: its stream sequence and stored time read from the reply
@@ -141,12 +156,7 @@ impl<O: IngestObserver> Reader<O> {
                 }
                 Err(error) => {
                     tracing::warn!(%error, next_seq, "cannot open the input consumer; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = next_connection(&mut self.connections) => {}
-                        _ = stop.changed() => {}
-                    }
-                    backoff = (backoff * 2).min(REOPEN_BACKOFF_MAX);
+                    reopen_pause(&mut backoff, &mut self.connections, &mut stop).await;
                     continue;
                 }
             };

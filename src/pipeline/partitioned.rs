@@ -37,13 +37,12 @@ use futures::stream::{BoxStream, SelectAll};
 use futures::{FutureExt, StreamExt};
 
 use super::dispatch::Dispatcher;
-use super::ingest::{inbound, IngestError, IngestObserver, Position, ReaderSettings};
+use super::ingest::{
+    inbound, next_connection, reopen_pause, IngestError, IngestObserver, Position, ReaderSettings,
+};
 
 /// How often an idle reader probes the partitions that may be behind the stream's end.
 const PROBE_EVERY: Duration = Duration::from_millis(100);
-
-/// Longest wait between attempts to open the consumers.
-const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Where one owned partition is.
 #[derive(Clone, Copy, Debug)]
@@ -114,12 +113,7 @@ impl<O: IngestObserver> PartitionReader<O> {
                 Err(Opened::HistoryLost(error)) => return Err(error),
                 Err(Opened::Failed(error)) => {
                     tracing::warn!(%error, "cannot open the partitions' consumers; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = next_connection(&mut self.connections) => {}
-                        _ = stop.changed() => {}
-                    }
-                    backoff = (backoff * 2).min(REOPEN_BACKOFF_MAX);
+                    reopen_pause(&mut backoff, &mut self.connections, &mut stop).await;
                     continue;
                 }
             };
@@ -312,13 +306,6 @@ fn no_message(error: &jetstream::stream::RawMessageError) -> bool {
             e.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND
         }
         _ => false,
-    }
-}
-
-/// Resolves when the connection count changes; never once its sender is gone.
-async fn next_connection(connections: &mut tokio::sync::watch::Receiver<u64>) {
-    if connections.changed().await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 

@@ -9,6 +9,17 @@
 use std::borrow::Cow;
 use std::fmt;
 
+/// A reply's error as the micro protocol carries it: its `Nats-Service-Error` text and its
+/// `Nats-Service-Error-Code` as sent (empty when missing); `None` for a reply that is not an
+/// error. What the CLI, loadgen and the tests read from a reply.
+pub fn reply_error(reply: &async_nats::Message) -> Option<(String, String)> {
+    let headers = reply.headers.as_ref()?;
+    let header = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
+    let status = header(async_nats::service::NATS_SERVICE_ERROR)?;
+    let code = header(async_nats::service::NATS_SERVICE_ERROR_CODE).unwrap_or_default();
+    Some((status, code))
+}
+
 /// One error reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceError {

@@ -171,6 +171,14 @@ impl Drop for KillOnDrop {
 
 /// Sends SIGTERM and waits for the exit status.
 pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    terminate_explained(child, String::new)
+}
+
+/// [`terminate`], and past a minute a panic that adds what `explain` says (a log's tail).
+pub fn terminate_explained(
+    child: &mut Child,
+    explain: impl FnOnce() -> String,
+) -> std::process::ExitStatus {
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
@@ -180,10 +188,12 @@ pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
         if let Some(status) = child.try_wait().expect("wait") {
             return status;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the processor did not stop within 60 s of SIGTERM"
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "the processor did not stop within 60 s of SIGTERM{}",
+                explain()
+            );
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -595,20 +605,8 @@ pub async fn service_request(
         .send_request(subject.to_string(), request)
         .await
         .map_err(|e| (0, e.to_string()))?;
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_string())
-    };
-    match header("Nats-Service-Error") {
-        Some(status) => Err((
-            header("Nats-Service-Error-Code")
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0),
-            status,
-        )),
+    match creditflow::service::error::reply_error(&message) {
+        Some((status, code)) => Err((code.parse().unwrap_or(0), status)),
         None => Ok(String::from_utf8_lossy(&message.payload).into_owned()),
     }
 }
