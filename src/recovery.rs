@@ -305,10 +305,13 @@ pub async fn recover_some(
                 })
             }
             None => {
-                // Never snapshotted: it replays from the stream's first message.
+                // Never snapshotted: it replays from the stream's first message, and its
+                // first snapshot can be a delta of the empty state (written whole).
                 floor = 0;
                 report.empty += 1;
-                restored.push(Partition::new(number, partitions));
+                let mut partition = Partition::new(number, partitions);
+                partition.track_changes();
+                restored.push(partition);
             }
         }
     }

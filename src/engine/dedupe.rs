@@ -613,6 +613,19 @@ impl Dedupe {
         self.changes.touched.clear();
     }
 
+    /// The ring alone, for a copy that is only ever encoded and advanced by deltas (the
+    /// snapshot writer's shadow, `engine::delta`): no lookup table, nothing tracked.
+    pub fn ring_copy(&self) -> Dedupe {
+        Dedupe {
+            ring: self.ring.clone(),
+            front: self.front,
+            live: self.live,
+            table: Vec::new(),
+            evicted_early: self.evicted_early,
+            changes: RingChanges::default(),
+        }
+    }
+
     /// Stops tracking (nothing is remembered for a delta any more).
     pub fn stop_tracking(&mut self) {
         self.changes = RingChanges::default();

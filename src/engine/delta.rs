@@ -95,6 +95,11 @@ impl Delta {
         self.accounts.len()
     }
 
+    /// Accounts in the partition at the delta's position (the changed ones among them).
+    pub fn account_count(&self) -> usize {
+        self.account_count as usize
+    }
+
     /// Dedupe and archive slots this delta carries.
     pub fn remembered(&self) -> usize {
         self.dedupe.len() + self.reversals.len()
@@ -179,6 +184,37 @@ impl Partition {
             self.reversals.reindex();
         }
         Ok(())
+    }
+
+    /// A copy of this state for the snapshot writer to keep and advance with each delta taken
+    /// after it (the partition's *shadow*: a fold is then one encode of it, never a decode of
+    /// the files). The accounts are shared, not copied: an account the partition writes next
+    /// is copied then ([`Arc::make_mut`]), once per account per snapshot interval. The rest
+    /// (the account index, the rings, the timers) is copied, without lookup tables: a shadow is
+    /// only ever encoded and advanced by [`Partition::follow`].
+    pub fn shadow(&self) -> Partition {
+        Partition {
+            number: self.number,
+            partition_count: self.partition_count,
+            accounts: self.accounts.clone(),
+            index: self.index.clone(),
+            dedupe: self.dedupe.ring_copy(),
+            reversals: self.reversals.ring_copy(),
+            timers: self.timers.clone(),
+            tick_clock: self.tick_clock,
+            last_seq: self.last_seq,
+            applied_through: self.applied_through,
+            last_payload_hash: self.last_payload_hash,
+            stats: self.stats.clone(),
+            ..Partition::new(self.number, self.partition_count)
+        }
+    }
+
+    /// Advances a shadow ([`Partition::shadow`]) by the next delta taken from its partition:
+    /// it is then that state, as its snapshot encodes (its lookup tables are not rebuilt). An
+    /// error means the delta does not follow this state; the shadow must be dropped then.
+    pub fn follow(&mut self, delta: Delta) -> Result<(), String> {
+        self.apply_delta_unindexed(delta)
     }
 
     fn apply_delta_unindexed(&mut self, delta: Delta) -> Result<(), String> {

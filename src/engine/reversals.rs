@@ -177,6 +177,14 @@ impl ReversalsDelta {
 }
 
 impl Reversals {
+    /// The archive's ring alone ([`crate::engine::dedupe::Dedupe::ring_copy`]).
+    pub fn ring_copy(&self) -> Reversals {
+        Reversals {
+            archive: self.archive.ring_copy(),
+            evicted_through: self.evicted_through,
+        }
+    }
+
     pub fn mark_baseline(&mut self) {
         self.archive.mark_baseline();
     }

@@ -37,8 +37,9 @@ use crate::pipeline::shard::Shard;
 use crate::pipeline::streams::{ensure_stream, Ensured, StreamSettings};
 use crate::pipeline::{Layout, Outbound};
 use crate::recovery::{recover_some, write_empty_snapshots, Streams};
-use crate::snapshot::policy::{run_encoder, run_writer, Folding, FullWanted, Policy, Written};
+use crate::snapshot::policy::{run_encoder, FullWanted, Policy};
 use crate::snapshot::remote::{Mirror, Remote};
+use crate::snapshot::writer::{run_writer, Folding, Written};
 use crate::snapshot::Store;
 
 fn input_stream(config: &Config) -> StreamSettings {
@@ -467,6 +468,39 @@ struct Threads {
 /// Step: the shards (with the recovered partitions), the emitter, the snapshot encoder and
 /// writer, and the reader, connected by their bounded queues.
 #[allow(clippy::too_many_arguments)]
+/// The snapshot writer's copies of the partitions that go on from their recovered state with
+/// deltas ([`Partition::shadow`]; the accounts shared), made on a thread per core. Without
+/// incremental snapshots nothing is tracked and no copy is kept.
+fn shadows_of(partitions: &mut [Partition], deltas: bool) -> HashMap<u32, Partition> {
+    if !deltas {
+        partitions.iter_mut().for_each(Partition::stop_tracking);
+        return HashMap::new();
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = partitions.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let copying: Vec<_> = partitions
+            .chunks(chunk)
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .filter(|p| p.tracking_since().is_some())
+                        .map(|p| (p.number, p.shadow()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        copying
+            .into_iter()
+            .flat_map(|copying| match copying.join() {
+                Ok(copies) => copies,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
+}
+
 fn start_threads(
     base: &Base,
     recovered: crate::recovery::Recovered,
@@ -495,10 +529,14 @@ fn start_threads(
     let (loan_sender, loan_receiver) = crossbeam::channel::bounded(shards * 2);
     let written_at: Arc<Mutex<HashMap<u32, WallInstant>>> = Arc::default();
     let full_wanted = FullWanted::new(partitions);
-    let folding = (config.snapshot.deltas_max > 0).then(|| Folding {
+    let mut recovered = recovered;
+    let deltas = config.snapshot.deltas_max > 0;
+    let shadows = shadows_of(&mut recovered.partitions, deltas);
+    let folding = deltas.then(|| Folding {
         deltas_max: config.snapshot.deltas_max,
         ratio: f64::from(config.snapshot.fold_percent) / 100.0,
         full_wanted: full_wanted.clone(),
+        shadows,
     });
 
     let deltas_wanted = folding.as_ref().map(|f| f.full_wanted.clone());

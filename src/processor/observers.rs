@@ -16,8 +16,9 @@ use crate::pipeline::emit::EmitObserver;
 use crate::pipeline::ingest::IngestObserver;
 use crate::pipeline::shard::ShardObserver;
 use crate::refusals::Refusals;
-use crate::snapshot::policy::{FailedStage, SnapshotObserver, WriterObserver};
+use crate::snapshot::policy::SnapshotObserver;
 use crate::snapshot::remote::{Mirror, MirrorObserver, Mirrored};
+use crate::snapshot::writer::{FailedStage, WriterObserver};
 use crate::snapshot::Kind;
 
 /// The kind of readiness problem failing ticks raise.

@@ -62,6 +62,7 @@
 pub mod policy;
 pub mod remote;
 pub mod store;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 
