@@ -531,7 +531,15 @@ fn start_threads(
     let full_wanted = FullWanted::new(partitions);
     let mut recovered = recovered;
     let deltas = config.snapshot.deltas_max > 0;
+    let copying = WallInstant::now();
     let shadows = shadows_of(&mut recovered.partitions, deltas);
+    if !shadows.is_empty() {
+        tracing::info!(
+            partitions = shadows.len(),
+            copy_ms = copying.elapsed().as_secs_f64() * 1e3,
+            "the snapshot writer's copies of the recovered partitions are made"
+        );
+    }
     let folding = deltas.then(|| Folding {
         deltas_max: config.snapshot.deltas_max,
         ratio: f64::from(config.snapshot.fold_percent) / 100.0,
