@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use creditflow::catalog::Catalog;
 use creditflow::cli::replay::LogEntry;
+use creditflow::engine::shadow::Shadow;
 use creditflow::engine::{Engine, Partition};
 
 fn catalog(rules: &[(&str, &str)]) -> Arc<Catalog> {
@@ -50,7 +51,7 @@ fn check(catalog: Arc<Catalog>, partitions: u32, log: &[LogEntry], every: usize)
     // The snapshot writer's copies: accounts shared with the live partition, following the
     // deltas as taken (not through the codec). Each must stay the state of its last cut while
     // the live partition goes on writing the accounts it shares.
-    let mut shadows: Vec<(Partition, Vec<u8>)> = Vec::new();
+    let mut shadows: Vec<(Shadow, Vec<u8>)> = Vec::new();
     for partition in engine.partitions_mut() {
         partition.track_changes();
         rebuilt.push(creditflow::codec::decode(&bytes(partition)).expect("decode base"));
@@ -68,7 +69,7 @@ fn check(catalog: Arc<Catalog>, partitions: u32, log: &[LogEntry], every: usize)
             .zip(&mut shadows)
         {
             assert!(
-                bytes(shadow) == *then,
+                shadow.encode().expect("encode shadow") == *then,
                 "partition {}'s shadow moved with the live state before cut {cut} (every {every})",
                 live.number
             );
@@ -76,7 +77,12 @@ fn check(catalog: Arc<Catalog>, partitions: u32, log: &[LogEntry], every: usize)
             let encoded = creditflow::codec::encode(&delta).expect("encode delta");
             let decoded = creditflow::codec::decode(&encoded).expect("decode delta");
             copy.apply_deltas([decoded]).expect("the delta fits");
-            shadow.follow(delta).expect("the shadow follows");
+            let followed = shadow
+                .follow(delta, every % 2 == 1)
+                .expect("the shadow follows");
+            if let Some(followed) = followed {
+                assert!(followed == encoded, "the shadow's encoding of the delta");
+            }
             let now = bytes(live);
             assert!(
                 bytes(copy) == now,
@@ -84,7 +90,7 @@ fn check(catalog: Arc<Catalog>, partitions: u32, log: &[LogEntry], every: usize)
                 live.number
             );
             assert!(
-                bytes(shadow) == now,
+                shadow.encode().expect("encode shadow") == now,
                 "partition {}'s shadow differs after cut {cut} (every {every})",
                 live.number
             );

@@ -326,6 +326,12 @@ impl AccountIndex {
     /// Adds `id` (not yet present) at `slot`; `id_of` gives every indexed slot's id (to rehash
     /// when the table grows).
     pub fn insert<'s>(&mut self, id: &[u8], slot: u32, id_of: impl Fn(u32) -> &'s [u8]) {
+        self.insert_hashed(Self::hash(id), slot, |slot| Self::hash(id_of(slot)));
+    }
+
+    /// [`AccountIndex::insert`] by hashes: `hash` is the new id's, `hash_of` gives a slot's
+    /// (for a copy that keeps the hashes rather than the ids).
+    pub fn insert_hashed(&mut self, hash: u64, slot: u32, hash_of: impl Fn(u32) -> u64) {
         assert!(slot < u32::MAX, "account slots fit 32 bits");
         // At most 3/4 full.
         if (self.len + 1) * 4 > self.buckets.len() * 3 {
@@ -333,10 +339,10 @@ impl AccountIndex {
             let old = std::mem::replace(&mut self.buckets, vec![0; capacity]);
             for bucket in old.into_iter().filter(|&b| b != 0) {
                 let slot = (bucket as u32) - 1;
-                self.place(Self::hash(id_of(slot)), slot);
+                self.place(hash_of(slot), slot);
             }
         }
-        self.place(Self::hash(id), slot);
+        self.place(hash, slot);
         self.len += 1;
     }
 

@@ -111,6 +111,81 @@ impl Delta {
     }
 }
 
+/// A delta taken apart ([`Delta::split`]): what it follows and leads to, its accounts, and
+/// the rest.
+pub(super) struct DeltaParts {
+    pub number: u32,
+    pub partition_count: u32,
+    pub previous: u64,
+    pub applied_through: u64,
+    pub account_count: u32,
+    pub accounts: Vec<(u32, Arc<Account>)>,
+    pub rest: DeltaRest,
+}
+
+/// What a delta carries besides its accounts.
+pub(super) struct DeltaRest {
+    pub applied_through: u64,
+    pub last_seq: u64,
+    pub last_payload_hash: u64,
+    pub tick_clock: Option<Instant>,
+    pub stats: Stats,
+    pub timers: Vec<Reverse<(Instant, u32)>>,
+    pub dedupe: RingDelta,
+    pub reversals: ReversalsDelta,
+}
+
+impl Delta {
+    pub(super) fn split(self) -> DeltaParts {
+        DeltaParts {
+            number: self.number,
+            partition_count: self.partition_count,
+            previous: self.previous,
+            applied_through: self.applied_through,
+            account_count: self.account_count,
+            accounts: self.accounts,
+            rest: DeltaRest {
+                applied_through: self.applied_through,
+                last_seq: self.last_seq,
+                last_payload_hash: self.last_payload_hash,
+                tick_clock: self.tick_clock,
+                stats: self.stats,
+                timers: self.timers,
+                dedupe: self.dedupe,
+                reversals: self.reversals,
+            },
+        }
+    }
+
+    /// The fields the codec writes before the accounts, and after them, in its order: the
+    /// encoding of a delta is `head`, the accounts as a sequence, then `tail`
+    /// ([`super::shadow`] writes it from accounts it encodes once for both uses).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn head_and_tail(
+        &self,
+    ) -> (
+        impl Serialize + '_,
+        &[(u32, Arc<Account>)],
+        impl Serialize + '_,
+    ) {
+        (
+            (
+                self.number,
+                self.partition_count,
+                self.previous,
+                self.applied_through,
+                self.last_seq,
+                self.last_payload_hash,
+                &self.tick_clock,
+                &self.stats,
+                self.account_count,
+            ),
+            &self.accounts,
+            (&self.timers, &self.dedupe, &self.reversals),
+        )
+    }
+}
+
 impl Partition {
     /// Starts (or restarts) tracking changes from the state as it is now, the state at
     /// `applied_through`: the next [`Partition::take_delta`] is relative to it. Called when a
@@ -186,58 +261,23 @@ impl Partition {
         Ok(())
     }
 
-    /// A copy of this state for the snapshot writer to keep and advance with each delta taken
-    /// after it (the partition's *shadow*: a fold is then one encode of it, never a decode of
-    /// the files). The accounts are shared, not copied: an account the partition writes next
-    /// is copied then ([`Arc::make_mut`]), once per account per snapshot interval. The rest
-    /// (the account index, the rings, the timers) is copied, without lookup tables: a shadow is
-    /// only ever encoded and advanced by [`Partition::follow`].
-    pub fn shadow(&self) -> Partition {
-        Partition {
-            number: self.number,
-            partition_count: self.partition_count,
-            accounts: self.accounts.clone(),
-            index: self.index.clone(),
-            dedupe: self.dedupe.ring_copy(),
-            reversals: self.reversals.ring_copy(),
-            timers: self.timers.clone(),
-            tick_clock: self.tick_clock,
-            last_seq: self.last_seq,
-            applied_through: self.applied_through,
-            last_payload_hash: self.last_payload_hash,
-            stats: self.stats.clone(),
-            ..Partition::new(self.number, self.partition_count)
-        }
-    }
-
-    /// Advances a shadow ([`Partition::shadow`]) by the next delta taken from its partition:
-    /// it is then that state, as its snapshot encodes (its lookup tables are not rebuilt). An
-    /// error means the delta does not follow this state; the shadow must be dropped then.
-    pub fn follow(&mut self, delta: Delta) -> Result<(), String> {
-        self.apply_delta_unindexed(delta)
-    }
-
     fn apply_delta_unindexed(&mut self, delta: Delta) -> Result<(), String> {
-        if (delta.number, delta.partition_count) != (self.number, self.partition_count) {
-            return Err(format!(
-                "a delta of partition {} of {} applied to partition {} of {}",
-                delta.number, delta.partition_count, self.number, self.partition_count
-            ));
-        }
-        if delta.previous != self.applied_through {
-            return Err(format!(
-                "a delta following position {} applied to the state at {}",
-                delta.previous, self.applied_through
-            ));
-        }
-        if delta.applied_through < delta.previous {
-            return Err("a delta moves the position backwards".into());
-        }
-        let count = delta.account_count as usize;
-        if count < self.accounts.len() {
-            return Err("a delta removes accounts".into());
-        }
-        for (slot, account) in delta.accounts {
+        let DeltaParts {
+            number,
+            partition_count,
+            previous,
+            applied_through,
+            account_count,
+            accounts,
+            rest,
+        } = delta.split();
+        self.check_follows(
+            (number, partition_count, previous, applied_through),
+            self.accounts.len(),
+            account_count,
+        )?;
+        let count = account_count as usize;
+        for (slot, account) in accounts {
             let slot_index = slot as usize;
             if slot_index < self.accounts.len() {
                 if self.accounts[slot_index].id != account.id {
@@ -264,19 +304,53 @@ impl Partition {
                 self.accounts.len()
             ));
         }
-        if let Some(&Reverse((_, slot))) = delta.timers.iter().find(|t| t.0 .1 as usize >= count) {
+        self.apply_rest(rest, count)
+    }
+
+    /// Whether a delta of `(number, partition_count, previous, applied_through)` carrying a
+    /// partition of `count` accounts follows this state, which has `accounts` accounts.
+    pub(super) fn check_follows(
+        &self,
+        (number, partition_count, previous, applied_through): (u32, u32, u64, u64),
+        accounts: usize,
+        count: u32,
+    ) -> Result<(), String> {
+        if (number, partition_count) != (self.number, self.partition_count) {
+            return Err(format!(
+                "a delta of partition {number} of {partition_count} applied to partition {} of {}",
+                self.number, self.partition_count
+            ));
+        }
+        if previous != self.applied_through {
+            return Err(format!(
+                "a delta following position {previous} applied to the state at {}",
+                self.applied_through
+            ));
+        }
+        if applied_through < previous {
+            return Err("a delta moves the position backwards".into());
+        }
+        if (count as usize) < accounts {
+            return Err("a delta removes accounts".into());
+        }
+        Ok(())
+    }
+
+    /// Applies what a delta carries besides its accounts (the partition has `count` now).
+    pub(super) fn apply_rest(&mut self, rest: DeltaRest, count: usize) -> Result<(), String> {
+        if let Some(&Reverse((_, slot))) = rest.timers.iter().find(|t| t.0 .1 as usize >= count) {
             return Err(format!(
                 "a delta's timer names slot {slot}, past the accounts"
             ));
         }
-        self.dedupe.apply_delta_unindexed(delta.dedupe)?;
-        self.reversals.apply_delta_unindexed(delta.reversals)?;
-        self.timers = BinaryHeap::from(delta.timers);
-        self.applied_through = delta.applied_through;
-        self.last_seq = delta.last_seq;
-        self.last_payload_hash = delta.last_payload_hash;
-        self.tick_clock = delta.tick_clock;
-        self.stats = delta.stats;
+        self.dedupe.apply_delta_unindexed(rest.dedupe)?;
+        self.reversals.apply_delta_unindexed(rest.reversals)?;
+        self.timers = BinaryHeap::from(rest.timers);
+        self.applied_through = rest.applied_through;
+        self.last_seq = rest.last_seq;
+        self.last_payload_hash = rest.last_payload_hash;
+        self.tick_clock = rest.tick_clock;
+        self.stats = rest.stats;
         Ok(())
     }
 }

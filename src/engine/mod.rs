@@ -20,6 +20,7 @@ pub mod delta;
 pub mod journal;
 pub mod query;
 pub mod reversals;
+pub mod shadow;
 pub mod view;
 
 use std::cmp::Reverse;

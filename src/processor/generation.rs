@@ -471,7 +471,10 @@ struct Threads {
 /// The snapshot writer's copies of the partitions that go on from their recovered state with
 /// deltas ([`Partition::shadow`]; the accounts shared), made on a thread per core. Without
 /// incremental snapshots nothing is tracked and no copy is kept.
-fn shadows_of(partitions: &mut [Partition], deltas: bool) -> HashMap<u32, Partition> {
+fn shadows_of(
+    partitions: &mut [Partition],
+    deltas: bool,
+) -> HashMap<u32, crate::engine::shadow::Shadow> {
     if !deltas {
         partitions.iter_mut().for_each(Partition::stop_tracking);
         return HashMap::new();

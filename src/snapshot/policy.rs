@@ -42,7 +42,7 @@ pub enum Payload {
     /// the partition the writer follows its next deltas with (`writer`: none at a stop).
     Encoded {
         bytes: Vec<u8>,
-        shadow: Option<Box<Partition>>,
+        shadow: Option<Box<crate::engine::shadow::Shadow>>,
     },
     /// A delta taken on the shard, for the writer to encode (off the shard's thread).
     Delta(Box<Delta>),

@@ -27,7 +27,7 @@ use crossbeam::channel::Receiver;
 use super::policy::{FullWanted, Payload, SnapshotJob};
 use super::{Kind, Store};
 use crate::engine::delta::Delta;
-use crate::engine::Partition;
+use crate::engine::shadow::Shadow;
 
 /// What the writer reports.
 pub trait WriterObserver: Send {
@@ -84,9 +84,9 @@ pub struct Folding {
     /// Partitions whose next snapshot must be full (set here when one of theirs fails and no
     /// shadow can stand in).
     pub full_wanted: Arc<FullWanted>,
-    /// Each partition's state at its latest snapshot ([`Partition::shadow`] of the partitions
+    /// Each partition's state at its latest snapshot ([`crate::engine::Partition::shadow`] of the partitions
     /// as recovered, tracking changes from there).
-    pub shadows: HashMap<u32, Partition>,
+    pub shadows: HashMap<u32, Shadow>,
 }
 
 impl Folding {
@@ -170,16 +170,20 @@ impl<O: WriterObserver> Writer<O> {
             }
             Ok(Payload::Delta(delta)) => {
                 carried = (delta.accounts(), delta.remembered(), delta.timers());
-                let followed = self.shadow_at(partition, delta.previous).is_some();
-                let contents = if followed && mostly_changed(&delta) {
-                    Contents::Shadow
+                if self.shadow_at(partition, delta.previous).is_some() {
+                    let whole = mostly_changed(&delta);
+                    match self.follow(partition, *delta, !whole) {
+                        Some(bytes) if !whole => Contents::Bytes(Ok(bytes)),
+                        Some(_) => Contents::Shadow,
+                        None => Contents::Bytes(Err("the delta did not follow".into())),
+                    }
                 } else {
+                    // A shadow elsewhere (if any) is not this partition's state any more.
+                    self.keep_shadow(partition, None);
                     Contents::Bytes(
                         crate::codec::encode(&*delta).map_err(|error| error.to_string()),
                     )
-                };
-                self.follow(partition, *delta);
-                contents
+                }
             }
             Err(error) => Contents::Bytes(Err(error)),
         };
@@ -282,15 +286,15 @@ impl<O: WriterObserver> Writer<O> {
     }
 
     /// The partition's shadow, if it is the state at `position`.
-    fn shadow_at(&self, partition: u32, position: u64) -> Option<&Partition> {
+    fn shadow_at(&self, partition: u32, position: u64) -> Option<&Shadow> {
         self.folding
             .as_ref()?
             .shadows
             .get(&partition)
-            .filter(|shadow| shadow.applied_through == position)
+            .filter(|shadow| shadow.applied_through() == position)
     }
 
-    fn keep_shadow(&mut self, partition: u32, shadow: Option<Partition>) {
+    fn keep_shadow(&mut self, partition: u32, shadow: Option<Shadow>) {
         if let Some(folding) = &mut self.folding {
             match shadow {
                 Some(shadow) => folding.shadows.insert(partition, shadow),
@@ -299,40 +303,34 @@ impl<O: WriterObserver> Writer<O> {
         }
     }
 
-    /// Advances the partition's shadow by `delta` (taken after the shadow's state); a shadow
-    /// it does not follow is dropped.
-    fn follow(&mut self, partition: u32, delta: Delta) {
-        let Some(folding) = &mut self.folding else {
-            return;
-        };
-        let Some(shadow) = folding.shadows.get_mut(&partition) else {
-            return;
-        };
-        let outcome = if shadow.applied_through == delta.previous {
-            shadow.follow(delta)
-        } else {
-            Err(format!(
-                "a delta following {} arrived for the shadow at {}",
-                delta.previous, shadow.applied_through
-            ))
-        };
-        if let Err(error) = outcome {
-            tracing::warn!(
-                partition,
-                %error,
-                "the snapshot writer's copy of the partition is dropped; folds read the files"
-            );
-            folding.shadows.remove(&partition);
+    /// Advances the partition's shadow (at the state `delta` follows) by `delta`, returning the
+    /// delta's encoding when `encoded`; a shadow it does not follow is dropped (`None`).
+    fn follow(&mut self, partition: u32, delta: Delta, encoded: bool) -> Option<Vec<u8>> {
+        let folding = self.folding.as_mut()?;
+        let shadow = folding.shadows.get_mut(&partition)?;
+        match shadow.follow(delta, encoded) {
+            Ok(bytes) => Some(bytes.unwrap_or_default()),
+            Err(error) => {
+                tracing::warn!(
+                    partition,
+                    %error,
+                    "the snapshot writer's copy of the partition is dropped; folds read the files"
+                );
+                folding.shadows.remove(&partition);
+                None
+            }
         }
     }
 
-    fn encode_shadow(&self, partition: u32) -> Result<Vec<u8>, String> {
+    fn encode_shadow(&mut self, partition: u32) -> Result<Vec<u8>, String> {
         let shadow = self
             .folding
-            .as_ref()
-            .and_then(|folding| folding.shadows.get(&partition))
+            .as_mut()
+            .and_then(|folding| folding.shadows.get_mut(&partition))
             .ok_or_else(|| format!("no copy of partition {partition} to write whole"))?;
-        crate::codec::encode(shadow).map_err(|error| format!("encoding: {error}"))
+        shadow
+            .encode()
+            .map_err(|error| format!("encoding: {error}"))
     }
 
     /// After a delta of `partition` was written (`header` is its): folds its chain into a full
@@ -411,6 +409,7 @@ impl<O: WriterObserver> Writer<O> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Partition;
     use crate::pipeline::WatermarkReached;
     use crate::snapshot::{kind_file_name, test_header};
     use crate::wire::subject::Route;
@@ -465,7 +464,7 @@ mod tests {
         store: &Store,
         jobs: Vec<SnapshotJob>,
         deltas_max: usize,
-        shadows: Vec<Partition>,
+        shadows: Vec<Shadow>,
     ) -> (Written, Reports, Arc<FullWanted>) {
         let (send, receive) = crossbeam::channel::unbounded();
         for job in jobs {
@@ -478,7 +477,7 @@ mod tests {
             deltas_max,
             ratio: f64::INFINITY,
             full_wanted: full_wanted.clone(),
-            shadows: shadows.into_iter().map(|s| (s.number, s)).collect(),
+            shadows: shadows.into_iter().map(|s| (s.number(), s)).collect(),
         };
         let written = run_writer(store.clone(), receive, reports.clone(), Some(folding));
         (written, reports, full_wanted)
@@ -574,12 +573,13 @@ mod tests {
             grow(&mut one, 20, 3);
             let lost = delta_job(&mut one, 20);
             let shadows = if with_shadow {
-                let mut shadow = Partition::new(1, 4);
-                shadow.applied_through = 10;
+                let mut before = Partition::new(1, 4);
+                before.applied_through = 10;
+                let mut shadow = before.shadow();
                 let Ok(Payload::Delta(delta)) = lost.payload else {
                     unreachable!()
                 };
-                shadow.follow(*delta).unwrap();
+                shadow.follow(*delta, false).unwrap();
                 vec![shadow]
             } else {
                 vec![]
