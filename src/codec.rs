@@ -38,6 +38,14 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::serde::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// Appends the encoding of `value` to `bytes` (the same bytes as [`encode`]; no allocation of
+/// its own, for many small values encoded one after another).
+pub fn encode_into<T: Serialize>(value: &T, bytes: &mut Vec<u8>) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(value, bytes, config())
+        .map(|_| ())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
 /// Decodes `bytes`, all of them, into a `T`.
 ///
 /// A length read from the input (a string's) is claimed against the configured limit before

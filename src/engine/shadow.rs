@@ -95,6 +95,7 @@ impl Shadow {
             bytes = encode(&head)?;
             bytes.extend(encode(&(accounts.len() as u64))?);
         }
+        let mut scratch = Vec::new();
         let count = delta.account_count();
         let tail = if encoded {
             let (_, _, tail) = delta.head_and_tail();
@@ -117,12 +118,13 @@ impl Shadow {
             account_count,
         )?;
         for (slot, account) in accounts {
-            let account_bytes = encode(&*account)?;
+            scratch.clear();
+            crate::codec::encode_into(&*account, &mut scratch).map_err(|e| e.to_string())?;
             if encoded {
-                bytes.extend(encode(&slot)?);
-                bytes.extend_from_slice(&account_bytes);
+                crate::codec::encode_into(&slot, &mut bytes).map_err(|e| e.to_string())?;
+                bytes.extend_from_slice(&scratch);
             }
-            let kept = Kept::Encoded(account_bytes.into_boxed_slice());
+            let kept = Kept::Encoded(Box::from(scratch.as_slice()));
             let slot_index = slot as usize;
             if slot_index < self.accounts.len() {
                 if self.hashes[slot_index] != AccountIndex::hash(account.id.as_bytes()) {
@@ -161,12 +163,15 @@ impl Shadow {
         let state = &self.state;
         let mut bytes = (state.number, state.partition_count).encode()?;
         bytes.extend((self.accounts.len() as u64).encode()?);
+        bytes.reserve(self.accounts.len() * 256);
         for kept in &mut self.accounts {
-            if let Kept::Shared(account) = kept {
-                *kept = Kept::Encoded((**account).encode()?.into_boxed_slice());
-            }
-            if let Kept::Encoded(account) = kept {
-                bytes.extend_from_slice(account);
+            match kept {
+                Kept::Shared(account) => {
+                    let from = bytes.len();
+                    crate::codec::encode_into(&**account, &mut bytes)?;
+                    *kept = Kept::Encoded(Box::from(&bytes[from..]));
+                }
+                Kept::Encoded(account) => bytes.extend_from_slice(account),
             }
         }
         bytes.extend(
