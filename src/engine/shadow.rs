@@ -11,7 +11,8 @@
 //! (`codec::encode(&partition)` and `codec::encode(&delta)`; tests/snapshot_deltas.rs compares
 //! them at every cut).
 //!
-//! Invariants: a shadow made from a partition ([`Partition::shadow`]) shares its accounts until
+//! Invariants: a shadow made from a partition ([`Partition::shadow`]), or following a delta that
+//! is written whole, shares those accounts until
 //! they are encoded (at the first full encode, or when a delta replaces them); the partition
 //! copies an account it writes while shared ([`Arc::make_mut`]), so after the first fold
 //! nothing is shared and the partition's writes cost nothing extra. `hashes[slot]` is the
@@ -118,21 +119,25 @@ impl Shadow {
             account_count,
         )?;
         for (slot, account) in accounts {
-            scratch.clear();
-            crate::codec::encode_into(&*account, &mut scratch).map_err(|e| e.to_string())?;
-            if encoded {
+            let hash = AccountIndex::hash(account.id.as_bytes());
+            // Written as a delta: encoded once here for both. Otherwise (the state is written
+            // whole next) encoded then, in one pass.
+            let kept = if encoded {
+                scratch.clear();
+                crate::codec::encode_into(&*account, &mut scratch).map_err(|e| e.to_string())?;
                 crate::codec::encode_into(&slot, &mut bytes).map_err(|e| e.to_string())?;
                 bytes.extend_from_slice(&scratch);
-            }
-            let kept = Kept::Encoded(Box::from(scratch.as_slice()));
+                Kept::Encoded(Box::from(scratch.as_slice()))
+            } else {
+                Kept::Shared(account)
+            };
             let slot_index = slot as usize;
             if slot_index < self.accounts.len() {
-                if self.hashes[slot_index] != AccountIndex::hash(account.id.as_bytes()) {
+                if self.hashes[slot_index] != hash {
                     return Err(format!("a delta renames the account in slot {slot}"));
                 }
                 self.accounts[slot_index] = kept;
             } else if slot_index == self.accounts.len() && slot_index < count {
-                let hash = AccountIndex::hash(account.id.as_bytes());
                 self.accounts.push(kept);
                 self.hashes.push(hash);
                 let hashes = &self.hashes;
