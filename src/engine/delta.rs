@@ -111,18 +111,6 @@ impl Delta {
     }
 }
 
-/// A delta taken apart ([`Delta::split`]): what it follows and leads to, its accounts, and
-/// the rest.
-pub(super) struct DeltaParts {
-    pub number: u32,
-    pub partition_count: u32,
-    pub previous: u64,
-    pub applied_through: u64,
-    pub account_count: u32,
-    pub accounts: Vec<(u32, Arc<Account>)>,
-    pub rest: DeltaRest,
-}
-
 /// What a delta carries besides its accounts.
 pub(super) struct DeltaRest {
     pub applied_through: u64,
@@ -136,15 +124,12 @@ pub(super) struct DeltaRest {
 }
 
 impl Delta {
-    pub(super) fn split(self) -> DeltaParts {
-        DeltaParts {
-            number: self.number,
-            partition_count: self.partition_count,
-            previous: self.previous,
-            applied_through: self.applied_through,
-            account_count: self.account_count,
-            accounts: self.accounts,
-            rest: DeltaRest {
+    /// The delta's accounts, and the rest of what it carries ([`Partition::check_follows`]
+    /// first: this drops what it follows).
+    pub(super) fn split(self) -> (Vec<(u32, Arc<Account>)>, DeltaRest) {
+        (
+            self.accounts,
+            DeltaRest {
                 applied_through: self.applied_through,
                 last_seq: self.last_seq,
                 last_payload_hash: self.last_payload_hash,
@@ -154,7 +139,7 @@ impl Delta {
                 dedupe: self.dedupe,
                 reversals: self.reversals,
             },
-        }
+        )
     }
 
     /// The fields the codec writes before the accounts, and after them, in its order: the
@@ -262,75 +247,54 @@ impl Partition {
     }
 
     fn apply_delta_unindexed(&mut self, delta: Delta) -> Result<(), String> {
-        let DeltaParts {
-            number,
-            partition_count,
-            previous,
-            applied_through,
-            account_count,
-            accounts,
-            rest,
-        } = delta.split();
-        self.check_follows(
-            (number, partition_count, previous, applied_through),
-            self.accounts.len(),
-            account_count,
-        )?;
-        let count = account_count as usize;
+        self.check_follows(&delta, self.accounts.len())?;
+        let count = delta.account_count();
+        let (accounts, rest) = delta.split();
         for (slot, account) in accounts {
-            let slot_index = slot as usize;
-            if slot_index < self.accounts.len() {
-                if self.accounts[slot_index].id != account.id {
-                    return Err(format!("a delta renames the account in slot {slot}"));
+            match place(slot, self.accounts.len(), count)? {
+                Place::Replace(at) => {
+                    if self.accounts[at].id != account.id {
+                        return Err(format!("a delta renames the account in slot {slot}"));
+                    }
+                    self.accounts[at] = account;
                 }
-                self.accounts[slot_index] = account;
-            } else if slot_index == self.accounts.len() && slot_index < count {
-                if self.slot(&account.id).is_some() {
-                    return Err(format!("a delta adds account {} twice", &*account.id));
+                Place::Append => {
+                    if self.slot(&account.id).is_some() {
+                        return Err(format!("a delta adds account {} twice", &*account.id));
+                    }
+                    self.accounts.push(account);
+                    let accounts = &self.accounts;
+                    self.index
+                        .insert(accounts[slot as usize].id.as_bytes(), slot, |slot| {
+                            accounts[slot as usize].id.as_bytes()
+                        });
                 }
-                self.accounts.push(account);
-                let accounts = &self.accounts;
-                self.index
-                    .insert(accounts[slot_index].id.as_bytes(), slot, |slot| {
-                        accounts[slot as usize].id.as_bytes()
-                    });
-            } else {
-                return Err(format!("a delta's account slot {slot} is out of order"));
             }
         }
-        if self.accounts.len() != count {
-            return Err(format!(
-                "a delta of {count} accounts left {}",
-                self.accounts.len()
-            ));
-        }
+        all_placed(count, self.accounts.len())?;
         self.apply_rest(rest, count)
     }
 
-    /// Whether a delta of `(number, partition_count, previous, applied_through)` carrying a
-    /// partition of `count` accounts follows this state, which has `accounts` accounts.
-    pub(super) fn check_follows(
-        &self,
-        (number, partition_count, previous, applied_through): (u32, u32, u64, u64),
-        accounts: usize,
-        count: u32,
-    ) -> Result<(), String> {
+    /// Whether `delta` follows this state, which has `accounts` accounts (a partition's, or a
+    /// shadow's whose own `accounts` stay empty).
+    pub(super) fn check_follows(&self, delta: &Delta, accounts: usize) -> Result<(), String> {
+        let (number, partition_count) = (delta.number, delta.partition_count);
         if (number, partition_count) != (self.number, self.partition_count) {
             return Err(format!(
                 "a delta of partition {number} of {partition_count} applied to partition {} of {}",
                 self.number, self.partition_count
             ));
         }
-        if previous != self.applied_through {
+        if delta.previous != self.applied_through {
             return Err(format!(
-                "a delta following position {previous} applied to the state at {}",
-                self.applied_through
+                "a delta following position {} applied to the state at {}",
+                delta.previous, self.applied_through
             ));
         }
-        if applied_through < previous {
+        if delta.applied_through < delta.previous {
             return Err("a delta moves the position backwards".into());
         }
-        if (count as usize) < accounts {
+        if delta.account_count() < accounts {
             return Err("a delta removes accounts".into());
         }
         Ok(())
@@ -352,5 +316,32 @@ impl Partition {
         self.tick_clock = rest.tick_clock;
         self.stats = rest.stats;
         Ok(())
+    }
+}
+
+/// Where a delta's account goes in a state of `len` accounts that will have `count`.
+pub(super) enum Place {
+    Replace(usize),
+    Append,
+}
+
+/// A delta's accounts come by ascending slot: each replaces one there or is the next new one.
+pub(super) fn place(slot: u32, len: usize, count: usize) -> Result<Place, String> {
+    let at = slot as usize;
+    if at < len {
+        Ok(Place::Replace(at))
+    } else if at == len && at < count {
+        Ok(Place::Append)
+    } else {
+        Err(format!("a delta's account slot {slot} is out of order"))
+    }
+}
+
+/// After a delta's accounts: the state has the delta's account count.
+pub(super) fn all_placed(count: usize, len: usize) -> Result<(), String> {
+    if len == count {
+        Ok(())
+    } else {
+        Err(format!("a delta of {count} accounts left {len}"))
     }
 }

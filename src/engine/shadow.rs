@@ -7,6 +7,10 @@
 //! Owns: following deltas (the same checks as applying them to a partition), writing a delta's
 //! file bytes from the accounts it encodes once for both, and writing the full snapshot.
 //!
+//! Encoding by parts relies on bincode writing a struct or tuple as its fields one after
+//! another and a sequence as its length then its elements: the codec's encoding of a whole is
+//! the concatenation of its parts' encodings.
+//!
 //! Must never: write bytes that differ from the codec's for the same state
 //! (`codec::encode(&partition)` and `codec::encode(&delta)`; tests/snapshot_deltas.rs compares
 //! them at every cut).
@@ -20,11 +24,9 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use super::account::Account;
 use super::compact::AccountIndex;
-use super::delta::{Delta, DeltaParts};
+use super::delta::{all_placed, place, Delta, Place};
 use super::Partition;
 use crate::codec::CodecError;
 
@@ -89,71 +91,50 @@ impl Shadow {
     /// own encoding (`codec::encode(&delta)`, from the same account bytes) when `encoded`. An
     /// error means the delta does not follow this state; the shadow must be dropped then.
     pub fn follow(&mut self, delta: Delta, encoded: bool) -> Result<Option<Vec<u8>>, String> {
-        let encode = |value: &dyn erased::Encode| value.encode().map_err(|e| e.to_string());
-        let mut bytes = Vec::new();
+        self.state.check_follows(&delta, self.accounts.len())?;
+        let text = |e: CodecError| e.to_string();
+        // Written as a delta: the head and tail encoded now, the accounts below (once for both
+        // the delta's file and the shadow). Otherwise (the state is written whole next) the
+        // accounts stay shared and are encoded then, in one pass.
+        let (mut bytes, mut tail) = (Vec::new(), Vec::new());
         if encoded {
-            let (head, accounts, _) = delta.head_and_tail();
-            bytes = encode(&head)?;
-            bytes.extend(encode(&(accounts.len() as u64))?);
+            let (head, accounts, rest) = delta.head_and_tail();
+            crate::codec::encode_into(&head, &mut bytes).map_err(text)?;
+            crate::codec::encode_into(&(accounts.len() as u64), &mut bytes).map_err(text)?;
+            crate::codec::encode_into(&rest, &mut tail).map_err(text)?;
         }
-        let mut scratch = Vec::new();
         let count = delta.account_count();
-        let tail = if encoded {
-            let (_, _, tail) = delta.head_and_tail();
-            encode(&tail)?
-        } else {
-            Vec::new()
-        };
-        let DeltaParts {
-            number,
-            partition_count,
-            previous,
-            applied_through,
-            account_count,
-            accounts,
-            rest,
-        } = delta.split();
-        self.state.check_follows(
-            (number, partition_count, previous, applied_through),
-            self.accounts.len(),
-            account_count,
-        )?;
+        let (accounts, rest) = delta.split();
+        let mut scratch = Vec::new();
         for (slot, account) in accounts {
             let hash = AccountIndex::hash(account.id.as_bytes());
-            // Written as a delta: encoded once here for both. Otherwise (the state is written
-            // whole next) encoded then, in one pass.
             let kept = if encoded {
                 scratch.clear();
-                crate::codec::encode_into(&*account, &mut scratch).map_err(|e| e.to_string())?;
-                crate::codec::encode_into(&slot, &mut bytes).map_err(|e| e.to_string())?;
+                crate::codec::encode_into(&*account, &mut scratch).map_err(text)?;
+                crate::codec::encode_into(&slot, &mut bytes).map_err(text)?;
                 bytes.extend_from_slice(&scratch);
                 Kept::Encoded(Box::from(scratch.as_slice()))
             } else {
                 Kept::Shared(account)
             };
-            let slot_index = slot as usize;
-            if slot_index < self.accounts.len() {
-                if self.hashes[slot_index] != hash {
-                    return Err(format!("a delta renames the account in slot {slot}"));
+            match place(slot, self.accounts.len(), count)? {
+                Place::Replace(at) => {
+                    if self.hashes[at] != hash {
+                        return Err(format!("a delta renames the account in slot {slot}"));
+                    }
+                    self.accounts[at] = kept;
                 }
-                self.accounts[slot_index] = kept;
-            } else if slot_index == self.accounts.len() && slot_index < count {
-                self.accounts.push(kept);
-                self.hashes.push(hash);
-                let hashes = &self.hashes;
-                self.state
-                    .index
-                    .insert_hashed(hash, slot, |slot| hashes[slot as usize]);
-            } else {
-                return Err(format!("a delta's account slot {slot} is out of order"));
+                Place::Append => {
+                    self.accounts.push(kept);
+                    self.hashes.push(hash);
+                    let hashes = &self.hashes;
+                    self.state
+                        .index
+                        .insert_hashed(hash, slot, |slot| hashes[slot as usize]);
+                }
             }
         }
-        if self.accounts.len() != count {
-            return Err(format!(
-                "a delta of {count} accounts left {}",
-                self.accounts.len()
-            ));
-        }
+        all_placed(count, self.accounts.len())?;
         self.state.apply_rest(rest, count)?;
         Ok(encoded.then(|| {
             bytes.extend(tail);
@@ -164,11 +145,10 @@ impl Shadow {
     /// The full snapshot of the state it holds (`codec::encode` of that partition, byte for
     /// byte). Accounts still shared are encoded now and kept as bytes from then on.
     pub fn encode(&mut self) -> Result<Vec<u8>, CodecError> {
-        use erased::Encode;
         let state = &self.state;
-        let mut bytes = (state.number, state.partition_count).encode()?;
-        bytes.extend((self.accounts.len() as u64).encode()?);
-        bytes.reserve(self.accounts.len() * 256);
+        let mut bytes = Vec::with_capacity(self.accounts.len() * 256);
+        crate::codec::encode_into(&(state.number, state.partition_count), &mut bytes)?;
+        crate::codec::encode_into(&(self.accounts.len() as u64), &mut bytes)?;
         for kept in &mut self.accounts {
             match kept {
                 Kept::Shared(account) => {
@@ -179,37 +159,18 @@ impl Shadow {
                 Kept::Encoded(account) => bytes.extend_from_slice(account),
             }
         }
-        bytes.extend(
-            (
-                &state.index,
-                &state.dedupe,
-                &state.reversals,
-                &state.timers,
-                &state.tick_clock,
-                state.last_seq,
-                state.applied_through,
-                state.last_payload_hash,
-                &state.stats,
-            )
-                .encode()?,
+        let tail = (
+            &state.index,
+            &state.dedupe,
+            &state.reversals,
+            &state.timers,
+            &state.tick_clock,
+            state.last_seq,
+            state.applied_through,
+            state.last_payload_hash,
+            &state.stats,
         );
+        crate::codec::encode_into(&tail, &mut bytes)?;
         Ok(bytes)
-    }
-}
-
-/// A value encoded on its own by the codec: bincode writes a struct or tuple as its fields one
-/// after another and a sequence as its length then its elements, so the codec's encoding of a
-/// whole is the concatenation of its parts' encodings.
-mod erased {
-    use super::{CodecError, Serialize};
-
-    pub trait Encode {
-        fn encode(&self) -> Result<Vec<u8>, CodecError>;
-    }
-
-    impl<T: Serialize> Encode for T {
-        fn encode(&self) -> Result<Vec<u8>, CodecError> {
-            crate::codec::encode(self)
-        }
     }
 }
