@@ -540,7 +540,7 @@ fn start_threads(
         tracing::info!(
             partitions = shadows.len(),
             copy_ms = copying.elapsed().as_secs_f64() * 1e3,
-            "the snapshot writer's copies of the recovered partitions are made"
+            "the snapshot writer's copies of the partitions are made (before the shards start)"
         );
     }
     let folding = deltas.then(|| Folding {
