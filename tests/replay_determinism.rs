@@ -204,7 +204,7 @@ fn snapshot_bytes_are_pinned_to_the_format_version() {
     let pinned = (creditflow::snapshot::FORMAT_VERSION, hasher.digest());
     assert_eq!(
         pinned,
-        (12, 6_906_792_784_056_282_012),
+        (13, 17_986_788_829_369_915_233),
         "snapshot bytes changed: bump snapshot::FORMAT_VERSION if the layout changed, then pin the new pair"
     );
 }

@@ -14,14 +14,13 @@
 //! baseline is the state as of `through`; a delta applies only to the state at its
 //! `previous` position (its ring deltas check their own positions too).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::account::Account;
 use super::reversals::ReversalsDelta;
+use super::timers::TimersDelta;
 use super::{Partition, Stats};
 use crate::engine::dedupe::RingDelta;
 use crate::time::Instant;
@@ -82,9 +81,8 @@ pub struct Delta {
     /// Every account written since the baseline (new ones included), by ascending slot;
     /// shared with the partition (its next write to one copies it).
     accounts: Vec<(u32, Arc<Account>)>,
-    /// The timer heap whole, as stored: 16 bytes an entry, a copy rather than an encode, and
-    /// its order is what the next ticks pop.
-    timers: Vec<Reverse<(Instant, u32)>>,
+    /// The timer entries removed and added since the baseline (net).
+    timers: TimersDelta,
     dedupe: RingDelta,
     reversals: ReversalsDelta,
 }
@@ -105,7 +103,7 @@ impl Delta {
         self.dedupe.len() + self.reversals.len()
     }
 
-    /// Timer heap entries this delta carries (the whole heap).
+    /// Timer entries this delta removes and adds.
     pub fn timers(&self) -> usize {
         self.timers.len()
     }
@@ -118,7 +116,7 @@ pub(super) struct DeltaRest {
     pub last_payload_hash: u64,
     pub tick_clock: Option<Instant>,
     pub stats: Stats,
-    pub timers: Vec<Reverse<(Instant, u32)>>,
+    pub timers: TimersDelta,
     pub dedupe: RingDelta,
     pub reversals: ReversalsDelta,
 }
@@ -179,6 +177,7 @@ impl Partition {
         self.changes.restart(self.applied_through);
         self.dedupe.mark_baseline();
         self.reversals.mark_baseline();
+        self.timers.mark_baseline();
     }
 
     /// Stops tracking (until [`Partition::track_changes`]): a delta could not be kept.
@@ -186,6 +185,7 @@ impl Partition {
         self.changes = Changes::default();
         self.dedupe.stop_tracking();
         self.reversals.stop_tracking();
+        self.timers.stop_tracking();
     }
 
     /// Accounts written since the baseline (new ones included), and accounts in the partition.
@@ -200,7 +200,8 @@ impl Partition {
 
     /// Takes what changed since the baseline and makes the state now the new baseline; `None`
     /// while not tracking. Costs a copy of the accounts written, the dedupe and archive slots
-    /// changed or added, and the timer heap: never the whole partition.
+    /// changed or added, and sorting the timer entries pushed and popped: never the whole
+    /// partition.
     pub fn take_delta(&mut self) -> Option<Delta> {
         let previous = self.changes.through?;
         let mut slots = std::mem::take(&mut self.changes.slots);
@@ -212,6 +213,7 @@ impl Partition {
         self.changes.slots = slots;
         let dedupe = self.dedupe.take_delta()?;
         let reversals = self.reversals.take_delta()?;
+        let timers = self.timers.take_delta()?;
         self.changes.restart(self.applied_through);
         Some(Delta {
             number: self.number,
@@ -224,7 +226,7 @@ impl Partition {
             stats: self.stats.clone(),
             account_count: self.accounts.len() as u32,
             accounts,
-            timers: self.timers.clone().into_vec(),
+            timers,
             dedupe,
             reversals,
         })
@@ -302,14 +304,14 @@ impl Partition {
 
     /// Applies what a delta carries besides its accounts (the partition has `count` now).
     pub(super) fn apply_rest(&mut self, rest: DeltaRest, count: usize) -> Result<(), String> {
-        if let Some(&Reverse((_, slot))) = rest.timers.iter().find(|t| t.0 .1 as usize >= count) {
+        if let Some(&(_, slot)) = rest.timers.added.iter().find(|t| t.1 as usize >= count) {
             return Err(format!(
                 "a delta's timer names slot {slot}, past the accounts"
             ));
         }
         self.dedupe.apply_delta_unindexed(rest.dedupe)?;
         self.reversals.apply_delta_unindexed(rest.reversals)?;
-        self.timers = BinaryHeap::from(rest.timers);
+        self.timers.apply(rest.timers)?;
         self.applied_through = rest.applied_through;
         self.last_seq = rest.last_seq;
         self.last_payload_hash = rest.last_payload_hash;

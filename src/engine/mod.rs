@@ -21,10 +21,9 @@ pub mod journal;
 pub mod query;
 pub mod reversals;
 pub mod shadow;
+pub mod timers;
 pub mod view;
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -161,7 +160,7 @@ pub struct Partition {
     dedupe: Dedupe,
     /// Charge records past the dedupe window, for reversals.
     reversals: reversals::Reversals,
-    timers: BinaryHeap<Reverse<(Instant, u32)>>,
+    timers: timers::Timers,
     tick_clock: Option<Instant>,
     /// Stream sequence of the last message applied (0 before any).
     pub last_seq: u64,
@@ -296,7 +295,7 @@ impl Partition {
             index: AccountIndex::default(),
             dedupe: Dedupe::default(),
             reversals: reversals::Reversals::default(),
-            timers: BinaryHeap::new(),
+            timers: timers::Timers::default(),
             tick_clock: None,
             last_seq: 0,
             applied_through: 0,
@@ -362,7 +361,7 @@ impl Partition {
             records: self.accounts.capacity() * size_of::<Arc<Account>>()
                 + self.accounts.len() * (size_of::<Account>() + 2 * size_of::<usize>()),
             index: self.index.heap_bytes(),
-            timers: self.timers.capacity() * size_of::<Reverse<(Instant, u32)>>(),
+            timers: self.timers.heap_bytes(),
             dedupe: self.dedupe.heap_bytes(),
             reversals: self.reversals.heap_bytes(),
             ..HeapBreakdown::default()
@@ -684,7 +683,7 @@ impl Partition {
             });
         self.reversals.forget_expired(clock, rules);
         let mut ctx = Context { catalog, seq, out };
-        while let Some(&Reverse((due, slot))) = self.timers.peek() {
+        while let Some((due, slot)) = self.timers.peek() {
             if due > clock {
                 break;
             }
@@ -709,7 +708,7 @@ impl Partition {
     /// Makes sure the account has a timer entry at or before `next`, its next transition's time
     /// ([`Account::next_due_time`], as computed by the caller).
     fn schedule(
-        timers: &mut BinaryHeap<Reverse<(Instant, u32)>>,
+        timers: &mut timers::Timers,
         catalog: &Catalog,
         account: &mut Account,
         slot: u32,
@@ -722,7 +721,7 @@ impl Partition {
         );
         if next < account.timer {
             account.timer = next;
-            timers.push(Reverse((next, slot)));
+            timers.push((next, slot));
         }
     }
 

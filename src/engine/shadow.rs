@@ -55,7 +55,7 @@ impl Partition {
                 index: self.index.clone(),
                 dedupe: self.dedupe.ring_copy(),
                 reversals: self.reversals.ring_copy(),
-                timers: self.timers.clone(),
+                timers: self.timers.copy(),
                 tick_clock: self.tick_clock,
                 last_seq: self.last_seq,
                 applied_through: self.applied_through,

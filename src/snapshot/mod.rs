@@ -3,7 +3,7 @@
 //! Owns: the file format, atomic writes, retention of the last K files per partition, loading
 //! with fallback, and the policy that decides when a shard snapshots a partition.
 //!
-//! # File format (version 12)
+//! # File format (version 13)
 //!
 //! A partition's snapshots are *full* (its whole state) or *deltas* (what changed since the
 //! snapshot before: `engine::delta`). Files are `p<partition, 5 digits>-<applied_through, 20
@@ -13,7 +13,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `CFSNAP01` |
-//! | 8 | 4 | format version (12) |
+//! | 8 | 4 | format version (13) |
 //! | 12 | 4 | header length H (bytes of the header fields after this one, before the checksum) |
 //! | 16 | H | header: bincode of [`Header`] |
 //! | 16+H | 4 | CRC32C of bytes 0 .. 16+H |
@@ -27,7 +27,9 @@
 //! new full file now and then ([`store`]).
 //!
 //! The payload is the in-memory state's serde layout, so a change to that layout is a new
-//! format version. Version 12: the header says which snapshot a delta follows (deltas are new).
+//! format version. Version 13: a delta carries the timer entries removed and added since the
+//! snapshot it follows, not the whole timer heap, and every snapshot writes the timer entries
+//! sorted (the same state, the same bytes). Version 12: the header says which snapshot a delta follows (deltas are new).
 //! Version 11: the runway state. Version 10: a partition keeps the charge records its dedupe index forgot
 //! until their reversal window ends (SEMANTICS §9). Version 9: the header records the catalog's settings and names' order
 //! besides its price versions. Version 8: a charge record keeps its overage price, and a credit type's
@@ -74,7 +76,7 @@ use crate::engine::Partition;
 use crate::time::Instant;
 
 pub const MAGIC: &[u8; 8] = b"CFSNAP01";
-pub const FORMAT_VERSION: u32 = 12;
+pub const FORMAT_VERSION: u32 = 13;
 /// Largest header accepted (a header holds positions and catalog fingerprints only).
 pub const HEADER_BYTES_MAX: u32 = 1 << 20;
 
