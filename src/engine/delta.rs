@@ -140,32 +140,28 @@ impl Delta {
         )
     }
 
-    /// The fields the codec writes before the accounts, and after them, in its order: the
-    /// encoding of a delta is `head`, the accounts as a sequence, then `tail`
-    /// ([`super::shadow`] writes it from accounts it encodes once for both uses).
-    #[allow(clippy::type_complexity)]
-    pub(super) fn head_and_tail(
-        &self,
-    ) -> (
-        impl Serialize + '_,
-        &[(u32, Arc<Account>)],
-        impl Serialize + '_,
-    ) {
+    /// The fields the codec writes before the accounts, in its order: the encoding of a delta
+    /// is `head`, the accounts as a sequence, then [`DeltaRest::tail`] ([`super::shadow`]
+    /// writes it from accounts it encodes once for both uses).
+    pub(super) fn head(&self) -> impl Serialize + '_ {
         (
-            (
-                self.number,
-                self.partition_count,
-                self.previous,
-                self.applied_through,
-                self.last_seq,
-                self.last_payload_hash,
-                &self.tick_clock,
-                &self.stats,
-                self.account_count,
-            ),
-            &self.accounts,
-            (&self.timers, &self.dedupe, &self.reversals),
+            self.number,
+            self.partition_count,
+            self.previous,
+            self.applied_through,
+            self.last_seq,
+            self.last_payload_hash,
+            &self.tick_clock,
+            &self.stats,
+            self.account_count,
         )
+    }
+}
+
+impl DeltaRest {
+    /// The fields the codec writes after a delta's accounts, in its order.
+    pub(super) fn tail(&self) -> impl Serialize + '_ {
+        (&self.timers, &self.dedupe, &self.reversals)
     }
 }
 

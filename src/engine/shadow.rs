@@ -87,35 +87,32 @@ impl Shadow {
         self.state.applied_through
     }
 
-    /// Advances the shadow by the next delta taken from its partition, and returns the delta's
-    /// own encoding (`codec::encode(&delta)`, from the same account bytes) when `encoded`. An
-    /// error means the delta does not follow this state; the shadow must be dropped then.
-    pub fn follow(&mut self, delta: Delta, encoded: bool) -> Result<Option<Vec<u8>>, String> {
+    /// Advances the shadow by the next delta taken from its partition, appending the delta's
+    /// own encoding (`codec::encode(&delta)`, from the same account bytes) to `out` when
+    /// given. An error means the delta does not follow this state; the shadow must be dropped
+    /// then (and `out` holds a part of an encoding).
+    pub fn follow(&mut self, delta: Delta, mut out: Option<&mut Vec<u8>>) -> Result<(), String> {
         self.state.check_follows(&delta, self.accounts.len())?;
         let text = |e: CodecError| e.to_string();
-        // Written as a delta: the head and tail encoded now, the accounts below (once for both
-        // the delta's file and the shadow). Otherwise (the state is written whole next) the
-        // accounts stay shared and are encoded then, in one pass.
-        let (mut bytes, mut tail) = (Vec::new(), Vec::new());
-        if encoded {
-            let (head, accounts, rest) = delta.head_and_tail();
-            crate::codec::encode_into(&head, &mut bytes).map_err(text)?;
-            crate::codec::encode_into(&(accounts.len() as u64), &mut bytes).map_err(text)?;
-            crate::codec::encode_into(&rest, &mut tail).map_err(text)?;
+        // Written as a delta: each account is encoded once, into `out`, and kept as those
+        // bytes. Otherwise (the state is written whole next) the accounts stay shared and are
+        // encoded then, in one pass.
+        if let Some(bytes) = out.as_deref_mut() {
+            crate::codec::encode_into(&delta.head(), bytes).map_err(text)?;
+            crate::codec::encode_into(&(delta.accounts() as u64), bytes).map_err(text)?;
         }
         let count = delta.account_count();
         let (accounts, rest) = delta.split();
-        let mut scratch = Vec::new();
         for (slot, account) in accounts {
             let hash = AccountIndex::hash(account.id.as_bytes());
-            let kept = if encoded {
-                scratch.clear();
-                crate::codec::encode_into(&*account, &mut scratch).map_err(text)?;
-                crate::codec::encode_into(&slot, &mut bytes).map_err(text)?;
-                bytes.extend_from_slice(&scratch);
-                Kept::Encoded(Box::from(scratch.as_slice()))
-            } else {
-                Kept::Shared(account)
+            let kept = match out.as_deref_mut() {
+                Some(bytes) => {
+                    crate::codec::encode_into(&slot, bytes).map_err(text)?;
+                    let from = bytes.len();
+                    crate::codec::encode_into(&*account, bytes).map_err(text)?;
+                    Kept::Encoded(Box::from(&bytes[from..]))
+                }
+                None => Kept::Shared(account),
             };
             match place(slot, self.accounts.len(), count)? {
                 Place::Replace(at) => {
@@ -135,25 +132,32 @@ impl Shadow {
             }
         }
         all_placed(count, self.accounts.len())?;
-        self.state.apply_rest(rest, count)?;
-        Ok(encoded.then(|| {
-            bytes.extend(tail);
-            bytes
-        }))
+        if let Some(bytes) = out {
+            crate::codec::encode_into(&rest.tail(), bytes).map_err(text)?;
+        }
+        self.state.apply_rest(rest, count)
     }
 
     /// The full snapshot of the state it holds (`codec::encode` of that partition, byte for
     /// byte). Accounts still shared are encoded now and kept as bytes from then on.
     pub fn encode(&mut self) -> Result<Vec<u8>, CodecError> {
+        let mut bytes = Vec::new();
+        self.encode_into(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// [`Shadow::encode`], appended to `bytes` (a buffer reused from one write to the next:
+    /// growing a fresh one to tens of megabytes costs more than encoding into it).
+    pub fn encode_into(&mut self, bytes: &mut Vec<u8>) -> Result<(), CodecError> {
         let state = &self.state;
-        let mut bytes = Vec::with_capacity(self.accounts.len() * 256);
-        crate::codec::encode_into(&(state.number, state.partition_count), &mut bytes)?;
-        crate::codec::encode_into(&(self.accounts.len() as u64), &mut bytes)?;
+        bytes.reserve(self.accounts.len() * 256);
+        crate::codec::encode_into(&(state.number, state.partition_count), bytes)?;
+        crate::codec::encode_into(&(self.accounts.len() as u64), bytes)?;
         for kept in &mut self.accounts {
             match kept {
                 Kept::Shared(account) => {
                     let from = bytes.len();
-                    crate::codec::encode_into(&**account, &mut bytes)?;
+                    crate::codec::encode_into(&**account, bytes)?;
                     *kept = Kept::Encoded(Box::from(&bytes[from..]));
                 }
                 Kept::Encoded(account) => bytes.extend_from_slice(account),
@@ -170,7 +174,6 @@ impl Shadow {
             state.last_payload_hash,
             &state.stats,
         );
-        crate::codec::encode_into(&tail, &mut bytes)?;
-        Ok(bytes)
+        crate::codec::encode_into(&tail, bytes)
     }
 }

@@ -184,19 +184,33 @@ pub fn parse_file_name(name: &str) -> Option<(u32, u64, Kind)> {
     Some((partition.parse().ok()?, position.parse().ok()?, kind))
 }
 
+/// A snapshot file's bytes around its payload: what comes before it (magic, version, header,
+/// its checksum, the payload's length) and the payload's checksum after it. A file is
+/// `before`, the payload, `after` ([`encode`]); the store writes the three without copying the
+/// payload into one buffer first.
+pub fn frame(
+    header: &Header,
+    payload: &[u8],
+) -> Result<(Vec<u8>, [u8; 4]), crate::codec::CodecError> {
+    let header_bytes = crate::codec::encode(header)?;
+    let mut before = Vec::with_capacity(32 + header_bytes.len());
+    before.extend_from_slice(MAGIC);
+    before.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    before.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
+    before.extend_from_slice(&header_bytes);
+    let header_crc = crc32c::crc32c(&before);
+    before.extend_from_slice(&header_crc.to_le_bytes());
+    before.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    Ok((before, crc32c::crc32c(payload).to_le_bytes()))
+}
+
 /// Encodes a snapshot file's bytes.
 pub fn encode(header: &Header, payload: &[u8]) -> Result<Vec<u8>, crate::codec::CodecError> {
-    let header_bytes = crate::codec::encode(header)?;
-    let mut out = Vec::with_capacity(32 + header_bytes.len() + payload.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&(header_bytes.len() as u32).to_le_bytes());
-    out.extend_from_slice(&header_bytes);
-    let header_crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&header_crc.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    let (before, after) = frame(header, payload)?;
+    let mut out = Vec::with_capacity(before.len() + payload.len() + after.len());
+    out.extend_from_slice(&before);
     out.extend_from_slice(payload);
-    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    out.extend_from_slice(&after);
     Ok(out)
 }
 

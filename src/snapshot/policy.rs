@@ -89,6 +89,8 @@ pub struct SnapshotJob {
     pub watermark: Receiver<WatermarkReached>,
     /// How long the shard stopped for it (the ingest pause this snapshot caused).
     pub pause: Duration,
+    /// Of `pause`, how long the shard's thread ran (the rest it waited for a core).
+    pub pause_cpu: Duration,
     /// How long the partition was away from its shard (its messages waited that long).
     pub held: Duration,
 }
@@ -101,6 +103,7 @@ pub struct Loan {
     pub back: Sender<Partition>,
     pub lent_at: WallInstant,
     pub pause: Duration,
+    pub pause_cpu: Duration,
     /// Questions about the partition while it is away (the shard sends those it can answer
     /// alone).
     pub questions: Receiver<Question>,
@@ -185,7 +188,7 @@ impl<O: SnapshotObserver> Policy<O> {
 
     /// Takes a delta of `partition` here and queues it for the writer, which encodes it.
     fn take_delta(&mut self, partition: &mut Partition, sink: &Sink) {
-        let started = WallInstant::now();
+        let started = Stopwatch::start();
         let Some(delta) = partition.take_delta() else {
             return;
         };
@@ -202,10 +205,10 @@ impl<O: SnapshotObserver> Policy<O> {
         partition: &Partition,
         header: Header,
         payload: Result<Payload, String>,
-        started: WallInstant,
+        started: Stopwatch,
         sink: &Sink,
     ) {
-        let pause = started.elapsed();
+        let (pause, pause_cpu) = started.elapsed();
         self.observer.paused(partition.number, pause);
         let (done, watermark) = crossbeam::channel::bounded(1);
         let job = SnapshotJob {
@@ -213,6 +216,7 @@ impl<O: SnapshotObserver> Policy<O> {
             payload,
             watermark,
             pause,
+            pause_cpu,
             held: pause,
         };
         if self.jobs.send(job).is_ok() {
@@ -266,7 +270,8 @@ impl<O: SnapshotObserver> Policy<O> {
         sink: &Sink,
         questions: &Receiver<Question>,
     ) -> Option<Partition> {
-        let started = WallInstant::now();
+        let stopwatch = Stopwatch::start();
+        let started = stopwatch.wall;
         let header = self.header(&partition);
         if self.full_wanted.is_some() {
             // The next delta follows this snapshot.
@@ -285,7 +290,8 @@ impl<O: SnapshotObserver> Policy<O> {
             back: self.returns.0.clone(),
             lent_at: started,
             // The shard's whole stop for this snapshot: the header (the queue send is a move).
-            pause: started.elapsed(),
+            pause: stopwatch.elapsed().0,
+            pause_cpu: stopwatch.elapsed().1,
             questions: questions.clone(),
         };
         match self.loans.try_send(loan) {
@@ -310,7 +316,7 @@ impl<O: SnapshotObserver> Policy<O> {
 
     /// Encodes `partition` here and queues it for the writer (the final snapshots).
     fn take(&mut self, partition: &Partition, sink: &Sink) {
-        let started = WallInstant::now();
+        let started = Stopwatch::start();
         let payload = crate::codec::encode(partition)
             .map(|bytes| Payload::Encoded {
                 bytes,
@@ -378,6 +384,44 @@ impl<O: SnapshotObserver> SnapshotHook for Policy<O> {
     }
 }
 
+/// Wall and thread CPU time since a start: of a shard's stop, how much it ran and how much it
+/// waited for a core.
+pub(crate) struct Stopwatch {
+    wall: WallInstant,
+    cpu: Duration,
+}
+
+impl Stopwatch {
+    pub(crate) fn start() -> Self {
+        Stopwatch {
+            wall: WallInstant::now(),
+            cpu: thread_cpu(),
+        }
+    }
+
+    /// Wall time and this thread's CPU time since the start.
+    pub(crate) fn elapsed(&self) -> (Duration, Duration) {
+        (self.wall.elapsed(), thread_cpu().saturating_sub(self.cpu))
+    }
+}
+
+/// The calling thread's CPU time (zero where the clock cannot be read).
+fn thread_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the call writes only it.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    if result != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        now.tv_sec.max(0) as u64,
+        now.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
 /// How often the encoder, answering questions while it encodes, looks whether the encode is
 /// done (a question is answered as soon as it arrives).
 const ENCODE_POLL: Duration = Duration::from_millis(1);
@@ -394,6 +438,7 @@ pub fn run_encoder(loans: Receiver<Loan>, jobs: Sender<SnapshotJob>) {
             back,
             lent_at,
             pause,
+            pause_cpu,
             questions,
         } = loan;
         // Whatever happens, the partition goes back: its shard is waiting for it.
@@ -431,6 +476,7 @@ pub fn run_encoder(loans: Receiver<Loan>, jobs: Sender<SnapshotJob>) {
                 .map_err(|error| error.to_string()),
             watermark,
             pause,
+            pause_cpu,
             held,
         });
         // The shard may be gone (the process is failing); the partition is dropped then.

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::{
-    decode_delta_file, decode_file, encode, kind_file_name, parse_file_name, Header, Kind,
+    decode_delta_file, decode_file, frame, kind_file_name, parse_file_name, Header, Kind,
     SnapshotError,
 };
 use crate::engine::Partition;
@@ -129,8 +129,9 @@ impl Store {
     /// (never the partition's newest valid snapshot; [`Store::make_room`]) and the write is
     /// tried once more; if it fails again the error is returned and nothing else is deleted.
     pub fn write(&self, header: &Header, payload: &[u8]) -> Result<u64, SnapshotError> {
-        let bytes = encode(header, payload)
-            .map_err(|e| SnapshotError::corrupt(&self.dir, e.to_string()))?;
+        let (before, after) =
+            frame(header, payload).map_err(|e| SnapshotError::corrupt(&self.dir, e.to_string()))?;
+        let bytes = [before.as_slice(), payload, &after];
         match self.write_bytes(header, &bytes) {
             Err(SnapshotError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::StorageFull =>
@@ -217,11 +218,12 @@ impl Store {
         chain
     }
 
-    fn write_bytes(&self, header: &Header, bytes: &[u8]) -> Result<u64, SnapshotError> {
+    /// Writes the file made of `parts`, in order.
+    fn write_bytes(&self, header: &Header, parts: &[&[u8]]) -> Result<u64, SnapshotError> {
         let name = kind_file_name(header.partition, header.applied_through, Kind::of(header));
-        self.write_named(&name, bytes)?;
+        self.write_named(&name, parts)?;
         self.prune(header.partition);
-        Ok(bytes.len() as u64)
+        Ok(parts.iter().map(|part| part.len() as u64).sum())
     }
 
     /// Puts a whole snapshot file fetched from elsewhere (`snapshot::remote`) in the directory
@@ -234,11 +236,11 @@ impl Store {
                 "not a snapshot file's name".to_string(),
             ));
         }
-        self.write_named(name, bytes)
+        self.write_named(name, &[bytes])
     }
 
     /// Temporary file, fsync, rename, fsync of the directory (see [`Store::write`]).
-    fn write_named(&self, name: &str, bytes: &[u8]) -> Result<(), SnapshotError> {
+    fn write_named(&self, name: &str, parts: &[&[u8]]) -> Result<(), SnapshotError> {
         let final_path = self.dir.join(name);
         let temp_path = self.dir.join(format!("{name}.tmp"));
         // Owner-only (0600), like the directory; the rename keeps the mode.
@@ -256,7 +258,7 @@ impl Store {
                 })
             }
         };
-        if let Err(error) = file.write_all(bytes) {
+        if let Err(error) = parts.iter().try_for_each(|part| file.write_all(part)) {
             let _ = fs::remove_file(&temp_path);
             return Err(SnapshotError::Io {
                 path: temp_path,

@@ -124,6 +124,7 @@ pub fn run_writer(
         written: Written::default(),
         last: HashMap::new(),
         consecutive: 0,
+        buffer: Vec::new(),
     };
     while let Ok(job) = jobs.recv() {
         writer.write(job);
@@ -147,7 +148,13 @@ struct Writer<O> {
     last: HashMap<u32, Option<String>>,
     /// Failures since the last snapshot (of any partition) was written.
     consecutive: u64,
+    /// The bytes of the file written last, kept for the next one's encode: a fresh buffer
+    /// grown to megabytes costs more (page faults, copies as it doubles) than the encode.
+    buffer: Vec<u8>,
 }
+
+/// A buffer larger than this is not kept from one write to the next.
+const BUFFER_KEPT_MAX: usize = 64 << 20;
 
 /// What a job's file will hold.
 enum Contents {
@@ -246,7 +253,9 @@ impl<O: WriterObserver> Writer<O> {
         }
         let kind = Kind::of(&job.header);
         let started = WallInstant::now();
-        match self.store.write(&job.header, &payload) {
+        let written = self.store.write(&job.header, &payload);
+        self.keep_buffer(payload);
+        match written {
             Ok(bytes) => {
                 let elapsed = started.elapsed();
                 tracing::info!(
@@ -255,6 +264,7 @@ impl<O: WriterObserver> Writer<O> {
                     applied_through = position,
                     bytes,
                     pause_ms = job.pause.as_secs_f64() * 1e3,
+                    pause_cpu_ms = job.pause_cpu.as_secs_f64() * 1e3,
                     held_ms = job.held.as_secs_f64() * 1e3,
                     encode_ms,
                     accounts = carried.0,
@@ -308,8 +318,10 @@ impl<O: WriterObserver> Writer<O> {
     fn follow(&mut self, partition: u32, delta: Delta, encoded: bool) -> Option<Vec<u8>> {
         let folding = self.folding.as_mut()?;
         let shadow = folding.shadows.get_mut(&partition)?;
-        match shadow.follow(delta, encoded) {
-            Ok(bytes) => Some(bytes.unwrap_or_default()),
+        let mut bytes = std::mem::take(&mut self.buffer);
+        bytes.clear();
+        match shadow.follow(delta, encoded.then_some(&mut bytes)) {
+            Ok(()) => Some(bytes),
             Err(error) => {
                 tracing::warn!(
                     partition,
@@ -322,15 +334,26 @@ impl<O: WriterObserver> Writer<O> {
         }
     }
 
+    /// The shadow's full encoding, in the kept buffer (give it back with [`Writer::keep_buffer`]).
     fn encode_shadow(&mut self, partition: u32) -> Result<Vec<u8>, String> {
         let shadow = self
             .folding
             .as_mut()
             .and_then(|folding| folding.shadows.get_mut(&partition))
             .ok_or_else(|| format!("no copy of partition {partition} to write whole"))?;
+        let mut bytes = std::mem::take(&mut self.buffer);
+        bytes.clear();
         shadow
-            .encode()
-            .map_err(|error| format!("encoding: {error}"))
+            .encode_into(&mut bytes)
+            .map_err(|error| format!("encoding: {error}"))?;
+        Ok(bytes)
+    }
+
+    /// Keeps a written file's buffer for the next encode, unless it is very large.
+    fn keep_buffer(&mut self, bytes: Vec<u8>) {
+        if bytes.capacity() <= BUFFER_KEPT_MAX {
+            self.buffer = bytes;
+        }
     }
 
     /// After a delta of `partition` was written (`header` is its): folds its chain into a full
@@ -351,9 +374,9 @@ impl<O: WriterObserver> Writer<O> {
             };
             self.encode_shadow(partition)
                 .and_then(|payload| {
-                    self.store
-                        .write(&full, &payload)
-                        .map_err(|error| error.to_string())
+                    let written = self.store.write(&full, &payload);
+                    self.keep_buffer(payload);
+                    written.map_err(|error| error.to_string())
                 })
                 .map(Some)
         } else {
@@ -456,6 +479,7 @@ mod tests {
             payload: Ok(Payload::Delta(Box::new(delta))),
             watermark,
             pause: Duration::ZERO,
+            pause_cpu: Duration::ZERO,
             held: Duration::ZERO,
         }
     }
@@ -579,7 +603,7 @@ mod tests {
                 let Ok(Payload::Delta(delta)) = lost.payload else {
                     unreachable!()
                 };
-                shadow.follow(*delta, false).unwrap();
+                shadow.follow(*delta, None).unwrap();
                 vec![shadow]
             } else {
                 vec![]
