@@ -246,6 +246,8 @@ impl Partition {
 
     fn apply_delta_unindexed(&mut self, delta: Delta) -> Result<(), String> {
         self.check_follows(&delta, self.accounts.len())?;
+        // Accounts are replaced: their latest clock is found again when asked.
+        self.accounts_clock = None;
         let count = delta.account_count();
         let (accounts, rest) = delta.split();
         for (slot, account) in accounts {

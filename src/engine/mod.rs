@@ -198,6 +198,11 @@ pub struct Partition {
     /// [`delta`]); never part of a snapshot.
     #[serde(skip)]
     changes: delta::Changes,
+    /// The latest of the accounts' clocks, once known (`None`: not yet, as in a decoded
+    /// state; [`Partition::clock_now`] finds it then), kept by every write to an account so a
+    /// snapshot's header does not read every account; never part of a snapshot.
+    #[serde(skip)]
+    accounts_clock: Option<Option<Instant>>,
 }
 
 /// Heap bytes of a partition by what holds them ([`Partition::heap_breakdown`]).
@@ -308,6 +313,7 @@ impl Partition {
             hash_deferred: false,
             unhashed: false,
             changes: delta::Changes::default(),
+            accounts_clock: Some(None),
         }
     }
 
@@ -337,11 +343,27 @@ impl Partition {
 
     /// The latest event time this partition has seen (ticks and every account's clock).
     pub fn clock(&self) -> Option<Instant> {
-        self.accounts
-            .iter()
-            .map(|a| a.clock)
-            .chain(self.tick_clock)
-            .max()
+        self.accounts_clock
+            .unwrap_or_else(|| self.accounts.iter().map(|a| a.clock).max())
+            .max(self.tick_clock)
+    }
+
+    /// [`Partition::clock`], reading every account only the first time after a decode (the
+    /// writes keep it from then on).
+    pub fn clock_now(&mut self) -> Option<Instant> {
+        let accounts = &self.accounts;
+        let latest = *self
+            .accounts_clock
+            .get_or_insert_with(|| accounts.iter().map(|a| a.clock).max());
+        latest.max(self.tick_clock)
+    }
+
+    /// Keeps the latest accounts' clock known after an account's clock moved to `clock`.
+    #[inline]
+    fn saw_clock(known: &mut Option<Option<Instant>>, clock: Instant) {
+        if let Some(latest) = known {
+            *latest = (*latest).max(Some(clock));
+        }
     }
 
     pub fn dedupe_len(&self) -> usize {
@@ -699,6 +721,7 @@ impl Partition {
             let mut next = account.next_due_time(catalog);
             if next <= clock {
                 next = account.advance(&mut ctx, clock);
+                Self::saw_clock(&mut self.accounts_clock, account.clock);
             }
             Self::schedule(&mut self.timers, catalog, account, slot, next);
             debug_check(account);
@@ -857,6 +880,7 @@ impl Partition {
         self.changes.touch(slot);
         let account = Arc::make_mut(&mut self.accounts[slot as usize]);
         account.advance(&mut ctx, tick_clock.map_or(ts, |t| t.max(ts)));
+        Self::saw_clock(&mut self.accounts_clock, account.clock);
         let remembered = match message {
             Message::Usage(usage) => {
                 self.stats.usage_applied += 1;
@@ -975,6 +999,7 @@ impl Partition {
         );
         let clock = account.clock;
         let next = account.advance(&mut ctx, clock);
+        Self::saw_clock(&mut self.accounts_clock, account.clock);
         Self::schedule(&mut self.timers, catalog, account, slot, next);
         debug_check(account);
         Ok(())
@@ -982,7 +1007,17 @@ impl Partition {
 
     /// Checks every account's invariants.
     pub fn check_invariants(&self) -> Result<(), String> {
-        self.accounts.iter().try_for_each(|account| account.check())
+        self.accounts
+            .iter()
+            .try_for_each(|account| account.check())?;
+        let latest = self.accounts.iter().map(|a| a.clock).max();
+        match self.accounts_clock {
+            Some(kept) if kept != latest => Err(format!(
+                "partition {} keeps {kept:?} as its accounts' latest clock, which is {latest:?}",
+                self.number
+            )),
+            _ => Ok(()),
+        }
     }
 }
 

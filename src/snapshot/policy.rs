@@ -35,6 +35,7 @@ use crate::pipeline::question::{Question, Seen};
 use crate::pipeline::shard::SnapshotHook;
 use crate::pipeline::sink::Sink;
 use crate::pipeline::{SinkMessage, WatermarkReached};
+use crate::time::Instant;
 
 /// What a job carries to the writer.
 pub enum Payload {
@@ -192,7 +193,8 @@ impl<O: SnapshotObserver> Policy<O> {
         let Some(delta) = partition.take_delta() else {
             return;
         };
-        let mut header = self.header(partition);
+        let clock = partition.clock_now();
+        let mut header = self.header(partition, clock);
         header.previous = Some(delta.previous);
         let payload = Ok(Payload::Delta(Box::new(delta)));
         self.queue(partition, header, payload, started, sink);
@@ -229,8 +231,8 @@ impl<O: SnapshotObserver> Policy<O> {
         }
     }
 
-    fn header(&self, partition: &Partition) -> Header {
-        let clock = partition.clock();
+    /// The snapshot header of `partition`, whose [`Partition::clock`] is `clock`.
+    fn header(&self, partition: &Partition, clock: Option<Instant>) -> Header {
         let fingerprints = clock.map_or_else(Vec::new, |c| self.catalog.fingerprints_in_force(c));
         Header {
             partition: partition.number,
@@ -272,7 +274,8 @@ impl<O: SnapshotObserver> Policy<O> {
     ) -> Option<Partition> {
         let stopwatch = Stopwatch::start();
         let started = stopwatch.wall;
-        let header = self.header(&partition);
+        let clock = partition.clock_now();
+        let header = self.header(&partition, clock);
         if self.full_wanted.is_some() {
             // The next delta follows this snapshot.
             partition.track_changes();
@@ -323,7 +326,7 @@ impl<O: SnapshotObserver> Policy<O> {
                 shadow: None,
             })
             .map_err(|error| error.to_string());
-        let header = self.header(partition);
+        let header = self.header(partition, partition.clock());
         self.queue(partition, header, payload, started, sink);
     }
 }
