@@ -673,7 +673,7 @@ impl Dedupe {
     }
 
     /// Applies a delta taken from this ring's state: slot for slot the ring it was taken from.
-    /// The lookup table is left stale until [`Dedupe::reindex`] (a chain of deltas is applied
+    /// The lookup table and the live count are left stale until [`Dedupe::reindex`] (a chain of deltas is applied
     /// before it is rebuilt once). An error leaves the ring unusable (the caller drops it).
     pub fn apply_delta_unindexed(&mut self, delta: RingDelta) -> Result<(), String> {
         let back = self.back();
@@ -708,12 +708,14 @@ impl Dedupe {
         }
         self.ring.extend(delta.appended);
         self.evicted_early = delta.evicted_early;
-        self.live = self.ring.iter().filter(|slot| !slot.replaced).count();
         Ok(())
     }
 
-    /// Rebuilds the lookup table from the ring (after [`Dedupe::apply_delta_unindexed`]).
+    /// Rebuilds the lookup table and the live count from the ring (after
+    /// [`Dedupe::apply_delta_unindexed`], which leaves both stale: a snapshot writer's copy
+    /// follows deltas without either, and a chain is indexed once at its end).
     pub fn reindex(&mut self) {
+        self.live = self.ring.iter().filter(|slot| !slot.replaced).count();
         let capacity = (self.live * 2).next_power_of_two().max(16);
         self.rebuild(capacity);
     }

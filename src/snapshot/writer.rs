@@ -170,6 +170,8 @@ impl<O: WriterObserver> Writer<O> {
         // A delta's contents, for the log: accounts, dedupe and archive slots, timers.
         let mut carried = (0, 0, 0);
         let encode_started = WallInstant::now();
+        // This thread's CPU for the job: its encode (before the write) and its write.
+        let cpu = super::policy::Stopwatch::start();
         let contents = match std::mem::replace(&mut job.payload, Err(String::new())) {
             Ok(Payload::Encoded { bytes, shadow }) => {
                 self.keep_shadow(partition, shadow.map(|s| *s));
@@ -253,8 +255,10 @@ impl<O: WriterObserver> Writer<O> {
         }
         let kind = Kind::of(&job.header);
         let started = WallInstant::now();
+        let encode_cpu = cpu.elapsed().1;
         let written = self.store.write(&job.header, &payload);
         self.keep_buffer(payload);
+        let write_cpu = cpu.elapsed().1.saturating_sub(encode_cpu);
         match written {
             Ok(bytes) => {
                 let elapsed = started.elapsed();
@@ -267,6 +271,8 @@ impl<O: WriterObserver> Writer<O> {
                     pause_cpu_ms = job.pause_cpu.as_secs_f64() * 1e3,
                     held_ms = job.held.as_secs_f64() * 1e3,
                     encode_ms,
+                    encode_cpu_ms = encode_cpu.as_secs_f64() * 1e3,
+                    write_cpu_ms = write_cpu.as_secs_f64() * 1e3,
                     accounts = carried.0,
                     remembered = carried.1,
                     timers = carried.2,
