@@ -344,7 +344,7 @@ impl Partition {
     /// The latest event time this partition has seen (ticks and every account's clock).
     pub fn clock(&self) -> Option<Instant> {
         self.accounts_clock
-            .unwrap_or_else(|| self.accounts.iter().map(|a| a.clock).max())
+            .unwrap_or_else(|| latest_clock(&self.accounts))
             .max(self.tick_clock)
     }
 
@@ -354,7 +354,7 @@ impl Partition {
         let accounts = &self.accounts;
         let latest = *self
             .accounts_clock
-            .get_or_insert_with(|| accounts.iter().map(|a| a.clock).max());
+            .get_or_insert_with(|| latest_clock(accounts));
         latest.max(self.tick_clock)
     }
 
@@ -1010,7 +1010,7 @@ impl Partition {
         self.accounts
             .iter()
             .try_for_each(|account| account.check())?;
-        let latest = self.accounts.iter().map(|a| a.clock).max();
+        let latest = latest_clock(&self.accounts);
         match self.accounts_clock {
             Some(kept) if kept != latest => Err(format!(
                 "partition {} keeps {kept:?} as its accounts' latest clock, which is {latest:?}",
@@ -1019,6 +1019,11 @@ impl Partition {
             _ => Ok(()),
         }
     }
+}
+
+/// The latest of the accounts' clocks (a read of every account).
+fn latest_clock(accounts: &[Arc<Account>]) -> Option<Instant> {
+    accounts.iter().map(|a| a.clock).max()
 }
 
 /// SEMANTICS §2.1 check 5, the future bound: judged against the stream's receive time.
