@@ -15,6 +15,7 @@ pub mod engine;
 pub mod http_api;
 pub mod lease;
 pub mod metrics;
+pub mod parallel;
 pub mod pipeline;
 pub mod processor;
 pub mod recovery;

@@ -281,23 +281,25 @@ mod tests {
 
     #[test]
     fn the_encoding_is_the_sorted_entries_whatever_the_layout() {
-        let (mut a, mut b) = (Timers::default(), Timers::default());
-        for entry in [
-            (Instant(3), 1),
-            (Instant(1), 2),
-            (Instant(2), 0),
-            (Instant(1), 2),
-        ] {
-            a.push(entry);
-        }
-        for entry in [
-            (Instant(1), 2),
-            (Instant(2), 0),
-            (Instant(1), 2),
-            (Instant(3), 1),
-        ] {
-            b.push(entry);
-        }
+        let pushed = |entries: [Timer; 4]| {
+            let mut timers = Timers::default();
+            entries.into_iter().for_each(|entry| timers.push(entry));
+            timers
+        };
+        let (a, b) = (
+            pushed([
+                (Instant(3), 1),
+                (Instant(1), 2),
+                (Instant(2), 0),
+                (Instant(1), 2),
+            ]),
+            pushed([
+                (Instant(1), 2),
+                (Instant(2), 0),
+                (Instant(1), 2),
+                (Instant(3), 1),
+            ]),
+        );
         let bytes = crate::codec::encode(&a).unwrap();
         assert_eq!(bytes, crate::codec::encode(&b).unwrap());
         let decoded: Timers = crate::codec::decode(&bytes).unwrap();

@@ -465,9 +465,6 @@ struct Threads {
     written_at: Arc<Mutex<HashMap<u32, WallInstant>>>,
 }
 
-/// Step: the shards (with the recovered partitions), the emitter, the snapshot encoder and
-/// writer, and the reader, connected by their bounded queues.
-#[allow(clippy::too_many_arguments)]
 /// The snapshot writer's copies of the partitions that go on from their recovered state with
 /// deltas ([`Partition::shadow`]; the accounts shared), made on a thread per core. Without
 /// incremental snapshots nothing is tracked and no copy is kept.
@@ -479,31 +476,16 @@ fn shadows_of(
         partitions.iter_mut().for_each(Partition::stop_tracking);
         return HashMap::new();
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = partitions.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let copying: Vec<_> = partitions
-            .chunks(chunk)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .filter(|p| p.tracking_since().is_some())
-                        .map(|p| (p.number, p.shadow()))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        copying
-            .into_iter()
-            .flat_map(|copying| match copying.join() {
-                Ok(copies) => copies,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
+    crate::parallel::per_core(partitions, |p| {
+        p.tracking_since().map(|_| (p.number, p.shadow()))
     })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
+/// Step: the shards (with the recovered partitions), the emitter, the snapshot encoder and
+/// writer, and the reader, connected by their bounded queues.
 fn start_threads(
     base: &Base,
     recovered: crate::recovery::Recovered,

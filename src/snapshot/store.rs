@@ -454,37 +454,7 @@ impl Store {
 
     /// [`Store::load`] for each of `partitions`, in that order, on up to one thread per core.
     pub fn load_some(&self, partitions: &[u32]) -> Vec<PartitionFiles> {
-        let count = partitions.len() as u32;
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(partitions.len())
-            .max(1);
-        let next = std::sync::atomic::AtomicU32::new(0);
-        let mut loaded: Vec<(u32, PartitionFiles)> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut mine = Vec::new();
-                        loop {
-                            let number = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            if number >= count {
-                                return mine;
-                            }
-                            mine.push((number, self.load(partitions[number as usize])));
-                        }
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|handle| match handle.join() {
-                    Ok(mine) => mine,
-                    Err(panic) => std::panic::resume_unwind(panic),
-                })
-                .collect()
-        });
-        loaded.sort_by_key(|(number, _)| *number);
-        loaded.into_iter().map(|(_, files)| files).collect()
+        crate::parallel::per_core(partitions, |&partition| self.load(partition))
     }
 
     /// Loads one full file.

@@ -3,7 +3,7 @@
 //!
 //! Owns: encoding deltas (off the shards' threads), the watermark wait, writing, and each
 //! partition's *shadow*: a copy of its state at its latest snapshot, kept by following every
-//! delta taken ([`Partition::shadow`], [`Partition::follow`]; seeded with the recovered
+//! delta taken ([`Partition::shadow`], [`Shadow::follow`]; seeded with the recovered
 //! partitions and with each full snapshot the encoder makes). A fold is one encode of the
 //! shadow, never a decode of the files, and a snapshot that a delta cannot carry (its
 //! predecessor is not on disk, or it changed most of the partition) is written as a full file
@@ -84,8 +84,8 @@ pub struct Folding {
     /// Partitions whose next snapshot must be full (set here when one of theirs fails and no
     /// shadow can stand in).
     pub full_wanted: Arc<FullWanted>,
-    /// Each partition's state at its latest snapshot ([`crate::engine::Partition::shadow`] of the partitions
-    /// as recovered, tracking changes from there).
+    /// Each partition's state at its latest snapshot ([`crate::engine::Partition::shadow`] of the partitions as
+    /// recovered, tracking changes from there).
     pub shadows: HashMap<u32, Shadow>,
 }
 
@@ -189,8 +189,12 @@ impl<O: WriterObserver> Writer<O> {
                 } else {
                     // A shadow elsewhere (if any) is not this partition's state any more.
                     self.keep_shadow(partition, None);
+                    let mut bytes = std::mem::take(&mut self.buffer);
+                    bytes.clear();
                     Contents::Bytes(
-                        crate::codec::encode(&*delta).map_err(|error| error.to_string()),
+                        crate::codec::encode_into(&*delta, &mut bytes)
+                            .map(|()| bytes)
+                            .map_err(|error| error.to_string()),
                     )
                 }
             }
@@ -552,13 +556,19 @@ mod tests {
         crate::codec::encode(partition).unwrap()
     }
 
+    /// An empty store keeping 3 full files, in a directory removed when the guard drops.
+    fn fresh_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 3).unwrap();
+        (dir, store)
+    }
+
     /// Deltas are written after the file they follow and folded after `deltas_max` of them,
     /// from the shadow or, without one, from the files; the full file holds the live state.
     #[test]
     fn deltas_are_written_then_folded() {
         for with_shadow in [true, false] {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path(), 3).unwrap();
+            let (dir, store) = fresh_store();
             let mut live = start(&store, 2, 10);
             let shadows = if with_shadow {
                 vec![live.shadow()]
@@ -595,8 +605,7 @@ mod tests {
     #[test]
     fn a_delta_after_a_missing_snapshot_is_written_whole_from_the_shadow() {
         for with_shadow in [true, false] {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path(), 3).unwrap();
+            let (dir, store) = fresh_store();
             let mut one = start(&store, 1, 10);
             let mut three = start(&store, 3, 10);
             // Partition 1's snapshot at 20 was lost (its file never written): 30 follows it.
@@ -668,8 +677,7 @@ mod tests {
     /// no fold after it); a small one after them is a delta.
     #[test]
     fn the_first_delta_and_a_delta_of_most_accounts_are_written_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), 3).unwrap();
+        let (dir, store) = fresh_store();
         let mut live = Partition::new(0, 1);
         live.track_changes();
         let shadows = vec![live.shadow()];
