@@ -144,6 +144,8 @@ pub struct RecoveryReport {
     /// Output ids already in the output stream past the snapshots' floor.
     pub already_emitted: usize,
     pub output_scan_from: u64,
+    /// Messages of the output stream read by the scan for outputs already published.
+    pub outputs_scanned: u64,
 }
 
 pub struct Recovered {
@@ -218,7 +220,12 @@ pub async fn recover_some(
         }
         report.empty = owned.len() as u32;
         report.start_seq = 1;
-        let already_emitted = scan_outputs(streams, 0, (owned, partitions), &mut report).await?;
+        let scanned = scan_outputs(streams, 0, None, (owned, partitions)).await?;
+        report.output_scan_from = 1;
+        report.outputs_scanned = scanned.len() as u64;
+        let already_emitted: HashSet<String> =
+            scanned.into_iter().filter_map(|(_, id)| id).collect();
+        report.already_emitted = already_emitted.len();
         return Ok(Recovered {
             partitions: owned
                 .iter()
@@ -230,7 +237,30 @@ pub async fn recover_some(
         });
     }
 
-    let files = store.load_some(owned);
+    // The output stream is scanned while the snapshots load (on their own threads), from the
+    // floor their newest headers name: the floor of what loads, unless a corrupt file makes a
+    // partition fall back to an older one, whose lower floor is then scanned up to it after.
+    let guess = owned
+        .iter()
+        .map(|&p| store.newest_header(p).map_or(0, |h| h.output_seq_floor))
+        .min()
+        .unwrap_or(0);
+    let started = std::time::Instant::now();
+    let loading = {
+        let (store, owned) = (store.clone(), owned.to_vec());
+        tokio::task::spawn_blocking(move || {
+            let files = store.load_some(&owned);
+            (files, started.elapsed())
+        })
+    };
+    let scanned = scan_outputs(streams, guess, None, (owned, partitions)).await;
+    let scan_ms = started.elapsed().as_secs_f64() * 1e3;
+    // A load that panicked panics here, as it did on this thread (it is never cancelled).
+    let (files, loaded_in) = loading
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let load_ms = loaded_in.as_secs_f64() * 1e3;
+    let checking = std::time::Instant::now();
     let nothing = files
         .iter()
         .all(|f| f.loaded.is_none() && f.corrupt.is_empty());
@@ -329,13 +359,34 @@ pub async fn recover_some(
         });
     }
     report.start_seq = start_seq;
-    let already_emitted = scan_outputs(
-        streams,
-        if floor == u64::MAX { 0 } else { floor },
-        (owned, partitions),
-        &mut report,
-    )
-    .await?;
+    let check_ms = checking.elapsed().as_secs_f64() * 1e3;
+    let floor = if floor == u64::MAX { 0 } else { floor };
+    let mut scanned = scanned?;
+    if floor < guess {
+        let before = scanned.len();
+        scanned.extend(scan_outputs(streams, floor, Some(guess), (owned, partitions)).await?);
+        tracing::info!(
+            from = floor + 1,
+            through = guess,
+            scanned = scanned.len() - before,
+            "a partition fell back to an older snapshot: the output stream scanned from its floor too"
+        );
+    }
+    report.output_scan_from = floor + 1;
+    report.outputs_scanned = scanned.len() as u64;
+    let already_emitted = scanned
+        .into_iter()
+        .filter(|&(sequence, _)| sequence > floor)
+        .filter_map(|(_, id)| id)
+        .collect::<HashSet<String>>();
+    report.already_emitted = already_emitted.len();
+    tracing::info!(
+        load_ms,
+        scan_ms,
+        check_ms,
+        scanned = report.outputs_scanned,
+        "recovery's steps timed (snapshots loaded and output stream scanned at the same time; history and catalog checked)"
+    );
     Ok(Recovered {
         partitions: restored,
         start_seq,
@@ -451,31 +502,32 @@ async fn next_scanned(
     }
 }
 
-/// Ids of the outputs of the partitions `owned` stored after output stream sequence `floor`
-/// (an output's partition is its subject's token after the output prefix: the stream's
-/// subjects are `<prefix>.<partition>.<type>`, so the token before the last ones of a subject
-/// whose partition this process does not own is skipped).
+/// The output stream's messages after sequence `floor` (through `until`, when given, else
+/// through its last message when the scan starts): each one's sequence, and its id when it is
+/// an output of the partitions `owned` (an output's partition is its subject's token after the
+/// output prefix: the stream's subjects are `<prefix>.<partition>.<type>`, so the token before
+/// the last ones of a subject whose partition this process does not own is skipped).
 async fn scan_outputs(
     streams: &Streams<'_>,
     floor: u64,
+    until: Option<u64>,
     (owned, partitions): (&[u32], u32),
-    report: &mut RecoveryReport,
-) -> Result<HashSet<String>, RecoveryError> {
+) -> Result<Vec<(u64, Option<String>)>, RecoveryError> {
     let mut mine = vec![false; partitions as usize];
     for &p in owned {
         mine[p as usize] = true;
     }
     let every = owned.len() == partitions as usize;
-    let mut ids = HashSet::new();
-    report.output_scan_from = floor + 1;
+    let mut scanned = Vec::new();
     let mut output = streams
         .context
         .get_stream(streams.output)
         .await
         .map_err(nats)?;
-    let last = output.info().await.map_err(nats)?.state.last_sequence;
+    let stored = output.info().await.map_err(nats)?.state.last_sequence;
+    let last = until.map_or(stored, |until| until.min(stored));
     if last <= floor {
-        return Ok(ids);
+        return Ok(scanned);
     }
     let consumer = output
         .create_consumer(consumer::pull::OrderedConfig {
@@ -492,22 +544,23 @@ async fn scan_outputs(
         let Some(message) = next else { break };
         let message = message.map_err(nats)?;
         let sequence = message.info().map_err(nats)?.stream_sequence;
+        if sequence > last {
+            break;
+        }
         let ours = every
             || output_partition(&message.subject, streams.output_prefix)
                 .is_some_and(|p| mine.get(p as usize).copied().unwrap_or(false));
-        if let Some(id) = ours
+        let id = ours
             .then_some(&message)
             .and_then(|message| message.headers.as_ref())
             .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-        {
-            ids.insert(id.as_str().to_string());
-        }
+            .map(|id| id.as_str().to_string());
+        scanned.push((sequence, id));
         if sequence >= last {
             break;
         }
     }
-    report.already_emitted = ids.len();
-    Ok(ids)
+    Ok(scanned)
 }
 
 #[cfg(test)]

@@ -203,6 +203,52 @@ fn corrupt_snapshots_fall_back_or_refuse() {
     finish_and_compare(&runtime, &url, &setup, &mut processor);
 }
 
+/// The newest snapshot of a partition corrupt in its payload (its header reads well), with the
+/// processor down longer than the output stream's duplicate window: the output stream is
+/// scanned while the snapshots load, from the floor the newest headers name; the partition
+/// falls back to an older snapshot with a lower floor, and the outputs between the two floors,
+/// which its replay regenerates, must be found by a second scan, or they are stored twice.
+#[test]
+fn a_fallback_below_the_newest_headers_floor_emits_nothing_twice() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let partitions = 2;
+    let setup = Setup::with_metrics(
+        &url,
+        partitions,
+        2,
+        "[output]\nduplicate_window = \"1s\"\n[snapshot]\ninterval_events = 400\ninterval = \"1h\"\ndeltas_max = 0\n",
+        true,
+    );
+    let runtime = runtime();
+    let mut processor = setup.start(&[]);
+    wait_streams(&runtime, &url);
+    let lines = workload(12, 20, 6000);
+    runtime.block_on(publish(&url, &lines[..3000], partitions));
+    wait_caught_up(&url, &setup, RUNTIME_MAX);
+    assert!(terminate(&mut processor).success());
+
+    // Flip a bit of partition 1's newest payload, near its end: the header stays valid.
+    let store = creditflow::snapshot::Store::open(&setup.snapshots(), 3).unwrap();
+    let files = store.files(1);
+    assert!(files.len() >= 2, "an older snapshot to fall back to");
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let at = bytes.len() - 8;
+    bytes[at] ^= 0x10;
+    std::fs::write(&files[0], &bytes).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+
+    let mut processor = setup.start(&[]);
+    runtime.block_on(publish(&url, &lines[3000..], partitions));
+    finish_and_compare(&runtime, &url, &setup, &mut processor);
+    let log = setup.log();
+    assert!(log.contains("falling back"), "{log}");
+    assert!(
+        log.contains("the output stream scanned from its floor too"),
+        "the gap between the floors was scanned:\n{log}"
+    );
+}
+
 /// No snapshot at all but a stream with history: refuse (never start silently empty).
 #[test]
 fn no_snapshot_with_history_is_refused() {

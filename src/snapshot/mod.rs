@@ -221,6 +221,48 @@ pub fn decode<'a>(path: &Path, bytes: &'a [u8]) -> Result<(Header, &'a [u8]), Sn
             .get(from..from.saturating_add(len))
             .ok_or_else(|| SnapshotError::corrupt(path, "truncated"))
     };
+    let header_end = 16 + verified_header_len(path, bytes)?;
+    let payload_len = u64::from_le_bytes(take(header_end + 4, 8)?.try_into().unwrap_or_default());
+    if payload_len > crate::codec::DECODE_BYTES_MAX as u64 {
+        return Err(SnapshotError::corrupt(path, "payload too long"));
+    }
+    let payload_start = header_end + 12;
+    let payload = take(payload_start, payload_len as usize)?;
+    let crc_at = payload_start + payload_len as usize;
+    let stored_payload_crc = u32::from_le_bytes(take(crc_at, 4)?.try_into().unwrap_or_default());
+    if bytes.len() != crc_at + 4 {
+        return Err(SnapshotError::corrupt(path, "trailing bytes"));
+    }
+    if crc32c::crc32c(payload) != stored_payload_crc {
+        return Err(SnapshotError::corrupt(path, "payload checksum mismatch"));
+    }
+    let header: Header = crate::codec::decode(&bytes[16..header_end])
+        .map_err(|e| SnapshotError::corrupt(path, e.to_string()))?;
+    Ok((header, payload))
+}
+
+/// Decodes and verifies the header of a snapshot file from the file's first bytes (at least
+/// [`header_prefix_len`] of them), without reading or verifying its payload: what a file says
+/// it holds, before it is loaded.
+pub fn decode_header(path: &Path, prefix: &[u8]) -> Result<Header, SnapshotError> {
+    let header_end = 16 + verified_header_len(path, prefix)?;
+    crate::codec::decode(&prefix[16..header_end])
+        .map_err(|e| SnapshotError::corrupt(path, e.to_string()))
+}
+
+/// How many of a file's first bytes [`decode_header`] needs, from its first 16.
+pub fn header_prefix_len(first: &[u8; 16]) -> usize {
+    let header_len = u32::from_le_bytes([first[12], first[13], first[14], first[15]]);
+    16 + header_len.min(HEADER_BYTES_MAX) as usize + 4
+}
+
+/// Checks the magic, the version and the header's checksum; the header's length.
+fn verified_header_len(path: &Path, bytes: &[u8]) -> Result<usize, SnapshotError> {
+    let take = |from: usize, len: usize| -> Result<&[u8], SnapshotError> {
+        bytes
+            .get(from..from.saturating_add(len))
+            .ok_or_else(|| SnapshotError::corrupt(path, "truncated"))
+    };
     if take(0, 8)? != MAGIC {
         return Err(SnapshotError::corrupt(
             path,
@@ -239,28 +281,12 @@ pub fn decode<'a>(path: &Path, bytes: &'a [u8]) -> Result<(Header, &'a [u8]), Sn
         return Err(SnapshotError::corrupt(path, "header too long"));
     }
     let header_end = 16 + header_len as usize;
-    let header_bytes = take(16, header_len as usize)?;
+    take(16, header_len as usize)?;
     let stored_header_crc = u32::from_le_bytes(take(header_end, 4)?.try_into().unwrap_or_default());
     if crc32c::crc32c(take(0, header_end)?) != stored_header_crc {
         return Err(SnapshotError::corrupt(path, "header checksum mismatch"));
     }
-    let payload_len = u64::from_le_bytes(take(header_end + 4, 8)?.try_into().unwrap_or_default());
-    if payload_len > crate::codec::DECODE_BYTES_MAX as u64 {
-        return Err(SnapshotError::corrupt(path, "payload too long"));
-    }
-    let payload_start = header_end + 12;
-    let payload = take(payload_start, payload_len as usize)?;
-    let crc_at = payload_start + payload_len as usize;
-    let stored_payload_crc = u32::from_le_bytes(take(crc_at, 4)?.try_into().unwrap_or_default());
-    if bytes.len() != crc_at + 4 {
-        return Err(SnapshotError::corrupt(path, "trailing bytes"));
-    }
-    if crc32c::crc32c(payload) != stored_payload_crc {
-        return Err(SnapshotError::corrupt(path, "payload checksum mismatch"));
-    }
-    let header: Header = crate::codec::decode(header_bytes)
-        .map_err(|e| SnapshotError::corrupt(path, e.to_string()))?;
-    Ok((header, payload))
+    Ok(header_len as usize)
 }
 
 /// Decodes a snapshot file's bytes into its header and partition state, as the loader does:
