@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use super::account::Account;
 use super::compact::AccountIndex;
-use super::delta::{all_placed, place, Delta, Place};
+use super::delta::{all_placed, place, prefetch_counts, Delta, Place, CLONE_AHEAD};
 use super::Partition;
 use crate::codec::CodecError;
 
@@ -103,7 +103,18 @@ impl Shadow {
         }
         let count = delta.account_count();
         let (accounts, rest) = delta.split();
-        for (slot, account) in accounts {
+        let mut accounts = accounts.into_iter();
+        while let Some((slot, account)) = accounts.next() {
+            // The accounts are cold: their records are fetched a few ahead, their lists (read
+            // once the record is in cache) half as far.
+            let ahead = accounts.as_slice();
+            if let Some((_, far)) = ahead.get(CLONE_AHEAD - 1) {
+                far.prefetch();
+                prefetch_counts(far);
+            }
+            if let Some((_, near)) = ahead.get(CLONE_AHEAD / 2 - 1) {
+                near.prefetch_data();
+            }
             let hash = AccountIndex::hash(account.id.as_bytes());
             let kept = match out.as_deref_mut() {
                 Some(bytes) => {
@@ -153,7 +164,16 @@ impl Shadow {
         bytes.reserve(self.accounts.len() * 256);
         crate::codec::encode_into(&(state.number, state.partition_count), bytes)?;
         crate::codec::encode_into(&(self.accounts.len() as u64), bytes)?;
-        for kept in &mut self.accounts {
+        for at in 0..self.accounts.len() {
+            // Accounts still shared were written by the partition, not read here yet: fetched
+            // a few ahead, as in `follow`.
+            if let Some(Kept::Shared(far)) = self.accounts.get(at + CLONE_AHEAD) {
+                far.prefetch();
+            }
+            if let Some(Kept::Shared(near)) = self.accounts.get(at + CLONE_AHEAD / 2) {
+                near.prefetch_data();
+            }
+            let kept = &mut self.accounts[at];
             match kept {
                 Kept::Shared(account) => {
                     let from = bytes.len();
