@@ -17,6 +17,21 @@ fn workload(seed: u64, accounts: usize, messages: usize) -> Vec<String> {
     creditflow::sample::scenario(seed, accounts, messages)
 }
 
+/// Starts the processor, publishes `lines`, and stops it gracefully once it has applied them
+/// (its final snapshots written).
+fn publish_then_stop(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    setup: &Setup,
+    lines: &[String],
+) {
+    let mut processor = setup.start(&[]);
+    wait_streams(runtime, url);
+    runtime.block_on(publish(url, lines, setup.partitions));
+    wait_caught_up(url, setup, RUNTIME_MAX);
+    assert!(terminate(&mut processor).success());
+}
+
 /// Stops the processor gracefully and checks everything against the oracle.
 fn finish_and_compare(
     runtime: &tokio::runtime::Runtime,
@@ -144,12 +159,8 @@ fn corrupt_snapshots_fall_back_or_refuse() {
         true,
     );
     let runtime = runtime();
-    let mut processor = setup.start(&[]);
-    wait_streams(&runtime, &url);
     let lines = workload(5, 20, 6000);
-    runtime.block_on(publish(&url, &lines[..3000], partitions));
-    wait_caught_up(&url, &setup, RUNTIME_MAX);
-    assert!(terminate(&mut processor).success());
+    publish_then_stop(&runtime, &url, &setup, &lines[..3000]);
 
     // Truncate the newest snapshot of partition 0 and flip a bit in partition 1's.
     let store = creditflow::snapshot::Store::open(&setup.snapshots(), 3).unwrap();
@@ -221,12 +232,8 @@ fn a_fallback_below_the_newest_headers_floor_emits_nothing_twice() {
         true,
     );
     let runtime = runtime();
-    let mut processor = setup.start(&[]);
-    wait_streams(&runtime, &url);
     let lines = workload(12, 20, 6000);
-    runtime.block_on(publish(&url, &lines[..3000], partitions));
-    wait_caught_up(&url, &setup, RUNTIME_MAX);
-    assert!(terminate(&mut processor).success());
+    publish_then_stop(&runtime, &url, &setup, &lines[..3000]);
 
     // Flip a bit of partition 1's newest payload, near its end: the header stays valid.
     let store = creditflow::snapshot::Store::open(&setup.snapshots(), 3).unwrap();
