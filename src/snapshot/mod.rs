@@ -216,11 +216,7 @@ pub fn encode(header: &Header, payload: &[u8]) -> Result<Vec<u8>, crate::codec::
 
 /// Decodes and verifies a snapshot file's bytes into its header and payload.
 pub fn decode<'a>(path: &Path, bytes: &'a [u8]) -> Result<(Header, &'a [u8]), SnapshotError> {
-    let take = |from: usize, len: usize| -> Result<&'a [u8], SnapshotError> {
-        bytes
-            .get(from..from.saturating_add(len))
-            .ok_or_else(|| SnapshotError::corrupt(path, "truncated"))
-    };
+    let take = |from: usize, len: usize| take(path, bytes, from, len);
     let header_end = 16 + verified_header_len(path, bytes)?;
     let payload_len = u64::from_le_bytes(take(header_end + 4, 8)?.try_into().unwrap_or_default());
     if payload_len > crate::codec::DECODE_BYTES_MAX as u64 {
@@ -256,13 +252,21 @@ pub fn header_prefix_len(first: &[u8; 16]) -> usize {
     16 + header_len.min(HEADER_BYTES_MAX) as usize + 4
 }
 
+/// `len` bytes of a file's `bytes` from `from`, or "truncated".
+fn take<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    from: usize,
+    len: usize,
+) -> Result<&'a [u8], SnapshotError> {
+    bytes
+        .get(from..from.saturating_add(len))
+        .ok_or_else(|| SnapshotError::corrupt(path, "truncated"))
+}
+
 /// Checks the magic, the version and the header's checksum; the header's length.
 fn verified_header_len(path: &Path, bytes: &[u8]) -> Result<usize, SnapshotError> {
-    let take = |from: usize, len: usize| -> Result<&[u8], SnapshotError> {
-        bytes
-            .get(from..from.saturating_add(len))
-            .ok_or_else(|| SnapshotError::corrupt(path, "truncated"))
-    };
+    let take = |from: usize, len: usize| take(path, bytes, from, len);
     if take(0, 8)? != MAGIC {
         return Err(SnapshotError::corrupt(
             path,
