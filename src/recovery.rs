@@ -221,11 +221,7 @@ pub async fn recover_some(
         report.empty = owned.len() as u32;
         report.start_seq = 1;
         let scanned = scan_outputs(streams, 0, None, (owned, partitions)).await?;
-        report.output_scan_from = 1;
-        report.outputs_scanned = scanned.len() as u64;
-        let already_emitted: HashSet<String> =
-            scanned.into_iter().filter_map(|(_, id)| id).collect();
-        report.already_emitted = already_emitted.len();
+        let already_emitted = already_emitted(scanned, 0, &mut report);
         return Ok(Recovered {
             partitions: owned
                 .iter()
@@ -372,14 +368,7 @@ pub async fn recover_some(
             "a partition fell back to an older snapshot: the output stream scanned from its floor too"
         );
     }
-    report.output_scan_from = floor + 1;
-    report.outputs_scanned = scanned.len() as u64;
-    let already_emitted = scanned
-        .into_iter()
-        .filter(|&(sequence, _)| sequence > floor)
-        .filter_map(|(_, id)| id)
-        .collect::<HashSet<String>>();
-    report.already_emitted = already_emitted.len();
+    let already_emitted = already_emitted(scanned, floor, &mut report);
     tracing::info!(
         load_ms,
         scan_ms,
@@ -500,6 +489,24 @@ async fn next_scanned(
             )));
         }
     }
+}
+
+/// The ids of the outputs `scanned` after output stream sequence `floor` (the emitter skips
+/// them when the replay produces them again), with the scan's figures in `report`.
+fn already_emitted(
+    scanned: Vec<(u64, Option<String>)>,
+    floor: u64,
+    report: &mut RecoveryReport,
+) -> HashSet<String> {
+    report.output_scan_from = floor + 1;
+    report.outputs_scanned = scanned.len() as u64;
+    let ids: HashSet<String> = scanned
+        .into_iter()
+        .filter(|&(sequence, _)| sequence > floor)
+        .filter_map(|(_, id)| id)
+        .collect();
+    report.already_emitted = ids.len();
+    ids
 }
 
 /// The output stream's messages after sequence `floor` (through `until`, when given, else
