@@ -560,6 +560,19 @@ fn the_service_answers_every_account_from_any_processor() {
         .block_on(async_nats::connect(&url))
         .expect("connect");
     let accounts: Vec<String> = (1..=30).map(|i| format!("acct_{i:02}")).collect();
+    // Settled is owned and read; the services register right after that: wait until every
+    // account is answered (a request before gets "no responders", an immediate error).
+    wait_until("the services answer", SETTLE_MAX, || {
+        accounts.iter().all(|account| {
+            runtime
+                .block_on(service_request(
+                    &client,
+                    "creditflow.svc.query.balance",
+                    serde_json::json!({ "account": account }).to_string(),
+                ))
+                .is_ok()
+        })
+    });
 
     // Commands, forwarded or not, each applied once.
     for account in &accounts[..10] {
