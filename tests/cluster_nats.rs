@@ -19,10 +19,12 @@ use creditflow::testkit::{NatsCluster, NatsServer};
 const SETTLE_MAX: Duration = Duration::from_secs(120);
 const BUCKET: &str = "cf_cluster_snapshots";
 
-/// A processor that shares the partitions: lease TTL 3 s (renewals and looks every second),
-/// snapshots mirrored to the bucket every half second.
+/// A processor that shares the partitions: lease TTL 6 s (renewals and looks every 2 s; a
+/// processor that confirms none for 4.8 s exits, which a debug build starved of CPU by the
+/// other tests did at 3 s under a load average of 6-7), snapshots mirrored to the bucket every
+/// half second.
 fn member(urls: &[String], partitions: u32, extra: &str) -> Setup {
-    member_with_ttl(urls, partitions, "3s", extra)
+    member_with_ttl(urls, partitions, "6s", extra)
 }
 
 /// [`member`] with another lease TTL.
@@ -374,7 +376,7 @@ fn a_processor_alone_and_sharing_ones_refuse_each_other() {
         &url,
         partitions,
         1,
-        &format!("[snapshot]\nobject_store = \"{BUCKET}\"\n[lease]\nttl = \"3s\"\n"),
+        &format!("[snapshot]\nobject_store = \"{BUCKET}\"\n[lease]\nttl = \"6s\"\n"),
         true,
     );
     let mut refused = alone.start(&[]);

@@ -285,9 +285,10 @@ pub(crate) async fn run(
             let encoded = encoder.join();
             let written = writer.join();
             // The mirror ends once the writer has, after mirroring what it was told of (the
-            // final snapshots a partition handed over starts from).
+            // final snapshots a partition handed over starts from), within a bound: the files
+            // are the commit and the bucket a copy, so a stalled upload must not fail the stop.
             if let Some(mirror) = mirror {
-                let _ = mirror.join();
+                join_mirror_within(mirror, MIRROR_STOP_MAX);
             }
             (reader, partitions, emitter.join(), written, encoded)
         }),
@@ -386,7 +387,11 @@ async fn recover_state(
     let remote = match &config.snapshot.object_store {
         Some(bucket) => Some(
             Remote::open(
-                context,
+                // A context of its own: the mirror's chunk publishes must not take the output
+                // window's ack permits (nor wait behind a window the emitter holds full).
+                &jetstream::ContextBuilder::new()
+                    .timeout(config.nats.request_timeout)
+                    .build(base.client.clone()),
                 bucket,
                 config.input.replicas,
                 config.nats.request_timeout,
@@ -737,6 +742,28 @@ fn start_threads(
         questions: question_senders,
         written_at,
     })
+}
+
+/// How long a graceful stop waits for the mirror to upload the final snapshots.
+const MIRROR_STOP_MAX: Duration = Duration::from_secs(15);
+
+/// Joins the mirror thread, or leaves it after `max` with a warning: a successor then fetches
+/// the older snapshots the bucket holds and replays from them (slower, never wrong), and the
+/// thread ends with the process or after its own bounded upload.
+fn join_mirror_within(mirror: std::thread::JoinHandle<()>, max: Duration) {
+    let deadline = WallInstant::now() + max;
+    while !mirror.is_finished() {
+        if WallInstant::now() >= deadline {
+            tracing::warn!(
+                waited = ?max,
+                "the final snapshots are not all mirrored to the object store; stopping without \
+                 them (a successor recovers from the older ones there and replays the rest)"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = mirror.join();
 }
 
 /// Dead letters each shard keeps for the callers of commands (a command is checked before it
