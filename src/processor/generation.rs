@@ -915,3 +915,26 @@ async fn serve(
     );
     Ok(Some(ServiceThread { stop, thread }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stalled_mirror_is_left_after_the_bound_and_a_finished_one_joined() {
+        let (release, stalled) = std::sync::mpsc::channel::<()>();
+        let mirror = std::thread::spawn(move || {
+            let _ = stalled.recv();
+        });
+        let started = WallInstant::now();
+        join_mirror_within(mirror, Duration::from_millis(50));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        // The stalled thread is still running: the stop went on without it.
+        release.send(()).expect("the stalled mirror still waits");
+
+        let finished = std::thread::spawn(|| {});
+        let started = WallInstant::now();
+        join_mirror_within(finished, Duration::from_secs(600));
+        assert!(started.elapsed() < Duration::from_secs(600));
+    }
+}
