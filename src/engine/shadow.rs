@@ -30,6 +30,17 @@ use super::delta::{all_placed, place, prefetch_counts, Delta, Place, CLONE_AHEAD
 use super::Partition;
 use crate::codec::CodecError;
 
+/// Starts loading the cold accounts about to be encoded: the record of the one `far` ahead,
+/// the lists of the one `near` ahead (read once its record, fetched earlier, is in cache).
+fn fetch_ahead(far: Option<&Account>, near: Option<&Account>) {
+    if let Some(far) = far {
+        far.prefetch();
+    }
+    if let Some(near) = near {
+        near.prefetch_data();
+    }
+}
+
 /// One account of a shadow.
 enum Kept {
     /// Shared with the partition it was copied from, not encoded yet.
@@ -108,13 +119,14 @@ impl Shadow {
             // The accounts are cold: their records are fetched a few ahead, their lists (read
             // once the record is in cache) half as far.
             let ahead = accounts.as_slice();
-            if let Some((_, far)) = ahead.get(CLONE_AHEAD - 1) {
-                far.prefetch();
+            let far = ahead.get(CLONE_AHEAD - 1).map(|(_, far)| far);
+            if let Some(far) = far {
                 prefetch_counts(far);
             }
-            if let Some((_, near)) = ahead.get(CLONE_AHEAD / 2 - 1) {
-                near.prefetch_data();
-            }
+            fetch_ahead(
+                far.map(|far| &**far),
+                ahead.get(CLONE_AHEAD / 2 - 1).map(|(_, near)| &**near),
+            );
             let hash = AccountIndex::hash(account.id.as_bytes());
             let kept = match out.as_deref_mut() {
                 Some(bytes) => {
@@ -167,12 +179,11 @@ impl Shadow {
         for at in 0..self.accounts.len() {
             // Accounts still shared were written by the partition, not read here yet: fetched
             // a few ahead, as in `follow`.
-            if let Some(Kept::Shared(far)) = self.accounts.get(at + CLONE_AHEAD) {
-                far.prefetch();
-            }
-            if let Some(Kept::Shared(near)) = self.accounts.get(at + CLONE_AHEAD / 2) {
-                near.prefetch_data();
-            }
+            let shared = |at: usize| match self.accounts.get(at) {
+                Some(Kept::Shared(account)) => Some(&**account),
+                _ => None,
+            };
+            fetch_ahead(shared(at + CLONE_AHEAD), shared(at + CLONE_AHEAD / 2));
             let kept = &mut self.accounts[at];
             match kept {
                 Kept::Shared(account) => {
