@@ -78,7 +78,7 @@ pub(crate) async fn run(
     let context = jetstream::ContextBuilder::new()
         .timeout(config.nats.request_timeout.min(settings.ttl / 4))
         .build(base.client.clone());
-    let store = open_bucket(&context, &settings)
+    let store = open_bucket_retrying(&context, &settings)
         .await
         .map_err(|e| base.explained(e.into()))?;
     refuse_beside_one_alone(&store, &settings).await?;
@@ -237,6 +237,30 @@ async fn lost_any(keeper: &Keeper, set: &BTreeSet<u32>) -> ProcessorError {
             "the lease of partition(s) {partitions:?}"
         ))),
         Err(_) => std::future::pending().await,
+    }
+}
+
+/// Tries at most to open the lease bucket at start.
+const OPEN_TRIES: u32 = 3;
+
+/// Opens the lease bucket, up to [`OPEN_TRIES`] times [`RETRY_AFTER`] apart: processors
+/// starting together create it at once, and a busy broker can let one request of the lease's
+/// short timeout (a quarter of the TTL) time out. A lasting refusal is reported after the last.
+async fn open_bucket_retrying(
+    context: &jetstream::Context,
+    settings: &LeaseSettings,
+) -> Result<kv::Store, LeaseError> {
+    let mut tries = 1;
+    loop {
+        match open_bucket(context, settings).await {
+            Ok(store) => return Ok(store),
+            Err(error) if tries < OPEN_TRIES => {
+                tracing::warn!(%error, tries, "opening the lease bucket failed; trying again");
+                tries += 1;
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+            Err(error) => return Err(error),
+        }
     }
 }
 
