@@ -15,7 +15,7 @@
 //! stopped; `already_emitted` holds every output id at output stream sequences above the lowest
 //! snapshot floor.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -138,8 +138,11 @@ pub struct RecoveryReport {
     pub fell_back: u32,
     /// Snapshot deltas applied to full files, over all partitions.
     pub deltas_applied: usize,
-    /// Partitions starting empty (never snapshotted, or a rebuild).
+    /// Partitions starting empty (never snapshotted, a rebuild, or an incomplete copy).
     pub empty: u32,
+    /// Partitions whose files, fetched from the object store for this start, held no state
+    /// that loads (the bucket's copy was incomplete): replayed from the stream's first message.
+    pub incomplete_copies: u32,
     pub start_seq: u64,
     /// Output ids already in the output stream past the snapshots' floor.
     pub already_emitted: usize,
@@ -185,7 +188,7 @@ pub async fn recover(
         store,
         catalog,
         (&all, partitions),
-        rebuild,
+        (rebuild, &BTreeSet::new()),
         accepted_changes,
     )
     .await
@@ -194,12 +197,19 @@ pub async fn recover(
 /// Recovers the partitions `owned` of a deployment of `partitions` (a processor sharing the
 /// partitions with others recovers only its own: `cluster`). The already-emitted ids are
 /// those of the owned partitions' outputs.
+///
+/// `copied` names the partitions whose files this start fetched from the object store
+/// ([`crate::snapshot::remote`]). The bucket is a copy of another processor's directory, and a
+/// copy can be incomplete (a delta whose predecessor the bucket lacks: an object store that
+/// lost objects when a node died, or a listing that missed them); when nothing of such a
+/// partition loads, it is replayed from the stream's first message (slower, never wrong)
+/// instead of refused as corrupt, provided the stream still holds that message.
 pub async fn recover_some(
     streams: &Streams<'_>,
     store: &Store,
     catalog: &Catalog,
     (owned, partitions): (&[u32], u32),
-    rebuild: bool,
+    (rebuild, copied): (bool, &BTreeSet<u32>),
     accepted_changes: &[String],
 ) -> Result<Recovered, RecoveryError> {
     let mut input = streams
@@ -322,6 +332,27 @@ pub async fn recover_some(
                     // The chain goes on from the file loaded: the next snapshot can be a delta.
                     partition.track_changes();
                 }
+                restored.push(partition);
+            }
+            None if !files.corrupt.is_empty() && copied.contains(&number) => {
+                if history && input_state.first_sequence > 1 {
+                    return Err(RecoveryError::AllCorrupt {
+                        partition: number,
+                        errors: files.corrupt.iter().map(ToString::to_string).collect(),
+                    });
+                }
+                let errors: Vec<String> = files.corrupt.iter().map(ToString::to_string).collect();
+                tracing::warn!(
+                    partition = number,
+                    ?errors,
+                    "the object store's copy of this partition does not load (incomplete); \
+                     replaying the partition from the stream's first message"
+                );
+                floor = 0;
+                report.empty += 1;
+                report.incomplete_copies += 1;
+                let mut partition = Partition::new(number, partitions);
+                partition.track_changes();
                 restored.push(partition);
             }
             None if !files.corrupt.is_empty() => {

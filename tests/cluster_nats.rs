@@ -99,9 +99,10 @@ fn wait_settled(
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 })
                 .collect();
+            let kept = keep_logs(running);
             panic!(
                 "not settled within {SETTLE_MAX:?}: owned {owned:?} of {partitions}, input through \
-                 {last}\n{}",
+                 {last} (whole logs in {kept})\n{}",
                 logs.join("\n-----\n")
             );
         }
@@ -167,6 +168,34 @@ fn keep_logs(setups: &[&Setup]) -> String {
         let _ = std::fs::write(dir.join(format!("processor-{index}.log")), setup.log());
     }
     dir.display().to_string()
+}
+
+/// Keeps every processor's log and the names of its snapshot files (`keep_logs`) when the test
+/// panics, including those of processors the test killed (`wait_settled` sees only the running
+/// ones).
+struct KeepOnPanic<'a>(&'a [Setup]);
+
+impl Drop for KeepOnPanic<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let kept = keep_logs(&self.0.iter().collect::<Vec<_>>());
+        for (index, setup) in self.0.iter().enumerate() {
+            let mut names: Vec<String> = std::fs::read_dir(setup.dir.path().join("snapshots"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            let _ = std::fs::write(
+                std::path::Path::new(&kept).join(format!("processor-{index}.files")),
+                names.join("\n"),
+            );
+        }
+        eprintln!("every processor's log and snapshot files kept in {kept}");
+    }
 }
 
 /// Everything the processors did against the oracle: the state in their last snapshots and
@@ -333,6 +362,7 @@ fn a_three_node_cluster_survives_a_node_and_a_processor() {
     let setups: Vec<Setup> = (0..3)
         .map(|_| member_with_ttl(&urls, partitions, "24s", extra))
         .collect();
+    let _keep = KeepOnPanic(&setups);
     let mut processors: Vec<KillOnDrop> = Vec::new();
     processors.push(KillOnDrop(setups[0].start(&[])));
     wait_streams(&runtime, &url);

@@ -345,6 +345,76 @@ fn a_lost_snapshot_directory_is_restored_from_the_object_store() {
     );
 }
 
+/// A bucket whose copy of a partition does not load (here every full file of partition 0 is
+/// gone from it, so its deltas follow states it lacks; on a three-node cluster this happened
+/// when a node was killed): a processor whose directory is lost fetches what is there and,
+/// since nothing of partition 0 loads, replays that partition from the stream's first message
+/// instead of refusing to start. Its state is the oracle's and every output is stored once.
+#[test]
+fn an_incomplete_copy_in_the_object_store_is_replayed_from_the_first_message() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let partitions = 2;
+    let bucket = "cf_snapshots";
+    let setup = Setup::with_metrics(
+        &url,
+        partitions,
+        1,
+        &format!(
+            "[snapshot]\nobject_store = \"{bucket}\"\ninterval = \"100ms\"\ninterval_events = 40\n"
+        ),
+        true,
+    );
+    let runtime = runtime();
+    let lines = workload(8, 6, 600);
+    let mut processor = KillOnDrop(setup.start(&[]));
+    wait_streams(&runtime, &url);
+    // In rounds, so that snapshots (full files and deltas) are taken between them.
+    for round in lines.chunks(100) {
+        runtime.block_on(publish(&url, round, partitions));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_caught_up(&url, &setup, RUNTIME_MAX);
+    assert!(terminate(&mut processor).success(), "{}", setup.log());
+    let removed = runtime.block_on(async {
+        use futures::StreamExt;
+        let client = async_nats::connect(&url).await.unwrap();
+        let store = async_nats::jetstream::new(client)
+            .get_object_store(bucket)
+            .await
+            .expect("the bucket");
+        let mut list = store.list().await.unwrap();
+        let mut names = Vec::new();
+        while let Some(info) = list.next().await {
+            names.push(info.unwrap().name);
+        }
+        let deltas = names
+            .iter()
+            .filter(|n| n.starts_with("p00000-") && n.ends_with(".delta"))
+            .count();
+        assert!(deltas > 0, "partition 0 has deltas in the bucket: {names:?}");
+        let full: Vec<String> = names
+            .into_iter()
+            .filter(|n| n.starts_with("p00000-") && n.ends_with(".snap"))
+            .collect();
+        for name in &full {
+            store.delete(name).await.expect("delete");
+        }
+        full
+    });
+    assert!(!removed.is_empty());
+
+    std::fs::remove_dir_all(setup.snapshots()).unwrap();
+    let mut processor = setup.start(&[]);
+    finish_and_compare(&runtime, &url, &setup, &mut processor);
+    let log = setup.log();
+    assert!(
+        log.contains("the object store's copy of this partition does not load"),
+        "{log}"
+    );
+    assert!(log.contains("incomplete_copies: 1"), "{log}");
+}
+
 /// The input stream recreated with different history after a snapshot: refuse, with evidence.
 #[test]
 fn rewritten_history_is_refused() {

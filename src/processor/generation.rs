@@ -402,6 +402,8 @@ async fn recover_state(
         None => None,
     };
     let shared = config.cluster.enabled;
+    // Partitions that got files from the bucket: a copy that does not load is replayed.
+    let mut copied = std::collections::BTreeSet::new();
     if input_ensured == Ensured::Created {
         write_empty_snapshots(&store, partitions)?;
         if let (true, Some(remote)) = (shared, &remote) {
@@ -431,6 +433,7 @@ async fn recover_state(
             bytes = fetched.bytes,
             "snapshots fetched from the object store"
         );
+        copied = fetched.partitions;
     }
     let fences = fence_outputs(base, ownership).await?;
     let recovered = recover_some(
@@ -444,7 +447,7 @@ async fn recover_state(
         &store,
         &base.catalog,
         (&owned, partitions),
-        options.rebuild,
+        (options.rebuild, &copied),
         &options.accept_catalog_changes,
     )
     .await?;

@@ -42,6 +42,8 @@ pub struct Remote {
 pub struct Fetched {
     pub files: usize,
     pub bytes: u64,
+    /// The partitions that got at least one file from the bucket.
+    pub partitions: std::collections::BTreeSet<u32>,
 }
 
 /// What [`Remote::mirror`] did for one partition.
@@ -190,6 +192,7 @@ impl Remote {
                 .map_err(|e| format!("object store {}: storing {name}: {e}", self.name))?;
             fetched.files += 1;
             fetched.bytes += bytes.len() as u64;
+            fetched.partitions.insert(partition);
         }
         Ok(fetched)
     }
