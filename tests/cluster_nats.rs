@@ -48,14 +48,27 @@ fn gauge_of(setup: &Setup, name: &str) -> Option<u64> {
     setup.metrics_port().and_then(|port| gauge(port, name))
 }
 
+/// The input stream's last sequence. Tried again for up to a minute: while a killed node's
+/// streams elect new leaders, JetStream requests time out.
 fn last_sequence(runtime: &tokio::runtime::Runtime, url: &str) -> u64 {
     runtime.block_on(async {
         let client = async_nats::connect(url).await.expect("connect");
-        let mut stream = async_nats::jetstream::new(client)
-            .get_stream("CREDITFLOW_IN")
-            .await
-            .expect("input stream");
-        stream.info().await.expect("info").state.last_sequence
+        let jetstream = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let info = async {
+                let mut stream = jetstream.get_stream("CREDITFLOW_IN").await?;
+                Ok::<_, async_nats::Error>(stream.info().await?.state.last_sequence)
+            };
+            match info.await {
+                Ok(last) => return last,
+                Err(error) if Instant::now() < deadline => {
+                    eprintln!("the input stream's info: {error}; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => panic!("the input stream's info: {error}"),
+            }
+        }
     })
 }
 
