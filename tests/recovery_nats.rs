@@ -256,13 +256,14 @@ fn a_fallback_below_the_newest_headers_floor_emits_nothing_twice() {
     );
 }
 
-/// No snapshot at all but a stream with history: refuse (never start silently empty).
+/// No snapshot at all but a stream with history: refuse (never start silently empty); start
+/// once told to rebuild.
 #[test]
 fn no_snapshot_with_history_is_refused() {
     let server = NatsServer::start();
     let url = server.url();
     let partitions = 2;
-    let setup = Setup::new(&url, partitions, 1, "");
+    let setup = Setup::with_metrics(&url, partitions, 1, "", true);
     let runtime = runtime();
     let mut processor = setup.start(&[]);
     wait_streams(&runtime, &url);
@@ -278,6 +279,11 @@ fn no_snapshot_with_history_is_refused() {
         "{}",
         setup.log()
     );
+
+    // Told to rebuild, it replays from the stream's first message and ends at the oracle's
+    // state, every output stored once.
+    let mut processor = setup.start(&["--rebuild"]);
+    finish_and_compare(&runtime, &url, &setup, &mut processor);
 }
 
 /// With `snapshot.object_store` the snapshots are mirrored to a bucket: the bucket holds the
