@@ -259,20 +259,31 @@ impl<'a> ObjectWriter<'a> {
 
 /// Writes `value` as a JSON string literal.
 pub fn push_json_string(out: &mut String, value: &str) {
+    out.reserve(value.len() + 2);
     out.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    // Runs of bytes that need no escape are copied whole. A byte below 0x80 is a character of
+    // its own in UTF-8 (every byte of a longer one is 0x80 or above), so each slice below
+    // starts and ends on a character boundary.
+    let mut start = 0;
+    for (at, &byte) in value.as_bytes().iter().enumerate() {
+        let escaped = match byte {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&value[start..at]);
+        if escaped.is_empty() {
+            let _ = write!(out, "\\u{:04x}", byte);
+        } else {
+            out.push_str(escaped);
         }
+        start = at + 1;
     }
+    out.push_str(&value[start..]);
     out.push('"');
 }
 
@@ -536,6 +547,35 @@ mod tests {
             ("foobar", "Zm9vYmFy"),
         ] {
             assert_eq!(base64(input.as_bytes()), expected);
+        }
+    }
+
+    proptest::proptest! {
+        /// The escaping by runs writes what escaping character by character writes, for any
+        /// text (control characters, quotes, backslashes, multi-byte characters), and it
+        /// parses back to the text.
+        #[test]
+        fn json_strings_escape_as_character_by_character(value in "(?s).{0,40}") {
+            let mut expected = String::from('"');
+            for c in value.chars() {
+                match c {
+                    '"' => expected.push_str("\\\""),
+                    '\\' => expected.push_str("\\\\"),
+                    '\n' => expected.push_str("\\n"),
+                    '\r' => expected.push_str("\\r"),
+                    '\t' => expected.push_str("\\t"),
+                    c if (c as u32) < 0x20 => {
+                        let _ = write!(expected, "\\u{:04x}", c as u32);
+                    }
+                    c => expected.push(c),
+                }
+            }
+            expected.push('"');
+            let mut out = String::from("x");
+            push_json_string(&mut out, &value);
+            proptest::prop_assert_eq!(&out[1..], expected.as_str());
+            let parsed: String = serde_json::from_str(&out[1..]).unwrap();
+            proptest::prop_assert_eq!(parsed, value);
         }
     }
 
