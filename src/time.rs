@@ -170,9 +170,60 @@ fn parse_utc_millis(text: &[u8]) -> Option<Instant> {
 
 impl fmt::Display for Instant {
     /// RFC 3339 in UTC with exactly three fractional digits: `2026-11-24T10:00:00.123Z`.
+    /// Within `INSTANT_MIN..=INSTANT_MAX` (every instant the engine builds) written directly
+    /// (replies and outputs print several per message); jiff's text otherwise, which it equals.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:.3}", self.to_jiff())
+        if *self < INSTANT_MIN || *self > INSTANT_MAX {
+            return write!(f, "{:.3}", self.to_jiff());
+        }
+        f.write_str(rfc3339_millis(self.0, &mut [0u8; 24]))
     }
+}
+
+/// `millis` (within `0..=INSTANT_MAX`) as `YYYY-MM-DDTHH:MM:SS.mmmZ`, written into `buf`.
+fn rfc3339_millis(millis: i64, buf: &mut [u8; 24]) -> &str {
+    const DAY: i64 = 86_400_000;
+    let (days, of_day) = (millis / DAY, millis % DAY);
+    // Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant, "chrono-Compatible
+    // Low-Level Date Algorithms", civil_from_days), for non-negative days.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (hour, minute) = (of_day / 3_600_000, of_day / 60_000 % 60);
+    let (second, milli) = (of_day / 1000 % 60, of_day % 1000);
+    let mut put = |at: usize, value: i64, digits: usize| {
+        let mut value = value;
+        for i in (at..at + digits).rev() {
+            buf[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, month, 2);
+    put(8, day, 2);
+    put(11, hour, 2);
+    put(14, minute, 2);
+    put(17, second, 2);
+    put(20, milli, 3);
+    for (at, byte) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (23, b'Z'),
+    ] {
+        buf[at] = byte;
+    }
+    // Only ASCII digits and separators were written.
+    std::str::from_utf8(buf).unwrap_or_default()
 }
 
 impl Span {
@@ -411,6 +462,43 @@ impl PeriodRule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The direct text of an instant is jiff's, over the accepted range that jiff
+        /// represents (it ends a day before `INSTANT_MAX`).
+        #[test]
+        fn instants_print_as_jiff_prints_them(
+            millis in 0i64..=253_402_207_199_999i64
+        ) {
+            let instant = Instant(millis);
+            proptest::prop_assert_eq!(instant.to_string(), format!("{:.3}", instant.to_jiff()));
+        }
+    }
+
+    #[test]
+    fn instants_at_the_edges_print_as_jiff_prints_them() {
+        for millis in [
+            0,
+            1,
+            999,
+            86_399_999,
+            86_400_000,
+            951_782_400_000,     // 2000-02-29
+            4_107_542_400_000,   // 2100-03-01
+            253_402_207_199_999, // near the end of what jiff represents
+            INSTANT_MAX.0 + 1,
+            -1,
+        ] {
+            let instant = Instant(millis);
+            assert_eq!(
+                instant.to_string(),
+                format!("{:.3}", instant.to_jiff()),
+                "{millis}"
+            );
+        }
+        // Past what jiff represents (it printed the Unix epoch there): the instant itself.
+        assert_eq!(INSTANT_MAX.to_string(), "9999-12-31T23:59:59.999Z");
+    }
 
     fn at(text: &str) -> Instant {
         text.parse().unwrap()
