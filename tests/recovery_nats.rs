@@ -398,7 +398,10 @@ fn an_incomplete_copy_in_the_object_store_is_replayed_from_the_first_message() {
             .iter()
             .filter(|n| n.starts_with("p00000-") && n.ends_with(".delta"))
             .count();
-        assert!(deltas > 0, "partition 0 has deltas in the bucket: {names:?}");
+        assert!(
+            deltas > 0,
+            "partition 0 has deltas in the bucket: {names:?}"
+        );
         let full: Vec<String> = names
             .into_iter()
             .filter(|n| n.starts_with("p00000-") && n.ends_with(".snap"))
