@@ -286,6 +286,28 @@ fn no_snapshot_with_history_is_refused() {
     finish_and_compare(&runtime, &url, &setup, &mut processor);
 }
 
+/// The object store bucket `bucket` on the server at `url`.
+async fn bucket_of(url: &str, bucket: &str) -> async_nats::jetstream::object_store::ObjectStore {
+    let client = async_nats::connect(url).await.unwrap();
+    async_nats::jetstream::new(client)
+        .get_object_store(bucket)
+        .await
+        .expect("the bucket")
+}
+
+/// The names of the objects in `store`.
+async fn object_names(
+    store: &async_nats::jetstream::object_store::ObjectStore,
+) -> std::collections::BTreeSet<String> {
+    use futures::StreamExt;
+    let mut list = store.list().await.unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    while let Some(info) = list.next().await {
+        names.insert(info.unwrap().name);
+    }
+    names
+}
+
 /// With `snapshot.object_store` the snapshots are mirrored to a bucket: the bucket holds the
 /// directory's files exactly, and a processor whose directory is gone (a lost disk, another
 /// machine) fetches them and starts from them, where without the bucket it is refused (above);
@@ -314,20 +336,7 @@ fn a_lost_snapshot_directory_is_restored_from_the_object_store() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert!(files.len() >= partitions as usize, "{files:?}");
-    let objects: std::collections::BTreeSet<String> = runtime.block_on(async {
-        use futures::StreamExt;
-        let client = async_nats::connect(&url).await.unwrap();
-        let store = async_nats::jetstream::new(client)
-            .get_object_store(bucket)
-            .await
-            .expect("the bucket");
-        let mut list = store.list().await.unwrap();
-        let mut names = std::collections::BTreeSet::new();
-        while let Some(info) = list.next().await {
-            names.insert(info.unwrap().name);
-        }
-        names
-    });
+    let objects = runtime.block_on(async { object_names(&bucket_of(&url, bucket).await).await });
     assert_eq!(objects, files, "the bucket mirrors the directory");
 
     std::fs::remove_dir_all(setup.snapshots()).unwrap();
@@ -383,17 +392,8 @@ fn an_incomplete_copy_in_the_object_store_is_replayed_from_the_first_message() {
     wait_caught_up(&url, &setup, RUNTIME_MAX);
     assert!(terminate(&mut processor).success(), "{}", setup.log());
     let removed = runtime.block_on(async {
-        use futures::StreamExt;
-        let client = async_nats::connect(&url).await.unwrap();
-        let store = async_nats::jetstream::new(client)
-            .get_object_store(bucket)
-            .await
-            .expect("the bucket");
-        let mut list = store.list().await.unwrap();
-        let mut names = Vec::new();
-        while let Some(info) = list.next().await {
-            names.push(info.unwrap().name);
-        }
+        let store = bucket_of(&url, bucket).await;
+        let names = object_names(&store).await;
         let deltas = names
             .iter()
             .filter(|n| n.starts_with("p00000-") && n.ends_with(".delta"))
