@@ -219,6 +219,10 @@ pub async fn recover_some(
         .map_err(nats)?;
     let input_state = input.info().await.map_err(nats)?.state.clone();
     let history = input_state.messages > 0 || input_state.last_sequence > 0;
+    // A partition copied from the bucket can be replayed while the stream still holds its
+    // first message.
+    let from_first = !history || input_state.first_sequence <= 1;
+    let replayable = |partition: u32| copied.contains(&partition) && from_first;
     let mut report = RecoveryReport::default();
 
     if rebuild {
@@ -334,36 +338,29 @@ pub async fn recover_some(
                 }
                 restored.push(partition);
             }
-            None if !files.corrupt.is_empty() && copied.contains(&number) => {
-                if history && input_state.first_sequence > 1 {
-                    return Err(RecoveryError::AllCorrupt {
-                        partition: number,
-                        errors: files.corrupt.iter().map(ToString::to_string).collect(),
-                    });
-                }
-                let errors: Vec<String> = files.corrupt.iter().map(ToString::to_string).collect();
-                tracing::warn!(
-                    partition = number,
-                    ?errors,
-                    "the object store's copy of this partition does not load (incomplete); \
-                     replaying the partition from the stream's first message"
-                );
-                floor = 0;
-                report.empty += 1;
-                report.incomplete_copies += 1;
-                let mut partition = Partition::new(number, partitions);
-                partition.track_changes();
-                restored.push(partition);
-            }
-            None if !files.corrupt.is_empty() => {
+            // A copy from the bucket that does not load is replayed when the stream still
+            // holds its first message; files this process wrote that do not load are refused.
+            None if !files.corrupt.is_empty() && !replayable(number) => {
                 return Err(RecoveryError::AllCorrupt {
                     partition: number,
                     errors: files.corrupt.iter().map(ToString::to_string).collect(),
                 })
             }
             None => {
-                // Never snapshotted: it replays from the stream's first message, and its
-                // first snapshot can be a delta of the empty state (written whole).
+                if !files.corrupt.is_empty() {
+                    let errors: Vec<String> =
+                        files.corrupt.iter().map(ToString::to_string).collect();
+                    tracing::warn!(
+                        partition = number,
+                        ?errors,
+                        "the object store's copy of this partition does not load (incomplete); \
+                         replaying the partition from the stream's first message"
+                    );
+                    report.incomplete_copies += 1;
+                }
+                // Never snapshotted (or an incomplete copy): it replays from the stream's first
+                // message, and its first snapshot can be a delta of the empty state (written
+                // whole).
                 floor = 0;
                 report.empty += 1;
                 let mut partition = Partition::new(number, partitions);

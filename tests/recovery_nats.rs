@@ -286,6 +286,13 @@ fn no_snapshot_with_history_is_refused() {
     finish_and_compare(&runtime, &url, &setup, &mut processor);
 }
 
+/// A processor (one shard, metrics on) mirroring its snapshots to `bucket`, with `snapshot`
+/// (TOML lines) added to its `[snapshot]` section.
+fn with_bucket(url: &str, partitions: u32, bucket: &str, snapshot: &str) -> Setup {
+    let extra = format!("[snapshot]\nobject_store = \"{bucket}\"\n{snapshot}");
+    Setup::with_metrics(url, partitions, 1, &extra, true)
+}
+
 /// The object store bucket `bucket` on the server at `url`.
 async fn bucket_of(url: &str, bucket: &str) -> async_nats::jetstream::object_store::ObjectStore {
     let client = async_nats::connect(url).await.unwrap();
@@ -318,13 +325,7 @@ fn a_lost_snapshot_directory_is_restored_from_the_object_store() {
     let url = server.url();
     let partitions = 2;
     let bucket = "cf_snapshots";
-    let setup = Setup::with_metrics(
-        &url,
-        partitions,
-        1,
-        &format!("[snapshot]\nobject_store = \"{bucket}\"\n"),
-        true,
-    );
+    let setup = with_bucket(&url, partitions, bucket, "");
     let runtime = runtime();
     let mut processor = KillOnDrop(setup.start(&[]));
     wait_streams(&runtime, &url);
@@ -371,14 +372,11 @@ fn an_incomplete_copy_in_the_object_store_is_replayed_from_the_first_message() {
     let url = server.url();
     let partitions = 2;
     let bucket = "cf_snapshots";
-    let setup = Setup::with_metrics(
+    let setup = with_bucket(
         &url,
         partitions,
-        1,
-        &format!(
-            "[snapshot]\nobject_store = \"{bucket}\"\ninterval = \"100ms\"\ninterval_events = 40\n"
-        ),
-        true,
+        bucket,
+        "interval = \"100ms\"\ninterval_events = 40\n",
     );
     let runtime = runtime();
     let lines = workload(8, 6, 600);
