@@ -441,6 +441,13 @@ impl fmt::Display for Dec {
 /// rest fits (dividing a `u128` is a library call, and formatting one through `fmt` divides by
 /// 10^19 chunks): the output JSON and the service's replies write several amounts each.
 fn write_scaled(f: &mut impl fmt::Write, mantissa: i128, scale: u8) -> fmt::Result {
+    // Most amounts a reply or an output writes are zero or fit 64 bits.
+    if mantissa == 0 {
+        return f.write_str("0");
+    }
+    if let (Ok(abs), true) = (u64::try_from(mantissa.unsigned_abs()), scale <= 19) {
+        return write_scaled_u64(f, mantissa < 0, abs, scale);
+    }
     // At most 39 digits, or a scale of 38 and a leading "0"; a point and a sign.
     let mut buf = [0u8; 48];
     let mut at = buf.len();
@@ -485,6 +492,51 @@ fn write_scaled(f: &mut impl fmt::Write, mantissa: i128, scale: u8) -> fmt::Resu
     }
     // Only ASCII digits, '.' and '-' were written.
     f.write_str(std::str::from_utf8(&buf[at..]).map_err(|_| fmt::Error)?)
+}
+
+/// [`write_scaled`] of a non-zero mantissa whose magnitude fits 64 bits, with a scale of at most
+/// 19: the fraction's trailing zeros are dropped first, so each digit is written once.
+fn write_scaled_u64(f: &mut impl fmt::Write, negative: bool, abs: u64, scale: u8) -> fmt::Result {
+    // At most 20 digits, or a scale of 19 and a leading "0"; a point and a sign.
+    let mut buf = [0u8; 24];
+    let mut at = buf.len();
+    let (mut rest, mut fraction) = (abs, scale);
+    while fraction > 0 && rest % 10 == 0 {
+        rest /= 10;
+        fraction -= 1;
+    }
+    if fraction > 0 {
+        for _ in 0..fraction {
+            at -= 1;
+            buf[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        at -= 1;
+        buf[at] = b'.';
+    }
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if negative {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    // Only ASCII digits, '.' and '-' were written.
+    f.write_str(std::str::from_utf8(&buf[at..]).map_err(|_| fmt::Error)?)
+}
+
+impl Dec {
+    /// Appends the text [`Display`](fmt::Display) writes, without the formatting machinery
+    /// (replies and outputs write many amounts each).
+    pub fn push_to(&self, out: &mut String) {
+        let n = self.normalized();
+        let _ = write_scaled(out, n.mantissa, n.scale);
+    }
 }
 
 impl Serialize for Dec {
@@ -663,6 +715,14 @@ impl<const S: u8> std::ops::Neg for Fixed<S> {
 impl<const S: u8> fmt::Display for Fixed<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write_scaled(f, self.0, S)
+    }
+}
+
+impl<const S: u8> Fixed<S> {
+    /// Appends the text [`Display`](fmt::Display) writes, without the formatting machinery
+    /// (replies and outputs write many amounts each).
+    pub fn push_to(self, out: &mut String) {
+        let _ = write_scaled(out, self.0, S);
     }
 }
 

@@ -180,6 +180,18 @@ impl fmt::Display for Instant {
     }
 }
 
+impl Instant {
+    /// Appends the text [`Display`](fmt::Display) writes, without the formatting machinery
+    /// (replies and outputs write several instants each).
+    pub fn push_to(self, out: &mut String) {
+        if self < INSTANT_MIN || self > INSTANT_MAX {
+            let _ = fmt::Write::write_fmt(out, format_args!("{self}"));
+            return;
+        }
+        out.push_str(rfc3339_millis(self.0, &mut [0u8; 24]));
+    }
+}
+
 /// `millis` (within `0..=INSTANT_MAX`) as `YYYY-MM-DDTHH:MM:SS.mmmZ`, written into `buf`.
 fn rfc3339_millis(millis: i64, buf: &mut [u8; 24]) -> &str {
     const DAY: i64 = 86_400_000;

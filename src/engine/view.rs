@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::catalog::Catalog;
 use crate::engine::account::Account;
-use crate::wire::output::push_json_string;
+use crate::wire::output::{push_json_string, PlainText};
 
 /// One account as compact JSON.
 pub fn account_json(catalog: &Catalog, account: &Account) -> String {
@@ -20,11 +20,9 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
         Some(over) => out.push_str(&over.0),
         None => out.push_str("null"),
     }
-    let _ = write!(
-        out,
-        ",\"clock\":\"{}\",\"period_start\":\"{}\",\"period_end\":\"{}\"",
-        account.clock, account.period_start, account.period_end
-    );
+    quoted(&mut out, ",\"clock\":", account.clock);
+    quoted(&mut out, ",\"period_start\":", account.period_start);
+    quoted(&mut out, ",\"period_end\":", account.period_end);
     out.push_str(",\"balances\":[");
     for (index, t) in account.types.iter().enumerate() {
         if index > 0 {
@@ -33,32 +31,24 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
         let l = t.ledger();
         out.push_str("{\"credit_type\":");
         push_json_string(&mut out, &catalog.credit_type(t.credit_type).name);
-        let _ = write!(
-            out,
-            ",\"balance\":\"{}\",\"held\":\"{}\",\"debt\":\"{}\",\"ledger\":{{\"granted\":\"{}\",\"consumed\":\"{}\",\"expired\":\"{}\",\"voided\":\"{}\",\"adjusted\":\"{}\",\"settled\":\"{}\",\"returned\":\"{}\"}}",
-            account.balance(t.credit_type),
-            account.held(t.credit_type),
-            t.debt(),
-            l.granted,
-            l.consumed,
-            l.expired,
-            l.voided,
-            l.adjusted,
-            l.settled,
-            l.returned
-        );
+        quoted(&mut out, ",\"balance\":", account.balance(t.credit_type));
+        quoted(&mut out, ",\"held\":", account.held(t.credit_type));
+        quoted(&mut out, ",\"debt\":", t.debt());
+        quoted(&mut out, ",\"ledger\":{\"granted\":", l.granted);
+        quoted(&mut out, ",\"consumed\":", l.consumed);
+        quoted(&mut out, ",\"expired\":", l.expired);
+        quoted(&mut out, ",\"voided\":", l.voided);
+        quoted(&mut out, ",\"adjusted\":", l.adjusted);
+        quoted(&mut out, ",\"settled\":", l.settled);
+        quoted(&mut out, ",\"returned\":", l.returned);
         let runway = account.runway(catalog, t);
-        let _ = write!(
-            out,
-            ",\"runway\":{{\"window\":\"{}\",\"burned\":\"{}\",\"runs_out_at\":",
-            catalog.rules.runway_window, runway.burned
-        );
+        quoted(&mut out, "},\"runway\":{\"window\":", catalog.rules.runway_window);
+        quoted(&mut out, ",\"burned\":", runway.burned);
         match runway.runs_out_at {
-            Some(at) => {
-                let _ = write!(out, "\"{at}\"}}}}");
-            }
-            None => out.push_str("null}}"),
+            Some(at) => quoted(&mut out, ",\"runs_out_at\":", at),
+            None => out.push_str(",\"runs_out_at\":null"),
         }
+        out.push_str("}}");
     }
     out.push_str("],\"grants\":[");
     for (index, g) in account.grants.iter().enumerate() {
@@ -69,24 +59,22 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
         push_json_string(&mut out, &g.id);
         out.push_str(",\"credit_type\":");
         push_json_string(&mut out, &catalog.credit_type(g.credit_type).name);
-        let _ = write!(
-            out,
-            ",\"source\":\"{}\",\"status\":\"{}\",\"amount\":\"{}\",\"remaining\":\"{}\",\"held\":\"{}\",\"priority\":{},\"effective_at\":\"{}\",\"expires_at\":",
-            g.source.name(),
-            g.status.name(),
-            g.amount,
-            g.remaining,
-            g.held(),
-            g.priority,
-            g.effective_at
-        );
+        out.push_str(",\"source\":\"");
+        out.push_str(g.source.name());
+        out.push_str("\",\"status\":\"");
+        out.push_str(g.status.name());
+        out.push('"');
+        quoted(&mut out, ",\"amount\":", g.amount);
+        quoted(&mut out, ",\"remaining\":", g.remaining);
+        quoted(&mut out, ",\"held\":", g.held());
+        let _ = write!(out, ",\"priority\":{}", g.priority);
+        quoted(&mut out, ",\"effective_at\":", g.effective_at);
         match g.expires_at() {
-            Some(at) => {
-                let _ = write!(out, "\"{at}\"");
-            }
-            None => out.push_str("null"),
+            Some(at) => quoted(&mut out, ",\"expires_at\":", at),
+            None => out.push_str(",\"expires_at\":null"),
         }
-        let _ = write!(out, ",\"cost_basis\":\"{}\",\"scope\":", g.cost_basis);
+        quoted(&mut out, ",\"cost_basis\":", g.cost_basis);
+        out.push_str(",\"scope\":");
         match g.scope() {
             None => out.push_str("null"),
             Some(meters) => {
@@ -111,13 +99,18 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
         push_json_string(&mut out, &h.id);
         out.push_str(",\"meter\":");
         push_json_string(&mut out, &catalog.meter(h.meter).name);
-        let _ = write!(
-            out,
-            ",\"credits_held\":\"{}\",\"expires_at\":\"{}\"}}",
-            h.credits(),
-            h.expires_at
-        );
+        quoted(&mut out, ",\"credits_held\":", h.credits());
+        quoted(&mut out, ",\"expires_at\":", h.expires_at);
+        out.push('}');
     }
     out.push_str("]}");
     out
+}
+
+/// Appends `key` (JSON text up to the value: `,"name":`) and `value` as a JSON string.
+fn quoted(out: &mut String, key: &str, value: impl PlainText) {
+    out.push_str(key);
+    out.push('"');
+    value.push_plain(out);
+    out.push('"');
 }

@@ -13,7 +13,7 @@ use crate::engine::account::Account;
 use crate::engine::query::{Authorization, PeriodUsage, StatementEntry};
 use crate::engine::Partition;
 use crate::time::Instant;
-use crate::wire::output::push_json_string;
+use crate::wire::output::{push_json_string, PlainText};
 
 /// A JSON object written field by field, in order.
 pub struct Object(String);
@@ -37,28 +37,16 @@ impl Object {
         self
     }
 
-    /// A value's text as a JSON string (amounts, instants), written in place: escaped only in
-    /// the rare case that the text needs it.
-    pub fn text(mut self, name: &str, value: impl std::fmt::Display) -> Object {
-        use std::fmt::Write as _;
+    /// An amount or an instant as a JSON string (its text never needs escaping).
+    pub fn text(mut self, name: &str, value: impl PlainText) -> Object {
         self.key(name);
-        let start = self.0.len();
         self.0.push('"');
-        let _ = write!(self.0, "{value}");
-        if self.0.as_bytes()[start + 1..]
-            .iter()
-            .any(|&b| b == b'"' || b == b'\\' || b < 0x20)
-        {
-            let written = self.0.split_off(start + 1);
-            self.0.truncate(start);
-            push_json_string(&mut self.0, &written);
-        } else {
-            self.0.push('"');
-        }
+        value.push_plain(&mut self.0);
+        self.0.push('"');
         self
     }
 
-    pub fn optional_text(self, name: &str, value: Option<impl std::fmt::Display>) -> Object {
+    pub fn optional_text(self, name: &str, value: Option<impl PlainText>) -> Object {
         match value {
             Some(value) => self.text(name, value),
             None => self.raw(name, "null"),
@@ -109,40 +97,44 @@ pub fn balance(
     as_of_seq: u64,
 ) -> String {
     let mut view = crate::engine::view::account_json(catalog, account);
-    let available = partition.available_of(catalog, account);
-    let entries: Vec<String> = available
-        .iter()
-        .map(|a| {
-            Object::new()
+    view.pop();
+    view.push_str(",\"available\":[");
+    for (index, a) in partition.available_of(catalog, account).iter().enumerate() {
+        if index > 0 {
+            view.push(',');
+        }
+        view.push_str(
+            &Object::new()
                 .string("credit_type", &catalog.credit_type(a.credit_type).name)
                 .text("available", a.total())
                 .text("spendable", a.spendable)
                 .text("overage_room", a.overage_room)
-                .finish()
-        })
-        .collect();
+                .finish(),
+        );
+    }
     // Every threshold the account has crossed (SEMANTICS §10.5): below now or not, and how
     // often it went low and recovered. One never crossed has no state and is not listed.
-    let alerts: Vec<String> = account
+    view.push_str("],\"alerts\":[");
+    let crossed = account
         .types
         .iter()
-        .flat_map(|t| t.alert_states().iter().map(move |a| (t.credit_type, a)))
-        .map(|(credit_type, a)| {
-            Object::new()
+        .flat_map(|t| t.alert_states().iter().map(move |a| (t.credit_type, a)));
+    for (index, (credit_type, a)) in crossed.enumerate() {
+        if index > 0 {
+            view.push(',');
+        }
+        view.push_str(
+            &Object::new()
                 .string("credit_type", &catalog.credit_type(credit_type).name)
                 .string("alert", &a.name)
                 .raw("below", if a.below { "true" } else { "false" })
                 .number("lows", a.lows)
                 .number("recoveries", a.recoveries)
-                .finish()
-        })
-        .collect();
-    view.pop();
-    format!(
-        "{view},\"available\":[{}],\"alerts\":[{}],\"as_of_seq\":{as_of_seq}}}",
-        entries.join(","),
-        alerts.join(",")
-    )
+                .finish(),
+        );
+    }
+    let _ = std::fmt::Write::write_fmt(&mut view, format_args!("],\"as_of_seq\":{as_of_seq}}}"));
+    view
 }
 
 /// How a price came about (the `price` object of `authorize` and `price` replies).
@@ -175,7 +167,7 @@ pub fn authorization(
     catalog: &Catalog,
     account: &str,
     meter: &str,
-    quantity: impl std::fmt::Display,
+    quantity: impl PlainText,
     answer: &Authorization,
     as_of_seq: u64,
 ) -> String {
@@ -268,7 +260,7 @@ pub fn usage(catalog: &Catalog, account: &Account, usage: &PeriodUsage, as_of_se
 pub fn price_reply(
     catalog: &Catalog,
     meter: crate::catalog::MeterId,
-    quantity: impl std::fmt::Display,
+    quantity: impl PlainText,
     ts: Instant,
     account: Option<&str>,
     plan: Option<&str>,
@@ -348,15 +340,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn text_is_written_in_place_and_escaped_when_needed() {
+    fn amounts_and_instants_are_written_as_strings() {
         let json = Object::new()
             .text("amount", crate::decimal::Dec::new(-1250, 3).unwrap())
-            .text("odd", "a \"quoted\"\\ line\n")
+            .text("credits", crate::decimal::Fixed::<9>(7_000_000_000))
+            .optional_text("none", None::<crate::decimal::Credits>)
+            .text("at", Instant(1_000))
+            .string("odd", "a \"quoted\"\\ line\n")
             .number("n", -42i64)
             .finish();
         assert_eq!(
             json,
-            r#"{"amount":"-1.25","odd":"a \"quoted\"\\ line\n","n":-42}"#
+            r#"{"amount":"-1.25","credits":"7","none":null,"at":"1970-01-01T00:00:01.000Z","odd":"a \"quoted\"\\ line\n","n":-42}"#
         );
         let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(parsed["odd"], "a \"quoted\"\\ line\n");

@@ -220,15 +220,14 @@ impl<'a> ObjectWriter<'a> {
         push_json_string(out, value);
     }
 
-    fn display(&mut self, key: &str, value: impl std::fmt::Display) {
+    fn display(&mut self, key: &str, value: impl PlainText) {
         let out = self.key(key);
         out.push('"');
-        // Decimals and instants never contain characters that need escaping.
-        let _ = write!(out, "{value}");
+        value.push_plain(out);
         out.push('"');
     }
 
-    fn optional_display(&mut self, key: &str, value: Option<impl std::fmt::Display>) {
+    fn optional_display(&mut self, key: &str, value: Option<impl PlainText>) {
         match value {
             Some(value) => self.display(key, value),
             None => self.null(key),
@@ -254,6 +253,44 @@ impl<'a> ObjectWriter<'a> {
 
     fn end(self) {
         self.out.push('}');
+    }
+}
+
+/// A value whose text never needs escaping inside a JSON string (amounts, instants), appended
+/// directly: the same text as its `Display`, without the formatting machinery (outputs and
+/// replies write many each).
+pub trait PlainText {
+    fn push_plain(&self, out: &mut String);
+}
+
+impl<const S: u8> PlainText for crate::decimal::Fixed<S> {
+    fn push_plain(&self, out: &mut String) {
+        self.push_to(out);
+    }
+}
+
+impl PlainText for crate::decimal::Dec {
+    fn push_plain(&self, out: &mut String) {
+        self.push_to(out);
+    }
+}
+
+impl PlainText for crate::time::Instant {
+    fn push_plain(&self, out: &mut String) {
+        self.push_to(out);
+    }
+}
+
+impl PlainText for crate::time::Span {
+    fn push_plain(&self, out: &mut String) {
+        // Digits and a unit: `35d`, `1500ms`.
+        let _ = write!(out, "{self}");
+    }
+}
+
+impl<T: PlainText> PlainText for &T {
+    fn push_plain(&self, out: &mut String) {
+        (*self).push_plain(out);
     }
 }
 
