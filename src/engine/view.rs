@@ -9,7 +9,9 @@ use crate::wire::output::{push_json_string, PlainText};
 
 /// One account as compact JSON.
 pub fn account_json(catalog: &Catalog, account: &Account) -> String {
-    let mut out = String::with_capacity(512);
+    // Room for the common account (about 450 bytes and 330 per grant), and for what the balance
+    // reply adds, without growing.
+    let mut out = String::with_capacity(768 + 384 * account.grants.len());
     out.push_str("{\"account\":");
     push_json_string(&mut out, &account.id);
     out.push_str(",\"plan\":");

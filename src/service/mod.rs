@@ -35,7 +35,7 @@ pub mod request;
 pub mod route;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant as WallInstant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam::channel::{Sender, TrySendError};
@@ -205,7 +205,6 @@ pub async fn start(client: async_nats::Client, desk: Arc<Desk>) -> Result<Runnin
             while let Some(request) = endpoint.next().await {
                 let desk = desk.clone();
                 tokio::spawn(async move {
-                    let started = WallInstant::now();
                     let reply = desk
                         .handle(name, command, &request.message.payload)
                         .await;
@@ -214,7 +213,7 @@ pub async fn start(client: async_nats::Client, desk: Arc<Desk>) -> Result<Runnin
                     }
                     let reply = reply.map(Bytes::from).map_err(Into::into);
                     if let Err(error) = request.respond(reply).await {
-                        tracing::debug!(endpoint = name, %error, elapsed = ?started.elapsed(), "replying failed");
+                        tracing::debug!(endpoint = name, %error, "replying failed");
                     }
                 });
             }
@@ -232,10 +231,12 @@ impl Desk {
         command: bool,
         payload: &[u8],
     ) -> Result<String, ServiceError> {
-        if let (Some(router), Some(partition)) = (&self.router, self.elsewhere(payload)) {
-            return router
-                .forward(partition, name, command, payload, self.settings.wait_max)
-                .await;
+        if let Some(router) = &self.router {
+            if let Some(partition) = self.elsewhere(payload) {
+                return router
+                    .forward(partition, name, command, payload, self.settings.wait_max)
+                    .await;
+            }
         }
         self.handle_here(name, command, payload).await
     }
@@ -349,6 +350,8 @@ impl Desk {
     ) -> Result<T, ServiceError> {
         let (reply, answered) = tokio::sync::oneshot::channel();
         let wait = self.settings.wait_max;
+        // One reading of the clock for the shard's deadline and the wait here.
+        let now = tokio::time::Instant::now();
         let answer: Box<dyn FnOnce(Seen<'_>) + Send> = match &self.post {
             Some(post) => {
                 let post = post.clone();
@@ -367,7 +370,7 @@ impl Desk {
             partition,
             min_seq,
             needs,
-            deadline: WallInstant::now() + wait,
+            deadline: now.into_std() + wait,
             answer,
         };
         let Some(shard) = self.layout.shard(partition) else {
@@ -393,7 +396,7 @@ impl Desk {
         }
         // The shard drops a question past its deadline; the timeout here covers a shard that
         // is stuck altogether.
-        match tokio::time::timeout(wait + Duration::from_millis(500), answered).await {
+        match tokio::time::timeout_at(now + wait + Duration::from_millis(500), answered).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) | Err(_) if min_seq > 0 => Err(ServiceError::unavailable(
                 "not_caught_up",
