@@ -3,15 +3,22 @@
 //! §17).
 //!
 //! ```text
-//!  client ─ request ─► <prefix>.query.<name>    ─► handler task ─ Question ─► shard queue ─► shard
-//!                      <prefix>.command.<name>  ─► handler task ─ publish ─► creditflow.in.<p>.cmd
+//!  client ─ request ─► <prefix>.query.<name>    ─► endpoint loop ─ Question ─► shard queue ─► shard
+//!  client ◄─ reply (or Nats-Service-Error + code) ◄── post ◄───────── reply text ◄────────────┘
+//!
+//!  client ─ request ─► <prefix>.command.<name>  ─► handler task ─ publish ─► creditflow.in.<p>.cmd
 //!                                                    │ ack (seq) ─ Question(min_seq = seq) ─► shard
-//!  client ◄─ reply (or Nats-Service-Error + code) ───┘◄──────────── answer (oneshot) ◄───────┘
+//!  client ◄─ reply (or Nats-Service-Error + code) ───┘◄──── answer (oneshot, via the post) ◄──┘
 //! ```
 //!
+//! A query is read on the endpoint's loop ([`query`]) and needs no task of its own: the shard
+//! writes the reply and the post sends it ([`Desk::take_query`]). A command, and a query that
+//! another processor's partition may own (processors sharing the partitions: [`route`]), gets a
+//! task that waits for its answer.
+//!
 //! Owns: the micro service and its endpoints on a connection of its own (so a query never
-//! queues behind the input stream's deliveries), request parsing ([`request`]), reply text
-//! ([`reply`]), typed errors ([`error`]), and the command path: a command is checked by the input
+//! queues behind the input stream's deliveries), request parsing ([`request`]), the queries
+//! ([`query`]), reply text ([`reply`]), typed errors ([`error`]), and the command path: a command is checked by the input
 //! decoder, published into the input stream on its account's `cmd` subject with
 //! `Nats-Msg-Id: <account>:<id>` (ids are unique per account), and answered once its partition
 //! has applied it, with its `command.result`.
@@ -30,6 +37,7 @@
 
 pub mod error;
 pub mod post;
+pub mod query;
 pub mod reply;
 pub mod request;
 pub mod route;
@@ -203,6 +211,13 @@ pub async fn start(client: async_nats::Client, desk: Arc<Desk>) -> Result<Runnin
         let desk = desk.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(request) = endpoint.next().await {
+                let request = match command {
+                    true => request,
+                    false => match desk.take_query(name, request) {
+                        Some(request) => request,
+                        None => continue,
+                    },
+                };
                 let desk = desk.clone();
                 tokio::spawn(async move {
                     let reply = desk
@@ -315,28 +330,72 @@ impl Desk {
         command: bool,
         payload: &[u8],
     ) -> Result<String, ServiceError> {
-        if !self.health.is_ready() {
-            let (_, reason) = self.health.readiness();
-            return Err(ServiceError::unavailable(
-                "not_ready",
-                format!("the processor is not caught up with its input yet ({reason})"),
-            ));
-        }
+        self.ready()?;
         if command {
             return self.command(name, payload).await;
         }
-        match name {
-            "balance" => self.balance(payload).await,
-            "authorize" => self.authorize(payload).await,
-            "usage" => self.usage(payload).await,
-            "price" => self.price(payload).await,
-            "statement" => self.statement(payload).await,
-            _ => Err(ServiceError::new(
-                500,
-                "internal",
-                format!("no endpoint {name}"),
-            )),
+        match self.prepare(name, payload) {
+            query::Prepared::Answered(answer) => answer,
+            query::Prepared::Ask {
+                partition,
+                min_seq,
+                answer,
+            } => self.ask(partition, min_seq, Needs::State, answer).await,
         }
+    }
+
+    /// Takes a query request without a task of its own when this processor answers it (no
+    /// processors share the partitions, and answers come through the post): it is read here,
+    /// its question sent to its shard, and the shard's answer replied through the post, so a
+    /// query costs no task, channel or timer of its own. `Some(request)` when it needs a task
+    /// (to be forwarded, or without a post).
+    pub fn take_query(
+        &self,
+        name: &'static str,
+        request: async_nats::service::Request,
+    ) -> Option<async_nats::service::Request> {
+        let (Some(post), None) = (&self.post, &self.router) else {
+            return Some(request);
+        };
+        let (partition, min_seq, answer) = match self.prepare(name, &request.message.payload) {
+            query::Prepared::Answered(answer) => {
+                post.reply(request, answer);
+                return None;
+            }
+            query::Prepared::Ask {
+                partition,
+                min_seq,
+                answer,
+            } => (partition, min_seq, answer),
+        };
+        let Some(shard) = self.layout.shard(partition) else {
+            post.reply(request, Err(not_owner(partition)));
+            return None;
+        };
+        let queue = &self.questions[shard];
+        if queue.is_full() {
+            post.reply(request, Err(busy(shard)));
+            return None;
+        }
+        let wait = self.settings.wait_max;
+        let pending = Pending {
+            request: Some(request),
+            post: post.clone(),
+            partition,
+            min_seq,
+            wait,
+        };
+        let question = Question {
+            partition,
+            min_seq,
+            needs: Needs::State,
+            deadline: std::time::Instant::now() + wait,
+            answer: Box::new(move |seen| pending.complete(answer(seen))),
+        };
+        // Refused (the queue filled since, or the shard stopped): the question is dropped here
+        // and its request answered 503 by `Pending`.
+        let _ = queue.try_send(question);
+        None
     }
 
     /// Asks the shard that owns `partition`, once it has applied through `min_seq`, and waits
@@ -374,19 +433,11 @@ impl Desk {
             answer,
         };
         let Some(shard) = self.layout.shard(partition) else {
-            return Err(ServiceError::unavailable(
-                "not_owner",
-                format!("partition {partition} is not this processor's; retry"),
-            ));
+            return Err(not_owner(partition));
         };
         match self.questions[shard].try_send(question) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(ServiceError::unavailable(
-                    "busy",
-                    format!("shard {shard} has too many questions waiting; retry"),
-                ))
-            }
+            Err(TrySendError::Full(_)) => return Err(busy(shard)),
             Err(TrySendError::Disconnected(_)) => {
                 return Err(ServiceError::unavailable(
                     "stopping",
@@ -398,231 +449,12 @@ impl Desk {
         // is stuck altogether.
         match tokio::time::timeout_at(now + wait + Duration::from_millis(500), answered).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(_)) | Err(_) if min_seq > 0 => Err(ServiceError::unavailable(
-                "not_caught_up",
-                format!(
-                    "partition {partition} had not applied through sequence {min_seq} within {wait:?}"
-                ),
-            )),
-            Ok(Err(_)) | Err(_) => Err(ServiceError::unavailable(
-                "not_answered",
-                format!("partition {partition} did not answer within {wait:?}"),
-            )),
+            Ok(Err(_)) | Err(_) => Err(unanswered(partition, min_seq, wait)),
         }
     }
 
     fn partition(&self, account: &str) -> u32 {
         partition_of(account, self.settings.partitions)
-    }
-
-    async fn balance(&self, payload: &[u8]) -> Result<String, ServiceError> {
-        let fields = Fields::parse(payload, &["account", "min_seq"])?;
-        let account = fields.account()?;
-        let catalog = self.catalog.clone();
-        self.ask(
-            self.partition(&account),
-            fields.min_seq()?,
-            Needs::State,
-            move |seen| {
-                let state = seen
-                    .partition
-                    .account(&account)
-                    .ok_or_else(|| ServiceError::unknown_account(&account))?;
-                Ok(reply::balance(
-                    &catalog,
-                    seen.partition,
-                    state,
-                    seen.as_of_seq,
-                ))
-            },
-        )
-        .await
-    }
-
-    async fn authorize(&self, payload: &[u8]) -> Result<String, ServiceError> {
-        let fields = Fields::parse(
-            payload,
-            &["account", "meter", "quantity", "dims", "ts", "min_seq"],
-        )?;
-        let account = fields.account()?;
-        let min_seq = fields.min_seq()?;
-        let now = crate::pipeline::ticks::wall_clock();
-        let (_, usage) =
-            request::usage_request(&fields, &account, &["min_seq"], now, &self.catalog)?;
-        let catalog = self.catalog.clone();
-        self.ask(
-            self.partition(&account),
-            min_seq,
-            Needs::State,
-            move |seen| {
-                let answer = seen
-                    .partition
-                    .authorize(&catalog, &usage, now)
-                    .map_err(refused_event)?;
-                Ok(reply::authorization(
-                    &catalog,
-                    &account,
-                    &catalog.meter(usage.meter).name,
-                    usage.quantity,
-                    &answer,
-                    seen.as_of_seq,
-                ))
-            },
-        )
-        .await
-    }
-
-    async fn usage(&self, payload: &[u8]) -> Result<String, ServiceError> {
-        let fields = Fields::parse(payload, &["account", "period", "min_seq"])?;
-        let account = fields.account()?;
-        let period = fields
-            .integer("period", u64::from(u32::MAX))?
-            .map(|p| p as u32);
-        let catalog = self.catalog.clone();
-        self.ask(
-            self.partition(&account),
-            fields.min_seq()?,
-            Needs::State,
-            move |seen| {
-                use crate::engine::query::UsageError;
-                let state = seen
-                    .partition
-                    .account(&account)
-                    .ok_or_else(|| ServiceError::unknown_account(&account))?;
-                match seen.partition.period_usage(&catalog, &account, period) {
-                    Ok(usage) => Ok(reply::usage(&catalog, state, &usage, seen.as_of_seq)),
-                    Err(UsageError::UnknownAccount) => Err(ServiceError::unknown_account(&account)),
-                    Err(UsageError::PeriodNotInMemory { current }) => Err(ServiceError::new(
-                        404,
-                        "period_not_in_memory",
-                        format!(
-                            "period {} is not the open one ({current}); a closed period's final \
-                         invoice lines are in the output stream",
-                            period.unwrap_or_default()
-                        ),
-                    )),
-                }
-            },
-        )
-        .await
-    }
-
-    async fn price(&self, payload: &[u8]) -> Result<String, ServiceError> {
-        let fields = Fields::parse(
-            payload,
-            &[
-                "account", "plan", "meter", "quantity", "dims", "ts", "min_seq",
-            ],
-        )?;
-        let plan = fields.string("plan")?;
-        let account = match fields.get("account") {
-            Some(_) => Some(fields.account()?),
-            None => None,
-        };
-        if plan.is_some() && account.is_some() {
-            return Err(ServiceError::bad_request(
-                "invalid_field",
-                "plan: give an account or a plan, not both",
-            ));
-        }
-        if let Some(plan) = &plan {
-            if self.catalog.plan_id(plan).is_none() {
-                return Err(ServiceError::bad_request(
-                    "unknown_plan",
-                    format!("plan: no plan {plan:?} in the catalog"),
-                ));
-            }
-        }
-        let now = crate::pipeline::ticks::wall_clock();
-        let placeholder = "price_request";
-        let (_, usage) = request::usage_request(
-            &fields,
-            account.as_deref().unwrap_or(placeholder),
-            &["plan", "min_seq"],
-            now,
-            &self.catalog,
-        )?;
-        let catalog = self.catalog.clone();
-        let Some(account) = account else {
-            // A new account on the plan: no cumulative quantity; no partition is needed.
-            let priced = crate::catalog::pricing::price(
-                &catalog,
-                &crate::catalog::pricing::PriceRequest {
-                    meter: usage.meter,
-                    quantity: usage.quantity,
-                    dims: &usage.dims,
-                    ts: usage.ts,
-                    cumulative: crate::decimal::Quantity::ZERO,
-                },
-            )
-            .map_err(|e| priced_refusal(&catalog, usage.meter, e))?;
-            return Ok(reply::price_reply(
-                &catalog,
-                usage.meter,
-                usage.quantity,
-                usage.ts,
-                None,
-                plan.as_deref(),
-                &priced,
-                None,
-            ));
-        };
-        self.ask(
-            self.partition(&account),
-            fields.min_seq()?,
-            Needs::State,
-            move |seen| {
-                let priced = seen
-                    .partition
-                    .price_for(
-                        &catalog,
-                        Some(&account),
-                        usage.meter,
-                        usage.quantity,
-                        &usage.dims,
-                        usage.ts,
-                    )
-                    .map_err(|e| priced_refusal(&catalog, usage.meter, e))?;
-                Ok(reply::price_reply(
-                    &catalog,
-                    usage.meter,
-                    usage.quantity,
-                    usage.ts,
-                    Some(&account),
-                    None,
-                    &priced,
-                    Some(seen.as_of_seq),
-                ))
-            },
-        )
-        .await
-    }
-
-    async fn statement(&self, payload: &[u8]) -> Result<String, ServiceError> {
-        let fields = Fields::parse(payload, &["account", "limit", "min_seq"])?;
-        let account = fields.account()?;
-        let limit = fields
-            .integer("limit", STATEMENT_LIMIT_MAX)?
-            .unwrap_or(STATEMENT_LIMIT_DEFAULT) as usize;
-        let catalog = self.catalog.clone();
-        self.ask(
-            self.partition(&account),
-            fields.min_seq()?,
-            Needs::State,
-            move |seen| {
-                let entries = seen
-                    .partition
-                    .statement(&catalog, &account, limit)
-                    .ok_or_else(|| ServiceError::unknown_account(&account))?;
-                Ok(reply::statement(
-                    &catalog,
-                    &account,
-                    &entries,
-                    seen.as_of_seq,
-                ))
-            },
-        )
-        .await
     }
 
     /// Publishes the command into the input log and answers once its partition has applied it.
@@ -758,6 +590,64 @@ fn command_reply(
         .raw("balance", balance)
         .number("as_of_seq", seen.as_of_seq)
         .finish())
+}
+
+/// A query request answered from its shard without a task of its own ([`Desk::take_query`]):
+/// replied to once, through the post, with the answer or, when its question is dropped
+/// unanswered (past its deadline, a queue that filled, a shard stopping), with the error an
+/// asker waiting for it would give.
+struct Pending {
+    request: Option<async_nats::service::Request>,
+    post: post::Post,
+    partition: u32,
+    min_seq: u64,
+    wait: Duration,
+}
+
+impl Pending {
+    fn complete(mut self, answer: Result<String, ServiceError>) {
+        if let Some(request) = self.request.take() {
+            self.post.reply(request, answer);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(request) = self.request.take() {
+            let error = unanswered(self.partition, self.min_seq, self.wait);
+            self.post.reply(request, Err(error));
+        }
+    }
+}
+
+fn not_owner(partition: u32) -> ServiceError {
+    ServiceError::unavailable(
+        "not_owner",
+        format!("partition {partition} is not this processor's; retry"),
+    )
+}
+
+fn busy(shard: usize) -> ServiceError {
+    ServiceError::unavailable(
+        "busy",
+        format!("shard {shard} has too many questions waiting; retry"),
+    )
+}
+
+/// The error of a question its shard dropped unanswered (past its deadline, or stopping).
+fn unanswered(partition: u32, min_seq: u64, wait: Duration) -> ServiceError {
+    if min_seq > 0 {
+        ServiceError::unavailable(
+            "not_caught_up",
+            format!("partition {partition} had not applied through sequence {min_seq} within {wait:?}"),
+        )
+    } else {
+        ServiceError::unavailable(
+            "not_answered",
+            format!("partition {partition} did not answer within {wait:?}"),
+        )
+    }
 }
 
 /// The event an authorize describes would be a dead letter: 400 with its reason (422 for the

@@ -1,8 +1,9 @@
 //! The service's post: answers coming back from the shards, delivered on the service's own
 //! runtime in bursts.
 //!
-//! Owns: one unbounded queue of deliveries (a closure that completes one waiting request) and
-//! the task on the service's runtime that runs them.
+//! Owns: one unbounded queue of deliveries (a closure that completes one waiting request, or a
+//! query's reply to send: queries answered without a task of their own, [`super::Desk::take_query`])
+//! and the task on the service's runtime that runs them.
 //!
 //! Why: a shard completing a request's oneshot channel directly schedules the request's task
 //! on the service's runtime from another thread, and tokio wakes that runtime for every such
@@ -15,10 +16,23 @@
 //! the asker reports as unanswered), or block a shard (sending is a push onto an unbounded
 //! queue; it holds at most one delivery per request in flight).
 
+use bytes::Bytes;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
-/// Completes one waiting request.
-pub type Delivery = Box<dyn FnOnce() + Send>;
+use super::ServiceError;
+
+/// What the post delivers.
+// Most deliveries are replies: boxing the request would add an allocation to each.
+#[allow(clippy::large_enum_variant)]
+pub enum Delivery {
+    /// Completes one waiting request.
+    Run(Box<dyn FnOnce() + Send>),
+    /// Sends a request's reply (or its error, in the micro protocol's headers).
+    Reply {
+        request: async_nats::service::Request,
+        reply: Result<Bytes, ServiceError>,
+    },
+}
 
 /// Deliveries most run per wake-up.
 const BURST_MAX: usize = 256;
@@ -38,7 +52,18 @@ impl Post {
             let mut burst = Vec::with_capacity(BURST_MAX);
             while receiver.recv_many(&mut burst, BURST_MAX).await > 0 {
                 for delivery in burst.drain(..) {
-                    delivery();
+                    match delivery {
+                        Delivery::Run(run) => run(),
+                        Delivery::Reply { request, reply } => {
+                            if let Err(error) = &reply {
+                                tracing::debug!(%error, "request refused");
+                            }
+                            // Publishing waits only while the connection's queue is full.
+                            if let Err(error) = request.respond(reply.map_err(Into::into)).await {
+                                tracing::debug!(%error, "replying failed");
+                            }
+                        }
+                    }
                 }
             }
         });
@@ -47,8 +72,15 @@ impl Post {
 
     /// Hands `delivery` to the delivering task; if that has ended (the runtime is stopping), it
     /// is dropped unrun.
-    pub fn send(&self, delivery: Delivery) {
-        let _ = self.sender.send(delivery);
+    pub fn send(&self, delivery: Box<dyn FnOnce() + Send>) {
+        let _ = self.sender.send(Delivery::Run(delivery));
+    }
+
+    /// Hands `request`'s reply to the delivering task, which sends it; if that has ended (the
+    /// runtime is stopping), it is dropped unsent.
+    pub fn reply(&self, request: async_nats::service::Request, reply: Result<String, ServiceError>) {
+        let reply = reply.map(Bytes::from);
+        let _ = self.sender.send(Delivery::Reply { request, reply });
     }
 }
 
