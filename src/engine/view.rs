@@ -44,7 +44,11 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
         quoted(&mut out, ",\"settled\":", l.settled);
         quoted(&mut out, ",\"returned\":", l.returned);
         let runway = account.runway(catalog, t);
-        quoted(&mut out, "},\"runway\":{\"window\":", catalog.rules.runway_window);
+        quoted(
+            &mut out,
+            "},\"runway\":{\"window\":",
+            catalog.rules.runway_window,
+        );
         quoted(&mut out, ",\"burned\":", runway.burned);
         match runway.runs_out_at {
             Some(at) => quoted(&mut out, ",\"runs_out_at\":", at),

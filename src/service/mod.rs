@@ -220,9 +220,7 @@ pub async fn start(client: async_nats::Client, desk: Arc<Desk>) -> Result<Runnin
                 };
                 let desk = desk.clone();
                 tokio::spawn(async move {
-                    let reply = desk
-                        .handle(name, command, &request.message.payload)
-                        .await;
+                    let reply = desk.handle(name, command, &request.message.payload).await;
                     if let Err(error) = &reply {
                         tracing::debug!(endpoint = name, %error, "request refused");
                     }
@@ -640,7 +638,9 @@ fn unanswered(partition: u32, min_seq: u64, wait: Duration) -> ServiceError {
     if min_seq > 0 {
         ServiceError::unavailable(
             "not_caught_up",
-            format!("partition {partition} had not applied through sequence {min_seq} within {wait:?}"),
+            format!(
+                "partition {partition} had not applied through sequence {min_seq} within {wait:?}"
+            ),
         )
     } else {
         ServiceError::unavailable(

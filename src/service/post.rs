@@ -78,7 +78,11 @@ impl Post {
 
     /// Hands `request`'s reply to the delivering task, which sends it; if that has ended (the
     /// runtime is stopping), it is dropped unsent.
-    pub fn reply(&self, request: async_nats::service::Request, reply: Result<String, ServiceError>) {
+    pub fn reply(
+        &self,
+        request: async_nats::service::Request,
+        reply: Result<String, ServiceError>,
+    ) {
         let reply = reply.map(Bytes::from);
         let _ = self.sender.send(Delivery::Reply { request, reply });
     }

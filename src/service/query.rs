@@ -11,7 +11,9 @@
 
 use super::reply;
 use super::request::{self, Fields};
-use super::{priced_refusal, refused_event, Desk, ServiceError, STATEMENT_LIMIT_DEFAULT, STATEMENT_LIMIT_MAX};
+use super::{
+    priced_refusal, refused_event, Desk, ServiceError, STATEMENT_LIMIT_DEFAULT, STATEMENT_LIMIT_MAX,
+};
 use crate::pipeline::question::Seen;
 
 /// What a query's partition answers with, on the thread that holds it.
