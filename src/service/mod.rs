@@ -18,10 +18,10 @@
 //!
 //! Owns: the micro service and its endpoints on a connection of its own (so a query never
 //! queues behind the input stream's deliveries), request parsing ([`request`]), the queries
-//! ([`query`]), reply text ([`reply`]), typed errors ([`error`]), and the command path: a command is checked by the input
-//! decoder, published into the input stream on its account's `cmd` subject with
-//! `Nats-Msg-Id: <account>:<id>` (ids are unique per account), and answered once its partition
-//! has applied it, with its `command.result`.
+//! ([`query`]), reply text ([`reply`]), typed errors ([`error`]), and the command path: a
+//! command is checked by the input decoder, published into the input stream on its account's
+//! `cmd` subject with `Nats-Msg-Id: <account>:<id>` (ids are unique per account), and answered
+//! once its partition has applied it, with its `command.result`.
 //!
 //! Must never: touch a partition (questions go to the shard that owns it, through its bounded
 //! queue, and are answered there: [`crate::pipeline::question`]), block on a full shard queue
