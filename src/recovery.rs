@@ -274,7 +274,9 @@ pub async fn recover_some(
     let nothing = files
         .iter()
         .all(|f| f.loaded.is_none() && f.corrupt.is_empty());
-    if nothing && history && !owned.is_empty() {
+    // (Partitions whose every object in the bucket was unreadable have no files either; they
+    // replay like an incomplete copy.)
+    if nothing && history && !owned.is_empty() && !owned.iter().all(|&p| replayable(p)) {
         return Err(RecoveryError::NoSnapshotWithHistory {
             dir: store.dir().display().to_string(),
             stream: streams.input.to_string(),

@@ -422,6 +422,72 @@ fn an_incomplete_copy_in_the_object_store_is_replayed_from_the_first_message() {
     assert!(log.contains("incomplete_copies: 1"), "{log}");
 }
 
+/// An object the bucket lists but cannot deliver (its data gone: a replicated bucket that lost
+/// it with a node): the fetch skips it instead of failing the start for ever, and recovery
+/// falls back to the partition's files that load (or replays it). Here the data of each of
+/// partition 0's newest two objects is purged; the state is the oracle's and every output is
+/// stored once.
+#[test]
+fn an_object_whose_data_is_gone_is_skipped_and_the_partition_recovered() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let partitions = 2;
+    let bucket = "cf_snapshots";
+    // A short request timeout: a read that waits for data that never comes gives up sooner.
+    let setup = with_bucket(
+        &url,
+        partitions,
+        bucket,
+        "interval = \"100ms\"\ninterval_events = 40\n[nats]\nrequest_timeout = \"1s\"\n",
+    );
+    let runtime = runtime();
+    let lines = workload(8, 6, 600);
+    let mut processor = KillOnDrop(setup.start(&[]));
+    wait_streams(&runtime, &url);
+    for round in lines.chunks(100) {
+        runtime.block_on(publish(&url, round, partitions));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_caught_up(&url, &setup, RUNTIME_MAX);
+    assert!(terminate(&mut processor).success(), "{}", setup.log());
+    let purged = runtime.block_on(async {
+        let store = bucket_of(&url, bucket).await;
+        let names: Vec<String> = object_names(&store)
+            .await
+            .into_iter()
+            .filter(|n| n.starts_with("p00000-"))
+            .collect();
+        assert!(names.len() >= 3, "partition 0's objects: {names:?}");
+        let client = async_nats::connect(&url).await.unwrap();
+        let stream = async_nats::jetstream::new(client)
+            .get_stream(format!("OBJ_{bucket}"))
+            .await
+            .expect("the bucket's stream");
+        // Names sort by position: the newest two.
+        let newest: Vec<String> = names.iter().rev().take(2).cloned().collect();
+        for name in &newest {
+            let nuid = store.info(name).await.expect("object info").nuid;
+            stream
+                .purge()
+                .filter(format!("$O.{bucket}.C.{nuid}"))
+                .await
+                .expect("purge the object's data");
+        }
+        newest
+    });
+    assert_eq!(purged.len(), 2);
+
+    std::fs::remove_dir_all(setup.snapshots()).unwrap();
+    let mut processor = setup.start(&[]);
+    finish_and_compare(&runtime, &url, &setup, &mut processor);
+    let log = setup.log();
+    assert!(
+        log.contains("an object listed in the snapshot bucket cannot be read"),
+        "{log}"
+    );
+    assert!(log.contains("unreadable=2"), "{log}");
+}
+
 /// The input stream recreated with different history after a snapshot: refuse, with evidence.
 #[test]
 fn rewritten_history_is_refused() {

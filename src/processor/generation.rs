@@ -431,6 +431,7 @@ async fn recover_state(
             bucket = remote.name(),
             files = fetched.files,
             bytes = fetched.bytes,
+            unreadable = fetched.unreadable,
             "snapshots fetched from the object store"
         );
         copied = fetched.partitions;

@@ -42,8 +42,11 @@ pub struct Remote {
 pub struct Fetched {
     pub files: usize,
     pub bytes: u64,
-    /// The partitions that got at least one file from the bucket.
+    /// The partitions that got at least one file from the bucket, or failed to get one.
     pub partitions: std::collections::BTreeSet<u32>,
+    /// Objects listed in the bucket that could not be read (skipped: their partitions' copies
+    /// are incomplete).
+    pub unreadable: usize,
 }
 
 /// What [`Remote::mirror`] did for one partition.
@@ -156,6 +159,13 @@ impl Remote {
 
     /// Fetches into `store` every snapshot object of a partition `< partitions` and `wanted`
     /// that the directory does not have (by name), before recovery loads the directory.
+    ///
+    /// An object listed that cannot be read (a replicated bucket that lost it with a node: its
+    /// metadata answered, its data not found or never arriving) is skipped with a warning, and
+    /// its partition counts as fetched: recovery then loads the newest of its files that does
+    /// load (an older snapshot, the rest replayed from the stream) or, when none does, replays
+    /// it from the stream's first message. Retrying would not help: a bucket that lost objects
+    /// does not get them back (the start used to retry such a fetch for ever).
     pub async fn fetch(
         &self,
         store: &Store,
@@ -185,8 +195,21 @@ impl Remote {
                 Ok::<_, String>(bytes)
             };
             // A read can wait for chunks that are gone (a replica behind the leader answered
-            // the object's metadata): bounded, and the start tried again.
-            let bytes = self.bounded(&name, 4, read).await?;
+            // the object's metadata): bounded.
+            let bytes = match self.bounded(&name, 4, read).await {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    tracing::warn!(
+                        partition,
+                        %error,
+                        "an object listed in the snapshot bucket cannot be read; the partition's \
+                         copy is incomplete: recovery loads what does load, or replays it"
+                    );
+                    fetched.unreadable += 1;
+                    fetched.partitions.insert(partition);
+                    continue;
+                }
+            };
             store
                 .put_file(&name, &bytes)
                 .map_err(|e| format!("object store {}: storing {name}: {e}", self.name))?;
