@@ -27,6 +27,11 @@ use tokio::io::AsyncReadExt;
 
 use super::{parse_file_name, Store};
 
+/// How many times a fetch asks for an object the bucket refuses at once.
+const READ_ATTEMPTS: u32 = 3;
+/// How long a fetch waits before asking again.
+const READ_AGAIN_AFTER: Duration = Duration::from_millis(250);
+
 /// A bucket mirroring the snapshot directory.
 #[derive(Clone)]
 pub struct Remote {
@@ -181,7 +186,7 @@ impl Remote {
             if partition >= partitions || !wanted(partition) || store.dir().join(&name).exists() {
                 continue;
             }
-            let read = async {
+            let read = || async {
                 let mut object = self
                     .bucket
                     .get(&name)
@@ -195,8 +200,21 @@ impl Remote {
                 Ok::<_, String>(bytes)
             };
             // A read can wait for chunks that are gone (a replica behind the leader answered
-            // the object's metadata): bounded.
-            let bytes = match self.bounded(&name, 4, read).await {
+            // the object's metadata): bounded. One refused at once ("not found" from a replica
+            // that is behind) is asked again a few times first.
+            let mut attempt = 1;
+            let read = loop {
+                match tokio::time::timeout(self.timeout * 4, read()).await {
+                    Err(_) => break Err(format!("object store {}: {name}: timed out", self.name)),
+                    Ok(Err(error)) if attempt < READ_ATTEMPTS => {
+                        tracing::debug!(%error, attempt, "reading a snapshot object again");
+                        attempt += 1;
+                        tokio::time::sleep(READ_AGAIN_AFTER).await;
+                    }
+                    Ok(read) => break read,
+                }
+            };
+            let bytes = match read {
                 Ok(bytes) => bytes,
                 Err(error) => {
                     tracing::warn!(
