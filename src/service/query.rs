@@ -68,12 +68,17 @@ impl Desk {
     }
 
     fn balance(&self, payload: &[u8]) -> Result<Prepared, ServiceError> {
-        let fields = Fields::parse(payload, &["account", "min_seq"])?;
-        let account = fields.account()?;
+        let (account, min_seq) = match request::account_query(payload) {
+            Some(query) => query,
+            None => {
+                let fields = Fields::parse(payload, &["account", "min_seq"])?;
+                (fields.account()?, fields.min_seq()?)
+            }
+        };
         let catalog = self.catalog.clone();
         Ok(Prepared::ask(
             self.partition(&account),
-            fields.min_seq()?,
+            min_seq,
             move |seen| {
                 let state = seen
                     .partition

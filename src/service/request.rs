@@ -20,6 +20,24 @@ use crate::wire::input::{self, Command, DeadLetter, Message, Usage};
 /// The fields of one request object.
 pub struct Fields(Map<String, Value>);
 
+/// A request of an `account` and an optional `min_seq` and nothing else (`balance`'s fields),
+/// read without building a JSON tree: `(account, min_seq)`, or `None` for anything else (an
+/// unknown or repeated field, a wrong type, an invalid account), which [`Fields`] then reads
+/// and refuses with its errors. Where it answers, [`Fields`] reads the same.
+pub fn account_query(payload: &[u8]) -> Option<(String, u64)> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct AccountQuery<'a> {
+        #[serde(borrow)]
+        account: std::borrow::Cow<'a, str>,
+        #[serde(default)]
+        min_seq: Option<u64>,
+    }
+    let query: AccountQuery<'_> = serde_json::from_slice(payload).ok()?;
+    input::account_is_valid(&query.account)
+        .then(|| (query.account.into_owned(), query.min_seq.unwrap_or(0)))
+}
+
 impl Fields {
     /// Parses `payload` as a JSON object whose fields are all in `allowed`. An empty payload is
     /// an empty object.
@@ -226,6 +244,51 @@ fn json_type(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Where the direct read of an account query answers, the general one reads the same
+        /// account and min_seq; where the general one accepts a plain account query, so does
+        /// the direct one.
+        #[test]
+        fn the_direct_account_query_agrees_with_fields(
+            fields in proptest::collection::vec(
+                (
+                    prop_oneof![Just("account"), Just("min_seq"), Just("limit"), Just("Account")],
+                    prop_oneof![
+                        Just("\"acct_1\"".to_string()),
+                        Just("\"bad account\"".to_string()),
+                        Just("\"\"".to_string()),
+                        Just("null".to_string()),
+                        Just("7".to_string()),
+                        Just("-1".to_string()),
+                        Just("1.5".to_string()),
+                        Just("18446744073709551615".to_string()),
+                        Just("18446744073709551616".to_string()),
+                        Just("[1]".to_string()),
+                        Just("\"7\"".to_string()),
+                    ],
+                ),
+                0..4,
+            ),
+        ) {
+            let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let payload = format!("{{{}}}", body.join(","));
+            let general = Fields::parse(payload.as_bytes(), &["account", "min_seq"])
+                .and_then(|f| Ok((f.account()?, f.min_seq()?)));
+            match account_query(payload.as_bytes()) {
+                Some(direct) => prop_assert_eq!(Some(direct), general.ok(), "{}", payload),
+                None => {
+                    let mut names: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();
+                    names.sort_unstable();
+                    let repeated = names.windows(2).any(|w| w[0] == w[1]);
+                    // Only a repeated field (the general read keeps the last) is accepted by
+                    // the general read alone.
+                    prop_assert!(general.is_err() || repeated, "{}", payload);
+                }
+            }
+        }
+    }
 
     fn catalog() -> Catalog {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/catalog.toml");
