@@ -170,7 +170,9 @@ impl Remote {
     /// its partition counts as fetched: recovery then loads the newest of its files that does
     /// load (an older snapshot, the rest replayed from the stream) or, when none does, replays
     /// it from the stream's first message. Retrying would not help: a bucket that lost objects
-    /// does not get them back (the start used to retry such a fetch for ever).
+    /// does not get them back (the start used to retry such a fetch for ever). A read refused
+    /// at once is asked for again a few times; after a read that times out, the partition's
+    /// later objects are skipped unread (each would wait as long).
     pub async fn fetch(
         &self,
         store: &Store,
@@ -178,12 +180,18 @@ impl Remote {
         wanted: impl Fn(u32) -> bool,
     ) -> Result<Fetched, String> {
         let mut fetched = Fetched::default();
+        // Partitions an object of which timed out: their later objects are skipped unread.
+        let mut given_up = std::collections::BTreeSet::new();
         let objects = self.bounded("listing", 8, self.objects(None)).await?;
         for (name, _) in objects {
             let Some((partition, _, _)) = parse_file_name(&name) else {
                 continue;
             };
             if partition >= partitions || !wanted(partition) || store.dir().join(&name).exists() {
+                continue;
+            }
+            if given_up.contains(&partition) {
+                fetched.unreadable += 1;
                 continue;
             }
             let read = || async {
@@ -205,7 +213,11 @@ impl Remote {
             let mut attempt = 1;
             let read = loop {
                 match tokio::time::timeout(self.timeout * 4, read()).await {
-                    Err(_) => break Err(format!("object store {}: {name}: timed out", self.name)),
+                    Err(_) => {
+                        // The partition's other objects would most likely wait as long.
+                        given_up.insert(partition);
+                        break Err(format!("object store {}: {name}: timed out", self.name));
+                    }
                     Ok(Err(error)) if attempt < READ_ATTEMPTS => {
                         tracing::debug!(%error, attempt, "reading a snapshot object again");
                         attempt += 1;
