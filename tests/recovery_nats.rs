@@ -302,6 +302,25 @@ async fn bucket_of(url: &str, bucket: &str) -> async_nats::jetstream::object_sto
         .expect("the bucket")
 }
 
+/// Runs a processor over a workload published in rounds, so that snapshots (full files and
+/// deltas) are taken between them, and stops it once it has caught up.
+fn snapshotted_in_rounds(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    setup: &Setup,
+    partitions: u32,
+) {
+    let lines = workload(8, 6, 600);
+    let mut processor = KillOnDrop(setup.start(&[]));
+    wait_streams(runtime, url);
+    for round in lines.chunks(100) {
+        runtime.block_on(publish(url, round, partitions));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_caught_up(url, setup, RUNTIME_MAX);
+    assert!(terminate(&mut processor).success(), "{}", setup.log());
+}
+
 /// The names of the objects in `store`.
 async fn object_names(
     store: &async_nats::jetstream::object_store::ObjectStore,
@@ -379,16 +398,7 @@ fn an_incomplete_copy_in_the_object_store_is_replayed_from_the_first_message() {
         "interval = \"100ms\"\ninterval_events = 40\n",
     );
     let runtime = runtime();
-    let lines = workload(8, 6, 600);
-    let mut processor = KillOnDrop(setup.start(&[]));
-    wait_streams(&runtime, &url);
-    // In rounds, so that snapshots (full files and deltas) are taken between them.
-    for round in lines.chunks(100) {
-        runtime.block_on(publish(&url, round, partitions));
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    wait_caught_up(&url, &setup, RUNTIME_MAX);
-    assert!(terminate(&mut processor).success(), "{}", setup.log());
+    snapshotted_in_rounds(&runtime, &url, &setup, partitions);
     let removed = runtime.block_on(async {
         let store = bucket_of(&url, bucket).await;
         let names = object_names(&store).await;
@@ -441,15 +451,7 @@ fn an_object_whose_data_is_gone_is_skipped_and_the_partition_recovered() {
         "interval = \"100ms\"\ninterval_events = 40\n[nats]\nrequest_timeout = \"1s\"\n",
     );
     let runtime = runtime();
-    let lines = workload(8, 6, 600);
-    let mut processor = KillOnDrop(setup.start(&[]));
-    wait_streams(&runtime, &url);
-    for round in lines.chunks(100) {
-        runtime.block_on(publish(&url, round, partitions));
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    wait_caught_up(&url, &setup, RUNTIME_MAX);
-    assert!(terminate(&mut processor).success(), "{}", setup.log());
+    snapshotted_in_rounds(&runtime, &url, &setup, partitions);
     let purged = runtime.block_on(async {
         let store = bucket_of(&url, bucket).await;
         let names: Vec<String> = object_names(&store)
