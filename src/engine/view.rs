@@ -116,7 +116,5 @@ pub fn account_json(catalog: &Catalog, account: &Account) -> String {
 /// Appends `key` (JSON text up to the value: `,"name":`) and `value` as a JSON string.
 fn quoted(out: &mut String, key: &str, value: impl PlainText) {
     out.push_str(key);
-    out.push('"');
-    value.push_plain(out);
-    out.push('"');
+    value.push_quoted(out);
 }

@@ -40,9 +40,7 @@ impl Object {
     /// An amount or an instant as a JSON string (its text never needs escaping).
     pub fn text(mut self, name: &str, value: impl PlainText) -> Object {
         self.key(name);
-        self.0.push('"');
-        value.push_plain(&mut self.0);
-        self.0.push('"');
+        value.push_quoted(&mut self.0);
         self
     }
 

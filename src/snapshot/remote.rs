@@ -169,8 +169,8 @@ impl Remote {
     /// metadata answered, its data not found or never arriving) is skipped with a warning, and
     /// its partition counts as fetched: recovery then loads the newest of its files that does
     /// load (an older snapshot, the rest replayed from the stream) or, when none does, replays
-    /// it from the stream's first message. Retrying would not help: a bucket that lost objects
-    /// does not get them back (the start used to retry such a fetch for ever). A read refused
+    /// it from the stream's first message. Retrying the whole start would not help: a bucket
+    /// that lost objects does not get them back (the start used to retry for ever). A read refused
     /// at once is asked for again a few times; after a read that times out, the partition's
     /// later objects are skipped unread (each would wait as long).
     pub async fn fetch(

@@ -221,10 +221,7 @@ impl<'a> ObjectWriter<'a> {
     }
 
     fn display(&mut self, key: &str, value: impl PlainText) {
-        let out = self.key(key);
-        out.push('"');
-        value.push_plain(out);
-        out.push('"');
+        value.push_quoted(self.key(key));
     }
 
     fn optional_display(&mut self, key: &str, value: Option<impl PlainText>) {
@@ -261,6 +258,13 @@ impl<'a> ObjectWriter<'a> {
 /// replies write many each).
 pub trait PlainText {
     fn push_plain(&self, out: &mut String);
+
+    /// The text as a JSON string (in quotes; it needs no escaping).
+    fn push_quoted(&self, out: &mut String) {
+        out.push('"');
+        self.push_plain(out);
+        out.push('"');
+    }
 }
 
 impl<const S: u8> PlainText for crate::decimal::Fixed<S> {
