@@ -636,6 +636,7 @@ pub async fn query_command(
         concurrency: args.concurrency,
         timeout,
         live: !args.output.quiet,
+        stats_endpoint: (args.endpoint != Endpoint::Echo).then(|| args.endpoint.name().to_string()),
     };
     let result = query::execute(options).await;
     if let Some(responder) = responder {

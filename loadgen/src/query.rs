@@ -35,6 +35,66 @@ use crate::nats::{self, RunClock};
 use crate::schedule::{Nanos, RateShape, Schedule};
 use crate::workload::{MeterChoice, Zipf};
 
+/// An endpoint's counters in the service's `$SRV.STATS` reply (the NATS micro protocol).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct EndpointCounters {
+    pub requests: u64,
+    /// Summed over the requests: from the request's delivery to the service's endpoint until
+    /// its reply was handed to the service's connection (async-nats measures it).
+    pub processing_ns: u128,
+}
+
+/// The service's own time per request over a run: the difference of two `$SRV.STATS` readings.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct ServiceProcessing {
+    pub requests: u64,
+    pub mean_ms: f64,
+}
+
+impl EndpointCounters {
+    /// What the service did between `self` (read before a run) and `after`; `None` when it
+    /// answered nothing in between (or the counters went back: another responder, a restart).
+    pub fn until(self, after: EndpointCounters) -> Option<ServiceProcessing> {
+        let requests = after.requests.checked_sub(self.requests)?;
+        let ns = after.processing_ns.checked_sub(self.processing_ns)?;
+        (requests > 0).then(|| ServiceProcessing {
+            requests,
+            mean_ms: ns as f64 / requests as f64 / 1e6,
+        })
+    }
+}
+
+/// `endpoint`'s counters from the `$SRV.STATS` reply of the micro service `service` (one
+/// responder's: the first to answer), or `None` when none answers or the reply lacks them.
+pub async fn endpoint_counters(
+    client: &async_nats::Client,
+    service: &str,
+    endpoint: &str,
+) -> Option<EndpointCounters> {
+    let request = Request::new().timeout(Some(Duration::from_secs(2)));
+    let reply = client
+        .send_request(format!("$SRV.STATS.{service}"), request)
+        .await
+        .ok()?;
+    parse_endpoint_counters(&reply.payload, endpoint)
+}
+
+/// The counters of `endpoint` in a `$SRV.STATS` reply.
+pub fn parse_endpoint_counters(payload: &[u8], endpoint: &str) -> Option<EndpointCounters> {
+    let stats: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let found = stats
+        .get("endpoints")?
+        .as_array()?
+        .iter()
+        .find(|e| e.get("name").and_then(|n| n.as_str()) == Some(endpoint))?;
+    Some(EndpointCounters {
+        requests: found.get("num_requests")?.as_u64()?,
+        processing_ns: u128::from(found.get("processing_time")?.as_u64()?),
+    })
+}
+
+/// The micro service whose `$SRV.STATS` is read (creditflow's).
+const SERVICE_NAME: &str = creditflow::service::NAME;
 /// The subject of the echo responder.
 pub const ECHO_SUBJECT: &str = "loadgen.echo";
 /// The echo's reply size: about a balance reply of the workload's accounts.
@@ -157,6 +217,9 @@ pub struct QueryOptions {
     pub timeout: Duration,
     /// Print the live line every second (stderr).
     pub live: bool,
+    /// The service endpoint whose `$SRV.STATS` counters are read before and after the run
+    /// (`None`: the echo, which has none).
+    pub stats_endpoint: Option<String>,
 }
 
 /// What came back for one request.
@@ -295,6 +358,8 @@ pub struct QueryResult {
     /// From the start to the last outcome.
     pub elapsed: Nanos,
     pub timeline: Vec<QuerySecond>,
+    /// The service's own time per request over the run ([`QueryOptions::stats_endpoint`]).
+    pub service_processing: Option<ServiceProcessing>,
 }
 
 impl QueryResult {
@@ -342,6 +407,14 @@ pub async fn execute(options: QueryOptions) -> anyhow::Result<QueryResult> {
             )
             .await;
     }
+    // The service's counters once the warm-up requests are answered, and again at the end.
+    let counters = || async {
+        match &options.stats_endpoint {
+            Some(endpoint) => endpoint_counters(&clients[0], SERVICE_NAME, endpoint).await,
+            None => None,
+        }
+    };
+    let before = counters().await;
     let stats = Arc::new(Mutex::new(QueryStats::default()));
     let sent = Arc::new(AtomicU64::new(0));
     let closed_loop = options.rate.is_max();
@@ -365,12 +438,14 @@ pub async fn execute(options: QueryOptions) -> anyhow::Result<QueryResult> {
     stats.requests = sent.load(Ordering::SeqCst);
     let elapsed = stats.last_completed_at.max(1);
     let timeline = timeline.lock().expect("timeline lock").clone();
+    let after = counters().await;
     Ok(QueryResult {
         stats,
         closed_loop,
         schedule_span,
         elapsed,
         timeline,
+        service_processing: before.zip(after).and_then(|(b, a)| b.until(a)),
     })
 }
 
@@ -669,6 +744,34 @@ pub async fn echo_responder(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_services_own_time_is_the_difference_of_two_stats_readings() {
+        let reply = |requests: u64, ns: u64| {
+            format!(
+                r#"{{"type":"io.nats.micro.v1.stats_response","name":"creditflow","endpoints":[
+                  {{"name":"authorize","num_requests":9,"processing_time":900}},
+                  {{"name":"balance","num_requests":{requests},"processing_time":{ns}}}]}}"#
+            )
+        };
+        let before = parse_endpoint_counters(reply(10, 5_000_000).as_bytes(), "balance").unwrap();
+        let after = parse_endpoint_counters(reply(30, 45_000_000).as_bytes(), "balance").unwrap();
+        assert_eq!(
+            before.until(after),
+            Some(ServiceProcessing {
+                requests: 20,
+                mean_ms: 2.0
+            })
+        );
+        assert_eq!(
+            after.until(before),
+            None,
+            "counters that went back: another responder"
+        );
+        assert_eq!(before.until(before), None, "nothing answered in between");
+        assert!(parse_endpoint_counters(reply(1, 1).as_bytes(), "usage").is_none());
+        assert!(parse_endpoint_counters(b"not json", "balance").is_none());
+    }
     use super::*;
 
     fn bodies(meters: Vec<MeterChoice>) -> Bodies {

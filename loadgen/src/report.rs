@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::measure::{rate, Latency, Percentiles};
-use crate::query::{QueryResult, QuerySecond};
+use crate::query::{QueryResult, QuerySecond, ServiceProcessing};
 use crate::run::{RunResult, Second};
 use crate::svg::Frame;
 use crate::workload::Counts;
@@ -237,6 +237,11 @@ pub struct QueryReport {
     pub send_delay: Option<Percentiles>,
     pub request_bytes_mean: f64,
     pub reply_bytes_mean: f64,
+    /// The service's own mean time per request over the run, from its `$SRV.STATS` read before
+    /// and after (from a request's delivery to the service until its reply was handed to the
+    /// service's connection; the rest of the round trip is the broker's and the network's).
+    /// `None` for the echo, or when no STATS reply came.
+    pub service_processing: Option<ServiceProcessing>,
     pub timeline: Vec<QuerySecond>,
     #[serde(skip)]
     pub latency_histogram: Latency,
@@ -275,6 +280,7 @@ impl QueryReport {
         self.send_delay = (!result.closed_loop).then(|| s.send_delay.percentiles());
         self.request_bytes_mean = s.request_bytes as f64 / s.completed.max(1) as f64;
         self.reply_bytes_mean = s.reply_bytes as f64 / s.ok.max(1) as f64;
+        self.service_processing = result.service_processing;
         self.timeline = result.timeline.clone();
         self.latency_histogram = s.latency.clone();
         self.service_histogram = s.service_time.clone();
@@ -355,6 +361,13 @@ impl QueryReport {
             "  sizes: request {:.0} B, ok reply {:.0} B (means)",
             self.request_bytes_mean, self.reply_bytes_mean
         );
+        if let Some(own) = &self.service_processing {
+            let _ = writeln!(
+                t,
+                "  the service's own time ($SRV.STATS): {:.3} ms mean over {} requests",
+                own.mean_ms, own.requests
+            );
+        }
         t
     }
 }

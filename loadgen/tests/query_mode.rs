@@ -311,3 +311,54 @@ async fn authorize_bodies_name_a_meter_of_the_catalog() {
     assert_eq!(report.ok, 200);
     assert_eq!(bad.load(Ordering::SeqCst), 0);
 }
+
+/// A real micro service named `creditflow` whose balance endpoint takes at least 2 ms per
+/// request: the report carries the service's own time from its `$SRV.STATS`, over exactly the
+/// requests of the run (the warm-up request before the clock starts is read before it too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_carries_the_services_own_time_from_its_stats() {
+    use async_nats::service::ServiceExt;
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let service = client
+        .service_builder()
+        .start(creditflow::service::NAME, "0.0.1")
+        .await
+        .unwrap();
+    // Named as the processor names its endpoints: the query's name, on its own subject.
+    let mut endpoint = service
+        .endpoint_builder()
+        .name("balance")
+        .add(BALANCE)
+        .await
+        .unwrap();
+    let answering = tokio::spawn(async move {
+        while let Some(request) = endpoint.next().await {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let _ = request.respond(Ok("{}".into())).await;
+        }
+    });
+    let args = query_args(&server.url(), &["--rate", "200", "--requests", "100"]);
+    let (report, passed) = loadgen::cli::query_command(args, "stats").await.unwrap();
+    assert!(passed, "{}", report.to_text());
+    let own = report
+        .service_processing
+        .expect("the service's STATS were read");
+    assert_eq!(own.requests, 100, "{}", report.to_text());
+    assert!(own.mean_ms >= 2.0, "{}", report.to_text());
+    assert!(
+        own.mean_ms <= report.service_time.max_ms,
+        "{}",
+        report.to_text()
+    );
+    assert!(report.to_text().contains("the service's own time"));
+
+    // The echo has no STATS: nothing is reported.
+    let args = query_args(
+        &server.url(),
+        &["--endpoint", "echo", "--rate", "200", "--requests", "20"],
+    );
+    let (report, _) = loadgen::cli::query_command(args, "echo").await.unwrap();
+    assert!(report.service_processing.is_none());
+    answering.abort();
+}
