@@ -16,6 +16,9 @@ use super::{
 };
 use crate::pipeline::question::Seen;
 
+/// The fields an `authorize` request may have.
+const AUTHORIZE_FIELDS: &[&str] = &["account", "meter", "quantity", "dims", "ts", "min_seq"];
+
 /// What a query's partition answers with, on the thread that holds it.
 pub type Answer = Box<dyn FnOnce(Seen<'_>) -> Result<String, ServiceError> + Send>;
 
@@ -95,15 +98,19 @@ impl Desk {
     }
 
     fn authorize(&self, payload: &[u8]) -> Result<Prepared, ServiceError> {
-        let fields = Fields::parse(
-            payload,
-            &["account", "meter", "quantity", "dims", "ts", "min_seq"],
-        )?;
-        let account = fields.account()?;
-        let min_seq = fields.min_seq()?;
         let now = crate::pipeline::ticks::wall_clock();
-        let (_, usage) =
-            request::usage_request(&fields, &account, &["min_seq"], now, &self.catalog)?;
+        let (account, min_seq, usage) = match request::authorize_query(payload, now, &self.catalog)
+        {
+            Some(query) => query,
+            None => {
+                let fields = Fields::parse(payload, AUTHORIZE_FIELDS)?;
+                let account = fields.account()?;
+                let min_seq = fields.min_seq()?;
+                let (_, usage) =
+                    request::usage_request(&fields, &account, &["min_seq"], now, &self.catalog)?;
+                (account, min_seq, usage)
+            }
+        };
         let catalog = self.catalog.clone();
         Ok(Prepared::ask(
             self.partition(&account),

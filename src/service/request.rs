@@ -38,6 +38,79 @@ pub fn account_query(payload: &[u8]) -> Option<(String, u64)> {
         .then(|| (query.account.into_owned(), query.min_seq.unwrap_or(0)))
 }
 
+/// An `authorize` request of the usual fields (`account`, `meter`, `quantity`, and optional
+/// `dims`, `ts`, `min_seq`), read without building a JSON tree: `(account, min_seq, usage)`,
+/// the usage checked by the input decoder as [`usage_request`] does. `None` for anything else
+/// (an unknown or repeated field, a wrong type, an invalid account, a `null`, a usage the
+/// decoder refuses), which [`Fields`] and [`usage_request`] then read, with their errors.
+/// Where it answers, they read the same.
+pub fn authorize_query(
+    payload: &[u8],
+    now: Instant,
+    catalog: &Catalog,
+) -> Option<(String, u64, Usage<'static>)> {
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct AuthorizeQuery<'a> {
+        #[serde(borrow)]
+        account: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        meter: &'a RawValue,
+        #[serde(borrow)]
+        quantity: &'a RawValue,
+        #[serde(borrow, default)]
+        dims: Option<&'a RawValue>,
+        #[serde(borrow, default)]
+        ts: Option<&'a RawValue>,
+        #[serde(default)]
+        min_seq: Option<u64>,
+    }
+    let query: AuthorizeQuery<'_> = serde_json::from_slice(payload).ok()?;
+    let raws = [
+        Some(query.meter),
+        Some(query.quantity),
+        query.dims,
+        query.ts,
+    ];
+    if !input::account_is_valid(&query.account)
+        || raws.iter().flatten().any(|raw| raw.get() == "null")
+    {
+        return None;
+    }
+    // The input message `usage_request` would write (the same fields, in another order).
+    let mut text = String::with_capacity(payload.len() + 64);
+    text.push_str(r#"{"id":"request","account":"#);
+    crate::wire::output::push_json_string(&mut text, &query.account);
+    for (name, raw) in [
+        ("meter", Some(query.meter)),
+        ("quantity", Some(query.quantity)),
+        ("dims", query.dims),
+        ("ts", query.ts),
+    ] {
+        if let Some(raw) = raw {
+            text.push_str(",\"");
+            text.push_str(name);
+            text.push_str("\":");
+            text.push_str(raw.get());
+        }
+    }
+    if query.ts.is_none() {
+        text.push_str(r#","ts":""#);
+        text.push_str(&now.to_string());
+        text.push('"');
+    }
+    text.push('}');
+    match input::decode(text.as_bytes(), catalog) {
+        Ok(Message::Usage(usage)) => Some((
+            query.account.into_owned(),
+            query.min_seq.unwrap_or(0),
+            into_owned_usage(usage),
+        )),
+        _ => None,
+    }
+}
+
 impl Fields {
     /// Parses `payload` as a JSON object whose fields are all in `allowed`. An empty payload is
     /// an empty object.
@@ -290,12 +363,89 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Where the direct read of an authorize request answers, the general one (the fields,
+        /// then the usage message checked by the decoder) reads the same account, min_seq and
+        /// usage; and a plain request is read directly.
+        #[test]
+        fn the_direct_authorize_query_agrees_with_fields(
+            fields in proptest::collection::vec(
+                prop_oneof![
+                    Just(("account", "\"acct_1\"")),
+                    Just(("account", "\"bad account\"")),
+                    Just(("account", "7")),
+                    Just(("meter", "\"api_call\"")),
+                    Just(("meter", "\"gpu_second\"")),
+                    Just(("meter", "\"nope\"")),
+                    Just(("meter", "null")),
+                    Just(("quantity", "\"3\"")),
+                    Just(("quantity", "2.5")),
+                    Just(("quantity", "\"-1\"")),
+                    Just(("quantity", "null")),
+                    Just(("quantity", "true")),
+                    Just(("dims", r#"{"region":"eu","model":"small"}"#)),
+                    Just(("dims", "{}")),
+                    Just(("dims", "null")),
+                    Just(("dims", "[1]")),
+                    Just(("ts", "\"2026-09-01T10:00:00Z\"")),
+                    Just(("ts", "\"noon\"")),
+                    Just(("ts", "null")),
+                    Just(("min_seq", "12")),
+                    Just(("min_seq", "-1")),
+                    Just(("min_seq", "null")),
+                    Just(("id", "\"x\"")),
+                    Just(("colour", "1")),
+                ],
+                0..7,
+            ),
+        ) {
+            let catalog = catalog();
+            let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let payload = format!("{{{}}}", body.join(","));
+            let general = Fields::parse(
+                payload.as_bytes(),
+                &["account", "meter", "quantity", "dims", "ts", "min_seq"],
+            )
+            .and_then(|f| {
+                let account = f.account()?;
+                let min_seq = f.min_seq()?;
+                let (_, usage) = usage_request(&f, &account, &["min_seq"], NOW, &catalog)?;
+                Ok((account, min_seq, usage))
+            });
+            match authorize_query(payload.as_bytes(), NOW, &catalog) {
+                Some(direct) => prop_assert_eq!(Some(direct), general.ok(), "{}", payload),
+                None => {
+                    let mut names: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();
+                    names.sort_unstable();
+                    let repeated = names.windows(2).any(|w| w[0] == w[1]);
+                    let null = fields.iter().any(|(_, v)| *v == "null");
+                    prop_assert!(general.is_err() || repeated || null, "{}", payload);
+                }
+            }
+        }
+    }
+
     fn catalog() -> Catalog {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/catalog.toml");
         crate::catalog::load::from_path(&path).unwrap()
     }
 
     const NOW: Instant = Instant(1_788_220_800_000);
+
+    #[test]
+    fn a_plain_authorize_request_is_read_directly() {
+        let catalog = catalog();
+        let (account, min_seq, usage) = authorize_query(
+            br#"{"account":"a_1","meter":"api_call","quantity":"3","min_seq":9}"#,
+            NOW,
+            &catalog,
+        )
+        .expect("read directly");
+        assert_eq!((account.as_str(), min_seq, usage.ts), ("a_1", 9, NOW));
+        assert_eq!(catalog.meter(usage.meter).name, "api_call");
+        assert_eq!(usage.quantity.to_dec().to_string(), "3");
+        assert!(authorize_query(br#"{"account":"a_1","quantity":"3"}"#, NOW, &catalog).is_none());
+    }
 
     #[test]
     fn every_refusal_names_its_field() {
