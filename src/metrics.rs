@@ -93,6 +93,29 @@ struct ShardLabel {
     shard: u64,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointOutcomeLabel {
+    endpoint: &'static str,
+    outcome: &'static str,
+}
+
+/// The labels `outcome` of `creditflow_service_requests_total`: answered, or refused with the
+/// micro protocol's error code (`other` for a code not listed).
+pub const SERVICE_OUTCOMES: [&str; 7] = ["ok", "400", "404", "422", "500", "503", "other"];
+
+/// The service's endpoints, in the order of their series: the queries, then the commands.
+fn service_endpoints() -> impl Iterator<Item = &'static str> {
+    crate::service::QUERIES
+        .iter()
+        .chain(crate::service::COMMANDS.iter())
+        .copied()
+}
+
 /// The balance alerts (SEMANTICS §10.5) by output type, in this order in the metrics.
 pub const ALERT_TYPES: [&str; 4] = [
     "balance.low",
@@ -215,6 +238,11 @@ struct Inner {
     apply_batch_size: Vec<Histogram>,
     snapshot_write_duration: Histogram,
     snapshot_pause_duration: Histogram,
+    /// Per endpoint (in the order of [`service_endpoints`]), per outcome (of
+    /// [`SERVICE_OUTCOMES`]).
+    service_requests: Vec<Vec<Counter>>,
+    /// Per endpoint.
+    service_duration: Vec<Histogram>,
 }
 
 /// Registers a family labelled by partition and returns its series, one per partition.
@@ -283,6 +311,11 @@ fn apply_batch_duration_histogram() -> Histogram {
 /// Messages per batch: 1 to 65536, doubling (`engine.batch_size_max` is 1024 by default).
 fn apply_batch_size_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 17))
+}
+
+/// A service request's time in the processor: 10 µs to about 5 s, doubling.
+fn service_duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 20))
 }
 
 /// Snapshot write and pause times: 1 ms to about 33 s, doubling.
@@ -526,6 +559,39 @@ impl Metrics {
             snapshot_pause_duration.clone(),
         );
 
+        let requests = Family::<EndpointOutcomeLabel, Counter>::default();
+        let service_requests = service_endpoints()
+            .map(|endpoint| {
+                SERVICE_OUTCOMES
+                    .iter()
+                    .map(|&outcome| {
+                        requests.get_or_create_owned(&EndpointOutcomeLabel { endpoint, outcome })
+                    })
+                    .collect()
+            })
+            .collect();
+        r.register(
+            "service_requests",
+            "Requests this processor's service endpoints answered, by endpoint and outcome (ok, \
+             or the reply's error code); a request forwarded to its partition's owner is \
+             counted where it arrived",
+            requests,
+        );
+        let durations = Family::<EndpointLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            service_duration_histogram,
+        );
+        let service_duration = service_endpoints()
+            .map(|endpoint| durations.get_or_create_owned(&EndpointLabel { endpoint }))
+            .collect();
+        r.register_with_unit(
+            "service_request_duration",
+            "A request's time in this processor: from its delivery to its endpoint until its \
+             reply is handed to the service's connection (the broker's part of the round trip \
+             is not in it)",
+            Unit::Seconds,
+            durations,
+        );
+
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -558,6 +624,8 @@ impl Metrics {
                 apply_batch_size,
                 snapshot_write_duration,
                 snapshot_pause_duration,
+                service_requests,
+                service_duration,
             }),
         }
     }
@@ -738,6 +806,27 @@ impl Metrics {
         Self::shard(&self.inner.apply_batch_duration, shard).observe(seconds);
         // Batch sizes are far below 2^53, so the conversion is exact.
         Self::shard(&self.inner.apply_batch_size, shard).observe(messages as f64);
+    }
+
+    /// One request of the service endpoint `endpoint` (a name of `QUERIES` or `COMMANDS`)
+    /// answered: `code` is its error code (`None`: answered), `seconds` its time in the
+    /// processor. An unknown endpoint is a programmer error and panics.
+    pub fn service_request(&self, endpoint: &str, code: Option<u16>, seconds: f64) {
+        let index = service_endpoints()
+            .position(|e| e == endpoint)
+            .unwrap_or_else(|| panic!("no service endpoint {endpoint}"));
+        // In the order of SERVICE_OUTCOMES.
+        let outcome = match code {
+            None => 0,
+            Some(400) => 1,
+            Some(404) => 2,
+            Some(422) => 3,
+            Some(500) => 4,
+            Some(503) => 5,
+            Some(_) => 6,
+        };
+        self.inner.service_requests[index][outcome].inc();
+        self.inner.service_duration[index].observe(seconds);
     }
 
     pub fn observe_snapshot_write(&self, seconds: f64) {
@@ -1118,8 +1207,17 @@ mod tests {
         metrics.observe_apply_batch(0, 0.004, 256);
         metrics.observe_snapshot_write(0.25);
         metrics.observe_snapshot_pause(0.01);
+        metrics.service_request("balance", None, 0.000_2);
+        metrics.service_request("balance", Some(404), 0.000_3);
+        metrics.service_request("grant", Some(409), 0.002);
         let text = metrics.render();
         for expected in [
+            "creditflow_service_requests_total{endpoint=\"balance\",outcome=\"ok\"} 1",
+            "creditflow_service_requests_total{endpoint=\"balance\",outcome=\"404\"} 1",
+            "creditflow_service_requests_total{endpoint=\"grant\",outcome=\"other\"} 1",
+            "creditflow_service_requests_total{endpoint=\"release\",outcome=\"503\"} 0",
+            "creditflow_service_request_duration_seconds_count{endpoint=\"balance\"} 2",
+            "creditflow_service_request_duration_seconds_count{endpoint=\"authorize\"} 0",
             "creditflow_messages_applied_total{partition=\"3\"} 15",
             "creditflow_messages_applied_total{partition=\"0\"} 0",
             "creditflow_dead_letters_total{partition=\"0\"} 2",

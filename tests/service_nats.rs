@@ -785,6 +785,36 @@ fn bad_requests_get_typed_errors_and_the_verbs_answer() {
         .clone();
     assert!(balance_stats["num_requests"].as_u64().unwrap() >= 8);
     assert!(balance_stats["num_errors"].as_u64().unwrap() >= 7);
+    // The processor's metrics count the same requests, by outcome, with their times: every
+    // balance request the micro protocol counted (STATS counts a reply once it is sent; the
+    // metrics right after), the 400s and 404s apart.
+    let port = d.setup.metrics_port().expect("metrics port");
+    let metrics = common::metrics_text(port).expect("metrics");
+    let value = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    let balance = |outcome: &str| {
+        value(&format!(
+            "creditflow_service_requests_total{{endpoint=\"balance\",outcome=\"{outcome}\"}} "
+        ))
+    };
+    assert!(balance("400") >= 6, "{metrics}");
+    assert!(balance("404") >= 1, "{metrics}");
+    let answered = balance("ok") + balance("400") + balance("404") + balance("503");
+    assert!(
+        answered >= balance_stats["num_requests"].as_u64().unwrap(),
+        "{metrics}"
+    );
+    assert_eq!(
+        value("creditflow_service_request_duration_seconds_count{endpoint=\"balance\"} "),
+        answered,
+        "{metrics}"
+    );
+    assert!(value("creditflow_service_requests_total{endpoint=\"grant\",outcome=\"ok\"} ") >= 1);
+    assert!(value("creditflow_service_requests_total{endpoint=\"grant\",outcome=\"422\"} ") >= 1);
     d.stop();
 }
 

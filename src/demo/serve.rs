@@ -99,6 +99,7 @@ impl Served {
             health: health.clone(),
             jetstream: None,
             post: None,
+            metrics: None,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let listener = {

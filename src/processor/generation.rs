@@ -221,6 +221,7 @@ pub(crate) async fn run(
         jetstream: None,
         router: ownership.router.clone(),
         post: None,
+        metrics: None,
     });
     if let Some(api) = &base.api {
         api.attach(desk);
@@ -852,6 +853,7 @@ async fn serve(
     let config = config.clone();
     let catalog = base.catalog.clone();
     let health = base.health.clone();
+    let metrics = base.metrics.clone();
     let questions = threads.questions.clone();
     let layout = ownership.layout.clone();
     let router = ownership.router.clone();
@@ -877,7 +879,8 @@ async fn serve(
                         .timeout(config.nats.request_timeout)
                         .build(client.clone());
                     // The post's task lives as long as the runtime (it ends with the thread).
-                    let (post, _delivering) = crate::service::post::Post::start();
+                    let (post, _delivering) =
+                        crate::service::post::Post::start(Some(metrics.clone()));
                     let desk = crate::service::Desk {
                         catalog,
                         settings: desk_settings(&config),
@@ -888,6 +891,7 @@ async fn serve(
                         // Requests for other processors' partitions leave on this connection.
                         router: router.map(|r| r.on(client.clone())),
                         post: Some(post),
+                        metrics: Some(metrics),
                     };
                     crate::service::start(client, Arc::new(desk))
                         .await

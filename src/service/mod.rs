@@ -126,6 +126,9 @@ pub struct Desk {
     /// Where the shards deliver answers in bursts ([`post`]), on the runtime the requests run
     /// on; `None`: each answer completes its request directly.
     pub post: Option<post::Post>,
+    /// Where each request the endpoints answer is counted, with its time here (`None`: not
+    /// counted; the HTTP API counts its own).
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 /// The endpoint called `name` (a query, or a command when `command`), by its static name.
@@ -211,9 +214,10 @@ pub async fn start(client: async_nats::Client, desk: Arc<Desk>) -> Result<Runnin
         let desk = desk.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(request) = endpoint.next().await {
+                let received = std::time::Instant::now();
                 let request = match command {
                     true => request,
-                    false => match desk.take_query(name, request) {
+                    false => match desk.take_query(name, received, request) {
                         Some(request) => request,
                         None => continue,
                     },
@@ -224,9 +228,13 @@ pub async fn start(client: async_nats::Client, desk: Arc<Desk>) -> Result<Runnin
                     if let Err(error) = &reply {
                         tracing::debug!(endpoint = name, %error, "request refused");
                     }
+                    let code = reply.as_ref().err().map(|error| error.code);
                     let reply = reply.map(Bytes::from).map_err(Into::into);
                     if let Err(error) = request.respond(reply).await {
                         tracing::debug!(endpoint = name, %error, "replying failed");
+                    }
+                    if let Some(metrics) = &desk.metrics {
+                        metrics.service_request(name, code, received.elapsed().as_secs_f64());
                     }
                 });
             }
@@ -346,16 +354,24 @@ impl Desk {
     /// processors share the partitions, and answers come through the post): it is read here,
     /// its question sent to its shard, and the shard's answer replied through the post, so a
     /// query costs no task, channel or timer of its own. `Some(request)` when it needs a task
-    /// (to be forwarded, or without a post).
+    /// (to be forwarded, or without a post). `received`: when its endpoint delivered it, which
+    /// its time in the processor is counted from.
     pub fn take_query(
         &self,
         name: &'static str,
+        received: std::time::Instant,
         request: async_nats::service::Request,
     ) -> Option<async_nats::service::Request> {
         let (Some(post), None) = (&self.post, &self.router) else {
             return Some(request);
         };
-        let (partition, min_seq, answer) = match self.prepare(name, &request.message.payload) {
+        let prepared = self.prepare(name, &request.message.payload);
+        let request = post::Addressed {
+            request,
+            endpoint: name,
+            received,
+        };
+        let (partition, min_seq, answer) = match prepared {
             query::Prepared::Answered(answer) => {
                 post.reply(request, answer);
                 return None;
@@ -377,7 +393,7 @@ impl Desk {
         }
         let wait = self.settings.wait_max;
         let pending = Pending {
-            request: Some(request),
+            reply: Some(request),
             post: post.clone(),
             partition,
             min_seq,
@@ -595,7 +611,7 @@ fn command_reply(
 /// unanswered (past its deadline, a queue that filled, a shard stopping), with the error an
 /// asker waiting for it would give.
 struct Pending {
-    request: Option<async_nats::service::Request>,
+    reply: Option<post::Addressed>,
     post: post::Post,
     partition: u32,
     min_seq: u64,
@@ -604,7 +620,7 @@ struct Pending {
 
 impl Pending {
     fn complete(mut self, answer: Result<String, ServiceError>) {
-        if let Some(request) = self.request.take() {
+        if let Some(request) = self.reply.take() {
             self.post.reply(request, answer);
         }
     }
@@ -612,7 +628,7 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some(request) = self.request.take() {
+        if let Some(request) = self.reply.take() {
             let error = unanswered(self.partition, self.min_seq, self.wait);
             self.post.reply(request, Err(error));
         }

@@ -29,9 +29,18 @@ pub enum Delivery {
     Run(Box<dyn FnOnce() + Send>),
     /// Sends a request's reply (or its error, in the micro protocol's headers).
     Reply {
-        request: async_nats::service::Request,
+        to: Addressed,
         reply: Result<Bytes, ServiceError>,
     },
+}
+
+/// A request waiting for its reply: what the reply goes to, and what it is counted as.
+pub struct Addressed {
+    pub request: async_nats::service::Request,
+    /// Its endpoint's name (of `QUERIES` or `COMMANDS`).
+    pub endpoint: &'static str,
+    /// When its endpoint delivered it.
+    pub received: std::time::Instant,
 }
 
 /// Deliveries most run per wake-up.
@@ -46,7 +55,8 @@ pub struct Post {
 impl Post {
     /// A post and the task (spawned on the current runtime) that delivers what it gets. The
     /// task ends when every `Post` is dropped.
-    pub fn start() -> (Post, tokio::task::JoinHandle<()>) {
+    /// Each reply sent is counted in `metrics` with its time since its request was received.
+    pub fn start(metrics: Option<crate::metrics::Metrics>) -> (Post, tokio::task::JoinHandle<()>) {
         let (sender, mut receiver) = unbounded_channel::<Delivery>();
         let task = tokio::spawn(async move {
             let mut burst = Vec::with_capacity(BURST_MAX);
@@ -54,13 +64,19 @@ impl Post {
                 for delivery in burst.drain(..) {
                     match delivery {
                         Delivery::Run(run) => run(),
-                        Delivery::Reply { request, reply } => {
+                        Delivery::Reply { to, reply } => {
                             if let Err(error) = &reply {
                                 tracing::debug!(%error, "request refused");
                             }
+                            let code = reply.as_ref().err().map(|error| error.code);
                             // Publishing waits only while the connection's queue is full.
-                            if let Err(error) = request.respond(reply.map_err(Into::into)).await {
+                            if let Err(error) = to.request.respond(reply.map_err(Into::into)).await
+                            {
                                 tracing::debug!(%error, "replying failed");
+                            }
+                            if let Some(metrics) = &metrics {
+                                let seconds = to.received.elapsed().as_secs_f64();
+                                metrics.service_request(to.endpoint, code, seconds);
                             }
                         }
                     }
@@ -78,13 +94,9 @@ impl Post {
 
     /// Hands `request`'s reply to the delivering task, which sends it; if that has ended (the
     /// runtime is stopping), it is dropped unsent.
-    pub fn reply(
-        &self,
-        request: async_nats::service::Request,
-        reply: Result<String, ServiceError>,
-    ) {
+    pub fn reply(&self, to: Addressed, reply: Result<String, ServiceError>) {
         let reply = reply.map(Bytes::from);
-        let _ = self.sender.send(Delivery::Reply { request, reply });
+        let _ = self.sender.send(Delivery::Reply { to, reply });
     }
 }
 
@@ -94,7 +106,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn answers_from_other_threads_reach_their_askers() {
-        let (post, task) = Post::start();
+        let (post, task) = Post::start(None);
         let mut waiting = Vec::new();
         let mut senders = Vec::new();
         for n in 0..1000u32 {
@@ -122,7 +134,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_delivery_after_the_task_ended_closes_its_asker() {
-        let (post, task) = Post::start();
+        let (post, task) = Post::start(None);
         task.abort();
         let _ = task.await;
         let (reply, answered) = tokio::sync::oneshot::channel::<u32>();
