@@ -9,9 +9,11 @@ use crate::wire::output::{push_json_string, PlainText};
 
 /// One account as compact JSON.
 pub fn account_json(catalog: &Catalog, account: &Account) -> String {
-    // Room for the common account (about 450 bytes and 330 per grant), and for what the balance
-    // reply adds, without growing.
-    let mut out = String::with_capacity(768 + 384 * account.grants.len());
+    // Room for the common account (about 450 bytes, 330 per grant and 250 per credit type), and
+    // for what the balance reply adds (about 150 per credit type, and per alert crossed),
+    // without growing.
+    let mut out =
+        String::with_capacity(512 + 384 * account.grants.len() + 512 * account.types.len());
     out.push_str("{\"account\":");
     push_json_string(&mut out, &account.id);
     out.push_str(",\"plan\":");

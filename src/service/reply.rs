@@ -16,15 +16,23 @@ use crate::time::Instant;
 use crate::wire::output::{push_json_string, PlainText};
 
 /// A JSON object written field by field, in order.
-pub struct Object(String);
+pub struct Object(String, usize);
 
 impl Object {
     pub fn new() -> Object {
-        Object(String::from("{"))
+        Object::after(String::new())
+    }
+
+    /// An object written at the end of `text` (which [`Object::finish`] gives back with the
+    /// object appended): no string of its own to copy.
+    pub fn after(mut text: String) -> Object {
+        text.push('{');
+        let start = text.len();
+        Object(text, start)
     }
 
     fn key(&mut self, name: &str) {
-        if self.0.len() > 1 {
+        if self.0.len() > self.1 {
             self.0.push(',');
         }
         push_json_string(&mut self.0, name);
@@ -101,14 +109,12 @@ pub fn balance(
         if index > 0 {
             view.push(',');
         }
-        view.push_str(
-            &Object::new()
-                .string("credit_type", &catalog.credit_type(a.credit_type).name)
-                .text("available", a.total())
-                .text("spendable", a.spendable)
-                .text("overage_room", a.overage_room)
-                .finish(),
-        );
+        view = Object::after(view)
+            .string("credit_type", &catalog.credit_type(a.credit_type).name)
+            .text("available", a.total())
+            .text("spendable", a.spendable)
+            .text("overage_room", a.overage_room)
+            .finish();
     }
     // Every threshold the account has crossed (SEMANTICS §10.5): below now or not, and how
     // often it went low and recovered. One never crossed has no state and is not listed.
@@ -121,15 +127,13 @@ pub fn balance(
         if index > 0 {
             view.push(',');
         }
-        view.push_str(
-            &Object::new()
-                .string("credit_type", &catalog.credit_type(credit_type).name)
-                .string("alert", &a.name)
-                .raw("below", if a.below { "true" } else { "false" })
-                .number("lows", a.lows)
-                .number("recoveries", a.recoveries)
-                .finish(),
-        );
+        view = Object::after(view)
+            .string("credit_type", &catalog.credit_type(credit_type).name)
+            .string("alert", &a.name)
+            .raw("below", if a.below { "true" } else { "false" })
+            .number("lows", a.lows)
+            .number("recoveries", a.recoveries)
+            .finish();
     }
     let _ = std::fmt::Write::write_fmt(&mut view, format_args!("],\"as_of_seq\":{as_of_seq}}}"));
     view
