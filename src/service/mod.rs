@@ -126,8 +126,8 @@ pub struct Desk {
     /// Where the shards deliver answers in bursts ([`post`]), on the runtime the requests run
     /// on; `None`: each answer completes its request directly.
     pub post: Option<post::Post>,
-    /// Where each request the endpoints answer is counted, with its time here (`None`: not
-    /// counted; the HTTP API counts its own).
+    /// Where each request the NATS endpoints answer is counted, with its time here (`None`:
+    /// not counted: the HTTP API's desk, whose requests are not in these metrics).
     pub metrics: Option<crate::metrics::Metrics>,
 }
 
@@ -366,14 +366,14 @@ impl Desk {
             return Some(request);
         };
         let prepared = self.prepare(name, &request.message.payload);
-        let request = post::Addressed {
+        let to = post::Addressed {
             request,
             endpoint: name,
             received,
         };
         let (partition, min_seq, answer) = match prepared {
             query::Prepared::Answered(answer) => {
-                post.reply(request, answer);
+                post.reply(to, answer);
                 return None;
             }
             query::Prepared::Ask {
@@ -383,17 +383,17 @@ impl Desk {
             } => (partition, min_seq, answer),
         };
         let Some(shard) = self.layout.shard(partition) else {
-            post.reply(request, Err(not_owner(partition)));
+            post.reply(to, Err(not_owner(partition)));
             return None;
         };
         let queue = &self.questions[shard];
         if queue.is_full() {
-            post.reply(request, Err(busy(shard)));
+            post.reply(to, Err(busy(shard)));
             return None;
         }
         let wait = self.settings.wait_max;
         let pending = Pending {
-            reply: Some(request),
+            to: Some(to),
             post: post.clone(),
             partition,
             min_seq,
@@ -611,7 +611,7 @@ fn command_reply(
 /// unanswered (past its deadline, a queue that filled, a shard stopping), with the error an
 /// asker waiting for it would give.
 struct Pending {
-    reply: Option<post::Addressed>,
+    to: Option<post::Addressed>,
     post: post::Post,
     partition: u32,
     min_seq: u64,
@@ -620,17 +620,17 @@ struct Pending {
 
 impl Pending {
     fn complete(mut self, answer: Result<String, ServiceError>) {
-        if let Some(request) = self.reply.take() {
-            self.post.reply(request, answer);
+        if let Some(to) = self.to.take() {
+            self.post.reply(to, answer);
         }
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some(request) = self.reply.take() {
+        if let Some(to) = self.to.take() {
             let error = unanswered(self.partition, self.min_seq, self.wait);
-            self.post.reply(request, Err(error));
+            self.post.reply(to, Err(error));
         }
     }
 }
