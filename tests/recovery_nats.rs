@@ -321,6 +321,40 @@ fn snapshotted_in_rounds(
     assert!(terminate(&mut processor).success(), "{}", setup.log());
 }
 
+/// The bucket the two damaged-bucket tests below use, and their partitions.
+const DAMAGED_BUCKET: &str = "cf_snapshots";
+const DAMAGED_PARTITIONS: u32 = 2;
+
+/// A server, and a processor mirroring to [`DAMAGED_BUCKET`] (snapshots every 100 ms or 40
+/// events; `nats` is TOML for its `[nats]` section) that has run a workload in rounds and
+/// stopped: the bucket holds full files and deltas of every partition.
+fn snapshotted_to_bucket(nats: &str) -> (NatsServer, Setup, tokio::runtime::Runtime) {
+    let server = NatsServer::start();
+    let url = server.url();
+    let setup = with_bucket(
+        &url,
+        DAMAGED_PARTITIONS,
+        DAMAGED_BUCKET,
+        &format!("interval = \"100ms\"\ninterval_events = 40\n[nats]\n{nats}"),
+    );
+    let runtime = runtime();
+    snapshotted_in_rounds(&runtime, &url, &setup, DAMAGED_PARTITIONS);
+    (server, setup, runtime)
+}
+
+/// A processor whose snapshot directory is lost starts from what it fetches from the bucket;
+/// its state is compared with the oracle's and every output checked stored once. Its log.
+fn restarted_from_the_bucket(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    setup: &Setup,
+) -> String {
+    std::fs::remove_dir_all(setup.snapshots()).unwrap();
+    let mut processor = setup.start(&[]);
+    finish_and_compare(runtime, url, setup, &mut processor);
+    setup.log()
+}
+
 /// The names of the objects in `store`.
 async fn object_names(
     store: &async_nats::jetstream::object_store::ObjectStore,
@@ -387,20 +421,10 @@ fn a_lost_snapshot_directory_is_restored_from_the_object_store() {
 /// instead of refusing to start. Its state is the oracle's and every output is stored once.
 #[test]
 fn an_incomplete_copy_in_the_object_store_is_replayed_from_the_first_message() {
-    let server = NatsServer::start();
+    let (server, setup, runtime) = snapshotted_to_bucket("");
     let url = server.url();
-    let partitions = 2;
-    let bucket = "cf_snapshots";
-    let setup = with_bucket(
-        &url,
-        partitions,
-        bucket,
-        "interval = \"100ms\"\ninterval_events = 40\n",
-    );
-    let runtime = runtime();
-    snapshotted_in_rounds(&runtime, &url, &setup, partitions);
     let removed = runtime.block_on(async {
-        let store = bucket_of(&url, bucket).await;
+        let store = bucket_of(&url, DAMAGED_BUCKET).await;
         let names = object_names(&store).await;
         let deltas = names
             .iter()
@@ -421,10 +445,7 @@ fn an_incomplete_copy_in_the_object_store_is_replayed_from_the_first_message() {
     });
     assert!(!removed.is_empty());
 
-    std::fs::remove_dir_all(setup.snapshots()).unwrap();
-    let mut processor = setup.start(&[]);
-    finish_and_compare(&runtime, &url, &setup, &mut processor);
-    let log = setup.log();
+    let log = restarted_from_the_bucket(&runtime, &url, &setup);
     assert!(
         log.contains("the object store's copy of this partition does not load"),
         "{log}"
@@ -439,19 +460,10 @@ fn an_incomplete_copy_in_the_object_store_is_replayed_from_the_first_message() {
 /// stored once.
 #[test]
 fn an_object_whose_data_is_gone_is_skipped_and_the_partition_recovered() {
-    let server = NatsServer::start();
-    let url = server.url();
-    let partitions = 2;
-    let bucket = "cf_snapshots";
     // A short request timeout: a read that waits for data that never comes gives up sooner.
-    let setup = with_bucket(
-        &url,
-        partitions,
-        bucket,
-        "interval = \"100ms\"\ninterval_events = 40\n[nats]\nrequest_timeout = \"1s\"\n",
-    );
-    let runtime = runtime();
-    snapshotted_in_rounds(&runtime, &url, &setup, partitions);
+    let (server, setup, runtime) = snapshotted_to_bucket("request_timeout = \"1s\"\n");
+    let url = server.url();
+    let bucket = DAMAGED_BUCKET;
     let purged = runtime.block_on(async {
         let store = bucket_of(&url, bucket).await;
         let names: Vec<String> = object_names(&store)
@@ -479,10 +491,7 @@ fn an_object_whose_data_is_gone_is_skipped_and_the_partition_recovered() {
     });
     assert_eq!(purged.len(), 2);
 
-    std::fs::remove_dir_all(setup.snapshots()).unwrap();
-    let mut processor = setup.start(&[]);
-    finish_and_compare(&runtime, &url, &setup, &mut processor);
-    let log = setup.log();
+    let log = restarted_from_the_bucket(&runtime, &url, &setup);
     assert!(
         log.contains("an object listed in the snapshot bucket cannot be read"),
         "{log}"
