@@ -724,13 +724,14 @@ fn http_get(port: u16, path: &str) -> String {
 /// window is the fence: docs/SCALE-OUT.md).
 #[test]
 fn a_previous_owners_output_is_refused_once_a_successor_fenced_the_partition() {
-    use creditflow::pipeline::emit::{Fences, JetStreamPublisher, Publisher};
+    use creditflow::pipeline::emit::Publisher;
+    use creditflow::pipeline::publish::{Fences, JetStreamPublisher};
     let server = NatsServer::start();
     let runtime = runtime();
     let checks = creditflow::testkit::nats_server_version() >= (2, 11);
     runtime.block_on(async {
         let client = async_nats::connect(server.url()).await.expect("connect");
-        let context = async_nats::jetstream::new(client);
+        let context = async_nats::jetstream::new(client.clone());
         context
             .create_stream(async_nats::jetstream::stream::Config {
                 name: "CREDITFLOW_OUT".into(),
@@ -754,12 +755,15 @@ fn a_previous_owners_output_is_refused_once_a_successor_fenced_the_partition() {
                     .sequence
             }
         };
-        let publisher = |sequence: u64| JetStreamPublisher {
-            context: context.clone(),
-            fences: Some(Fences {
-                subject_prefix: "creditflow.out.fence".into(),
-                sequences: std::sync::Arc::new(vec![None, None, None, Some(sequence)]),
-            }),
+        let publisher = |sequence: u64| {
+            JetStreamPublisher::new(
+                client.clone(),
+                Duration::from_secs(10),
+                Some(Fences {
+                    subject_prefix: "creditflow.out.fence".into(),
+                    sequences: std::sync::Arc::new(vec![None, None, None, Some(sequence)]),
+                }),
+            )
         };
         let output = |id: &str| creditflow::pipeline::Outbound {
             partition: 3,
@@ -776,7 +780,7 @@ fn a_previous_owners_output_is_refused_once_a_successor_fenced_the_partition() {
             return;
         }
         let first = fence("first").await;
-        let previous = publisher(first);
+        let previous = publisher(first).await.expect("publisher");
         let stored = previous.publish(&output("o1")).await.expect("sent").await;
         assert!(stored.is_ok(), "the owner's own output: {stored:?}");
         let _second = fence("second").await;

@@ -174,9 +174,16 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
                 }
             }
             Slot::Publish { ack, .. } => {
-                let result = match (ack.as_mut(), wait) {
-                    (Some(pending), None) => pending.await,
-                    (Some(pending), Some(input)) => {
+                // An ack already there is taken without arming a timer (in a backlog most
+                // are: the window keeps the server busy).
+                let ready = match (ack.as_mut(), wait) {
+                    (Some(pending), Some(_)) => pending.now_or_never(),
+                    _ => None,
+                };
+                let result = match (ack.as_mut(), wait, ready) {
+                    (_, _, Some(result)) => result,
+                    (Some(pending), None, None) => pending.await,
+                    (Some(pending), Some(input), None) => {
                         tokio::select! {
                             biased;
                             result = pending => result,
@@ -184,7 +191,7 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
                             _ = tokio::time::sleep(ACK_POLL) => return,
                         }
                     }
-                    (None, _) => Err(PublishFailure("not sent".into())),
+                    (None, _, None) => Err(PublishFailure("not sent".into())),
                 };
                 // Completed: never poll it again.
                 *ack = None;
@@ -301,54 +308,6 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
 fn discard<A: Future + Unpin>(ack: &mut Option<A>) {
     if let Some(mut pending) = ack.take() {
         let _ = (&mut pending).now_or_never();
-    }
-}
-
-/// The NATS JetStream publisher.
-pub struct JetStreamPublisher {
-    pub context: async_nats::jetstream::Context,
-    /// Processors sharing the partitions, on a server that checks it: each output expects its
-    /// partition's fence record to be the last message on `<subject_prefix>.<partition>`, so
-    /// the server refuses it once another owner has fenced the partition.
-    pub fences: Option<Fences>,
-}
-
-/// The fence records an owner published (`processor::generation`).
-#[derive(Clone, Debug)]
-pub struct Fences {
-    /// `<output prefix>.fence`: partition p's record is on `<subject_prefix>.<p>`.
-    pub subject_prefix: String,
-    /// By partition: the stream sequence of this owner's record.
-    pub sequences: std::sync::Arc<Vec<Option<u64>>>,
-}
-
-impl Publisher for JetStreamPublisher {
-    type Ack = std::pin::Pin<Box<dyn Future<Output = Result<u64, PublishFailure>> + Send>>;
-
-    async fn publish(&self, output: &Outbound) -> Result<Self::Ack, PublishFailure> {
-        let mut publish = async_nats::jetstream::message::PublishMessage::build()
-            .payload(output.payload.clone())
-            .message_id(output.id.as_str());
-        if let Some(fences) = &self.fences {
-            if let Some(Some(sequence)) = fences.sequences.get(output.partition as usize) {
-                publish = publish
-                    .header(
-                        "Nats-Expected-Last-Subject-Sequence-Subject",
-                        format!("{}.{}", fences.subject_prefix, output.partition).as_str(),
-                    )
-                    .expected_last_subject_sequence(*sequence);
-            }
-        }
-        let ack = self
-            .context
-            .send_publish(output.subject.clone(), publish)
-            .await
-            .map_err(|e| PublishFailure(e.to_string()))?;
-        Ok(Box::pin(async move {
-            ack.await
-                .map(|ack| ack.sequence)
-                .map_err(|e| PublishFailure(e.to_string()))
-        }))
     }
 }
 

@@ -28,6 +28,7 @@ pub mod dispatch;
 pub mod emit;
 pub mod ingest;
 pub mod partitioned;
+pub mod publish;
 pub mod question;
 pub mod server;
 pub mod shard;

@@ -29,9 +29,10 @@ use crate::engine::Partition;
 use crate::lease::Fence;
 use crate::metrics::{Health, Metrics};
 use crate::pipeline::dispatch::{shard_queues, Dispatcher};
-use crate::pipeline::emit::{Emitter, JetStreamPublisher, PublishFailure, Publisher};
+use crate::pipeline::emit::{Emitter, PublishFailure, Publisher};
 use crate::pipeline::ingest::{Reader, ReaderSettings};
 use crate::pipeline::partitioned::PartitionReader;
+use crate::pipeline::publish::{AckTicket, Fences, JetStreamPublisher};
 use crate::pipeline::question::{question_queues, Question, ResultBook};
 use crate::pipeline::shard::Shard;
 use crate::pipeline::streams::{ensure_stream, Ensured, StreamSettings};
@@ -91,7 +92,7 @@ struct SkipEmitted {
 }
 
 impl Publisher for SkipEmitted {
-    type Ack = std::pin::Pin<Box<dyn Future<Output = Result<u64, PublishFailure>> + Send>>;
+    type Ack = futures::future::Either<std::future::Ready<Result<u64, PublishFailure>>, AckTicket>;
 
     async fn publish(&self, output: &Outbound) -> Result<Self::Ack, PublishFailure> {
         if !self.fence.holds() {
@@ -101,9 +102,12 @@ impl Publisher for SkipEmitted {
         }
         if self.already.contains(&output.id) {
             self.skipped.fetch_add(1, Ordering::Relaxed);
-            return Ok(Box::pin(std::future::ready(Ok(0))));
+            return Ok(futures::future::Either::Left(std::future::ready(Ok(0))));
         }
-        self.inner.publish(output).await
+        self.inner
+            .publish(output)
+            .await
+            .map(futures::future::Either::Right)
     }
 }
 
@@ -205,10 +209,20 @@ pub(crate) async fn run(
     metrics.generation_started(ownership.layout.owned_partitions().len());
     let report = recovered.report.clone();
 
+    let publisher = JetStreamPublisher::new(
+        base.client.clone(),
+        config.nats.request_timeout,
+        fences.map(|sequences| Fences {
+            subject_prefix: format!("{}.fence", config.output.subject_prefix),
+            sequences,
+        }),
+    )
+    .await
+    .map_err(|e| ProcessorError::Other(format!("the output publisher: {e}")))?;
     let threads = start_threads(
         base,
         recovered,
-        (store, remote, fences),
+        (store, remote, publisher),
         &ownership,
         &stopping,
     )?;
@@ -499,7 +513,7 @@ fn shadows_of(
 fn start_threads(
     base: &Base,
     recovered: crate::recovery::Recovered,
-    (store, remote, fences): (Store, Option<Remote>, Option<OutputFences>),
+    (store, remote, publisher): (Store, Option<Remote>, JetStreamPublisher),
     ownership: &Ownership,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Threads, ProcessorError> {
@@ -651,13 +665,7 @@ fn start_threads(
     let emitter = {
         let emitter = Emitter {
             publisher: SkipEmitted {
-                inner: JetStreamPublisher {
-                    context: context.clone(),
-                    fences: fences.map(|sequences| crate::pipeline::emit::Fences {
-                        subject_prefix: format!("{}.fence", config.output.subject_prefix),
-                        sequences,
-                    }),
-                },
+                inner: publisher,
                 already: recovered.already_emitted,
                 skipped: skipped.clone(),
                 fence,
