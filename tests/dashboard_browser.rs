@@ -57,7 +57,64 @@ fn the_dashboard_shows_the_service_balances_and_draws_the_chart() {
     rt.block_on(publish(&url, &lines, partitions));
     wait_caught_up(&url, &setup, Duration::from_secs(120));
     let accounts: Vec<String> = (1..=12).map(|i| format!("acct_{i:02}")).collect();
-    check_dashboard(port, &accounts, "processor");
+    // Requests to the NATS service, answered and refused, for the overview's service table.
+    rt.block_on(async {
+        let client = async_nats::connect(&url).await.expect("connect");
+        for account in &accounts[..3] {
+            let body = serde_json::json!({ "account": account }).to_string();
+            service_request(&client, "creditflow.svc.query.balance", body)
+                .await
+                .expect("a balance");
+        }
+        let unknown = serde_json::json!({ "account": "nobody_here" }).to_string();
+        let refused = service_request(&client, "creditflow.svc.query.balance", unknown).await;
+        assert_eq!(refused.map_err(|(code, _)| code), Err(404));
+        let malformed =
+            service_request(&client, "creditflow.svc.query.authorize", "{".into()).await;
+        assert_eq!(malformed.map_err(|(code, _)| code), Err(400));
+    });
+    let seen = check_dashboard(port, &accounts, "processor");
+    // In the order of the metrics' text, which is no contract: compared sorted.
+    let mut shown = seen["service"].as_array().expect("rows").clone();
+    shown.sort_by_key(|row| row[0].as_str().map(String::from));
+    assert_eq!(
+        Value::Array(shown),
+        serde_json::json!([
+            [
+                "authorize",
+                "1",
+                "0",
+                "400×1",
+                service_mean_ms(port, "authorize")
+            ],
+            [
+                "balance",
+                "4",
+                "3",
+                "404×1",
+                service_mean_ms(port, "balance")
+            ]
+        ]),
+        "the service's requests shown"
+    );
+}
+
+/// The mean time in the processor of `endpoint`'s requests, in ms to three decimals, from
+/// the processor's metrics (as the overview computes it).
+fn service_mean_ms(port: u16, endpoint: &str) -> String {
+    let metrics = get(port, "/metrics");
+    let value = |name: &str| -> f64 {
+        let prefix = format!("{name}{{endpoint=\"{endpoint}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("{prefix} in the metrics"))
+            .parse()
+            .expect("a number")
+    };
+    let sum = value("creditflow_service_request_duration_seconds_sum");
+    let count = value("creditflow_service_request_duration_seconds_count");
+    format!("{:.3}", sum / count * 1000.0)
 }
 
 /// `creditflow demo --serve` serves the same dashboard and API with no NATS: after its
@@ -119,7 +176,12 @@ fn the_demo_serves_the_dashboard_without_nats() {
     let port = port.expect("the demo's port");
     assert!(get(port, "/readyz").starts_with("ready"));
     let accounts: Vec<String> = (0..20).map(|i| format!("demo_{i:06}")).collect();
-    check_dashboard(port, &accounts, "demo");
+    let seen = check_dashboard(port, &accounts, "demo");
+    assert_eq!(
+        seen["service"],
+        serde_json::json!([]),
+        "no NATS service in the demo"
+    );
     // Ctrl-C (SIGINT) ends it cleanly, with its report.
     let pid = demo.0.id().to_string();
     assert!(Command::new("kill")
@@ -145,7 +207,7 @@ fn columns(rows: &Value, fields: &[&str]) -> Value {
 /// Opens the overview and the page of the account (of `accounts`) with the most recent
 /// charges; checks what the page shows against the API's answers; keeps the screenshots in
 /// `target/dashboard-screenshots/<name>/`.
-fn check_dashboard(port: u16, accounts: &[String], name: &str) {
+fn check_dashboard(port: u16, accounts: &[String], name: &str) -> Value {
     let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     // The account with the most recent charges, among those with alert states if any has.
     let alerted = |a: &str| -> usize {
@@ -287,4 +349,5 @@ fn check_dashboard(port: u16, accounts: &[String], name: &str) {
             "{shot} kept"
         );
     }
+    seen
 }

@@ -1,5 +1,5 @@
 // Opens the dashboard in Debian's chromium (headless) and prints, as one JSON line, what the
-// page shows: the overview's account count and the account page's balances and chart.
+// page shows: the overview's figures and tables and the account page's balances and chart.
 // Usage: node dashboard.mjs <base url> <account> <screenshot dir>
 import { chromium } from "playwright-core";
 
@@ -23,6 +23,8 @@ try {
     rows.map((r) => [r.querySelector(".col-credit_type").textContent, r.querySelector(".col-account").textContent,
       r.querySelector(".col-consumed").textContent]));
   const alerts = await page.textContent("#alerts");
+  const service = await page.$$eval("#service tbody tr", (rows) =>
+    rows.map((r) => ["endpoint", "requests", "ok", "refused", "mean_ms"].map((c) => r.querySelector(".col-" + c).textContent)));
   const revenue = await page.$$eval("#credit-types tbody tr", (rows) =>
     rows.map((r) => [r.querySelector(".col-recognized").textContent, r.querySelector(".col-deferred").textContent]));
   await page.screenshot({ path: `${shots}/overview.png`, fullPage: true });
@@ -43,7 +45,7 @@ try {
   const lines = await page.$$eval("#lines tbody tr", (rows) =>
     rows.map((r) => [r.querySelector(".col-kind").textContent, r.querySelector(".col-money").textContent]));
   await page.screenshot({ path: `${shots}/account.png`, fullPage: true });
-  console.log(JSON.stringify({ accounts, creditTypes, topConsumers, alerts, revenue, balances, runways, chartPoints, polyline, grants, charges, lines, accountAlerts, errors }));
+  console.log(JSON.stringify({ accounts, creditTypes, topConsumers, alerts, service, revenue, balances, runways, chartPoints, polyline, grants, charges, lines, accountAlerts, errors }));
 } finally {
   await browser.close();
 }

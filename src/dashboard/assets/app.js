@@ -76,6 +76,43 @@ function metricSum(text, name) {
   return sum;
 }
 
+// The Prometheus text's series named `name`: each its labels and value.
+function metricSeries(text, name) {
+  const series = [];
+  for (const line of text.split("\n")) {
+    if (!line.startsWith(name + "{") && !line.startsWith(name + " ")) continue;
+    const labels = {};
+    const close = line.lastIndexOf("}");
+    if (line[name.length] === "{" && close > name.length) {
+      for (const m of line.slice(name.length + 1, close).matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) labels[m[1]] = m[2];
+    }
+    series.push({ labels, value: Number(line.split(" ").pop()) });
+  }
+  return series;
+}
+
+// The service's requests since the processor started, one row per endpoint asked at least
+// once: how many, how many refused (by code), and the mean time in the processor.
+function serviceRows(metrics) {
+  const rows = new Map();
+  for (const s of metricSeries(metrics, "creditflow_service_requests_total")) {
+    if (!(s.value > 0)) continue;
+    const endpoint = s.labels.endpoint;
+    if (!rows.has(endpoint)) rows.set(endpoint, { endpoint, requests: 0, ok: 0, refused: [], mean_ms: "—" });
+    const row = rows.get(endpoint);
+    row.requests += s.value;
+    if (s.labels.outcome === "ok") row.ok += s.value;
+    else row.refused.push(`${s.labels.outcome}×${s.value}`);
+  }
+  const sums = Object.fromEntries(metricSeries(metrics, "creditflow_service_request_duration_seconds_sum")
+    .map((s) => [s.labels.endpoint, s.value]));
+  for (const s of metricSeries(metrics, "creditflow_service_request_duration_seconds_count")) {
+    const row = rows.get(s.labels.endpoint);
+    if (row && s.value > 0) row.mean_ms = ((sums[s.labels.endpoint] / s.value) * 1000).toFixed(3);
+  }
+  return [...rows.values()].map((r) => ({ ...r, refused: r.refused.join(" ") || "—" }));
+}
+
 async function overview() {
   const [totals, metrics] = await Promise.all([
     api("/api/v1/totals"),
@@ -105,6 +142,8 @@ async function overview() {
       topTable(top)),
     el("section", { class: "card", id: "alerts-by-type" }, el("h2", {}, "Alerts in the last hour"),
       table(Object.entries(alerts).map(([type, count]) => ({ type, count })))),
+    el("section", { class: "card wide", id: "service" }, el("h2", {}, "Service requests since start (NATS; mean time in the processor)"),
+      table(serviceRows(metrics), ["endpoint", "requests", "ok", "refused", "mean_ms"])),
   );
 }
 
