@@ -21,6 +21,14 @@ fn output(subject: &str, id: &str, partition: u32) -> Outbound {
     }
 }
 
+/// Publishes `output` and waits for its ack.
+async fn stored(
+    publisher: &JetStreamPublisher,
+    output: Outbound,
+) -> Result<u64, creditflow::pipeline::emit::PublishFailure> {
+    publisher.publish(&output).await.expect("sent").await
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -67,10 +75,7 @@ fn acks_give_the_stored_sequence_and_a_repeated_id_is_stored_once() {
         }
         // The same id again: the stream's duplicate window drops it and the ack names the
         // first copy's sequence.
-        let again = publisher
-            .publish(&output("out.0.line", "id-7", 0))
-            .await
-            .expect("sent")
+        let again = stored(&publisher, output("out.0.line", "id-7", 0))
             .await
             .expect("acked");
         assert_eq!(again, 8);
@@ -92,10 +97,7 @@ fn no_stream_and_no_reply_each_fail_with_the_reason_and_a_late_reply_is_ignored(
             .expect("publisher");
 
         // No stream stores the subject and nothing listens: the server says no responders.
-        let failure = publisher
-            .publish(&output("nowhere.0.line", "a", 0))
-            .await
-            .expect("sent")
+        let failure = stored(&publisher, output("nowhere.0.line", "a", 0))
             .await
             .expect_err("nobody stores it");
         assert!(failure.0.contains("no responders"), "{failure}");
@@ -104,10 +106,7 @@ fn no_stream_and_no_reply_each_fail_with_the_reason_and_a_late_reply_is_ignored(
         let mut silent = client.subscribe("silent.>").await.expect("subscribe");
         client.flush().await.expect("flush");
         let started = std::time::Instant::now();
-        let failure = publisher
-            .publish(&output("silent.0.line", "b", 0))
-            .await
-            .expect("sent")
+        let failure = stored(&publisher, output("silent.0.line", "b", 0))
             .await
             .expect_err("no reply");
         assert!(failure.0.contains("no ack within"), "{failure}");
@@ -127,10 +126,7 @@ fn no_stream_and_no_reply_each_fail_with_the_reason_and_a_late_reply_is_ignored(
             .await
             .expect("late reply");
         client.flush().await.expect("flush");
-        let sequence = publisher
-            .publish(&output("out.0.line", "c", 0))
-            .await
-            .expect("sent")
+        let sequence = stored(&publisher, output("out.0.line", "c", 0))
             .await
             .expect("acked");
         assert_eq!(sequence, 1);
