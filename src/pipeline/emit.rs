@@ -301,10 +301,12 @@ impl<P: Publisher, O: EmitObserver> Emitter<P, O> {
     }
 }
 
-/// Drops an ack the emitter will no longer wait for, polling it once first. The NATS client
-/// releases a polled ack's permit when it is dropped, but hands an unpolled one to a task that
-/// waits up to `ack_timeout` for its reply, which after a lost connection never comes: resending
-/// a full window would then wait that long for each permit (a broker restart test hung so in CI).
+/// Drops an ack the emitter will no longer wait for, polling it once first. An ack may hold
+/// something until it is polled: async-nats's JetStream publish (the emitter's publisher before
+/// `pipeline::publish`) released a polled ack's permit when it was dropped, but handed an
+/// unpolled one to a task that waited up to `ack_timeout` for its reply, which after a lost
+/// connection never comes (a broker restart test hung so in CI). `pipeline::publish`'s ticket
+/// lets its slot go when dropped either way; the poll costs nothing there.
 fn discard<A: Future + Unpin>(ack: &mut Option<A>) {
     if let Some(mut pending) = ack.take() {
         let _ = (&mut pending).now_or_never();

@@ -172,9 +172,10 @@ pub async fn run(
     let context = jetstream::ContextBuilder::new()
         .timeout(config.nats.request_timeout)
         .max_ack_inflight(config.output.publish_window.max(1) + partitions as usize)
-        // An ack dropped unawaited keeps its permit until its reply or this timeout (the
-        // client's default is 30 s); the emitter polls acks before dropping them, and this
-        // bounds any other case by the same timeout as every other request.
+        // For this context's own publishes (the fence records and the service's commands;
+        // outputs go through `pipeline::publish`): an ack dropped unawaited keeps its permit
+        // until its reply or this timeout (the client's default is 30 s), bounded by the same
+        // timeout as every other request.
         .ack_timeout(config.nats.request_timeout)
         .backpressure_on_inflight(true)
         .build(client.clone());
