@@ -164,6 +164,23 @@ impl AckBook {
         }
     }
 
+    /// `token`'s reply if it has arrived (its slot is then closed), `Some(None)` while it is
+    /// awaited, `None` once its slot is let go (a closed slot behind an open one still reads as
+    /// awaited; a ticket is not polled after it completes).
+    fn take(&mut self, token: u64) -> Option<Option<Result<u64, PublishFailure>>> {
+        let slot = self.slot(token)?;
+        match std::mem::replace(slot, Slot::Closed) {
+            Slot::Arrived(result) => {
+                self.close(token);
+                Some(Some(result))
+            }
+            other => {
+                *slot = other;
+                Some(None)
+            }
+        }
+    }
+
     /// Files a reply under its token.
     fn file(&mut self, message: async_nats::Message) {
         let Some(token) = message
@@ -202,16 +219,10 @@ impl Future for AckTicket {
         {
             let mut book = lock(&self.acks);
             loop {
-                if let Some(slot) = book.slot(token) {
-                    if matches!(slot, Slot::Arrived(_)) {
-                        let Slot::Arrived(result) = std::mem::replace(slot, Slot::Closed) else {
-                            unreachable!("matched as arrived just above");
-                        };
-                        book.close(token);
-                        return Poll::Ready(result);
-                    }
-                } else {
-                    return Poll::Ready(Err(PublishFailure("ack already taken".into())));
+                match book.take(token) {
+                    Some(Some(result)) => return Poll::Ready(result),
+                    Some(None) => {}
+                    None => return Poll::Ready(Err(PublishFailure("ack already taken".into()))),
                 }
                 match book.subscriber.poll_next_unpin(cx) {
                     Poll::Ready(Some(message)) => book.file(message),
