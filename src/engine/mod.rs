@@ -1,8 +1,10 @@
 //! The credit engine: pure, deterministic, replayable (SEMANTICS.md is its contract).
 //!
 //! Owns: partitions of accounts ([`Partition`]), the order of checks on every input, the dedupe
-//! index, the timers that drive time-based transitions, and [`Engine`], a set of partitions used
-//! by `replay`, `simulate` and the tests.
+//! index, the timers that drive time-based transitions. Beside it: [`Engine`], a set of
+//! partitions used by `replay`, `simulate` and the tests (`set.rs`); fetching ahead
+//! (`ahead.rs`); what `simulate` and `replay --explain` are told (`explain.rs`); a partition's
+//! heap by what holds it (`heap.rs`).
 //!
 //! Must never: do I/O, read a clock, spawn threads, use randomness, or iterate a hash map where
 //! the order could reach an output. Time and stream sequences come in as arguments. One input in,
@@ -14,15 +16,24 @@
 //! account touched passes [`Account::check`].
 
 pub mod account;
+mod ahead;
 pub mod compact;
 pub mod dedupe;
 pub mod delta;
+mod explain;
+mod heap;
 pub mod journal;
 pub mod query;
 pub mod reversals;
+mod set;
 pub mod shadow;
 pub mod timers;
 pub mod view;
+
+pub use ahead::{apply_ahead, Ahead, Hashes, AHEAD_DISTANCES};
+pub use explain::{Explanation, Tally};
+pub use heap::HeapBreakdown;
+pub use set::Engine;
 
 use std::sync::Arc;
 
@@ -47,83 +58,6 @@ pub fn partition_of(account: &str, partition_count: u32) -> u32 {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     (hash % u64::from(partition_count.max(1))) as u32
-}
-
-/// The stages of fetching ahead, each depending on the memory the one before loaded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ahead {
-    /// [`Partition::prefetch_buckets`].
-    Buckets,
-    /// [`Partition::prefetch_account`].
-    Account,
-    /// [`Partition::prefetch_account_data`].
-    AccountData,
-}
-
-/// What finding a message's account and its dedupe entry hash: computed once per message and
-/// passed to each stage of fetching ahead and to the apply, rather than rehashed by each (four
-/// account-id hashes and two dedupe keys per message before).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Hashes {
-    /// [`AccountIndex::hash`] of the account id.
-    pub account: u64,
-    /// [`dedupe_key`] of the account id and the message id.
-    pub dedupe: u128,
-}
-
-impl Hashes {
-    /// `None` for a message without an account (a tick).
-    pub fn of(message: &Message<'_>) -> Option<Hashes> {
-        let account = message.account()?;
-        Some(Hashes {
-            account: AccountIndex::hash(account.as_bytes()),
-            dedupe: dedupe_key(account, message.id()),
-        })
-    }
-
-    /// Debug builds: asserts these are `message`'s hashes (a caller passed the right ones).
-    fn debug_check(&self, message: &Message<'_>) {
-        debug_assert_eq!(Some(*self), Hashes::of(message), "another message's hashes");
-    }
-}
-
-/// How many inputs ahead of the apply each stage of fetching ahead runs: stage 1 (buckets),
-/// stage 2 (the record), stage 3 (the record's data). Each stage reads what the one before
-/// loaded, so consecutive stages are apart by at least one apply, and by more when an apply
-/// is not much longer than a miss: an apply with everything in cache takes ~0.25 µs and a
-/// dependent miss ~0.25 µs on the development hosts (`scripts/memory-latency`). Measured at
-/// 1M accounts (batched apply, same-run runs on 2 cores): 3/2/1 449-487 ns, 4/3/2 456-497,
-/// 6/4/2 420-467, 8/5/2 405-449, 10/6/2 480-486, 12/8/4 457-471, 16/10/4 461-469: farther
-/// does not help, as the misses in flight are bounded by the core's fill buffers.
-pub const AHEAD_DISTANCES: [usize; 3] = [AHEAD_BUCKETS, AHEAD_ACCOUNT, AHEAD_DATA];
-const AHEAD_BUCKETS: usize = 8;
-const AHEAD_ACCOUNT: usize = 5;
-const AHEAD_DATA: usize = 2;
-
-/// Applies inputs `0..count` in order with fetching ahead: `step(i, Some(stage))` asks for a
-/// stage of input i's prefetch, `step(i, None)` applies input i. Stage 1 runs
-/// [`AHEAD_DISTANCES`]`[0]` inputs ahead of the apply, stage 2 `[1]`, stage 3 `[2]`, so each
-/// stage finds what the one before loaded.
-pub fn apply_ahead(count: usize, mut step: impl FnMut(usize, Option<Ahead>)) {
-    const _: () = assert!(AHEAD_BUCKETS > AHEAD_ACCOUNT && AHEAD_ACCOUNT > AHEAD_DATA);
-    for i in 0..count + AHEAD_BUCKETS {
-        if i < count {
-            step(i, Some(Ahead::Buckets));
-        }
-        let at = |distance: usize| {
-            let j = i.checked_sub(AHEAD_BUCKETS - distance)?;
-            (j < count).then_some(j)
-        };
-        if let Some(j) = at(AHEAD_ACCOUNT) {
-            step(j, Some(Ahead::Account));
-        }
-        if let Some(j) = at(AHEAD_DATA) {
-            step(j, Some(Ahead::AccountData));
-        }
-        if let Some(j) = at(0) {
-            step(j, None);
-        }
-    }
 }
 
 /// One message as it came off the log: its bytes and where and when the stream had it.
@@ -203,88 +137,6 @@ pub struct Partition {
     /// snapshot's header does not read every account; never part of a snapshot.
     #[serde(skip)]
     accounts_clock: Option<Option<Instant>>,
-}
-
-/// Heap bytes of a partition by what holds them ([`Partition::heap_breakdown`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HeapBreakdown {
-    /// The account records themselves (`Vec<Account>`).
-    pub records: usize,
-    /// Per credit type state.
-    pub types: usize,
-    /// Alert states within it (names included).
-    pub alerts: usize,
-    /// Grants, their ids and scopes.
-    pub grants: usize,
-    /// Invoice lines of the open period.
-    pub lines: usize,
-    /// The account index.
-    pub index: usize,
-    /// The timer heap.
-    pub timers: usize,
-    /// The dedupe index.
-    pub dedupe: usize,
-    /// Charge records kept for reversals past the dedupe window.
-    pub reversals: usize,
-    /// Long account ids, policy overrides, holds.
-    pub other: usize,
-}
-
-impl HeapBreakdown {
-    pub fn total(&self) -> usize {
-        self.records
-            + self.types
-            + self.alerts
-            + self.grants
-            + self.lines
-            + self.index
-            + self.timers
-            + self.dedupe
-            + self.reversals
-            + self.other
-    }
-}
-
-/// What an account's usage of one meter was charged, for `simulate`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Tally {
-    pub quantity: crate::decimal::Quantity,
-    pub credits: crate::decimal::Credits,
-    /// Money: credits drawn × their grants' cost basis, plus overage money; exact.
-    pub revenue: crate::decimal::Revenue,
-    pub charged: u64,
-    pub rejected: u64,
-    pub reversed: u64,
-}
-
-impl Tally {
-    fn add(&mut self, charge: &dedupe::Charge, sign: i128) {
-        let revenue = charge
-            .draws
-            .iter()
-            .fold(charge.overage_money, |sum, &(_, amount, basis)| {
-                sum + amount.times_price(basis).unwrap_or_default()
-            });
-        self.quantity += crate::decimal::Fixed(sign * charge.quantity.0);
-        self.credits += crate::decimal::Fixed(sign * charge.cost.0);
-        self.revenue += crate::decimal::Fixed(sign * revenue.0);
-    }
-}
-
-/// What one input did to the explained account: enough to show what was charged, at which
-/// rate, and from which grants.
-#[derive(Clone, Debug)]
-pub struct Explanation {
-    pub seq: u64,
-    pub id: String,
-    pub kind: &'static str,
-    pub ts: Instant,
-    pub priced: Option<Priced>,
-    /// (grant id, credits drawn) for a charge; empty otherwise.
-    pub draws: Vec<(String, crate::decimal::Credits)>,
-    pub overage: crate::decimal::Credits,
-    pub outcome: &'static str,
-    pub balance_after: Vec<(String, crate::decimal::Credits)>,
 }
 
 impl Partition {
@@ -372,41 +224,6 @@ impl Partition {
 
     pub fn dedupe_heap_bytes(&self) -> usize {
         self.dedupe.heap_bytes()
-    }
-
-    /// Where this partition's heap goes, from the capacities of its containers (what a
-    /// counting allocator sees, before the allocator's own rounding).
-    pub fn heap_breakdown(&self) -> HeapBreakdown {
-        use std::mem::size_of;
-        let mut heap = HeapBreakdown {
-            // The slots (a pointer each), and each account behind its Arc's two counts.
-            records: self.accounts.capacity() * size_of::<Arc<Account>>()
-                + self.accounts.len() * (size_of::<Account>() + 2 * size_of::<usize>()),
-            index: self.index.heap_bytes(),
-            timers: self.timers.heap_bytes(),
-            dedupe: self.dedupe.heap_bytes(),
-            reversals: self.reversals.heap_bytes(),
-            ..HeapBreakdown::default()
-        };
-        for account in &self.accounts {
-            if let compact::ShortStr::Heap(id) = &account.id {
-                heap.other += id.len();
-            }
-            heap.other += account.rare_heap_bytes();
-            heap.types += size_of_val(&*account.types);
-            for state in &account.types {
-                heap.types += state.rare_heap_bytes();
-                heap.alerts += state.alert_heap_bytes();
-            }
-            heap.grants += size_of_val(&*account.grants)
-                + account
-                    .grants
-                    .iter()
-                    .map(|g| g.id.len() + g.rare_heap_bytes())
-                    .sum::<usize>();
-            heap.lines += size_of_val(&*account.lines);
-        }
-        heap
     }
 
     /// Starts keeping the last `capacity` charges of this partition for the statement query
@@ -968,7 +785,7 @@ impl Partition {
             }
         }
         if self.explain.as_deref() == Some(account_id) {
-            let explanation = explain(catalog, account, message, seq, priced, &remembered);
+            let explanation = explain::explain(catalog, account, message, seq, priced, &remembered);
             self.explanations.push(explanation);
         }
         if let (Some(journal), dedupe::Remembered::Charged(charge)) =
@@ -1050,60 +867,6 @@ fn check_future(
     Ok(())
 }
 
-fn explain(
-    catalog: &Catalog,
-    account: &Account,
-    message: &Message<'_>,
-    seq: u64,
-    priced: Option<Priced>,
-    remembered: &dedupe::Remembered,
-) -> Explanation {
-    let (kind, outcome) = match (message, remembered) {
-        (Message::Usage(_), dedupe::Remembered::Rejected) => ("usage", "rejected"),
-        (Message::Usage(_), _) => ("usage", "charged"),
-        (Message::Command(c), _) => (c.kind.name(), "applied"),
-        (Message::Tick { .. }, _) => ("tick", "applied"),
-    };
-    let (draws, overage) = match remembered {
-        dedupe::Remembered::Charged(charge) => (
-            charge
-                .draws
-                .iter()
-                .map(|&(serial, amount, _)| {
-                    let id = account
-                        .grants
-                        .iter()
-                        .find(|g| g.serial == serial)
-                        .map_or_else(|| format!("#{serial}"), |g| g.id.to_string());
-                    (id, amount)
-                })
-                .collect(),
-            charge.overage,
-        ),
-        _ => (Vec::new(), crate::decimal::Credits::ZERO),
-    };
-    Explanation {
-        seq,
-        id: message.id().to_string(),
-        kind,
-        ts: message.ts(),
-        priced,
-        draws,
-        overage,
-        outcome,
-        balance_after: account
-            .types
-            .iter()
-            .map(|t| {
-                (
-                    catalog.credit_type(t.credit_type).name.clone(),
-                    account.balance(t.credit_type),
-                )
-            })
-            .collect(),
-    }
-}
-
 /// Checks an account's invariants in debug builds (every test); compiled out of release builds,
 /// where the check would cost as much as applying the message.
 fn debug_check(account: &Account) {
@@ -1114,404 +877,9 @@ fn debug_check(account: &Account) {
     }
 }
 
-/// A set of partitions applied in log order: the single-threaded engine that `replay`,
-/// `simulate`, the model test and the benchmarks drive.
-pub struct Engine {
-    catalog: Arc<Catalog>,
-    partitions: Vec<Partition>,
-    /// Prefix of partition subjects (`creditflow.in`): a subject `<prefix>.<n>.<kind>` routes
-    /// to partition `n` and is checked against the account's hash and the message's type
-    /// ([`subject::route`]).
-    subject_prefix: String,
-}
-
-/// One input of [`Engine::apply_batch`]: its route, its decoded message (`None` for an
-/// unroutable subject) and the partition that will apply it, when known before applying.
-type BatchInput<'a> = (
-    Route,
-    Option<Result<Message<'a>, DeadLetter>>,
-    Option<(u32, Hashes)>,
-);
-
-impl Engine {
-    pub fn new(catalog: Arc<Catalog>, partition_count: u32) -> Engine {
-        let count = partition_count.max(1);
-        Engine {
-            catalog,
-            partitions: (0..count).map(|n| Partition::new(n, count)).collect(),
-            subject_prefix: "creditflow.in".to_string(),
-        }
-    }
-
-    pub fn from_partitions(catalog: Arc<Catalog>, partitions: Vec<Partition>) -> Engine {
-        Engine {
-            catalog,
-            partitions,
-            subject_prefix: "creditflow.in".to_string(),
-        }
-    }
-
-    pub fn with_subject_prefix(mut self, prefix: &str) -> Engine {
-        self.subject_prefix = prefix.to_string();
-        self
-    }
-
-    pub fn catalog(&self) -> &Arc<Catalog> {
-        &self.catalog
-    }
-
-    pub fn partitions(&self) -> &[Partition] {
-        &self.partitions
-    }
-
-    /// The partitions, to take snapshots or deltas of (`tests/snapshot_deltas.rs`).
-    pub fn partitions_mut(&mut self) -> &mut [Partition] {
-        &mut self.partitions
-    }
-
-    pub fn into_partitions(self) -> Vec<Partition> {
-        self.partitions
-    }
-
-    /// How a subject routes ([`subject::route`]).
-    fn subject_route(&self, subject: &str) -> Route {
-        subject::route(&self.subject_prefix, subject, self.partitions.len() as u32)
-    }
-
-    /// Applies one raw message.
-    pub fn apply(&mut self, envelope: &Envelope<'_>, out: &mut Vec<Output>) {
-        let route = self.subject_route(envelope.subject);
-        let decoded = match route {
-            Route::Unroutable(_) => None,
-            _ => Some(input::decode(envelope.payload, &self.catalog)),
-        };
-        self.apply_routed(route, decoded.as_ref(), envelope, None, out);
-    }
-
-    /// Applies raw messages in order, fetching ahead ([`apply_ahead`]): the same state and
-    /// outputs as applying each with [`Engine::apply`].
-    pub fn apply_batch(&mut self, envelopes: &[Envelope<'_>], out: &mut Vec<Output>) {
-        let catalog = Arc::clone(&self.catalog);
-        let inputs: Vec<BatchInput<'_>> = envelopes
-            .iter()
-            .map(|envelope| {
-                let route = self.subject_route(envelope.subject);
-                let decoded = match route {
-                    Route::Unroutable(_) => None,
-                    _ => Some(input::decode(envelope.payload, &catalog)),
-                };
-                let message = match &decoded {
-                    Some(Ok(message)) => Some(message),
-                    _ => None,
-                };
-                let target = message.and_then(|message| self.target_hashed(route, message));
-                (route, decoded, target)
-            })
-            .collect();
-        // Payload hashes once per batch and partition, found again by sequence.
-        let increasing = envelopes.windows(2).all(|pair| pair[0].seq < pair[1].seq);
-        if increasing {
-            for partition in &mut self.partitions {
-                partition.defer_payload_hashes();
-            }
-        }
-        apply_ahead(inputs.len(), |i, stage| match stage {
-            Some(stage) => {
-                if let (_, Some(Ok(message)), Some((n, hashes))) = &inputs[i] {
-                    self.partitions[*n as usize].prefetch(stage, message, hashes);
-                }
-            }
-            None => {
-                let (route, decoded, target) = &inputs[i];
-                self.apply_routed(
-                    *route,
-                    decoded.as_ref(),
-                    &envelopes[i],
-                    target.as_ref(),
-                    out,
-                );
-            }
-        });
-        if increasing {
-            let payload_of = |seq: u64| {
-                envelopes
-                    .binary_search_by_key(&seq, |envelope| envelope.seq)
-                    .ok()
-                    .map(|i| envelopes[i].payload)
-            };
-            for partition in &mut self.partitions {
-                partition.finish_batch(payload_of);
-            }
-        }
-    }
-
-    /// Applies already decoded messages in order with fetching ahead: the same state and
-    /// outputs as [`Engine::apply_message`] on each (`envelopes[i]` is `messages[i]`'s).
-    pub fn apply_messages(
-        &mut self,
-        messages: &[Message<'_>],
-        envelopes: &[Envelope<'_>],
-        out: &mut Vec<Output>,
-    ) {
-        assert_eq!(messages.len(), envelopes.len(), "one envelope per message");
-        let targets: Vec<Option<(u32, Hashes)>> = messages
-            .iter()
-            .zip(envelopes)
-            .map(|(message, envelope)| {
-                self.target_hashed(self.subject_route(envelope.subject), message)
-            })
-            .collect();
-        apply_ahead(messages.len(), |i, stage| match (stage, &targets[i]) {
-            (Some(stage), Some((n, hashes))) => {
-                self.partitions[*n as usize].prefetch(stage, &messages[i], hashes)
-            }
-            (Some(_), None) => {}
-            (None, target) => {
-                self.apply_message_routed(&messages[i], &envelopes[i], target.as_ref(), out)
-            }
-        });
-    }
-
-    /// The partition that will apply `message` (when it decoded) arriving by `route`, if one
-    /// does: what fetching ahead needs to know before applying.
-    fn target(&self, route: Route, message: Option<&Message<'_>>) -> Option<u32> {
-        match route {
-            Route::Partition { number, .. } => Some(number),
-            Route::Log => message?
-                .account()
-                .map(|account| partition_of(account, self.partitions.len() as u32)),
-            Route::Unroutable(_) => None,
-        }
-    }
-
-    /// [`Engine::target`] of a decoded message with its [`Hashes`]: what fetching ahead and
-    /// the apply of a batch share.
-    fn target_hashed(&self, route: Route, message: &Message<'_>) -> Option<(u32, Hashes)> {
-        self.target(route, Some(message)).zip(Hashes::of(message))
-    }
-
-    /// Applies a routed message; `decoded` is `None` only for an unroutable subject. `target`
-    /// is what [`Engine::target`] and [`Hashes::of`] give for it, if the caller has them.
-    fn apply_routed(
-        &mut self,
-        route: Route,
-        decoded: Option<&Result<Message<'_>, DeadLetter>>,
-        envelope: &Envelope<'_>,
-        target: Option<&(u32, Hashes)>,
-        out: &mut Vec<Output>,
-    ) {
-        let decoded = match (route, decoded) {
-            (Route::Unroutable(why), _) => {
-                // As the pipeline does: partition 0 dead-letters what no partition may apply.
-                self.partitions[0].dead_letter_unrouted(envelope, why, out);
-                return;
-            }
-            (_, Some(decoded)) => decoded,
-            (_, None) => unreachable!("a routable message is decoded"),
-        };
-        match decoded {
-            Err(dead) => {
-                let n = route.partition().unwrap_or_else(|| match &dead.account {
-                    Some(account) => partition_of(account, self.partitions.len() as u32),
-                    None => 0,
-                });
-                let partition = &mut self.partitions[n as usize];
-                partition.record(envelope);
-                partition.dead_letter(dead.clone(), envelope, out);
-            }
-            Ok(message) => self.route(message, envelope, route, target, out),
-        }
-    }
-
-    /// Applies an already decoded message.
-    pub fn apply_message(
-        &mut self,
-        message: &Message<'_>,
-        envelope: &Envelope<'_>,
-        out: &mut Vec<Output>,
-    ) {
-        self.apply_message_routed(message, envelope, None, out);
-    }
-
-    /// [`Engine::apply_message`]; `target`: as for [`Engine::apply_routed`].
-    fn apply_message_routed(
-        &mut self,
-        message: &Message<'_>,
-        envelope: &Envelope<'_>,
-        target: Option<&(u32, Hashes)>,
-        out: &mut Vec<Output>,
-    ) {
-        let route = self.subject_route(envelope.subject);
-        if let Route::Unroutable(why) = route {
-            self.partitions[0].dead_letter_unrouted(envelope, why, out);
-            return;
-        }
-        self.route(message, envelope, route, target, out);
-    }
-
-    /// `target`: as for [`Engine::apply_routed`].
-    fn route(
-        &mut self,
-        message: &Message<'_>,
-        envelope: &Envelope<'_>,
-        route: Route,
-        target: Option<&(u32, Hashes)>,
-        out: &mut Vec<Output>,
-    ) {
-        let catalog = &*self.catalog;
-        let count = self.partitions.len() as u32;
-        let hashes = target.map(|(_, hashes)| hashes);
-        match (message.account(), route.partition()) {
-            (_, Some(n)) => self.partitions[n as usize]
-                .apply_message(catalog, message, envelope, route, hashes, out),
-            (Some(account), None) => {
-                let n = match target {
-                    Some(&(n, _)) => {
-                        debug_assert_eq!(n, partition_of(account, count), "another partition");
-                        n
-                    }
-                    None => partition_of(account, count),
-                };
-                self.partitions[n as usize]
-                    .apply_message(catalog, message, envelope, route, hashes, out);
-            }
-            // A tick in a plain log reaches every partition.
-            (None, None) => {
-                for partition in &mut self.partitions {
-                    partition.apply_message(catalog, message, envelope, route, None, out);
-                }
-            }
-        }
-    }
-
-    pub fn account(&self, id: &str) -> Option<&Account> {
-        let n = partition_of(id, self.partitions.len() as u32);
-        self.partitions[n as usize].account(id)
-    }
-
-    /// Every account's state view (SEMANTICS §16), sorted by account id.
-    pub fn state_view(&self) -> Vec<String> {
-        let mut accounts: Vec<&Account> =
-            self.partitions.iter().flat_map(|p| p.accounts()).collect();
-        accounts.sort_by(|a, b| a.id.cmp(&b.id));
-        accounts
-            .iter()
-            .map(|a| view::account_json(&self.catalog, a))
-            .collect()
-    }
-
-    pub fn check_invariants(&self) -> Result<(), String> {
-        self.partitions
-            .iter()
-            .try_for_each(Partition::check_invariants)
-    }
-
-    /// Records what each input does to `account` (see [`Explanation`]).
-    pub fn set_explain(&mut self, account: Option<&str>) {
-        for partition in &mut self.partitions {
-            partition.explain = account.map(str::to_string);
-        }
-    }
-
-    /// Starts keeping per (account, meter) charge totals (see [`Tally`]).
-    pub fn enable_tally(&mut self) {
-        for partition in &mut self.partitions {
-            partition.tally = Some(Default::default());
-        }
-    }
-
-    /// The totals kept since `enable_tally`, merged across partitions.
-    pub fn tally(&self) -> std::collections::BTreeMap<(String, crate::catalog::MeterId), Tally> {
-        self.partitions
-            .iter()
-            .filter_map(|p| p.tally.as_ref())
-            .flat_map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())))
-            .collect()
-    }
-
-    pub fn take_explanations(&mut self) -> Vec<Explanation> {
-        let mut all: Vec<Explanation> = self
-            .partitions
-            .iter_mut()
-            .flat_map(|p| std::mem::take(&mut p.explanations))
-            .collect();
-        all.sort_by_key(|e| e.seq);
-        all
-    }
-
-    pub fn stats(&self) -> Stats {
-        let mut total = Stats::default();
-        for p in &self.partitions {
-            total.messages += p.stats.messages;
-            total.usage_applied += p.stats.usage_applied;
-            total.commands_applied += p.stats.commands_applied;
-            total.ticks += p.stats.ticks;
-            total.duplicates += p.stats.duplicates;
-            total.dead_letters += p.stats.dead_letters;
-        }
-        total
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every input gets its three stages, in order, before it is applied; inputs are applied
-    /// in order; each stage runs ahead of its apply by its distance.
-    #[test]
-    fn apply_ahead_runs_every_stage_before_each_apply() {
-        for count in 0..8 {
-            let mut steps = Vec::new();
-            apply_ahead(count, |i, stage| steps.push((i, stage)));
-            let applied: Vec<usize> = steps
-                .iter()
-                .filter(|s| s.1.is_none())
-                .map(|s| s.0)
-                .collect();
-            assert_eq!(applied, (0..count).collect::<Vec<_>>());
-            for i in 0..count {
-                let at = |stage: Option<Ahead>| steps.iter().position(|&s| s == (i, stage));
-                let order = [
-                    at(Some(Ahead::Buckets)),
-                    at(Some(Ahead::Account)),
-                    at(Some(Ahead::AccountData)),
-                    at(None),
-                ];
-                assert!(order.iter().all(Option::is_some), "count {count} input {i}");
-                assert!(
-                    order.windows(2).all(|w| w[0] < w[1]),
-                    "count {count} input {i}"
-                );
-            }
-            assert_eq!(steps.len(), count * 4);
-        }
-    }
-
-    /// Each stage of input i + d runs after the apply of input i − 1 and before the apply of
-    /// input i, where d is the stage's distance (when input i + d exists).
-    #[test]
-    fn apply_ahead_keeps_each_stage_its_distance_ahead() {
-        let count = 20;
-        let mut steps = Vec::new();
-        apply_ahead(count, |i, stage| steps.push((i, stage)));
-        let at = |i: usize, stage: Option<Ahead>| {
-            steps
-                .iter()
-                .position(|&s| s == (i, stage))
-                .expect("every step runs")
-        };
-        let stages = [Ahead::Buckets, Ahead::Account, Ahead::AccountData];
-        for (stage, distance) in stages.into_iter().zip(AHEAD_DISTANCES) {
-            for i in 1..count - distance {
-                let ahead = at(i + distance, Some(stage));
-                assert!(
-                    at(i - 1, None) < ahead && ahead < at(i, None),
-                    "{stage:?} of {i}"
-                );
-            }
-        }
-    }
 
     #[test]
     fn partition_hash_is_fnv1a_64() {
