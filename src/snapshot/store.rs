@@ -369,10 +369,18 @@ impl Store {
     /// file, newest first, is tried as the end of a chain (a full file alone, or a delta and
     /// what it follows, back to a full file).
     pub fn load(&self, partition: u32) -> PartitionFiles {
+        self.load_using(partition, &mut Vec::new())
+    }
+
+    /// [`Store::load`], reading each file into `scratch` (its contents replaced): a caller
+    /// that loads many partitions passes one buffer for all, so the files' bytes go into memory
+    /// already mapped instead of fresh pages the kernel must zero first (most of a cold
+    /// start's load is page faults: docs/PERFORMANCE.md "Recovery").
+    pub fn load_using(&self, partition: u32, scratch: &mut Vec<u8>) -> PartitionFiles {
         let files = self.entries(partition);
         let mut corrupt = Vec::new();
         for file in &files {
-            match self.load_chain(&files, file) {
+            match self.load_chain(&files, file, scratch) {
                 Ok(loaded) if loaded.header.partition == partition => {
                     return PartitionFiles {
                         loaded: Some(loaded),
@@ -398,11 +406,12 @@ impl Store {
         &self,
         files: &[SnapshotFile],
         file: &SnapshotFile,
+        scratch: &mut Vec<u8>,
     ) -> Result<Loaded, SnapshotError> {
         if file.kind == Kind::Full {
-            return self.load_file(&file.path);
+            return self.load_file_using(&file.path, scratch);
         }
-        let (header, delta) = self.load_delta_file(&file.path)?;
+        let (header, delta) = self.load_delta_file(&file.path, scratch)?;
         let mut chain = vec![delta];
         let mut previous = header.previous.unwrap_or_default();
         let mut through = &file.path;
@@ -410,7 +419,7 @@ impl Store {
             let full = files
                 .iter()
                 .find(|f| f.position == previous && f.kind == Kind::Full)
-                .and_then(|f| self.load_file(&f.path).ok());
+                .and_then(|f| self.load_file_using(&f.path, scratch).ok());
             if let Some(full) = full {
                 break full;
             }
@@ -423,12 +432,14 @@ impl Store {
                     format!("the snapshot it follows (position {previous}) is missing or corrupt"),
                 ));
             };
-            let (earlier_header, delta) = self.load_delta_file(&earlier.path).map_err(|error| {
-                SnapshotError::corrupt(
-                    &file.path,
-                    format!("a snapshot it follows is corrupt: {error}"),
-                )
-            })?;
+            let (earlier_header, delta) =
+                self.load_delta_file(&earlier.path, scratch)
+                    .map_err(|error| {
+                        SnapshotError::corrupt(
+                            &file.path,
+                            format!("a snapshot it follows is corrupt: {error}"),
+                        )
+                    })?;
             chain.push(delta);
             previous = earlier_header.previous.unwrap_or_default();
             through = &earlier.path;
@@ -452,9 +463,12 @@ impl Store {
         self.load_some(&(0..partitions).collect::<Vec<_>>())
     }
 
-    /// [`Store::load`] for each of `partitions`, in that order, on up to one thread per core.
+    /// [`Store::load`] for each of `partitions`, in that order, on up to one thread per core,
+    /// each thread reading its files into one buffer ([`Store::load_using`]).
     pub fn load_some(&self, partitions: &[u32]) -> Vec<PartitionFiles> {
-        crate::parallel::per_core(partitions, |&partition| self.load(partition))
+        crate::parallel::per_core_with(partitions, Vec::new, |scratch, &partition| {
+            self.load_using(partition, scratch)
+        })
     }
 
     /// The header of the partition's newest file whose header verifies (its payload neither
@@ -468,8 +482,13 @@ impl Store {
 
     /// Loads one full file.
     pub fn load_file(&self, path: &Path) -> Result<Loaded, SnapshotError> {
-        let bytes = read(path)?;
-        let (header, partition) = decode_file(path, &bytes)?;
+        self.load_file_using(path, &mut Vec::new())
+    }
+
+    /// [`Store::load_file`], the file read into `scratch`.
+    fn load_file_using(&self, path: &Path, scratch: &mut Vec<u8>) -> Result<Loaded, SnapshotError> {
+        read_into(path, scratch)?;
+        let (header, partition) = decode_file(path, scratch)?;
         Ok(Loaded {
             header,
             partition,
@@ -481,8 +500,10 @@ impl Store {
     fn load_delta_file(
         &self,
         path: &Path,
+        scratch: &mut Vec<u8>,
     ) -> Result<(Header, crate::engine::delta::Delta), SnapshotError> {
-        decode_delta_file(path, &read(path)?)
+        read_into(path, scratch)?;
+        decode_delta_file(path, scratch)
     }
 
     /// Folds the partition's newest chain into a full file at its position (the same state,
@@ -530,13 +551,20 @@ fn peek_header(path: &Path) -> Result<Header, SnapshotError> {
 
 fn read(path: &Path) -> Result<Vec<u8>, SnapshotError> {
     let mut bytes = Vec::new();
+    read_into(path, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Replaces `bytes` with the file's contents (its capacity kept: grown only for a larger file).
+fn read_into(path: &Path, bytes: &mut Vec<u8>) -> Result<(), SnapshotError> {
+    bytes.clear();
     File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .and_then(|mut f| f.read_to_end(bytes))
         .map_err(|source| SnapshotError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-    Ok(bytes)
+    Ok(())
 }
 
 /// A file's header, the whole file verified (framing and both checksums; the payload is not
@@ -702,7 +730,7 @@ mod tests {
         let delta = dir.path().join(kind_file_name(0, 20, Kind::Delta));
         assert!(store.load_file(&delta).is_err());
         assert!(store
-            .load_delta_file(&dir.path().join(file_name(0, 10)))
+            .load_delta_file(&dir.path().join(file_name(0, 10)), &mut Vec::new())
             .is_err());
     }
 
@@ -884,6 +912,36 @@ mod tests {
         let files = store.load(0);
         assert!(files.loaded.is_none());
         assert_eq!(files.corrupt.len(), 2);
+    }
+
+    /// One buffer read into for many files: what it held before (a larger file's bytes) never
+    /// reaches a decode, so a chain and a single full file load as they do with fresh buffers.
+    #[test]
+    fn a_reused_read_buffer_loads_what_fresh_buffers_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), 5).unwrap();
+        let live = write_chain(&store, 0, &[10, 20, 30, 40]);
+        store.write(&header(1, 7), &payload(1, 7)).unwrap();
+        let mut scratch = vec![0xff_u8; 1 << 20];
+        for partition in [0, 1, 0] {
+            let reused = store.load_using(partition, &mut scratch).loaded.unwrap();
+            let fresh = store.load(partition).loaded.unwrap();
+            assert_eq!(reused.header, fresh.header);
+            assert_eq!(reused.deltas, fresh.deltas);
+            assert_eq!(
+                crate::codec::encode(&reused.partition).unwrap(),
+                crate::codec::encode(&fresh.partition).unwrap()
+            );
+        }
+        assert!(
+            scratch.capacity() >= 1 << 20,
+            "the buffer is kept, not replaced"
+        );
+        let loaded = store.load_using(0, &mut scratch).loaded.unwrap();
+        assert_eq!(
+            crate::codec::encode(&loaded.partition).unwrap(),
+            crate::codec::encode(&live).unwrap()
+        );
     }
 
     #[test]
