@@ -399,6 +399,23 @@ fn a_three_node_cluster_survives_a_node_and_a_processor() {
     let (first, rest) = processors.split_at_mut(1);
     stop_all(&mut [(&setups[0], &mut first[0].0), (&setups[1], &mut rest[0].0)]);
     compare(&runtime, &url, &running, partitions);
+    // Before 2.9.21 a replicated lease bucket can grant one lease twice (nats-server#4320):
+    // each processor says so at start, and only then.
+    for setup in &setups {
+        let log = setup.log();
+        let version = log
+            .split("NATS server checked version=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(creditflow::pipeline::server::Version::parse)
+            .expect("the processor logs the server's version");
+        let warned = log.contains("nats-io/nats-server#4320");
+        assert_eq!(
+            warned,
+            version < creditflow::pipeline::server::CONDITIONAL_WRITES_SERIALIZED,
+            "server {version}: the lease hazard warned {warned}"
+        );
+    }
 }
 
 /// A processor alone refuses to start beside processors that share the streams, and the other

@@ -18,6 +18,10 @@ use std::fmt;
 /// The oldest nats-server creditflow runs against.
 pub const MINIMUM: Version = Version(2, 9, 0);
 
+/// The first release whose clustered streams check an expected revision as part of the write
+/// (nats-io/nats-server#4319).
+pub const CONDITIONAL_WRITES_SERIALIZED: Version = Version(2, 9, 21);
+
 /// A nats-server release: major, minor, patch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Version(pub u32, pub u32, pub u32);
@@ -116,6 +120,23 @@ impl Server {
         })
     }
 
+    /// Why a replicated lease bucket is unsafe on this server, if it is: before 2.9.21 a
+    /// clustered stream checks a conditional write's expected revision before the write goes
+    /// through Raft, not as part of it, so two writes expecting the same revision, in flight
+    /// together, can both be stored (nats-io/nats-server#4320, fixed by #4319): two processors
+    /// can take one lease. `None` on a server with the fix, or with one replica.
+    pub fn lease_hazard(&self, replicas: usize) -> Option<String> {
+        (replicas > 1 && self.version < CONDITIONAL_WRITES_SERIALIZED).then(|| {
+            format!(
+                "nats-server {} checks a replicated stream's expected revision outside Raft \
+                 (nats-io/nats-server#4320): two processors can take one lease of the \
+                 {replicas}-replica lease bucket at once; use nats-server \
+                 {CONDITIONAL_WRITES_SERIALIZED} or newer",
+                self.version
+            )
+        })
+    }
+
     /// `Ok` when the server has at least `level`; else why `feature` cannot be used on it.
     pub fn require(&self, feature: &str, level: u32, release: &str) -> Result<(), String> {
         if self.api_level >= level {
@@ -150,6 +171,23 @@ pub async fn reported_api_level(context: &async_nats::jetstream::Context) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replicated_lease_bucket_is_a_hazard_before_2_9_21_only() {
+        let server = |version: &str| Server::check(version, true, None).unwrap();
+        let hazard = server("2.9.10")
+            .lease_hazard(3)
+            .expect("2.9.10 with 3 replicas");
+        assert!(hazard.contains("2.9.10") && hazard.contains("#4320") && hazard.contains("2.9.21"));
+        assert_eq!(
+            server("2.9.10").lease_hazard(1),
+            None,
+            "one replica has no race"
+        );
+        assert_eq!(server("2.9.21").lease_hazard(3), None);
+        assert_eq!(server("2.10.0").lease_hazard(3), None);
+        assert_eq!(server("2.12.8").lease_hazard(5), None);
+    }
 
     #[test]
     fn versions_parse_with_and_without_prefixes_and_suffixes() {

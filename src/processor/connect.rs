@@ -195,5 +195,9 @@ pub(super) async fn check_server(
         level_from = server.level_from.name(),
         "NATS server checked"
     );
+    // The lease bucket has the input stream's replicas (`lease.rs`).
+    if let Some(hazard) = server.lease_hazard(config.input.replicas) {
+        tracing::warn!("{hazard}");
+    }
     Ok(server)
 }
