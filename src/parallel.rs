@@ -1,8 +1,8 @@
 //! Work over independent items on up to one thread per core (start-up work on whole
 //! partitions: loading their snapshots, copying them for the snapshot writer).
 //!
-//! Owns: [`per_core`], [`per_core_with`]. Must never: change the order of the results, or swallow a worker's
-//! panic (it is resumed on the caller's thread).
+//! Owns: [`per_core`], [`per_core_with`]. Must never: change the order of the results, or
+//! swallow a worker's panic (it is resumed on the caller's thread).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
