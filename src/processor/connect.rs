@@ -195,7 +195,8 @@ pub(super) async fn check_server(
         level_from = server.level_from.name(),
         "NATS server checked"
     );
-    // The lease bucket has the input stream's replicas (`lease.rs`).
+    // The lease bucket has the input stream's replicas (`processor::run`'s and `cluster`'s
+    // `LeaseSettings`).
     if let Some(hazard) = server.lease_hazard(config.input.replicas) {
         tracing::warn!("{hazard}");
     }
