@@ -70,7 +70,7 @@ fn main() {
         "tests/pipeline_nats.rs",
         "tests/model_test.rs",
         "tests/cli_replay.rs",
-        "src/wire/input.rs",
+        "src/wire/input/tests.rs",
         "src/service/request.rs",
     ] {
         inputs.extend(json_literals(&read(source)));

@@ -3,8 +3,8 @@
 //! Owns: telling a CloudEvent from a native message (a top-level `specversion` key), checking
 //! its context attributes, and reading the account, quantity, dimensions and time a catalog
 //! `[[cloudevents]]` entry names. What it reads becomes a native usage event's fields, checked by
-//! the same code as a native event's (`input.rs`), so a mapped CloudEvent is charged exactly like
-//! the native event with the same fields.
+//! the same code as a native event's (`input/check.rs`), so a mapped CloudEvent is charged
+//! exactly like the native event with the same fields.
 //!
 //! Must never: panic on any bytes, read a float (numbers keep their text: serde_json's
 //! `arbitrary_precision`), or accept an event whose `type` no entry maps.
