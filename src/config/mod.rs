@@ -17,9 +17,11 @@
 //! environment says so in its message. Cross-field checks skip keys that already have an error,
 //! so one mistake is reported once.
 //!
-//! Files: this one holds the types and the entry points; `walk.rs` reads the tables key by key
-//! and checks them; `text.rs` prints the effective config and parses sizes and durations;
-//! `tests.rs` covers all three.
+//! Files: this one holds the types and the entry points; `walk.rs` merges the file and the
+//! environment over the defaults and holds the typed readers of single keys; `sections.rs` reads
+//! each section into its struct; `checks.rs` holds the cross-field checks and the validation of
+//! names, subject prefixes and URLs; `text.rs` prints the effective config and parses sizes and
+//! durations; `tests.rs` covers them all.
 //!
 //! Invariants: a [`Config`] comes out of [`load`] only when the error list is empty; it then
 //! holds every rule stated on its fields (ranges, pairings, exclusions, files that exist). The
@@ -500,6 +502,8 @@ impl Config {
     }
 }
 
+mod checks;
+mod sections;
 mod text;
 mod walk;
 
