@@ -441,7 +441,7 @@ impl Loader {
         strings
     }
 
-    /// A name like [`Walk::stream_name`]'s, or `None` when the key is empty (off).
+    /// A name like [`Loader::stream_name`]'s, or `None` when the key is empty (off).
     pub(super) fn optional_name(&mut self, section: &str, key: &str) -> Option<String> {
         let name = self.string(section, key);
         let path = format!("{section}.{key}");

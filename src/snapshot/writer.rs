@@ -2,12 +2,12 @@
 //! says their outputs are durable, and folds deltas into full files.
 //!
 //! Owns: encoding deltas (off the shards' threads), the watermark wait, writing, and each
-//! partition's *shadow*: a copy of its state at its latest snapshot, kept by following every
-//! delta taken ([`Partition::shadow`], [`Shadow::follow`]; seeded with the recovered
-//! partitions and with each full snapshot the encoder makes). A fold is one encode of the
-//! shadow, never a decode of the files, and a snapshot that a delta cannot carry (its
-//! predecessor is not on disk, or it changed most of the partition) is written as a full file
-//! from the shadow, so the shard never has to lend the partition for it.
+//! partition's *shadow*: a copy of its state at its latest snapshot, kept by following every delta
+//! taken ([`Partition::shadow`](crate::engine::Partition::shadow), [`Shadow::follow`]; seeded with
+//! the recovered partitions and with each full snapshot the encoder makes). A fold is one encode of
+//! the shadow, never a decode of the files, and a snapshot that a delta cannot carry (its
+//! predecessor is not on disk, or it changed most of the partition) is written as a full file from
+//! the shadow, so the shard never has to lend the partition for it.
 //!
 //! Must never: write a delta whose predecessor is not on disk, or commit before the watermark.
 //! Without a shadow at the right position (a delta that did not follow, or snapshots

@@ -32,7 +32,7 @@ pub struct WorkloadArgs {
     /// The catalog the meter mix and prices come from.
     #[arg(long, default_value = "config/catalog.toml")]
     pub catalog: PathBuf,
-    /// Partition count of the processor (subjects creditflow.in.<p>).
+    /// Partition count of the processor (subjects `creditflow.in.<p>`).
     #[arg(long, default_value_t = 16)]
     pub partitions: u32,
     /// Seed of every random choice: the same seed (and run id and base time) gives the same
